@@ -1,0 +1,113 @@
+"""The command line: payment-worker run | shim | migrate | replay | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from payment_worker.config import Settings, load_settings
+from payment_worker.exceptions import ConfigurationError, PaymentWorkerError
+from payment_worker.logs import configure_logging
+
+log = structlog.get_logger("payment_worker")
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _run_worker(settings: Settings) -> int:
+    from payment_worker.adapters.kafka import broker_reachable
+    from payment_worker.adapters.postgres import DatabaseUnavailable
+    from payment_worker.bootstrap import open_app
+    from payment_worker.entrypoints.http_status import serve_status
+    from payment_worker.entrypoints.worker import wait_for
+
+    stop = _stop_event()
+    async with open_app(settings) as app:
+
+        async def database_up() -> bool:
+            try:
+                await app.store.ping()
+            except DatabaseUnavailable:
+                return False
+            return True
+
+        async def broker_up() -> bool:
+            return await asyncio.to_thread(broker_reachable, settings.kafka_common(), 3.0)
+
+        if not await wait_for("postgresql", database_up, stop):
+            return 0
+        if not await app.store.schema_ready():
+            log.error("schema_not_migrated", schema=settings.db_schema,
+                      detail="run `payment-worker migrate` first")
+            return 1
+        if not await wait_for("kafka", broker_up, stop):
+            return 0
+        server = None
+        if settings.metrics_port is not None:
+            def health() -> tuple[bool, dict[str, object]]:
+                ready = app.worker.ready
+                return ready, {"status": "Healthy" if ready else "Starting",
+                               "service": "payment-worker"}
+
+            server = await serve_status(settings.metrics_port, health)
+            log.info("status_endpoint", port=settings.metrics_port, paths=["/metrics", "/health"])
+        try:
+            await app.worker.run(stop)
+        finally:
+            if server is not None:
+                server.close()
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from payment_worker.adapters.migrations import migrate
+
+    applied = migrate(settings.database_url.get_secret_value(), settings.db_schema)
+    print(f"schema {settings.db_schema}: " + (
+        f"applied migrations {', '.join(f'{v:03d}' for v in applied)}" if applied
+        else "up to date"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payment-worker", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
+    sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        settings = load_settings()
+        if args.command == "run":
+            return asyncio.run(_run_worker(settings))
+        if args.command == "migrate":
+            return _migrate(settings)
+    except ConfigurationError as exc:
+        print(f"payment-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PaymentWorkerError as exc:
+        print(f"payment-worker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters: each wraps one library or remote service behind the package's own errors."""

@@ -1,0 +1,25 @@
+"""The simulated payment gateway: the domain's rules plus configurable latency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from payment_worker.domain.gateway_rules import decide
+from payment_worker.domain.model import GatewayResult, Payment
+
+
+class SimulatedGateway:
+    """GatewayPort. The payment id is the idempotency key: the same id always gets the same answer."""
+
+    def __init__(self, latency_ms: tuple[int, int] = (100, 500), failure_rate: float = 0.0) -> None:
+        self.latency_ms = latency_ms
+        self.failure_rate = failure_rate
+        self.calls = 0
+
+    async def charge(self, payment: Payment) -> GatewayResult:
+        low, high = self.latency_ms
+        if high > 0:
+            await asyncio.sleep(random.uniform(low, high) / 1000)
+        self.calls += 1
+        return decide(payment.id, payment.amount, self.failure_rate)

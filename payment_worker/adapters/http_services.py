@@ -1,0 +1,174 @@
+"""The Ordering and Inventory services over HTTP (httpx), with bounded, jittered retries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from payment_worker.exceptions import RetryableError
+from payment_worker.service.pipeline import DependencyUnavailable
+from payment_worker.service.ports import OrderInfo, ReservationInfo
+
+log = structlog.get_logger("payment_worker.http")
+
+
+class _Transient(RetryableError):
+    """One failed try: a 5xx, a timeout or a connection error."""
+
+
+def _field(data: dict[str, Any], *names: str) -> Any:
+    """The first of `names` present in `data`, matched case-insensitively (lenient reads)."""
+    lowered = {str(k).lower(): v for k, v in data.items()}
+    for name in names:
+        if name.lower() in lowered and lowered[name.lower()] is not None:
+            return lowered[name.lower()]
+    return None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class JsonService:
+    """GET a JSON resource with retries; 404 is an answer, 5xx/timeouts/connection errors retry."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        timeout_s: float = 2.0,
+        retry_budget_s: float = 5.0,
+        attempts: int = 4,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retry_budget_s = retry_budget_s
+        self.attempts = attempts
+        self._client = client
+        self._owns_client = client is None
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            )
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "dependency_retry", service=self.name, attempt=state.attempt_number,
+            error=str(error), wait_s=round(state.next_action.sleep, 3) if state.next_action else None,
+        )
+
+    async def get_json(self, path: str) -> dict[str, Any] | None:
+        """The resource, None on 404; DependencyUnavailable once the retry budget is spent."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.attempts) | stop_after_delay(self.retry_budget_s),
+                wait=wait_random_exponential(multiplier=0.1, max=1.0),
+                retry=retry_if_exception_type(_Transient),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._get_once(path)
+        except _Transient as exc:
+            raise DependencyUnavailable(f"{self.name} service unavailable ({exc})") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get_once(self, path: str) -> dict[str, Any] | None:
+        if self._client is None:
+            raise RuntimeError(f"{self.name} client used before open()")
+        try:
+            response = await self._client.get(self.base_url + path)
+        except httpx.TimeoutException as exc:
+            raise _Transient(f"timeout after {self.timeout_s}s") from exc
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise _Transient(f"unexpected HTTP {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise _Transient("response is not JSON") from exc
+        if not isinstance(data, dict):
+            raise _Transient("response is not a JSON object")
+        return data
+
+
+class HttpOrdering:
+    """OrderingPort: GET /orders/{id}, read leniently."""
+
+    def __init__(self, service: JsonService) -> None:
+        self.service = service
+
+    async def get_order(self, order_id: uuid.UUID) -> OrderInfo | None:
+        data = await self.service.get_json(f"/orders/{order_id}")
+        if data is None:
+            return None
+        customer = _field(data, "customerId", "userId")
+        return OrderInfo(
+            customer_id=str(customer) if customer is not None else None,
+            status=str(_field(data, "status", "state") or ""),
+            amount=_decimal(_field(data, "totalAmount", "amount")),
+            currency=str(_field(data, "currency") or "USD"),
+        )
+
+
+class HttpInventory:
+    """InventoryPort: GET /reservations/{id}, read leniently."""
+
+    def __init__(self, service: JsonService) -> None:
+        self.service = service
+
+    async def get_reservation(self, reservation_id: uuid.UUID) -> ReservationInfo | None:
+        data = await self.service.get_json(f"/reservations/{reservation_id}")
+        if data is None:
+            return None
+        customer = _field(data, "customerId", "userId")
+        return ReservationInfo(
+            customer_id=str(customer) if customer is not None else None,
+            status=str(_field(data, "status", "state") or ""),
+            expires_at=_instant(_field(data, "expiresAt")),
+        )

@@ -1,0 +1,281 @@
+"""confluent-kafka clients: a consumer driven from one thread, and the outbox relay's producer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from payment_worker.exceptions import RetryableError
+from payment_worker.service.ports import InboundRecord, StoredMessage
+
+log = structlog.get_logger("payment_worker.kafka")
+
+# Consumers: no auto commit (offsets are committed after the database), no auto offset store,
+# a short queue backoff so a draining consumer does not stall.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "fetch.queue.backoff.ms": 10,
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+}
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "message.timeout.ms": 30000,
+}
+
+
+class BrokerUnavailable(RetryableError):
+    """The broker could not be reached or refused the request."""
+
+
+def to_record(message: Message) -> InboundRecord:
+    timestamp = message.timestamp()
+    return InboundRecord(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+        headers=[(k, v if v is not None else b"") for k, v in (message.headers() or [])],
+        timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
+    )
+
+
+RevokeHandler = Callable[[list[tuple[str, int]]], Coroutine[Any, Any, dict[tuple[str, int], int]]]
+AssignHandler = Callable[[list[tuple[str, int]]], None]
+
+
+class ThreadedConsumer:
+    """A group consumer whose every call runs on one dedicated thread.
+
+    Rebalance callbacks run on that thread inside consume(); a revocation waits (through the
+    event loop) for the revoked partitions' in-flight records and commits them first.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: list[str],
+        *,
+        on_assign: AssignHandler,
+        on_revoke: RevokeHandler,
+    ) -> None:
+        self.config = {**CONSUMER_DEFAULTS, **config}
+        self.topics = topics
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self._consumer = Consumer(self.config)
+        self._consumer.subscribe(
+            self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
+        self._on_assign(keys)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("partitions_revoked", partitions=[f"{t}[{p}]" for t, p in keys])
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._on_revoke(keys), self._loop)
+        try:
+            offsets = future.result(timeout=120)
+        except Exception as exc:
+            log.error("revoke_drain_failed", error=str(exc))
+            return
+        if offsets:
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                log.warning("revoke_commit_failed", error=str(exc))
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        return await self._call(self._consume, max_messages, timeout_s)  # type: ignore[no-any-return]
+
+    def _consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        assert self._consumer is not None
+        records = []
+        for message in self._consumer.consume(max_messages, timeout_s):
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer_error", error=str(error))
+                continue
+            records.append(to_record(message))
+        return records
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if offsets:
+            await self._call(self._commit, offsets)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+                return
+            raise BrokerUnavailable(f"offset commit failed: {exc}") from exc
+
+    async def set_paused(self, paused: bool) -> None:
+        if paused != self._paused:
+            self._paused = paused
+            await self._call(self._set_paused, paused)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._call(self._consumer.close)
+            self._consumer = None
+        self._executor.shutdown(wait=True)
+
+
+class OutboxProducer:
+    """The relay's idempotent producer. Delivery reports arrive on a polling thread and are
+    collected for the relay to mark sent; a failed delivery leaves the row for the sweeper."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = {**PRODUCER_DEFAULTS, **config}
+        self._producer: Producer | None = None
+        self._delivered: deque[int] = deque()
+        self._failed: deque[tuple[int, str]] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.in_flight: set[int] = set()
+        self._lock = threading.Lock()
+        self.wakeup: Callable[[], None] | None = None
+
+    def open(self) -> None:
+        self._producer = Producer(self.config)
+        self._thread = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            assert self._producer is not None
+            self._producer.poll(0.05)
+
+    def _on_delivery(self, row_id: int) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, _message: Message) -> None:
+            with self._lock:
+                self.in_flight.discard(row_id)
+            if error is None:
+                self._delivered.append(row_id)
+            else:
+                self._failed.append((row_id, str(error)))
+            if self.wakeup is not None:
+                self.wakeup()
+
+        return report
+
+    def produce(self, stored: StoredMessage) -> None:
+        assert self._producer is not None
+        message = stored.message
+        kwargs: dict[str, Any] = {
+            "key": message.key,
+            "value": message.value,
+            "headers": message.headers,
+            "on_delivery": self._on_delivery(stored.id),
+        }
+        if message.partition is not None:
+            kwargs["partition"] = message.partition
+        with self._lock:
+            self.in_flight.add(stored.id)
+        while True:
+            try:
+                self._producer.produce(message.topic, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                with self._lock:
+                    self.in_flight.discard(stored.id)
+                self._failed.append((stored.id, str(exc)))
+                return
+
+    def take_reports(self) -> tuple[list[int], list[tuple[int, str]]]:
+        delivered = [self._delivered.popleft() for _ in range(len(self._delivered))]
+        failed = [self._failed.popleft() for _ in range(len(self._failed))]
+        return delivered, failed
+
+    def flush(self, timeout_s: float) -> int:
+        assert self._producer is not None
+        return int(self._producer.flush(timeout_s))
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        left = 0
+        if self._producer is not None:
+            left = self.flush(timeout_s)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        return left
+
+
+def ensure_topics(
+    bootstrap: dict[str, Any], topics: dict[str, int], timeout_s: float = 10.0
+) -> list[str]:
+    """Create the topics that do not exist yet (name -> partitions); returns those created."""
+    admin = AdminClient(bootstrap)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [NewTopic(name, num_partitions=n, replication_factor=1)
+               for name, n in topics.items() if name not in existing]
+    created = []
+    if missing:
+        for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise BrokerUnavailable(f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def broker_reachable(config: dict[str, Any], timeout_s: float = 3.0) -> bool:
+    try:
+        AdminClient(config).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True

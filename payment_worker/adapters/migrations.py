@@ -1,0 +1,82 @@
+"""Schema migrations: numbered plain SQL files applied once each, under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from payment_worker.adapters.postgres import sql_dir, translate
+
+log = structlog.get_logger("payment_worker.migrate")
+
+_LOCK_KEY = 0x7061796D  # "paym": one migrator at a time per database
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def available(directory: Path | None = None) -> list[Migration]:
+    directory = directory or sql_dir()
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _FILE.match(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path.read_text("utf-8")))
+    return found
+
+
+def migrate(url: str, schema: str) -> list[int]:
+    """Apply what is missing; returns the versions applied (empty when up to date)."""
+    applied_now: list[int] = []
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            try:
+                ident = sql.Identifier(schema)
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+                conn.execute(sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident))
+                done = {
+                    row[0]: row[1]
+                    for row in conn.execute(sql.SQL(
+                        "SELECT version, checksum FROM {}.schema_migrations"
+                    ).format(ident))
+                }
+                for migration in available():
+                    if migration.version in done:
+                        if done[migration.version] != migration.checksum:
+                            log.warning("migration_changed_after_apply",
+                                        version=migration.version, name=migration.name)
+                        continue
+                    with conn.transaction():
+                        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+                        conn.execute(migration.text)  # type: ignore[arg-type]
+                        conn.execute(sql.SQL(
+                            "INSERT INTO {}.schema_migrations (version, name, checksum)"
+                            " VALUES (%s, %s, %s)"
+                        ).format(ident), (migration.version, migration.name, migration.checksum))
+                    log.info("migration_applied", version=migration.version, name=migration.name)
+                    applied_now.append(migration.version)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    return applied_now

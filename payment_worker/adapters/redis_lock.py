@@ -1,0 +1,87 @@
+"""Per-order locks in Redis (token + expiry). Redis down means degraded, never stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger("payment_worker.redis")
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+
+
+class RedisOrderLock:
+    """OrderLockPort. The database rules (I3) are the guarantee; this lock keeps two workers
+    from running the gateway for one order at the same time and saves them the contention."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        ttl_ms: int = 30_000,
+        wait_s: float = 10.0,
+        prefix: str = "payment-worker:order-lock:",
+        on_degraded: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.ttl_ms = ttl_ms
+        self.wait_s = wait_s
+        self.prefix = prefix
+        self.on_degraded = on_degraded
+        self._release = client.register_script(_RELEASE)
+        self._last_warning = 0.0
+
+    def _degraded(self, exc: BaseException) -> None:
+        if self.on_degraded:
+            self.on_degraded()
+        now = time.monotonic()
+        if now - self._last_warning > 5:
+            self._last_warning = now
+            log.warning("redis_degraded", error=f"{type(exc).__name__}: {exc}",
+                        detail="continuing on the database guarantees alone")
+
+    async def acquire(self, order_id: uuid.UUID) -> str | None:
+        """A token once the lock is held; None when Redis is unreachable or the wait ran out."""
+        token = secrets.token_hex(16)
+        key = self.prefix + str(order_id)
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.01
+        while True:
+            try:
+                if await self.client.set(key, token, nx=True, px=self.ttl_ms):
+                    return token
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+                return None
+            if time.monotonic() >= deadline:
+                log.info("order_lock_wait_expired", order_id=str(order_id))
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def release(self, order_id: uuid.UUID, token: str | None) -> None:
+        if token is None:
+            return
+        try:
+            await self._release(keys=[self.prefix + str(order_id)], args=[token])
+        except (RedisError, OSError) as exc:
+            self._degraded(exc)
+
+
+class NoLock:
+    """OrderLockPort without Redis: the database alone decides."""
+
+    async def acquire(self, order_id: uuid.UUID) -> str | None:
+        return None
+
+    async def release(self, order_id: uuid.UUID, token: str | None) -> None:
+        return None

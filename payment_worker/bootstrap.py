@@ -1,0 +1,109 @@
+"""The composition root: the one place that builds concrete adapters and wires them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from payment_worker import metrics
+from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet, registry_client
+from payment_worker.adapters.gateway import SimulatedGateway
+from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
+from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer
+from payment_worker.adapters.postgres import PostgresStore, make_pool
+from payment_worker.adapters.redis_lock import RedisOrderLock
+from payment_worker.config import Settings
+from payment_worker.entrypoints.relay import OutboxRelay
+from payment_worker.entrypoints.worker import Worker
+from payment_worker.service.messages import MessageFactory, Topics
+from payment_worker.service.pipeline import Pipeline, PipelineConfig
+
+
+def topics(settings: Settings) -> Topics:
+    return Topics(
+        commands=settings.topic_commands,
+        succeeded=settings.topic_succeeded,
+        failed=settings.topic_failed,
+        replies=settings.topic_replies,
+        dlq=settings.topic_dlq,
+    )
+
+
+def codec(settings: Settings) -> AvroCodec:
+    registry = registry_client(settings.schema_registry_url) if settings.schema_registry_url else None
+    return AvroCodec(SchemaSet(), registry)
+
+
+@dataclass
+class App:
+    """Everything a worker process runs on; opened and closed by `open_app`."""
+
+    settings: Settings
+    store: PostgresStore
+    pipeline: Pipeline
+    relay: OutboxRelay
+    worker: Worker
+    gateway: SimulatedGateway
+
+
+@contextlib.asynccontextmanager
+async def open_app(settings: Settings, *, client_id: str = "payment-worker") -> AsyncIterator[App]:
+    pool = make_pool(settings.database_url.get_secret_value(), settings.db_schema,
+                     max_size=max(10, min(40, settings.max_in_flight // 10)))
+    redis_client = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=0.5,
+        socket_timeout=1.0,
+        retry_on_timeout=False,
+    )
+    ordering = JsonService("Ordering", settings.ordering_url, timeout_s=settings.http_timeout_s,
+                           retry_budget_s=settings.http_retry_budget_s)
+    inventory = JsonService("Inventory", settings.inventory_url,
+                            timeout_s=settings.http_timeout_s,
+                            retry_budget_s=settings.http_retry_budget_s)
+    await pool.open(wait=False)
+    await ordering.open()
+    await inventory.open()
+    try:
+        store = PostgresStore(pool)
+        the_codec = codec(settings)
+        gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
+        pipeline = Pipeline(
+            decoder=the_codec,
+            decode_error=DecodeError,
+            messages=MessageFactory(the_codec, topics(settings)),
+            ledger=store,
+            ordering=HttpOrdering(ordering),
+            inventory=HttpInventory(inventory),
+            gateway=gateway,
+            locks=RedisOrderLock(redis_client, on_degraded=metrics.REDIS_DEGRADED.inc),
+            config=PipelineConfig(replies_topic=settings.topic_replies),
+        )
+        common: dict[str, Any] = settings.kafka_common()
+        relay = OutboxRelay(store, OutboxProducer({**common, "client.id": f"{client_id}-relay"}))
+        consumer_config = {
+            **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+            **common,
+            "group.id": settings.consumer_group,
+            "client.id": client_id,
+        }
+        worker = Worker(
+            pipeline=pipeline,
+            store=store,
+            relay=relay,
+            make_consumer=partial(ThreadedConsumer, consumer_config, [settings.topic_commands]),
+            max_in_flight=settings.max_in_flight,
+            reconcile_after_s=settings.reconcile_after_s,
+            replies_topic=settings.topic_replies,
+        )
+        yield App(settings, store, pipeline, relay, worker, gateway)
+    finally:
+        await ordering.close()
+        await inventory.close()
+        await redis_client.aclose()
+        await pool.close()

@@ -1,0 +1,121 @@
+"""Settings: every PAYMENT_* variable of the contract, validated once at start-up."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from payment_worker.exceptions import ConfigurationError
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class Settings(BaseSettings):
+    """The one configuration object, read from the environment only."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYMENT_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_config: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    db_schema: str = "bc_payment"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    ordering_url: str = "http://127.0.0.1:5002"
+    inventory_url: str = "http://127.0.0.1:5003"
+    gateway_latency_ms: Annotated[tuple[int, int], NoDecode] = (100, 500)
+    gateway_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    schema_registry_url: str | None = None
+    topic_commands: str = "process-payment"
+    topic_succeeded: str = "payment-succeeded"
+    topic_failed: str = "payment-failed"
+    topic_replies: str = "payment-replies"
+    topic_dlq: str = "process-payment-dlq"
+    consumer_group: str = "payment-worker"
+    reconcile_after_s: float = Field(default=60.0, gt=0)
+    shim_port: int = Field(default=5004, ge=1, le=65535)
+    shim_reply_timeout_s: float = Field(default=15.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Not in the contract's list: tuning knobs with safe defaults.
+    max_in_flight: int = Field(default=1000, ge=1)
+    http_timeout_s: float = Field(default=2.0, gt=0)
+    http_retry_budget_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("gateway_latency_ms", mode="before")
+    @classmethod
+    def _latency_range(cls, value: object) -> tuple[int, int]:
+        if isinstance(value, tuple | list) and len(value) == 2:
+            low, high = int(value[0]), int(value[1])
+        else:
+            text = str(value).strip()
+            match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", text)
+            if not match:
+                raise ValueError("expected milliseconds as 'LOW-HIGH' (e.g. 100-500) or 'N'")
+            low = int(match.group(1))
+            high = int(match.group(2)) if match.group(2) else low
+        if low > high:
+            raise ValueError("the low end of the range is above the high end")
+        return low, high
+
+    @field_validator("kafka_config", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError("expected a JSON object of librdkafka properties")
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("expected a lower-case SQL identifier")
+        return value
+
+    @field_validator(
+        "topic_commands", "topic_succeeded", "topic_failed", "topic_replies", "topic_dlq"
+    )
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not _TOPIC.match(value):
+            raise ValueError("expected a Kafka topic name ([A-Za-z0-9._-], 1-249 characters)")
+        return value
+
+    @field_validator("schema_registry_url", "metrics_port", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url", "redis_url", "ordering_url", "inventory_url", mode="after")
+    @classmethod
+    def _has_scheme(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if "://" not in text:
+            raise ValueError("expected a URL with a scheme")
+        return value if isinstance(value, SecretStr) else text.rstrip("/")
+
+    def kafka_common(self) -> dict[str, Any]:
+        """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins)."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_config}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; ConfigurationError names the variable that is wrong."""
+    try:
+        return Settings(**overrides)
+    except SettingsError as exc:
+        raise ConfigurationError(str(exc)) from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(f"PAYMENT_{field.upper()}: {message}") from None

@@ -1,0 +1,110 @@
+"""Command validation with the contract's messages, in the C# controller's order."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+
+from payment_worker.domain.currencies import minor_units
+from payment_worker.domain.model import Command, ValidCommand
+
+MAX_AMOUNT = Decimal("999999999999.99")
+MAX_PAYMENT_METHOD_LENGTH = 50
+_NIL = uuid.UUID(int=0)
+_DIGIT_RUN = re.compile(r"(?:\d[ -]?){13,19}")
+
+
+class ValidationFailed(ValueError):
+    """A command broke a validation rule; the message is the reply's errorMessage."""
+
+
+def parse_uuid(value: object) -> uuid.UUID | None:
+    """A non-nil canonical or braced/hex UUID, or None when `value` is not one."""
+    if not isinstance(value, str) or not 32 <= len(value) <= 38:
+        return None
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    return None if parsed == _NIL else parsed
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def contains_card_number(text: str) -> bool:
+    """True when `text` holds 13-19 digits (spaces or dashes between them allowed) passing Luhn."""
+    for match in _DIGIT_RUN.finditer(text):
+        digits = re.sub(r"[ -]", "", match.group())
+        # Any 13..19 long window of a longer digit run may be the card number.
+        for length in range(13, min(19, len(digits)) + 1):
+            for start in range(0, len(digits) - length + 1):
+                if luhn_ok(digits[start : start + length]):
+                    return True
+    return False
+
+
+def _decimals(amount: Decimal) -> int:
+    exponent = amount.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def validate_command(command: Command) -> ValidCommand:
+    """The command with parsed ids and a normalised currency, or ValidationFailed."""
+    order_id = parse_uuid(command.order_id)
+    if order_id is None:
+        raise ValidationFailed("Valid OrderId is required")
+    customer_id = parse_uuid(command.customer_id)
+    if customer_id is None:
+        raise ValidationFailed("Valid CustomerId is required")
+    amount = command.amount
+    try:
+        positive = amount.is_finite() and amount > 0
+    except InvalidOperation:
+        positive = False
+    if not positive:
+        raise ValidationFailed("Amount must be greater than zero")
+
+    reservation_id: uuid.UUID | None = None
+    if command.reservation_id is not None:
+        reservation_id = parse_uuid(command.reservation_id)
+        if reservation_id is None:
+            raise ValidationFailed("Valid ReservationId is required when one is given")
+    currency = (command.currency or "").strip().upper()
+    decimals = minor_units(currency)
+    if decimals is None:
+        raise ValidationFailed("Currency must be a supported ISO 4217 code")
+    if amount > MAX_AMOUNT:
+        raise ValidationFailed("Amount must not exceed 999999999999.99")
+    if _decimals(amount) > min(decimals, 2):
+        raise ValidationFailed(f"Amount has more decimals than {currency} allows ({decimals})")
+    method = command.payment_method
+    if not method or not method.strip():
+        raise ValidationFailed("PaymentMethod is required")
+    if len(method) > MAX_PAYMENT_METHOD_LENGTH:
+        raise ValidationFailed("PaymentMethod must be at most 50 characters")
+    if contains_card_number(method):
+        raise ValidationFailed("PaymentMethod must not contain a card number")
+    command_id = parse_uuid(command.command_id)
+    if command_id is None:
+        raise ValidationFailed("Valid CommandId is required")
+    return ValidCommand(
+        command_id=command_id,
+        order_id=order_id,
+        customer_id=customer_id,
+        reservation_id=reservation_id,
+        amount=amount,
+        currency=currency,
+        payment_method=method,
+        requested_at=command.requested_at,
+    )

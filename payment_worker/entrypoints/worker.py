@@ -1,0 +1,232 @@
+"""The long-running worker: consume commands, run the pipeline concurrently (one order at a
+time), publish through the outbox, commit offsets only behind the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from payment_worker import metrics
+from payment_worker.adapters.kafka import ThreadedConsumer
+from payment_worker.adapters.postgres import PostgresStore
+from payment_worker.entrypoints.relay import OutboxRelay
+from payment_worker.entrypoints.tracking import OffsetTracker
+from payment_worker.exceptions import RetryableError
+from payment_worker.service.messages import ReplyRoute
+from payment_worker.service.pipeline import Handled, Pipeline
+from payment_worker.service.ports import InboundRecord
+
+log = structlog.get_logger("payment_worker.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        store: PostgresStore,
+        relay: OutboxRelay,
+        make_consumer: Callable[..., ThreadedConsumer],
+        max_in_flight: int = 1000,
+        reconcile_after_s: float = 60.0,
+        replies_topic: str = "payment-replies",
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.relay = relay
+        self.make_consumer = make_consumer
+        self.max_in_flight = max_in_flight
+        self.reconcile_after_s = reconcile_after_s
+        self.replies_topic = replies_topic
+        self.drain_timeout_s = drain_timeout_s
+        self.tracker = OffsetTracker()
+        self._tails: dict[bytes | str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self.ready = False
+
+    # -- rebalance ----------------------------------------------------------------------------
+
+    def _on_assign(self, keys: list[tuple[str, int]]) -> None:
+        self._assigned.update(keys)
+        self.ready = True
+
+    async def _on_revoke(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Finish (or give up on) the revoked partitions' records, then say what to commit."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.tracker.unfinished(keys) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        points = self.tracker.to_commit(keys)
+        self.tracker.forget(keys)
+        self._assigned.difference_update(keys)
+        return points
+
+    # -- per record ---------------------------------------------------------------------------
+
+    def _dispatch(self, record: InboundRecord) -> None:
+        self.tracker.started(record.topic, record.partition, record.offset)
+        key: bytes | str = record.key or f"{record.topic}/{record.partition}/{record.offset}"
+        previous = self._tails.get(key)
+        task = asyncio.create_task(self._run(record, previous))
+        self._tails[key] = task
+        self._tasks.add(task)
+        metrics.IN_FLIGHT.inc()
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            metrics.IN_FLIGHT.dec()
+            if self._tails.get(key) is t:
+                del self._tails[key]
+
+        task.add_done_callback(done)
+
+    async def _run(self, record: InboundRecord, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # commands of one order strictly in order
+        started = time.monotonic()
+        handled = await self._with_retries(record)
+        if handled is None:
+            return  # abandoned at shutdown: not committed, so it is redelivered
+        self.relay.publish(handled.stored)
+        metrics.LATENCY.observe(time.monotonic() - started)
+        if handled.dead_letter_reason is not None:
+            metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()
+        if handled.outcome is not None:
+            metrics.COMMANDS.labels(str(handled.outcome), str(handled.duplicate).lower()).inc()
+        self.tracker.finished(record.topic, record.partition, record.offset)
+
+    async def _with_retries(self, record: InboundRecord) -> Handled | None:
+        """Retryable failures (database down, ...) are retried until they pass or we stop;
+        anything else is answered ERROR and dead-lettered, so the partition keeps flowing."""
+        attempt = 0
+        failure: BaseException | None = None
+        while True:
+            attempt += 1
+            try:
+                if failure is None:
+                    return await self.pipeline.handle(record)
+                return await self.pipeline.handle_failure(record, failure)
+            except RetryableError as exc:
+                metrics.RETRIES.labels(type(exc).__name__).inc()
+                if self._stopping.is_set() and attempt > 1:
+                    log.warning("record_abandoned_at_stop", partition=record.partition,
+                                offset=record.offset, error=str(exc))
+                    return None
+                wait = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+                log.warning("record_retry", partition=record.partition, offset=record.offset,
+                            attempt=attempt, error=str(exc), wait_s=round(wait, 2))
+                await asyncio.sleep(wait)
+            except Exception as exc:
+                if failure is not None:
+                    log.exception("record_failure_handling_failed", offset=record.offset)
+                    await asyncio.sleep(1)
+                    continue
+                log.exception("record_processing_failed", partition=record.partition,
+                              offset=record.offset)
+                failure = exc
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def _commit_loop(self, consumer: ThreadedConsumer) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            await self._commit(consumer)
+
+    async def _commit(self, consumer: ThreadedConsumer) -> None:
+        points = self.tracker.to_commit()
+        if not points:
+            return
+        try:
+            await consumer.commit(points)
+            self.tracker.committed(points)
+        except RetryableError as exc:
+            log.warning("offset_commit_failed", error=str(exc))
+
+    async def reconcile_once(self) -> int:
+        """Finish payments left pending longer than the reconcile age (rule I5)."""
+        finished = 0
+        for payment, route_json in await self.store.stale_pending(self.reconcile_after_s):
+            route = (
+                ReplyRoute.from_json(route_json)
+                if route_json
+                else ReplyRoute(self.replies_topic, None, str(payment.command_id))
+            )
+            log.info("reconciling_pending_payment", payment_id=str(payment.id),
+                     order_id=str(payment.order_id))
+            handled = await self.pipeline.finish_stale(payment, route)
+            self.relay.publish(handled.stored)
+            metrics.RECONCILED.inc()
+            finished += 1
+        return finished
+
+    async def _reconcile_loop(self) -> None:
+        every = min(max(self.reconcile_after_s / 4, 0.5), 15.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.reconcile_once()
+            except RetryableError as exc:
+                log.warning("reconcile_failed", error=str(exc))
+            except Exception:
+                log.exception("reconcile_crashed")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self.make_consumer(on_assign=self._on_assign, on_revoke=self._on_revoke)
+        await consumer.open()
+        await self.relay.start()
+        background = [
+            asyncio.create_task(self._commit_loop(consumer), name="commit"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        log.info("worker_started", max_in_flight=self.max_in_flight)
+        paused = False
+        try:
+            while not stop.is_set():
+                unfinished = self.tracker.unfinished()
+                if not paused and unfinished >= self.max_in_flight:
+                    paused = True
+                    await consumer.set_paused(True)
+                elif paused and unfinished < self.max_in_flight // 2:
+                    paused = False
+                    await consumer.set_paused(False)
+                for record in await consumer.consume(500, 0.1):
+                    self._dispatch(record)
+        finally:
+            log.info("worker_stopping", in_flight=len(self._tasks))
+            self._stopping.set()
+            if self._tasks:
+                _, still = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout_s)
+                for task in still:
+                    task.cancel()
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._commit(consumer)
+            await self.relay.stop()
+            await consumer.close()
+            log.info("worker_stopped")
+
+
+async def wait_for(
+    what: str, check: Callable[[], Awaitable[bool]], stop: asyncio.Event, every_s: float = 2.0
+) -> bool:
+    """Wait until `check` passes, with one log line per try; False if asked to stop meanwhile."""
+    first = True
+    while not stop.is_set():
+        if await check():
+            if not first:
+                log.info("dependency_ready", dependency=what)
+            return True
+        log.warning("waiting_for_dependency", dependency=what, retry_in_s=every_s)
+        first = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+    return False

@@ -1,0 +1,17 @@
+"""The root of every exception the package raises on purpose."""
+
+
+class PaymentWorkerError(Exception):
+    """Base class of the package's own errors."""
+
+
+class ConfigurationError(PaymentWorkerError):
+    """A setting is missing or malformed; start-up stops with one line naming it."""
+
+
+class RetryableError(PaymentWorkerError):
+    """A transient failure (timeout, 5xx, lost connection, serialization failure): try again."""
+
+
+class PermanentError(PaymentWorkerError):
+    """A failure that will not go away by trying again (undecodable input, broken rule)."""

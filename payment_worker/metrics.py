@@ -1,0 +1,27 @@
+"""The worker's Prometheus metrics, registered once per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS = Counter(
+    "payment_worker_commands_total", "Commands processed, by outcome.", ["outcome", "duplicate"]
+)
+LATENCY = Histogram(
+    "payment_worker_processing_seconds",
+    "Time from consuming a command to its database commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DEAD_LETTERS = Counter("payment_worker_dead_letters_total", "Records dead-lettered.", ["reason"])
+OUTBOX_BACKLOG = Gauge("payment_worker_outbox_backlog", "Outbox rows not yet published.")
+OUTBOX_PUBLISHED = Counter("payment_worker_outbox_published_total", "Outbox rows published.")
+OUTBOX_FAILED = Counter(
+    "payment_worker_outbox_delivery_failures_total", "Outbox deliveries that failed (retried)."
+)
+REDIS_DEGRADED = Counter(
+    "payment_worker_redis_degraded_total",
+    "Times the order lock could not use Redis (the database guarantees still hold).",
+)
+IN_FLIGHT = Gauge("payment_worker_in_flight", "Commands being processed.")
+RETRIES = Counter("payment_worker_retries_total", "Retryable failures of whole commands.", ["kind"])
+RECONCILED = Counter("payment_worker_reconciled_total", "Stale pending payments finished.")

@@ -1,0 +1,276 @@
+"""Builds the outgoing messages (replies, events, dead letters) with the contract's headers."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
+from payment_worker.service.ports import InboundRecord, OutboxMessage
+
+CE_SOURCE = "payment-worker"
+CE_TYPE_SUCCEEDED = "ticketing.payment.succeeded.v1"
+CE_TYPE_FAILED = "ticketing.payment.failed.v1"
+CE_TYPE_REPLY = "ticketing.payment.reply.v1"
+
+
+class Encoder(Protocol):
+    def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    commands: str = "process-payment"
+    succeeded: str = "payment-succeeded"
+    failed: str = "payment-failed"
+    replies: str = "payment-replies"
+    dlq: str = "process-payment-dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRoute:
+    """Where and how to answer one command, read from its headers (contract section 2)."""
+
+    topic: str
+    partition: int | None
+    correlation_id: str
+    spring_correlation_id: bytes | None = None
+    spring_reply_topic: bytes | None = None
+    spring_reply_partition: bytes | None = None
+    traceparent: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "correlation_id": self.correlation_id,
+            "spring_correlation_id": _hex(self.spring_correlation_id),
+            "spring_reply_topic": _hex(self.spring_reply_topic),
+            "spring_reply_partition": _hex(self.spring_reply_partition),
+            "traceparent": self.traceparent,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplyRoute:
+        return cls(
+            topic=data["topic"],
+            partition=data.get("partition"),
+            correlation_id=data["correlation_id"],
+            spring_correlation_id=_unhex(data.get("spring_correlation_id")),
+            spring_reply_topic=_unhex(data.get("spring_reply_topic")),
+            spring_reply_partition=_unhex(data.get("spring_reply_partition")),
+            traceparent=data.get("traceparent"),
+        )
+
+
+def _hex(value: bytes | None) -> str | None:
+    return value.hex() if value is not None else None
+
+
+def _unhex(value: str | None) -> bytes | None:
+    return bytes.fromhex(value) if value is not None else None
+
+
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def route_from_headers(
+    headers: list[tuple[str, bytes]], command_id: str, default_topic: str
+) -> ReplyRoute:
+    """The reply route of a command: our headers first, Spring's request-reply ones second."""
+    found: dict[str, bytes] = {}
+    for name, value in headers:
+        if value is not None:
+            found.setdefault(name, value)
+    topic = _text(found.get("reply-to")) or _text(found.get("kafka_replyTopic")) or default_topic
+    partition: int | None = None
+    raw_partition = _text(found.get("reply-partition"))
+    if raw_partition is not None and raw_partition.isdigit():
+        partition = int(raw_partition)
+    elif len(found.get("kafka_replyPartition", b"")) == 4:
+        partition = struct.unpack(">i", found["kafka_replyPartition"])[0]
+        partition = partition if partition >= 0 else None
+    correlation = _text(found.get("correlation-id")) or command_id
+    return ReplyRoute(
+        topic=topic,
+        partition=partition,
+        correlation_id=correlation,
+        spring_correlation_id=found.get("kafka_correlationId"),
+        spring_reply_topic=found.get("kafka_replyTopic"),
+        spring_reply_partition=found.get("kafka_replyPartition"),
+        traceparent=_text(found.get("traceparent")),
+    )
+
+
+def _micros(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _money(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.01"))
+
+
+def payment_record(payment: Payment) -> dict[str, Any]:
+    """The camelCase `Payment` of the contract (PaymentReply.payment, the shim's body)."""
+    return {
+        "id": str(payment.id),
+        "orderId": str(payment.order_id),
+        "customerId": str(payment.customer_id),
+        "reservationId": str(payment.reservation_id) if payment.reservation_id else None,
+        "amount": _money(payment.amount),
+        "currency": payment.currency,
+        "paymentMethod": payment.payment_method,
+        "status": str(payment.status),
+        "errorCode": payment.error_code,
+        "errorMessage": payment.error_message,
+        "failureReason": payment.failure_reason,
+        "transactionId": payment.transaction_id,
+        "createdAt": _micros(payment.created_at),
+        "processedAt": _micros(payment.processed_at) if payment.processed_at else None,
+        "isSimulated": payment.is_simulated,
+        "simulatedResponse": payment.simulated_response,
+    }
+
+
+def _ce_headers(
+    ce_type: str, ce_id: str, subject: str, correlation_id: str, causation_id: str
+) -> list[tuple[str, bytes]]:
+    now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_source", CE_SOURCE.encode()),
+        ("ce_time", now.encode()),
+        ("ce_subject", subject.encode()),
+        ("content-type", b"application/avro"),
+        ("correlation-id", correlation_id.encode()),
+        ("causation-id", causation_id.encode()),
+    ]
+
+
+class MessageFactory:
+    """Turns replies, finalized payments and bad records into outbox messages."""
+
+    def __init__(self, encoder: Encoder, topics: Topics) -> None:
+        self.encoder = encoder
+        self.topics = topics
+
+    def reply(self, command: Command, route: ReplyRoute, answer: Reply) -> OutboxMessage:
+        record = {
+            "commandId": command.command_id,
+            "correlationId": route.correlation_id,
+            "orderId": command.order_id,
+            "outcome": str(answer.outcome),
+            "success": answer.success,
+            "httpStatus": answer.http_status,
+            "errorMessage": answer.error_message,
+            "duplicate": answer.duplicate,
+            "payment": payment_record(answer.payment) if answer.payment else None,
+        }
+        headers = _ce_headers(
+            CE_TYPE_REPLY,
+            str(uuid.uuid4()),
+            command.order_id,
+            route.correlation_id,
+            command.command_id,
+        )
+        if route.traceparent:
+            headers.append(("traceparent", route.traceparent.encode()))
+        if route.spring_correlation_id is not None:
+            headers.append(("kafka_correlationId", route.spring_correlation_id))
+        if route.spring_reply_topic is not None:
+            headers.append(("kafka_replyTopic", route.spring_reply_topic))
+        if route.spring_reply_partition is not None:
+            headers.append(("kafka_replyPartition", route.spring_reply_partition))
+        return OutboxMessage(
+            kind="reply",
+            topic=route.topic,
+            partition=route.partition,
+            key=command.order_id.encode("utf-8"),
+            value=self.encoder.encode("PaymentReply", record, route.topic),
+            headers=headers,
+            payment_id=answer.payment.id if answer.payment else None,
+        )
+
+    def event(
+        self, payment: Payment, route: ReplyRoute, event_id: uuid.UUID | None = None
+    ) -> OutboxMessage:
+        """payment-succeeded or payment-failed for a finalized payment."""
+        event_id = event_id or uuid.uuid4()
+        common: dict[str, Any] = {
+            "eventId": str(event_id),
+            "commandId": str(payment.command_id),
+            "paymentId": str(payment.id),
+            "orderId": str(payment.order_id),
+            "customerId": str(payment.customer_id),
+            "reservationId": str(payment.reservation_id) if payment.reservation_id else None,
+            "amount": _money(payment.amount),
+            "currency": payment.currency,
+            "paymentMethod": payment.payment_method,
+        }
+        at = _micros(payment.processed_at or datetime.now(UTC))
+        if payment.status is PaymentStatus.SUCCEEDED:
+            name, topic, ce_type = "PaymentSucceeded", self.topics.succeeded, CE_TYPE_SUCCEEDED
+            record = {
+                **common,
+                "transactionId": payment.transaction_id or "",
+                "processedAt": at,
+                "status": "succeeded",
+            }
+        elif payment.status is PaymentStatus.FAILED:
+            name, topic, ce_type = "PaymentFailed", self.topics.failed, CE_TYPE_FAILED
+            record = {
+                **common,
+                "errorCode": payment.error_code or "",
+                "errorMessage": payment.error_message or "",
+                "failureReason": payment.failure_reason or "",
+                "attemptedAt": at,
+                "status": "failed",
+            }
+        else:
+            raise ValueError(f"no event for a {payment.status} payment")
+        headers = _ce_headers(
+            ce_type, str(event_id), str(payment.order_id), route.correlation_id,
+            str(payment.command_id),
+        )
+        if route.traceparent:
+            headers.append(("traceparent", route.traceparent.encode()))
+        return OutboxMessage(
+            kind="event",
+            topic=topic,
+            partition=None,
+            key=str(payment.order_id).encode("utf-8"),
+            value=self.encoder.encode(name, record, topic),
+            headers=headers,
+            event_id=event_id,
+            payment_id=payment.id,
+        )
+
+    def dead_letter(self, record: InboundRecord, reason: str, error: str) -> OutboxMessage:
+        """The record as received, plus why it could not be processed."""
+        headers = list(record.headers) + [
+            ("dlq-error", error[:1000].encode("utf-8", "replace")),
+            ("dlq-reason", reason.encode()),
+            ("dlq-topic", record.topic.encode()),
+            ("dlq-partition", str(record.partition).encode()),
+            ("dlq-offset", str(record.offset).encode()),
+        ]
+        return OutboxMessage(
+            kind="dead_letter",
+            topic=self.topics.dlq,
+            partition=None,
+            key=record.key,
+            value=record.value,
+            headers=headers,
+        )

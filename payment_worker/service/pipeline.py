@@ -1,0 +1,400 @@
+"""One function per command: decode, validate, idempotency, order, reservation, charge, record.
+
+Every path ends in exactly one database transaction that writes the reply (and the event, the
+ledger entry, the dead letter) to the outbox; the worker commits the Kafka offset after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from payment_worker.domain.model import (
+    Command,
+    Outcome,
+    Payment,
+    PaymentStatus,
+    Reply,
+    ValidCommand,
+    reply,
+)
+from payment_worker.domain.validation import ValidationFailed, validate_command
+from payment_worker.exceptions import PermanentError, RetryableError
+from payment_worker.service.messages import MessageFactory, ReplyRoute, route_from_headers
+from payment_worker.service.ports import (
+    GatewayPort,
+    InboundRecord,
+    InventoryPort,
+    LedgerEntry,
+    LedgerPort,
+    OrderingPort,
+    OrderLockPort,
+    OutboxMessage,
+    StoredMessage,
+)
+
+log = structlog.get_logger("payment_worker.pipeline")
+
+
+class DependencyUnavailable(RetryableError):
+    """Ordering or Inventory did not answer within the retry budget."""
+
+
+class Decoder(Protocol):
+    def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
+
+
+class DecodeFailure(Protocol):
+    reason: str
+
+
+@dataclass(slots=True)
+class Handled:
+    """What one record came to: its outcome (None for a dead letter) and what to publish."""
+
+    outcome: Outcome | None
+    stored: list[StoredMessage] = field(default_factory=list)
+    dead_letter_reason: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    replies_topic: str = "payment-replies"
+    busy_retry_budget_s: float = 15.0
+
+
+def command_from_record(raw: dict[str, Any]) -> Command:
+    requested = raw.get("requestedAt")
+    if not isinstance(requested, datetime):
+        requested = datetime.now(UTC)
+    amount = raw.get("amount")
+    return Command(
+        command_id=str(raw.get("commandId", "")),
+        order_id=str(raw.get("orderId", "")),
+        customer_id=str(raw.get("customerId", "")),
+        reservation_id=raw.get("reservationId"),
+        amount=amount if isinstance(amount, Decimal) else Decimal(0),
+        currency=str(raw.get("currency", "USD")),
+        payment_method=str(raw.get("paymentMethod", "")),
+        requested_at=requested,
+    )
+
+
+def _same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
+    return (
+        entry.order_id == valid.order_id
+        and entry.customer_id == valid.customer_id
+        and entry.amount == valid.amount
+        and entry.currency == valid.currency
+    )
+
+
+class Pipeline:
+    """Runs contract section 5 for one record. Stateless between calls; safe to run concurrently
+    for different orders (the worker runs commands of one order one at a time)."""
+
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        decode_error: type[PermanentError],
+        messages: MessageFactory,
+        ledger: LedgerPort,
+        ordering: OrderingPort,
+        inventory: InventoryPort,
+        gateway: GatewayPort,
+        locks: OrderLockPort,
+        config: PipelineConfig | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.decoder = decoder
+        self.decode_error = decode_error
+        self.messages = messages
+        self.ledger = ledger
+        self.ordering = ordering
+        self.inventory = inventory
+        self.gateway = gateway
+        self.locks = locks
+        self.config = config or PipelineConfig()
+        self.clock = clock
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def handle(self, record: InboundRecord) -> Handled:
+        try:
+            raw = self.decoder.decode("ProcessPayment", record.value)
+        except self.decode_error as exc:
+            reason = getattr(exc, "reason", "undecodable")
+            log.warning(
+                "command_dead_lettered", reason=reason, error=str(exc),
+                topic=record.topic, partition=record.partition, offset=record.offset,
+            )
+            stored = await self.ledger.record(
+                [self.messages.dead_letter(record, reason, str(exc))]
+            )
+            return Handled(None, stored or [], dead_letter_reason=reason)
+        command = command_from_record(raw)
+        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+        bound = log.bind(
+            command_id=command.command_id, order_id=command.order_id,
+            correlation_id=route.correlation_id,
+        )
+        try:
+            valid = validate_command(command)
+        except ValidationFailed as exc:
+            bound.info("command_invalid", error=str(exc))
+            return await self._answer(command, route, reply(Outcome.INVALID_REQUEST, str(exc)))
+        try:
+            return await self._process(command, valid, route, bound)
+        except DependencyUnavailable as exc:
+            bound.warning("dependency_unavailable", error=str(exc))
+            answer = reply(Outcome.ERROR, str(exc))
+            extra = [self.messages.dead_letter(record, "retries-exhausted", str(exc))]
+            return await self._answer(command, route, answer, extra=extra)
+
+    async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
+        """An unexpected error: answer ERROR (if the command decodes) and dead-letter it."""
+        extra = [self.messages.dead_letter(record, "processing-error", type(error).__name__)]
+        try:
+            raw = self.decoder.decode("ProcessPayment", record.value)
+        except self.decode_error:
+            stored = await self.ledger.record(extra)
+            return Handled(None, stored or [], dead_letter_reason="processing-error")
+        command = command_from_record(raw)
+        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+        answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
+        return await self._answer(command, route, answer, extra=extra)
+
+    async def finish_stale(self, payment: Payment, route: ReplyRoute) -> Handled:
+        """The reconciler's step (rule I5): charge a pending payment whose command went away."""
+        command = Command(
+            command_id=str(payment.command_id),
+            order_id=str(payment.order_id),
+            customer_id=str(payment.customer_id),
+            reservation_id=str(payment.reservation_id) if payment.reservation_id else None,
+            amount=payment.amount,
+            currency=payment.currency,
+            payment_method=payment.payment_method,
+            requested_at=payment.created_at,
+        )
+        bound = log.bind(command_id=command.command_id, order_id=command.order_id)
+        token = await self.locks.acquire(payment.order_id)
+        try:
+            return await self._charge(command, route, payment, bound)
+        finally:
+            await self.locks.release(payment.order_id, token)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _process(
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
+    ) -> Handled:
+        snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
+        entry = snapshot.ledger
+        if entry is not None:
+            if not _same_request(entry, valid):
+                return await self._answer(command, route, reply(
+                    Outcome.CONFLICT,
+                    "this command id was already used for a different payment request",
+                ))
+            if entry.final:
+                return await self._answer_recorded(command, route, entry)
+        if snapshot.succeeded is not None:
+            return await self._order_already_paid(command, valid, route, snapshot.succeeded)
+        resumable = snapshot.pending
+        if resumable is None or resumable.command_id != valid.command_id:
+            rejection = await self._check_order_and_reservation(valid)
+            if rejection is not None:
+                bound.info("command_rejected", outcome=str(rejection.outcome))
+                return await self._answer(command, route, rejection, record=valid)
+        return await self._pay(command, valid, route, bound)
+
+    async def _pay(
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
+    ) -> Handled:
+        token = await self.locks.acquire(valid.order_id)
+        try:
+            loop = asyncio.get_running_loop()
+            give_up_at = loop.time() + self.config.busy_retry_budget_s
+            delay = 0.05
+            while True:
+                candidate = Payment(
+                    id=uuid.uuid4(),
+                    order_id=valid.order_id,
+                    customer_id=valid.customer_id,
+                    reservation_id=valid.reservation_id,
+                    amount=valid.amount,
+                    currency=valid.currency,
+                    payment_method=valid.payment_method,
+                    status=PaymentStatus.PENDING,
+                    created_at=self.clock(),
+                    command_id=valid.command_id,
+                )
+                began = await self.ledger.begin_payment(
+                    candidate, _ledger_fields(valid), route.to_json()
+                )
+                if began.ledger is not None:
+                    if not _same_request(began.ledger, valid):
+                        return await self._answer(command, route, reply(
+                            Outcome.CONFLICT,
+                            "this command id was already used for a different payment request",
+                        ))
+                    return await self._answer_recorded(command, route, began.ledger)
+                if began.succeeded is not None:
+                    return await self._order_already_paid(command, valid, route, began.succeeded)
+                if began.pending is not None:
+                    if began.pending.id != candidate.id:
+                        bound.info("payment_resumed", payment_id=str(began.pending.id))
+                    return await self._charge(command, route, began.pending, bound)
+                # Another command's payment for this order is pending: wait for it to finish.
+                if loop.time() >= give_up_at:
+                    bound.warning("order_busy", payment_id=str(began.busy.id if began.busy else ""))
+                    return await self._answer(command, route, reply(
+                        Outcome.CONFLICT,
+                        "another payment for this order is in progress; retry later",
+                    ))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        finally:
+            await self.locks.release(valid.order_id, token)
+
+    async def _charge(
+        self, command: Command, route: ReplyRoute, payment: Payment, bound: Any
+    ) -> Handled:
+        result = await self.gateway.charge(payment)
+        final = payment.finalized(result, self.clock())
+        if result.success:
+            answer = Reply(Outcome.SUCCEEDED, None, final)
+            bound.info("payment_succeeded", payment_id=str(final.id))
+        else:
+            answer = reply(Outcome.DECLINED, result.error_message or "declined", final)
+            bound.info("payment_declined", payment_id=str(final.id), code=result.error_code)
+        messages = [self.messages.event(final, route), self.messages.reply(command, route, answer)]
+        stored = await self.ledger.finish_payment(
+            final, answer.outcome, answer.error_message, messages
+        )
+        if stored is None:
+            # Finalized meanwhile (by the reconciler or a redelivery): answer what was recorded.
+            snapshot = await self.ledger.snapshot(final.command_id or uuid.UUID(int=0), final.order_id)
+            if snapshot.ledger is not None and snapshot.ledger.final:
+                return await self._answer_recorded(command, route, snapshot.ledger)
+            raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
+        return Handled(answer.outcome, stored)
+
+    async def _order_already_paid(
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, paid: Payment
+    ) -> Handled:
+        """Rule I2: an order with a succeeded payment is never charged again."""
+        if paid.customer_id != valid.customer_id:
+            answer = reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
+        elif paid.amount != valid.amount or paid.currency != valid.currency:
+            answer = reply(
+                Outcome.CONFLICT,
+                "the order was already paid with a different amount or currency",
+            )
+        else:
+            answer = Reply(Outcome.SUCCEEDED, None, paid, duplicate=True)
+        return await self._answer(command, route, answer, record=valid)
+
+    async def _check_order_and_reservation(self, valid: ValidCommand) -> Reply | None:
+        order = await self.ordering.get_order(valid.order_id)
+        if order is None:
+            return reply(Outcome.ORDER_NOT_FOUND)
+        if order.customer_id is not None and order.customer_id.lower() != str(valid.customer_id):
+            return reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
+        state = order.status.lower()
+        if state != "pending":
+            return reply(Outcome.ORDER_INVALID, f"Order is in '{state}' state, expected 'pending'")
+        if order.amount is not None and order.amount != valid.amount:
+            return reply(
+                Outcome.ORDER_INVALID,
+                f"Payment amount {valid.amount} does not match the order total {order.amount}",
+            )
+        if order.currency.upper() != valid.currency:
+            return reply(
+                Outcome.ORDER_INVALID,
+                f"Payment currency {valid.currency} does not match the order currency "
+                f"{order.currency.upper()}",
+            )
+        if valid.reservation_id is None:
+            return None
+        reservation = await self.inventory.get_reservation(valid.reservation_id)
+        if reservation is None:
+            return reply(Outcome.RESERVATION_INVALID, "Reservation not found")
+        if (
+            reservation.customer_id is not None
+            and reservation.customer_id.lower() != str(valid.customer_id)
+        ):
+            return reply(
+                Outcome.RESERVATION_INVALID,
+                "Reservation does not belong to the specified customer",
+            )
+        status = reservation.status.lower()
+        if status != "active":
+            return reply(
+                Outcome.RESERVATION_INVALID,
+                f"Reservation is in '{status}' state, expected 'active'",
+            )
+        if reservation.expires_at is not None and reservation.expires_at <= self.clock():
+            return reply(Outcome.RESERVATION_INVALID, "Reservation has expired")
+        return None
+
+    # -- answers ------------------------------------------------------------------------------
+
+    async def _answer_recorded(
+        self, command: Command, route: ReplyRoute, entry: LedgerEntry
+    ) -> Handled:
+        """Rule I1: the recorded outcome again, marked duplicate, with no new work."""
+        payment = await self.ledger.payment(entry.payment_id) if entry.payment_id else None
+        outcome = entry.outcome or Outcome.ERROR
+        answer = Reply(outcome, entry.error_message, payment, duplicate=True)
+        stored = await self.ledger.record([self.messages.reply(command, route, answer)])
+        return Handled(outcome, stored or [], duplicate=True)
+
+    async def _answer(
+        self,
+        command: Command,
+        route: ReplyRoute,
+        answer: Reply,
+        *,
+        record: ValidCommand | None = None,
+        extra: list[OutboxMessage] | None = None,
+    ) -> Handled:
+        """Write the reply (and, for a final outcome of a valid command, the ledger entry)."""
+        messages = [self.messages.reply(command, route, answer), *(extra or [])]
+        ledger: dict[str, Any] | None = None
+        if record is not None and answer.outcome.is_final and answer.outcome is not Outcome.CONFLICT:
+            ledger = {
+                **_ledger_fields(record),
+                "outcome": str(answer.outcome),
+                "error_message": answer.error_message,
+                "payment_id": answer.payment.id if answer.payment else None,
+                "reply_route": route.to_json(),
+            }
+        stored = await self.ledger.record(messages, ledger)
+        if stored is None and record is not None:
+            # Another delivery of this command recorded an outcome first: answer that one.
+            snapshot = await self.ledger.snapshot(record.command_id, record.order_id)
+            if snapshot.ledger is not None and snapshot.ledger.final:
+                return await self._answer_recorded(command, route, snapshot.ledger)
+            raise RetryableError("ledger entry vanished while recording an outcome")
+        return Handled(answer.outcome, stored or [], duplicate=answer.duplicate)
+
+
+def _ledger_fields(valid: ValidCommand) -> dict[str, Any]:
+    return {
+        "command_id": valid.command_id,
+        "order_id": valid.order_id,
+        "customer_id": valid.customer_id,
+        "amount": valid.amount,
+        "currency": valid.currency,
+    }

@@ -1,0 +1,136 @@
+"""The ports the pipeline talks through; adapters implement them, tests fake them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from payment_worker.domain.model import GatewayResult, Outcome, Payment
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInfo:
+    customer_id: str | None
+    status: str
+    amount: Decimal | None
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationInfo:
+    customer_id: str | None
+    status: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One Kafka record as consumed."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish, written to the outbox in the same transaction as its cause."""
+
+    kind: str  # event | reply | dead_letter | republished_event
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    event_id: uuid.UUID | None = None
+    payment_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """An outbox row: a message and its row id, for the relay."""
+
+    id: int
+    message: OutboxMessage
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    command_id: uuid.UUID
+    order_id: uuid.UUID
+    customer_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    final: bool
+    outcome: Outcome | None
+    error_message: str | None
+    payment_id: uuid.UUID | None
+    reply_route: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the database knows about a command and its order before any work is done."""
+
+    ledger: LedgerEntry | None
+    succeeded: Payment | None
+    pending: Payment | None
+
+
+@dataclass(frozen=True, slots=True)
+class Began:
+    """begin_payment's answer: exactly one of the fields says what happened."""
+
+    pending: Payment | None = None  # a new (or our own resumed) pending payment: charge it
+    succeeded: Payment | None = None  # the order was paid meanwhile
+    busy: Payment | None = None  # another command's payment for this order is pending
+    ledger: LedgerEntry | None = None  # this command id was finalized meanwhile
+
+
+class OrderingPort(Protocol):
+    async def get_order(self, order_id: uuid.UUID) -> OrderInfo | None: ...
+
+
+class InventoryPort(Protocol):
+    async def get_reservation(self, reservation_id: uuid.UUID) -> ReservationInfo | None: ...
+
+
+class GatewayPort(Protocol):
+    async def charge(self, payment: Payment) -> GatewayResult: ...
+
+
+class OrderLockPort(Protocol):
+    async def acquire(self, order_id: uuid.UUID) -> str | None: ...
+
+    async def release(self, order_id: uuid.UUID, token: str | None) -> None: ...
+
+
+class LedgerPort(Protocol):
+    async def snapshot(self, command_id: uuid.UUID, order_id: uuid.UUID) -> Snapshot: ...
+
+    async def payment(self, payment_id: uuid.UUID) -> Payment | None: ...
+
+    async def begin_payment(
+        self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
+    ) -> Began: ...
+
+    async def finish_payment(
+        self,
+        payment: Payment,
+        outcome: Outcome,
+        error_message: str | None,
+        messages: list[OutboxMessage],
+    ) -> list[StoredMessage] | None: ...
+
+    async def record(
+        self,
+        messages: list[OutboxMessage],
+        ledger: dict[str, Any] | None = None,
+    ) -> list[StoredMessage] | None: ...

@@ -1,0 +1,85 @@
+-- Named queries of the PostgreSQL adapter. Each block starts with "-- name: NAME".
+-- Parameters are %(name)s placeholders; tables resolve through the connection's search_path.
+
+-- name: ledger_entry
+SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
+       payment_id, reply_route
+FROM command_ledger WHERE command_id = %(command_id)s;
+
+-- name: ledger_entries
+SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
+       payment_id, reply_route
+FROM command_ledger WHERE command_id = ANY(%(command_ids)s);
+
+-- name: payment_by_id
+SELECT * FROM payments WHERE id = %(id)s;
+
+-- name: succeeded_payment_for_order
+SELECT * FROM payments WHERE order_id = %(order_id)s AND status = 'succeeded';
+
+-- name: pending_payment_for_order
+SELECT * FROM payments WHERE order_id = %(order_id)s AND status = 'pending';
+
+-- name: lock_order
+SELECT pg_advisory_xact_lock(hashtextextended(%(order_id)s::text, 7204));
+
+-- name: insert_pending_payment
+INSERT INTO payments (id, order_id, customer_id, reservation_id, amount, currency,
+                      payment_method, status, created_at, is_simulated, command_id)
+VALUES (%(id)s, %(order_id)s, %(customer_id)s, %(reservation_id)s, %(amount)s, %(currency)s,
+        %(payment_method)s, 'pending', %(created_at)s, true, %(command_id)s);
+
+-- name: insert_ledger_in_progress
+INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
+                            payment_id, reply_route)
+VALUES (%(command_id)s, %(order_id)s, %(customer_id)s, %(amount)s, %(currency)s,
+        'in_progress', %(payment_id)s, %(reply_route)s);
+
+-- name: finalize_payment
+UPDATE payments
+SET status = %(status)s, error_code = %(error_code)s, error_message = %(error_message)s,
+    failure_reason = %(failure_reason)s, transaction_id = %(transaction_id)s,
+    processed_at = %(processed_at)s, simulated_response = %(simulated_response)s
+WHERE id = %(id)s AND status = 'pending'
+RETURNING id;
+
+-- name: finalize_ledger
+UPDATE command_ledger
+SET state = 'final', outcome = %(outcome)s, error_message = %(error_message)s,
+    payment_id = %(payment_id)s, finished_at = now()
+WHERE command_id = %(command_id)s AND state = 'in_progress';
+
+-- name: insert_ledger_final
+INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
+                            outcome, error_message, payment_id, reply_route, finished_at)
+VALUES (%(command_id)s, %(order_id)s, %(customer_id)s, %(amount)s, %(currency)s, 'final',
+        %(outcome)s, %(error_message)s, %(payment_id)s, %(reply_route)s, now())
+ON CONFLICT (command_id) DO NOTHING
+RETURNING command_id;
+
+-- name: insert_outbox
+INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
+VALUES (%(kind)s, %(topic)s, %(partition)s, %(key)s, %(value)s, %(headers)s, %(event_id)s,
+        %(payment_id)s)
+RETURNING id;
+
+-- name: mark_sent
+UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)s) AND sent_at IS NULL;
+
+-- name: claim_unsent
+SELECT id, kind, topic, partition, key, value, headers
+FROM outbox
+WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => %(older_than_s)s)
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_backlog
+SELECT count(*) AS backlog FROM outbox WHERE sent_at IS NULL;
+
+-- name: stale_pending_payments
+SELECT p.*, l.reply_route
+FROM payments p LEFT JOIN command_ledger l ON l.command_id = p.command_id
+WHERE p.status = 'pending' AND p.created_at < now() - make_interval(secs => %(age_s)s)
+ORDER BY p.created_at
+LIMIT %(limit)s;
