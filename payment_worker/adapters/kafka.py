@@ -36,6 +36,20 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
+_CONSUMER_ONLY = (
+    "group.", "session.timeout.ms", "heartbeat.interval.ms", "auto.offset.reset",
+    "enable.auto.commit", "enable.auto.offset.store", "fetch.", "max.poll.interval.ms",
+    "partition.assignment.strategy", "isolation.level", "auto.commit.interval.ms",
+    "queued.", "check.crcs", "enable.partition.eof",
+)
+
+
+def for_producer(config: dict[str, Any]) -> dict[str, Any]:
+    """PAYMENT_KAFKA_CONFIG applies to every client; a producer skips the consumer-only keys
+    (librdkafka would warn about each)."""
+    return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)}
+
+
 class BrokerUnavailable(RetryableError):
     """The broker could not be reached or refused the request."""
 
@@ -176,7 +190,7 @@ class OutboxProducer:
     collected for the relay to mark sent; a failed delivery leaves the row for the sweeper."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = {**PRODUCER_DEFAULTS, **config}
+        self.config = {**PRODUCER_DEFAULTS, **for_producer(config)}
         self._producer: Producer | None = None
         self._delivered: deque[int] = deque()
         self._failed: deque[tuple[int, str]] = deque()
@@ -257,7 +271,7 @@ def ensure_topics(
     bootstrap: dict[str, Any], topics: dict[str, int], timeout_s: float = 10.0
 ) -> list[str]:
     """Create the topics that do not exist yet (name -> partitions); returns those created."""
-    admin = AdminClient(bootstrap)
+    admin = AdminClient(for_producer(bootstrap))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [NewTopic(name, num_partitions=n, replication_factor=1)
                for name, n in topics.items() if name not in existing]
@@ -275,7 +289,7 @@ def ensure_topics(
 
 def broker_reachable(config: dict[str, Any], timeout_s: float = 3.0) -> bool:
     try:
-        AdminClient(config).list_topics(timeout=timeout_s)
+        AdminClient(for_producer(config)).list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return True

@@ -1,0 +1,142 @@
+"""Helpers for tests, the demo and benchmarks: build and send commands, collect what comes back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
+from payment_worker.service.messages import Topics
+
+
+def command_record(**overrides: Any) -> dict[str, Any]:
+    """A valid ProcessPayment record (new ids, 10.50 USD) with `overrides` applied."""
+    record: dict[str, Any] = {
+        "commandId": str(uuid.uuid4()),
+        "orderId": str(uuid.uuid4()),
+        "customerId": str(uuid.uuid4()),
+        "reservationId": None,
+        "amount": Decimal("10.50"),
+        "currency": "USD",
+        "paymentMethod": "credit_card",
+        "requestedAt": datetime.now(UTC),
+    }
+    record.update(overrides)
+    return record
+
+
+@dataclass
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    record: dict[str, Any] | None
+
+
+class KafkaHarness:
+    """Produces commands one record per batch and reads topics back from the beginning."""
+
+    def __init__(self, bootstrap: str, topics: Topics, codec: AvroCodec | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.codec = codec or AvroCodec(SchemaSet())
+        self.extra = extra or {}
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, **self.extra})
+
+    def send(
+        self,
+        record: dict[str, Any] | None = None,
+        *,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        topic: str | None = None,
+        flush: bool = True,
+    ) -> dict[str, Any] | None:
+        if record is not None and value is None:
+            value = self.codec.encode("ProcessPayment", record, self.topics.commands)
+        if key is None and record is not None:
+            key = str(record["orderId"]).encode()
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers or []}
+        if partition is not None:
+            kwargs["partition"] = partition
+        self.producer.produce(topic or self.topics.commands, **kwargs)
+        if flush:
+            self.producer.flush(10)
+        return record
+
+    def flush(self) -> None:
+        self.producer.flush(30)
+
+    def read(
+        self,
+        topic: str,
+        *,
+        expect: int | None = None,
+        timeout_s: float = 30.0,
+        idle_s: float = 1.5,
+        decode: str | None = None,
+    ) -> list[Received]:
+        """Every record of `topic` from the start: until `expect` are in (then `idle_s` more,
+        to catch extras) or, without `expect`, until nothing new came for `idle_s`."""
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+            **self.extra,
+        })
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            out: list[Received] = []
+            deadline = time.monotonic() + timeout_s
+            last_new = time.monotonic()
+            while time.monotonic() < deadline:
+                for message in consumer.consume(500, 0.2):
+                    if message.error():
+                        continue
+                    record = None
+                    if decode is not None:
+                        try:
+                            record = self.codec.decode(decode, message.value())
+                        except Exception:
+                            record = None
+                    out.append(Received(
+                        message.topic() or "", message.partition() or 0, message.offset() or 0,
+                        message.key(), message.value(),
+                        {k: v or b"" for k, v in (message.headers() or [])}, record,
+                    ))
+                    last_new = time.monotonic()
+                waited = time.monotonic() - last_new
+                if expect is not None and len(out) >= expect and waited >= min(idle_s, 0.5):
+                    break
+                if expect is None and waited >= idle_s:
+                    break
+            return out
+        finally:
+            consumer.close()
+
+    def replies(self, expect: int | None = None, timeout_s: float = 60.0,
+                topic: str | None = None) -> list[Received]:
+        return self.read(topic or self.topics.replies, expect=expect, timeout_s=timeout_s,
+                         decode="PaymentReply")
+
+    def replies_by_command(self, expect: int, timeout_s: float = 60.0) -> dict[str, list[Received]]:
+        grouped: dict[str, list[Received]] = {}
+        for reply in self.replies(expect, timeout_s):
+            assert reply.record is not None
+            grouped.setdefault(reply.record["commandId"], []).append(reply)
+        return grouped

@@ -1,0 +1,158 @@
+"""Fixtures on the machine's real services: PostgreSQL, Redis, an embedded Tansu broker and the
+development Ordering/Inventory server. Every test gets its own schema, topics and group."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from payment_worker.adapters.kafka import ensure_topics
+from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.service.messages import Topics
+
+ROOT = Path(__file__).resolve().parents[1]
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ARTIFACTS = ROOT / ".devstack" / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    try:
+        psycopg.connect(DATABASE_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {DATABASE_URL} ({exc}); `make services`")
+    return DATABASE_URL
+
+
+@pytest.fixture
+def db_schema(database_url: str) -> Iterator[str]:
+    """A fresh schema name for this test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def migrated_schema(database_url: str, db_schema: str) -> str:
+    from payment_worker.adapters.migrations import migrate
+
+    migrate(database_url, db_schema)
+    return db_schema
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A Tansu broker for the whole session: 127.0.0.1:PORT."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = start_tansu(port, ARTIFACTS / "tansu.log")
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def topics(broker: str) -> Topics:
+    """Topics of this test only (commands with 4 partitions), created on the broker."""
+    suffix = uuid.uuid4().hex[:8]
+    names = Topics(
+        commands=f"process-payment-{suffix}",
+        succeeded=f"payment-succeeded-{suffix}",
+        failed=f"payment-failed-{suffix}",
+        replies=f"payment-replies-{suffix}",
+        dlq=f"process-payment-dlq-{suffix}",
+    )
+    ensure_topics({"bootstrap.servers": broker}, {
+        names.commands: 4, names.succeeded: 2, names.failed: 2, names.replies: 2, names.dlq: 1,
+    })
+    return names
+
+
+class DevServer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = httpx.Client(base_url=url, timeout=5)
+
+    def add_order(self, order_id: str, customer_id: str, amount: str, *, status: str = "Pending",
+                  currency: str = "USD", **extra: Any) -> None:
+        body = {"id": order_id, "customerId": customer_id, "status": status,
+                "totalAmount": amount, "currency": currency, **extra}
+        self.client.post("/admin/orders", json=body).raise_for_status()
+
+    def add_reservation(self, reservation_id: str, customer_id: str, *, status: str = "Active",
+                        expires_at: str = "2099-01-01T00:00:00Z") -> None:
+        body = {"id": reservation_id, "customerId": customer_id, "status": status,
+                "expiresAt": expires_at}
+        self.client.post("/admin/reservations", json=body).raise_for_status()
+
+    def fault(self, kind: str, status: int = 503, count: int = -1, delay_ms: int = 0) -> None:
+        self.client.post("/admin/faults", json={
+            kind: {"status": status, "count": count, "delay_ms": delay_ms}}).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.client.delete("/admin/faults").raise_for_status()
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.client.get("/admin/stats").json())
+
+
+@pytest.fixture(scope="session")
+def devserver() -> Iterator[DevServer]:
+    """The development Ordering/Inventory server, in its own process."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(ARTIFACTS / "devserver.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "payment_worker.devstack.services", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while not port_open("127.0.0.1", port):
+        assert process.poll() is None, "devstack services exited"
+        assert time.monotonic() < deadline, "devstack services did not start"
+        time.sleep(0.05)
+    server = DevServer(f"http://127.0.0.1:{port}")
+    yield server
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture
+def worker_env(
+    broker: str, topics: Topics, migrated_schema: str, database_url: str, devserver: DevServer
+) -> dict[str, str]:
+    """The environment of a `payment-worker run` for this test."""
+    return {
+        "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": broker,
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
+        "PAYMENT_DATABASE_URL": database_url,
+        "PAYMENT_DB_SCHEMA": migrated_schema,
+        "PAYMENT_REDIS_URL": REDIS_URL,
+        "PAYMENT_ORDERING_URL": devserver.url,
+        "PAYMENT_INVENTORY_URL": devserver.url,
+        "PAYMENT_GATEWAY_LATENCY_MS": "0",
+        "PAYMENT_TOPIC_COMMANDS": topics.commands,
+        "PAYMENT_TOPIC_SUCCEEDED": topics.succeeded,
+        "PAYMENT_TOPIC_FAILED": topics.failed,
+        "PAYMENT_TOPIC_REPLIES": topics.replies,
+        "PAYMENT_TOPIC_DLQ": topics.dlq,
+        "PAYMENT_CONSUMER_GROUP": f"payment-worker-{uuid.uuid4().hex[:8]}",
+        "PAYMENT_HTTP_RETRY_BUDGET_S": "2",
+    }

@@ -1,0 +1,91 @@
+"""Running `payment-worker run` as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from payment_worker.service.messages import Topics
+from payment_worker.testing import KafkaHarness
+from tests.conftest import ARTIFACTS
+
+
+class WorkerProcess:
+    """One `python -m payment_worker run`, logging to a file of its own."""
+
+    def __init__(self, env: dict[str, str], name: str = "worker") -> None:
+        self.env = {**os.environ, **env}
+        self.log_path: Path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "payment_worker", "run"], env=self.env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def wait_assigned(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.logs()[-3000:]
+            if "partitions_assigned" in self.logs():
+                return
+            time.sleep(0.1)
+        raise AssertionError("worker got no partitions:\n" + self.logs()[-3000:])
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ignore[valid-type]
+    started: list[WorkerProcess] = []
+
+    def start(wait: bool = True, **overrides: str) -> WorkerProcess:
+        worker = WorkerProcess({**worker_env, **overrides}).start()
+        started.append(worker)
+        if wait:
+            worker.wait_assigned()
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process is not None and worker.process.poll() is None:
+            worker.kill()
+
+
+@pytest.fixture
+def kafka(broker: str, topics: Topics) -> KafkaHarness:
+    return KafkaHarness(broker, topics)
+
+
+@pytest.fixture
+def db(database_url: str, migrated_schema: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(migrated_schema)))
+        yield conn
