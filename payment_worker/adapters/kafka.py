@@ -195,20 +195,46 @@ class OutboxProducer:
         self._delivered: deque[int] = deque()
         self._failed: deque[tuple[int, str]] = deque()
         self._stop = threading.Event()
+        self._fatal = threading.Event()
         self._thread: threading.Thread | None = None
         self.in_flight: set[int] = set()
         self._lock = threading.Lock()
         self.wakeup: Callable[[], None] | None = None
 
     def open(self) -> None:
-        self._producer = Producer(self.config)
+        self._producer = self._new_producer()
         self._thread = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
         self._thread.start()
 
+    def _new_producer(self) -> Producer:
+        return Producer({**self.config, "error_cb": self._on_error})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal.set()
+        log.warning("producer_error", error=str(error), fatal=error.fatal())
+
+    def reset_if_fatal(self) -> bool:
+        """Replace a producer that hit a fatal error (fenced, out of sequence): an idempotent
+        producer cannot recover by itself. Its undelivered rows stay unsent for the sweeper."""
+        if not self._fatal.is_set():
+            return False
+        old = self._producer
+        self._producer = self._new_producer()
+        self._fatal.clear()
+        if old is not None:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            old.poll(0)
+        with self._lock:
+            self.in_flight.clear()
+        log.warning("producer_recreated", detail="after a fatal error")
+        return True
+
     def _poll(self) -> None:
         while not self._stop.is_set():
-            assert self._producer is not None
-            self._producer.poll(0.05)
+            producer = self._producer
+            assert producer is not None
+            producer.poll(0.05)
 
     def _on_delivery(self, row_id: int) -> Callable[[KafkaError | None, Message], None]:
         def report(error: KafkaError | None, _message: Message) -> None:
@@ -217,6 +243,8 @@ class OutboxProducer:
             if error is None:
                 self._delivered.append(row_id)
             else:
+                if error.fatal() or error.code() == KafkaError.PRODUCER_FENCED:
+                    self._fatal.set()
                 self._failed.append((row_id, str(error)))
             if self.wakeup is not None:
                 self.wakeup()

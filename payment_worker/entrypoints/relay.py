@@ -48,10 +48,12 @@ class OutboxRelay:
         ]
 
     def publish(self, stored: list[StoredMessage]) -> None:
+        self.producer.reset_if_fatal()
         for item in stored:
             self.producer.produce(item)
 
     async def _mark_once(self) -> None:
+        self.producer.reset_if_fatal()
         delivered, failed = self.producer.take_reports()
         for row_id, error in failed:
             metrics.OUTBOX_FAILED.inc()
@@ -75,6 +77,7 @@ class OutboxRelay:
     async def sweep_once(self, older_than_s: float | None = None) -> int:
         """Publish unsent rows older than the given age; returns how many were published."""
         older = self.sweep_older_than_s if older_than_s is None else older_than_s
+        self.producer.reset_if_fatal()
         published = 0
         async with self.store.claim_unsent(older, 500) as (claimed, cur):
             todo = [s for s in claimed if s.id not in self.producer.in_flight]

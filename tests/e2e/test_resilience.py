@@ -1,0 +1,220 @@
+"""What happens when things break: outages, poison records, crashes, Redis and broker loss."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+
+from payment_worker.adapters.kafka import ensure_topics
+from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.testing import KafkaHarness, command_record
+from tests.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.e2e
+
+
+def _order(devserver, amount: str = "30.00") -> dict:
+    customer = str(uuid.uuid4())
+    cmd = command_record(customerId=customer, amount=Decimal(amount))
+    devserver.add_order(cmd["orderId"], customer, amount)
+    return cmd
+
+
+def _invariants(db, kafka, topics, commands: list[dict]) -> None:
+    """Every command answered, no order paid twice, nothing pending, one event id per payment."""
+    replies = kafka.replies(expect=len(commands), timeout_s=120)
+    answered = {r.record["commandId"] for r in replies}
+    assert answered >= {c["commandId"] for c in commands}
+    assert db.execute(
+        "SELECT count(*) FROM (SELECT order_id FROM payments WHERE status = 'succeeded' "
+        "GROUP BY order_id HAVING count(*) > 1) twice"
+    ).fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()[0] == 0
+    succeeded = {r[0] for r in db.execute(
+        "SELECT id::text FROM payments WHERE status = 'succeeded'").fetchall()}
+    events = kafka.read(topics.succeeded, expect=len(succeeded), decode="PaymentSucceeded")
+    event_ids_by_payment: dict[str, set[str]] = {}
+    for event in events:
+        event_ids_by_payment.setdefault(event.record["paymentId"], set()).add(
+            event.record["eventId"])
+    assert set(event_ids_by_payment) == succeeded
+    assert all(len(ids) == 1 for ids in event_ids_by_payment.values())
+
+
+def test_ordering_outage_answers_error_charges_nothing_and_a_retry_succeeds(
+    start_worker, kafka, devserver, db, topics
+):
+    """Ordering 503s: bounded retries, ERROR reply, dead letter; the same command later succeeds."""
+    start_worker()
+    cmd = _order(devserver)
+    devserver.fault("orders", status=503)
+    try:
+        kafka.send(cmd)
+        [reply] = kafka.replies(expect=1)
+    finally:
+        devserver.clear_faults()
+    assert reply.record["outcome"] == "ERROR" and reply.record["httpStatus"] == 500
+    assert reply.record["errorMessage"].startswith("Payment processing error: ")
+    assert db.execute("SELECT count(*) FROM payments").fetchone()[0] == 0
+    [dead] = kafka.read(topics.dlq, expect=1)
+    assert dead.headers["dlq-reason"] == b"retries-exhausted"
+    kafka.send(cmd)  # ERROR is not final: the redelivered command is processed again
+    second = kafka.replies(expect=2)[1].record
+    assert second["outcome"] == "SUCCEEDED" and second["duplicate"] is False
+
+
+def test_a_poison_record_is_dead_lettered_and_the_partition_keeps_flowing(
+    start_worker, kafka, devserver, topics
+):
+    """Undecodable bytes go to the DLQ with their key, value, headers and reason; the next
+    command on the same partition is processed."""
+    start_worker()
+    kafka.send(value=b"\xc3\x01not-avro-at-all", key=b"poison", partition=0,
+               headers=[("origin", b"test")])
+    kafka.send(value=b"", key=b"empty", partition=0)
+    cmd = _order(devserver)
+    kafka.send(cmd, partition=0)
+    [reply] = kafka.replies(expect=1)
+    assert reply.record["commandId"] == cmd["commandId"]
+    dead = kafka.read(topics.dlq, expect=2)
+    assert [d.key for d in dead] == [b"poison", b"empty"]
+    first = dead[0]
+    assert first.value == b"\xc3\x01not-avro-at-all"
+    assert first.headers["origin"] == b"test"
+    assert first.headers["dlq-reason"] == b"unknown-schema"
+    assert first.headers["dlq-topic"] == topics.commands.encode()
+    assert first.headers["dlq-partition"] == b"0"
+    assert first.headers["dlq-offset"] == b"0"
+    assert dead[1].headers["dlq-reason"] == b"undecodable"
+
+
+def test_sigterm_finishes_in_flight_commands_and_exits_zero(start_worker, kafka, devserver, db):
+    """SIGTERM: what was consumed is finished and answered, offsets committed, exit code 0."""
+    worker = start_worker(PAYMENT_GATEWAY_LATENCY_MS="400-600")
+    commands = [_order(devserver) for _ in range(20)]
+    for cmd in commands:
+        kafka.send(cmd, flush=False)
+    kafka.flush()
+    deadline = time.monotonic() + 20
+    while "payment_succeeded" not in worker.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.stop() == 0
+    done = db.execute("SELECT count(*) FROM payments WHERE status = 'succeeded'").fetchone()[0]
+    assert db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()[0] == 0
+    assert len(kafka.replies(expect=done)) == done
+    restarted = start_worker()
+    assert len(kafka.replies(expect=20)) >= 20
+    assert restarted.stop() == 0
+    # The first run's work is not redone: exactly one row per order.
+    assert db.execute("SELECT count(*) FROM payments").fetchone()[0] == 20
+
+
+def test_worker_killed_mid_stream_and_restarted_loses_nothing_and_charges_once(
+    start_worker, kafka, devserver, db, topics
+):
+    """SIGKILL twice in the middle of 300 commands: after restarts every command is answered,
+    no order is paid twice, no payment stays pending, one event id per finalized payment."""
+    commands = [_order(devserver, amount=f"{30 + i % 7}.{'13' if i % 10 == 0 else '00'}")
+                for i in range(300)]
+    for cmd in commands:
+        kafka.send(cmd, flush=False)
+    kafka.flush()
+    env = {"PAYMENT_GATEWAY_LATENCY_MS": "100-500", "PAYMENT_RECONCILE_AFTER_S": "3"}
+    for _ in range(2):
+        worker = start_worker(**env)
+        deadline = time.monotonic() + 20
+        while worker.logs().count("payment_") < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.kill()
+        pending = db.execute("SELECT count(*) FROM payments WHERE status='pending'").fetchone()[0]
+        print(f"killed with {pending} payments pending")
+    final = start_worker(**env)
+    _invariants(db, kafka, topics, commands)
+    assert final.stop() == 0
+
+
+def test_redis_stopped_mid_stream_keeps_payments_correct(
+    start_worker, kafka, devserver, db, topics
+):
+    """Redis goes away: the worker logs it, counts it, and the database rules keep it correct."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        while not port_open("127.0.0.1", port):
+            time.sleep(0.05)
+        worker = start_worker(PAYMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                              PAYMENT_GATEWAY_LATENCY_MS="50-100")
+        commands = [_order(devserver) for _ in range(60)]
+        for cmd in commands[:20]:
+            kafka.send(cmd, flush=False)
+        kafka.flush()
+        kafka.replies(expect=20)
+        redis.terminate()
+        redis.wait(10)
+        for cmd in commands[20:]:
+            kafka.send(cmd, flush=False)
+            kafka.send({**cmd, "commandId": str(uuid.uuid4())}, partition=3, flush=False)
+        kafka.flush()
+        _invariants(db, kafka, topics, commands)
+        assert "redis_degraded" in worker.logs()
+    finally:
+        if redis.poll() is None:
+            redis.kill()
+
+
+def test_events_written_while_the_broker_is_unreachable_are_published_when_it_returns(
+    start_worker, devserver, db, topics
+):
+    """The broker freezes after commands were consumed: the worker commits payments and their
+    events to the outbox anyway, and publishes every one once the broker is back."""
+    port = free_port()
+    tansu = start_tansu(port, ARTIFACTS / f"tansu-frozen-{port}.log")
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        ensure_topics({"bootstrap.servers": bootstrap}, {
+            topics.commands: 4, topics.succeeded: 2, topics.failed: 2, topics.replies: 2,
+            topics.dlq: 1})
+        kafka = KafkaHarness(bootstrap, topics)
+        start_worker(
+            PAYMENT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            PAYMENT_GATEWAY_LATENCY_MS="1500-2000",
+            PAYMENT_KAFKA_CONFIG='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
+                                 '"message.timeout.ms": 3000}',
+        )
+        commands = [_order(devserver) for _ in range(10)]
+        for cmd in commands:
+            kafka.send(cmd, flush=False)
+        kafka.flush()
+        deadline = time.monotonic() + 20
+        while db.execute("SELECT count(*) FROM payments").fetchone()[0] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(tansu.pid, signal.SIGSTOP)  # unreachable while the gateway calls finish
+        try:
+            deadline = time.monotonic() + 30
+            while db.execute("SELECT count(*) FROM outbox WHERE kind = 'event' AND sent_at IS NULL"
+                             ).fetchone()[0] < 10:
+                assert time.monotonic() < deadline, "events were not written to the outbox"
+                time.sleep(0.1)
+            time.sleep(4)  # past message.timeout.ms: the producer gives these deliveries up
+        finally:
+            os.kill(tansu.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]:
+            assert time.monotonic() < deadline, "outbox not drained after the broker came back"
+            time.sleep(0.2)
+        events = kafka.read(topics.succeeded, expect=10, decode="PaymentSucceeded")
+        assert {e.record["orderId"] for e in events} == {c["orderId"] for c in commands}
+        per_payment = Counter(e.record["eventId"] for e in events)
+        assert len(per_payment) == 10
+    finally:
+        tansu.kill()
+        tansu.wait(10)
