@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
+    sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
     return parser
 
 
@@ -98,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "shim":
+            from payment_worker.entrypoints.shim import serve
+
+            serve(settings)
+            return 0
     except ConfigurationError as exc:
         print(f"payment-worker: configuration error: {exc}", file=sys.stderr)
         return 2

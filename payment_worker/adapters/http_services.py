@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -14,7 +16,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -27,6 +29,10 @@ log = structlog.get_logger("payment_worker.http")
 
 class _Transient(RetryableError):
     """One failed try: a 5xx, a timeout or a connection error."""
+
+
+class _Refused(RetryableError):
+    """The service refused the request (4xx other than 404): not worth another try now."""
 
 
 def _field(data: dict[str, Any], *names: str) -> Any:
@@ -98,38 +104,48 @@ class JsonService:
         )
 
     async def get_json(self, path: str) -> dict[str, Any] | None:
-        """The resource, None on 404; DependencyUnavailable once the retry budget is spent."""
+        """The resource, None on 404; DependencyUnavailable once the retry budget is spent.
+
+        The budget is a deadline for the whole call: no try starts or runs past it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_budget_s
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.attempts) | stop_after_delay(self.retry_budget_s),
+                stop=stop_after_attempt(self.attempts) | stop_before_delay(self.retry_budget_s),
                 wait=wait_random_exponential(multiplier=0.1, max=1.0),
                 retry=retry_if_exception_type(_Transient),
                 before_sleep=self._log_retry,
                 reraise=True,
             ):
                 with attempt:
-                    return await self._get_once(path)
-        except _Transient as exc:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0.01:
+                        raise _Transient("retry budget spent")
+                    return await self._get_once(path, min(self.timeout_s, remaining))
+        except (_Transient, _Refused) as exc:
             raise DependencyUnavailable(f"{self.name} service unavailable ({exc})") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _get_once(self, path: str) -> dict[str, Any] | None:
+    async def _get_once(self, path: str, timeout_s: float) -> dict[str, Any] | None:
         if self._client is None:
             raise RuntimeError(f"{self.name} client used before open()")
         try:
-            response = await self._client.get(self.base_url + path)
+            response = await self._client.get(self.base_url + path, timeout=timeout_s)
         except httpx.TimeoutException as exc:
-            raise _Transient(f"timeout after {self.timeout_s}s") from exc
+            raise _Transient(f"timeout after {timeout_s:.2f}s") from exc
         except httpx.TransportError as exc:
             raise _Transient(f"{type(exc).__name__}") from exc
-        if response.status_code == 404:
+        status = response.status_code
+        if status == 404:
             return None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise _Transient(f"HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise _Transient(f"unexpected HTTP {response.status_code}")
+        if status >= 500 or status in (408, 429):
+            raise _Transient(f"HTTP {status}")
+        if status != 200:
+            # 400/401/403...: our request or credentials are wrong; retrying will not help.
+            raise _Refused(f"HTTP {status}")
         try:
-            data = response.json()
+            data = json.loads(response.content, parse_float=Decimal)
         except ValueError as exc:
             raise _Transient("response is not JSON") from exc
         if not isinstance(data, dict):
@@ -148,11 +164,13 @@ class HttpOrdering:
         if data is None:
             return None
         customer = _field(data, "customerId", "userId")
+        returned_id = _field(data, "id", "orderId")
         return OrderInfo(
             customer_id=str(customer) if customer is not None else None,
             status=str(_field(data, "status", "state") or ""),
             amount=_decimal(_field(data, "totalAmount", "amount")),
             currency=str(_field(data, "currency") or "USD"),
+            order_id=str(returned_id).lower() if returned_id is not None else None,
         )
 
 

@@ -333,7 +333,9 @@ class _Rollback(Exception):
     """Raised inside a transaction block to roll it back quietly."""
 
 
-def make_pool(url: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
+def make_pool(
+    url: str, schema: str, *, min_size: int = 2, max_size: int = 10, timeout_s: float = 30.0
+) -> AsyncConnectionPool:
     """A pool (not yet opened) whose connections resolve tables in `schema`."""
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -342,6 +344,6 @@ def make_pool(url: str, schema: str, *, min_size: int = 2, max_size: int = 10) -
 
     return AsyncConnectionPool(
         url, min_size=min_size, max_size=max_size, configure=configure, open=False,
-        kwargs={"autocommit": False}, timeout=30.0,
+        kwargs={"autocommit": False}, timeout=timeout_s,
     )
 

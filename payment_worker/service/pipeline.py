@@ -309,6 +309,8 @@ class Pipeline:
         order = await self.ordering.get_order(valid.order_id)
         if order is None:
             return reply(Outcome.ORDER_NOT_FOUND)
+        if order.order_id is not None and order.order_id != str(valid.order_id):
+            return reply(Outcome.ORDER_INVALID, "the Ordering service answered for another order")
         if order.customer_id is not None and order.customer_id.lower() != str(valid.customer_id):
             return reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
         state = order.status.lower()

@@ -17,6 +17,7 @@ class OrderInfo:
     status: str
     amount: Decimal | None
     currency: str
+    order_id: str | None = None  # as the service answered it (id|orderId), when it did
 
 
 @dataclass(frozen=True, slots=True)

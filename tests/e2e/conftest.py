@@ -11,20 +11,23 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 
+from payment_worker.devstack.broker import free_port
 from payment_worker.service.messages import Topics
 from payment_worker.testing import KafkaHarness
 from tests.conftest import ARTIFACTS
 
 
 class WorkerProcess:
-    """One `python -m payment_worker run`, logging to a file of its own."""
+    """One `python -m payment_worker COMMAND` (run, shim), logging to a file of its own."""
 
-    def __init__(self, env: dict[str, str], name: str = "worker") -> None:
+    def __init__(self, env: dict[str, str], name: str = "worker", command: str = "run") -> None:
         self.env = {**os.environ, **env}
+        self.command = command
         self.log_path: Path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:8]}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -32,7 +35,7 @@ class WorkerProcess:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "payment_worker", "run"], env=self.env,
+            [sys.executable, "-m", "payment_worker", self.command], env=self.env,
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -77,6 +80,44 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ign
     for worker in started:
         if worker.process is not None and worker.process.poll() is None:
             worker.kill()
+
+
+class ShimProcess(WorkerProcess):
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        super().__init__({**env, "PAYMENT_SHIM_PORT": str(self.port)}, "shim", "shim")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.logs()[-3000:]
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("shim not ready:\n" + self.logs()[-3000:])
+
+
+@pytest.fixture
+def start_shim(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ignore[valid-type]
+    started: list[ShimProcess] = []
+    group = f"payment-shim-{uuid.uuid4().hex[:8]}"
+
+    def start(wait: bool = True, **overrides: str) -> ShimProcess:
+        shim = ShimProcess({**worker_env, "PAYMENT_SHIM_GROUP": group, **overrides})
+        shim.start()
+        started.append(shim)
+        if wait:
+            shim.wait_ready()
+        return shim
+
+    yield start
+    for shim in started:
+        if shim.process is not None and shim.process.poll() is None:
+            shim.kill()
 
 
 @pytest.fixture

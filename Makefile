@@ -1,0 +1,63 @@
+# payment-worker: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the package with its dev tools
+
+.PHONY: services
+services: ## Start PostgreSQL and Redis on this machine when they are down
+	@bash scripts/ensure-services.sh
+
+.PHONY: test
+test: install services ## Run every test (unit, integration, e2e) on real services
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Run the unit tests only (no services needed)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+.PHONY: migrate
+migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_SCHEMA)
+	$(BIN)/payment-worker migrate
+
+.PHONY: broker
+broker: install ## Run the embedded Tansu broker on 127.0.0.1:9092 (foreground)
+	$(BIN)/python -c 'from payment_worker.devstack.broker import broker_binary; print(broker_binary())' | \
+		xargs -I{} {} broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092
+
+.PHONY: devserver
+devserver: install ## Run the development Ordering/Inventory server on :5002 (foreground)
+	$(BIN)/python -m payment_worker.devstack.services --port 5002 --seed 100
+
+.PHONY: run
+run: install services ## Run the worker against PAYMENT_* settings (foreground)
+	$(BIN)/payment-worker migrate
+	$(BIN)/payment-worker run
+
+.PHONY: lint
+lint: install ## ruff and mypy
+	$(BIN)/ruff check payment_worker tests
+	$(BIN)/mypy payment_worker
+
+.PHONY: clean
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,194 @@
+"""The shim's side of request-reply: produce commands, receive the replies meant for this
+process on the reply partitions the group gives it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, for_producer
+
+log = structlog.get_logger("payment_worker.reply_listener")
+
+
+class ReplyListener:
+    """A consumer in the shims' group on the replies topic. Each shim owns the partitions the
+    group assigns it and asks the worker (header reply-partition) to answer there, so it never
+    reads the partitions of the other shims. Replies nobody waits for are dropped."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        decode: Callable[[bytes | None], dict[str, Any] | None],
+    ) -> None:
+        self.config = {
+            **CONSUMER_DEFAULTS,
+            "auto.offset.reset": "latest",
+            **config,
+            "enable.auto.commit": False,
+        }
+        self.topic = topic
+        self.decode = decode
+        self.partitions: list[int] = []
+        self._cycle: itertools.cycle[int] | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.partitions)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._thread.start()
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Start each partition at its end, resolved now: a reply produced right after the shim
+        # reports ready must not fall before a lazily resolved "latest" position.
+        positioned = []
+        for tp in partitions:
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            except KafkaException as exc:
+                log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
+                high = OFFSET_END
+            positioned.append(TopicPartition(tp.topic, tp.partition, high))
+        consumer.assign(positioned)
+        self.partitions = sorted(p.partition for p in partitions)
+        self._cycle = itertools.cycle(self.partitions) if self.partitions else None
+        log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.partitions = []
+        self._cycle = None
+        log.info("reply_partitions_revoked", topic=self.topic)
+
+    def _run(self) -> None:
+        consumer = Consumer(self.config)
+        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked,
+                           on_lost=self._revoked)
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(500, 0.1):
+                    if message.error():
+                        if message.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("reply_consumer_error", error=str(message.error()))
+                        continue
+                    self._deliver(message.value())
+        finally:
+            consumer.close()
+
+    def _deliver(self, value: bytes | None) -> None:
+        reply = self.decode(value)
+        if reply is None:
+            self.dropped += 1
+            return
+        correlation = str(reply.get("correlationId", ""))
+        future = self._waiting.get(correlation)
+        if future is None or self._loop is None:
+            self.dropped += 1
+            return
+        self._loop.call_soon_threadsafe(_resolve, future, reply)
+
+    def next_partition(self) -> int | None:
+        cycle = self._cycle
+        return next(cycle) if cycle is not None else None
+
+    def expect(self, correlation_id: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        self._waiting.pop(correlation_id, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _resolve(future: asyncio.Future[dict[str, Any]], reply: dict[str, Any]) -> None:
+    if not future.done():
+        future.set_result(reply)
+
+
+class CommandProducer:
+    """Produces commands and reports their delivery to an awaiting coroutine."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = {**PRODUCER_DEFAULTS, "linger.ms": 1, **for_producer(config)}
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._producer = Producer(self.config)
+        self._thread = threading.Thread(target=self._poll, name="command-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            assert self._producer is not None
+            self._producer.poll(0.05)
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        """Returns once the broker has the command; raises KafkaException otherwise."""
+        assert self._producer is not None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def report(error: KafkaError | None, _message: Any) -> None:
+            def settle() -> None:
+                if done.done():
+                    return
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(KafkaException(error))
+
+            loop.call_soon_threadsafe(settle)
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers,
+                                       on_delivery=report)
+                break
+            except BufferError:
+                await asyncio.sleep(0.01)
+        await done
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout_s)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)

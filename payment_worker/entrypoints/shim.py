@@ -1,0 +1,383 @@
+"""The HTTP shim: POST /payments becomes a ProcessPayment command; the reply becomes the answer.
+
+It never touches the database. Request-reply routing: the shim's reply consumer joins the
+group PAYMENT_SHIM_GROUP on the replies topic and asks the worker to answer on one of the
+partitions it owns (header reply-partition), so each shim reads only its own partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
+from payment_worker.adapters.reply_listener import CommandProducer, ReplyListener
+from payment_worker.config import Settings
+from payment_worker.domain.model import Command
+from payment_worker.domain.validation import ValidationFailed, validate_command
+
+log = structlog.get_logger("payment_worker.shim")
+
+IDEMPOTENCY_NAMESPACE = uuid.UUID("2b5e8f1c-7d44-4f0e-9a6b-3c1d2e4f5a60")
+MAX_BODY_BYTES = 64 * 1024
+MAX_KEY_LENGTH = 255
+
+REQUESTS = Counter("payment_shim_requests_total", "POST /payments answered, by status.",
+                   ["status"])
+LATENCY = Histogram("payment_shim_request_seconds", "POST /payments latency.",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 15, 30))
+IN_FLIGHT = Gauge("payment_shim_in_flight", "POST /payments waiting for a reply.")
+TIMEOUTS = Counter("payment_shim_reply_timeouts_total", "Requests answered 504.")
+
+
+class PaymentRequest(BaseModel):
+    """The C# PaymentRequest; property names are matched case-insensitively."""
+
+    orderId: uuid.UUID
+    customerId: uuid.UUID
+    reservationId: uuid.UUID | None = None
+    amount: Decimal = Field(gt=0, examples=["25.00"])
+    currency: str = "USD"
+    paymentMethod: str = "credit_card"
+
+
+class PaymentBody(BaseModel):
+    id: str
+    orderId: str
+    customerId: str
+    reservationId: str | None
+    amount: Decimal
+    currency: str
+    paymentMethod: str
+    status: str
+    errorCode: str | None
+    errorMessage: str | None
+    failureReason: str | None
+    transactionId: str | None
+    createdAt: datetime
+    processedAt: datetime | None
+    isSimulated: bool
+    simulatedResponse: str | None
+
+
+class PaymentResponse(BaseModel):
+    """The answer to POST /payments, whatever the status."""
+
+    success: bool
+    payment: PaymentBody | None
+    errorMessage: str | None
+
+
+_ERROR_RESPONSE = {"model": PaymentResponse}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": PaymentResponse, "description": "SUCCEEDED: the order is paid (or was)."},
+    400: {**_ERROR_RESPONSE, "description": "INVALID_REQUEST, ORDER_INVALID or "
+                                             "RESERVATION_INVALID."},
+    401: {**_ERROR_RESPONSE, "description": "UNAUTHORIZED: the order belongs to another customer."},
+    404: {**_ERROR_RESPONSE, "description": "ORDER_NOT_FOUND."},
+    409: {**_ERROR_RESPONSE, "description": "CONFLICT: the Idempotency-Key or order was used for "
+                                             "a different payment."},
+    413: {**_ERROR_RESPONSE, "description": "The body is larger than 64 KiB."},
+    422: {**_ERROR_RESPONSE, "description": "DECLINED: the gateway refused the charge."},
+    500: {**_ERROR_RESPONSE, "description": "ERROR: retry with the same Idempotency-Key."},
+    503: {**_ERROR_RESPONSE, "description": "Not ready, or too many requests in flight "
+                                             "(see Retry-After)."},
+    504: {**_ERROR_RESPONSE, "description": "No reply in time: retry with the same "
+                                             "Idempotency-Key."},
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"Invalid JSON: {name} is not a number")
+
+
+def _as_id(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _as_amount(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, bool):
+        raise ValidationFailed("Amount must be greater than zero")
+    if isinstance(value, Decimal | int):
+        return Decimal(value)
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValidationFailed("Amount must be greater than zero") from None
+        if not parsed.is_finite():
+            raise ValidationFailed("Amount must be greater than zero")
+        return parsed
+    raise ValidationFailed("Amount must be greater than zero")
+
+
+def parse_payment_request(body: bytes, command_id: str) -> Command:
+    """The command a request body asks for; BadRequest/ValidationFailed with the message."""
+    if not body or not body.strip():
+        raise BadRequest("Payment request is required")
+    try:
+        data = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, BadRequest):
+            raise
+        raise BadRequest("Invalid JSON in the request body") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Payment request must be a JSON object")
+    fields = {str(k).lower(): v for k, v in data.items()}
+    reservation = fields.get("reservationid")
+    currency = fields.get("currency")
+    method = fields.get("paymentmethod")
+    command = Command(
+        command_id=command_id,
+        order_id=_as_id(fields.get("orderid")),
+        customer_id=_as_id(fields.get("customerid")),
+        reservation_id=None if reservation is None else (
+            reservation if isinstance(reservation, str) else "invalid"),
+        amount=Decimal(0),
+        currency="USD" if currency is None else (currency if isinstance(currency, str) else ""),
+        payment_method="credit_card" if method is None else (
+            method if isinstance(method, str) else ""),
+        requested_at=datetime.now(UTC),
+    )
+    # Checked in the contract's order: ids first, then the amount, then the stricter rules.
+    try:
+        amount = _as_amount(fields.get("amount"))
+    except ValidationFailed:
+        validate_command(command)  # an id message comes first when an id is also wrong
+        raise
+    command = Command(**{**_fields(command), "amount": amount})
+    validate_command(command)
+    return command
+
+
+def _fields(command: Command) -> dict[str, Any]:
+    return {name: getattr(command, name) for name in Command.__slots__}
+
+
+def render_json(body: Any) -> str:
+    """JSON text in which every Decimal is a number with its exact digits (never via float)."""
+    numbers: dict[str, str] = {}
+
+    def prepare(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: prepare(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [prepare(v) for v in value]
+        if isinstance(value, Decimal):
+            marker = f"__decimal_{len(numbers)}_{uuid.uuid4().hex}__"
+            numbers[marker] = format(value, "f")
+            return marker
+        if isinstance(value, datetime):
+            return value.isoformat().replace("+00:00", "Z")
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        return value
+
+    text = json.dumps(prepare(body), separators=(",", ":"))
+    for marker, number in numbers.items():
+        text = text.replace(f'"{marker}"', number)
+    return text
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(render_json(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json(status, {"success": False, "payment": None, "errorMessage": message}, headers)
+
+
+class Shim:
+    """The state of one shim process."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, *, max_in_flight: int = 2000) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        common = settings.kafka_common()
+        self.producer = CommandProducer({**common, "client.id": "payment-shim"})
+        self.listener = ReplyListener(
+            {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, **common,
+             "group.id": settings.shim_group, "client.id": "payment-shim-replies"},
+            settings.topic_replies,
+            self._decode_reply,
+        )
+
+    def _decode_reply(self, value: bytes | None) -> dict[str, Any] | None:
+        try:
+            return self.codec.decode("PaymentReply", value)
+        except DecodeError:
+            return None
+
+    async def handle(self, request: Request) -> Response:
+        if not self.listener.ready:
+            return _error(503, "Service not ready: waiting for reply partitions",
+                          {"Retry-After": "1"})
+        if self.in_flight >= self.max_in_flight:
+            return _error(503, "Too many payments in flight; retry shortly", {"Retry-After": "1"})
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _error(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return _error(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH):
+            return _error(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        command_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)) if key else str(uuid.uuid4())
+        try:
+            command = parse_payment_request(body, command_id)
+        except (BadRequest, ValidationFailed) as exc:
+            return _error(getattr(exc, "status", 400), str(exc))
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        try:
+            return await self._request_reply(command)
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+
+    async def _request_reply(self, command: Command) -> Response:
+        correlation = str(uuid.uuid4())
+        partition = self.listener.next_partition()
+        headers = [
+            ("correlation-id", correlation.encode()),
+            ("reply-to", self.settings.topic_replies.encode()),
+        ]
+        if partition is not None:
+            headers.append(("reply-partition", str(partition).encode()))
+        record = {
+            "commandId": command.command_id,
+            "orderId": command.order_id.lower(),
+            "customerId": command.customer_id.lower(),
+            "reservationId": command.reservation_id.lower() if command.reservation_id else None,
+            "amount": command.amount.quantize(Decimal("0.01")),
+            "currency": command.currency.strip().upper(),
+            "paymentMethod": command.payment_method,
+            "requestedAt": command.requested_at,
+        }
+        value = self.codec.encode("ProcessPayment", record, self.settings.topic_commands)
+        future = self.listener.expect(correlation)
+        timeout = self.settings.shim_reply_timeout_s
+        try:
+            try:
+                await asyncio.wait_for(
+                    self.producer.send(self.settings.topic_commands,
+                                       record["orderId"].encode(), value, headers),
+                    timeout,
+                )
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("command_not_sent", error=str(exc), order_id=record["orderId"])
+                return _error(503, "Payment service unavailable: the command could not be "
+                                   "queued; retry with the same Idempotency-Key",
+                              {"Retry-After": "1"})
+            try:
+                reply = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                TIMEOUTS.inc()
+                return _error(504, f"No reply from the payment worker within {timeout:g}s. "
+                                   "The payment may still complete: retry with the same "
+                                   "Idempotency-Key (or the same order id) to get its outcome.")
+        finally:
+            self.listener.forget(correlation)
+        return _json(int(reply["httpStatus"]), {
+            "success": bool(reply["success"]),
+            "payment": reply.get("payment"),
+            "errorMessage": reply.get("errorMessage"),
+        })
+
+
+def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
+    shim = Shim(settings, codec, max_in_flight=settings.shim_max_in_flight)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shim.producer.start()
+        shim.listener.start()
+        log.info("shim_started", port=settings.shim_port, reply_topic=settings.topic_replies)
+        yield
+        shim.listener.stop()
+        await asyncio.to_thread(shim.producer.stop)
+
+    app = FastAPI(
+        title="payment-worker shim",
+        version="1.0.0",
+        description="POST /payments over Kafka request-reply (see CONTRACT.md section 6).",
+        lifespan=lifespan,
+    )
+    app.state.shim = shim
+
+    @app.post(
+        "/payments",
+        responses=RESPONSES,
+        response_model=PaymentResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {
+                    "schema": PaymentRequest.model_json_schema(),
+                }},
+            },
+            "parameters": [{
+                "name": "Idempotency-Key", "in": "header", "required": False,
+                "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH},
+                "description": "Retries with the same key are the same command and get the "
+                               "same answer; the same key with another body is a 409.",
+            }],
+        },
+    )
+    async def post_payment(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await shim.handle(request)
+        REQUESTS.labels(str(response.status_code)).inc()
+        LATENCY.observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health")
+    async def health() -> Response:
+        if shim.listener.ready:
+            return _json(200, {"status": "Healthy", "service": "Payment"})
+        return _json(503, {"status": "Unhealthy", "service": "Payment",
+                           "reason": "waiting for reply partitions"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from payment_worker.bootstrap import codec
+
+    app = create_app(settings, codec(settings))
+    uvicorn.run(app, host="0.0.0.0", port=settings.shim_port, log_level="warning",  # noqa: S104
+                access_log=False)

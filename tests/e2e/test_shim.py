@@ -1,0 +1,159 @@
+"""The HTTP shim end to end: HTTP -> Kafka -> worker -> Kafka -> HTTP, real processes."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _order(devserver, amount: str = "20.00") -> dict[str, str]:
+    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
+    devserver.add_order(order["orderId"], order["customerId"], amount)
+    return order
+
+
+def _post(shim, body: dict | bytes, key: str | None = None, timeout: float = 30) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    if isinstance(body, bytes):
+        headers["Content-Type"] = "application/json"
+        return httpx.post(shim.url + "/payments", content=body, headers=headers, timeout=timeout)
+    return httpx.post(shim.url + "/payments", json=body, headers=headers, timeout=timeout)
+
+
+def _raw(order: dict[str, str], pascal: bool = False) -> bytes:
+    """The JSON body with the amount as a JSON number (not a string)."""
+    names = ("OrderId", "CustomerId", "Amount") if pascal else ("orderId", "customerId", "amount")
+    return (f'{{"{names[0]}": "{order["orderId"]}", "{names[1]}": "{order["customerId"]}", '
+            f'"{names[2]}": {order["amount"]}}}').encode()
+
+
+@pytest.fixture
+def stack(start_worker, start_shim):
+    start_worker()
+    return start_shim()
+
+
+def test_health_and_openapi_describe_the_service(stack):
+    """GET /health is the C# answer; /openapi.json documents POST /payments and its statuses."""
+    health = httpx.get(stack.url + "/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "Healthy", "service": "Payment"}
+    spec = httpx.get(stack.url + "/openapi.json").json()
+    operation = spec["paths"]["/payments"]["post"]
+    assert {"200", "400", "401", "404", "409", "422", "500", "503", "504"} <= set(
+        operation["responses"])
+    assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+    assert "payment_shim_requests_total" in httpx.get(stack.url + "/metrics").text
+
+
+@pytest.mark.parametrize("pascal", [False, True], ids=["camelCase", "PascalCase"])
+def test_a_payment_over_http_succeeds_with_exact_decimal_amount(stack, devserver, pascal):
+    """POST /payments with either casing answers 200 and keeps 20.10 exactly (no float)."""
+    order = _order(devserver, "20.10")
+    response = _post(stack, _raw(order, pascal))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["errorMessage"] is None
+    assert body["payment"]["status"] == "succeeded"
+    assert '"amount":20.10' in response.text
+    assert body["payment"]["orderId"] == order["orderId"]
+
+
+@pytest.mark.parametrize(("amount", "setup", "status", "prefix"), [
+    ("20.13", "order", 422, "Payment failed: "),
+    ("20.00", "none", 404, "Order not found"),
+    ("20.00", "paid-state", 400, "Order validation failed: "),
+    ("20.00", "other-customer", 401, "Unauthorized: "),
+    ("0", "order", 400, "Amount must be greater than zero"),
+], ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"])
+def test_each_outcome_maps_to_its_http_status(stack, devserver, amount, setup, status, prefix):
+    """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body."""
+    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
+    if setup == "order":
+        devserver.add_order(order["orderId"], order["customerId"], amount)
+    elif setup == "paid-state":
+        devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
+    elif setup == "other-customer":
+        devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
+    response = _post(stack, _raw(order))
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"success", "payment", "errorMessage"}
+    assert body["success"] is False
+    assert body["errorMessage"].startswith(prefix)
+
+
+def test_bad_bodies_are_400_with_a_clear_message_never_500(stack):
+    """Malformed JSON, wrong types and empty bodies are 400s in the contract body shape."""
+    for raw, message in [
+        (b"{not json", "Invalid JSON"),
+        (b"[]", "Payment request must be a JSON object"),
+        (b"", "Payment request is required"),
+        (b'{"orderId": 12, "customerId": "x", "amount": 1}', "Valid OrderId is required"),
+        (b'{"orderId": "' + str(uuid.uuid4()).encode() + b'", "customerId": "'
+         + str(uuid.uuid4()).encode() + b'", "amount": NaN}', "Invalid JSON"),
+    ]:
+        response = _post(stack, raw)
+        assert response.status_code == 400, (raw, response.text)
+        assert response.json()["errorMessage"].startswith(message), (raw, response.text)
+
+
+def test_a_retried_request_with_the_same_idempotency_key_gets_the_same_payment(stack, devserver):
+    """Same Idempotency-Key, same body: same payment, charged once."""
+    order = _order(devserver)
+    key = f"retry-{uuid.uuid4()}"
+    first = _post(stack, _raw(order), key)
+    second = _post(stack, _raw(order), key)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["payment"]["id"] == second.json()["payment"]["id"]
+
+
+def test_the_same_idempotency_key_with_another_body_is_a_conflict(stack, devserver):
+    """Same Idempotency-Key, different amount: 409."""
+    order = _order(devserver)
+    key = f"conflict-{uuid.uuid4()}"
+    assert _post(stack, _raw(order), key).status_code == 200
+    response = _post(stack, _raw({**order, "amount": "21.00"}), key)
+    assert response.status_code == 409
+    assert response.json()["errorMessage"].startswith("Conflict: ")
+
+
+def test_no_reply_in_time_is_504_and_the_same_request_is_answered_once_the_worker_is_back(
+    start_worker, start_shim, devserver
+):
+    """Worker stopped: 504 telling to retry with the same key; after restart the retry is 200."""
+    worker = start_worker()
+    shim = start_shim(PAYMENT_SHIM_REPLY_TIMEOUT_S="3")
+    worker.stop()
+    order = _order(devserver)
+    key = f"late-{uuid.uuid4()}"
+    response = _post(shim, _raw(order), key)
+    assert response.status_code == 504
+    assert "Idempotency-Key" in response.json()["errorMessage"]
+    start_worker()
+    retried = _post(shim, _raw(order), key, timeout=30)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["success"] is True
+
+
+def test_two_shims_each_get_only_their_own_replies(start_worker, start_shim, devserver):
+    """Two shim processes in one group: every request on either is answered correctly."""
+    start_worker()
+    shims = [start_shim(), start_shim()]
+    for shim in shims:
+        shim.wait_ready()
+    orders = [_order(devserver) for _ in range(20)]
+
+    def call(i: int) -> tuple[str, httpx.Response]:
+        return orders[i]["orderId"], _post(shims[i % 2], _raw(orders[i]))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(20)))
+    for order_id, response in results:
+        assert response.status_code == 200, response.text
+        assert response.json()["payment"]["orderId"] == order_id

@@ -1,0 +1,350 @@
+"""The confluent-kafka adapters and the outbox relay against a real (Tansu) broker: the
+outbox producer, ensure_topics, the threaded group consumer, and OutboxRelay over a real
+PostgresStore."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer, ensure_topics
+from payment_worker.adapters.postgres import PostgresStore
+from payment_worker.entrypoints.relay import OutboxRelay
+from payment_worker.service.messages import Topics
+from payment_worker.service.ports import InboundRecord, OutboxMessage, StoredMessage
+from payment_worker.testing import KafkaHarness, Received
+from tests.integration.support import message
+
+pytestmark = pytest.mark.integration
+
+Offsets = dict[tuple[str, int], int]
+
+
+def _read(broker: str, topics: Topics, topic: str, expect: int) -> list[Received]:
+    return KafkaHarness(broker, topics).read(topic, expect=expect, timeout_s=20, idle_s=0.5)
+
+
+def _consumer_config(broker: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": broker,
+        "group.id": f"it-{uuid.uuid4().hex[:10]}",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+    }
+
+
+def _produce_one_per_flush(broker: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
+    for value in values:
+        producer.produce(topic, key=value, value=value)
+        assert producer.flush(10) == 0
+
+
+async def _consume(
+    consumer: ThreadedConsumer, expect: int, timeout_s: float = 30
+) -> list[InboundRecord]:
+    records: list[InboundRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < expect and time.monotonic() < deadline:
+        records += await consumer.consume(100, 0.2)
+    return records
+
+
+def _committed(broker: str, group_id: str, topic: str, partitions: int) -> Offsets:
+    """The group's committed offsets as a fresh consumer of that group sees them."""
+    fresh = Consumer({"bootstrap.servers": broker, "group.id": group_id,
+                      "enable.auto.commit": False})
+    try:
+        found = fresh.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        fresh.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
+
+class Revocations:
+    """An on_revoke coroutine that remembers what it was given and answers `offsets`."""
+
+    def __init__(self, offsets: Offsets | None = None) -> None:
+        self.offsets = offsets or {}
+        self.calls: list[list[tuple[str, int]]] = []
+        self.finished = 0
+
+    async def __call__(self, partitions: list[tuple[str, int]]) -> Offsets:
+        self.calls.append(list(partitions))
+        await asyncio.sleep(0.05)  # proves the coroutine is awaited, not just created
+        self.finished += 1
+        return {k: v for k, v in self.offsets.items() if k in partitions}
+
+
+# -- OutboxProducer ----------------------------------------------------------------------------
+
+
+def _stored(topics: Topics) -> list[StoredMessage]:
+    return [
+        StoredMessage(101, message("event", topics.succeeded, partition=1, key=b"order-1",
+                                   value=b"\xc3\x01event",
+                                   headers=[("ce_id", b"e-1"), ("correlation-id", b"c-1")])),
+        StoredMessage(102, message("reply", topics.succeeded, partition=0, key=b"order-2",
+                                   value=b"reply", headers=[("ce_type", b"t")])),
+        StoredMessage(103, message("reply", topics.succeeded, partition=1, key=None,
+                                   value=b"no-key", headers=[])),
+    ]
+
+
+def test_outbox_producer_reports_delivered_row_ids(broker: str, topics: Topics) -> None:
+    """After a flush, take_reports returns the row ids of every delivered message (and no
+    failures), once: a second call returns nothing."""
+    producer = OutboxProducer({"bootstrap.servers": broker})
+    producer.open()
+    try:
+        for stored in _stored(topics):
+            producer.produce(stored)
+        assert producer.flush(15) == 0
+        delivered, failed = producer.take_reports()
+        again = producer.take_reports()
+    finally:
+        producer.close()
+
+    assert sorted(delivered) == [101, 102, 103]
+    assert failed == []
+    assert again == ([], [])
+    assert producer.in_flight == set()
+
+
+def test_outbox_producer_writes_to_the_given_partition_with_headers(
+    broker: str, topics: Topics
+) -> None:
+    """Each stored message lands on its explicit partition with its key, value and headers."""
+    producer = OutboxProducer({"bootstrap.servers": broker})
+    producer.open()
+    try:
+        for stored in _stored(topics):
+            producer.produce(stored)
+        assert producer.flush(15) == 0
+    finally:
+        producer.close()
+
+    read = _read(broker, topics, topics.succeeded, 3)
+    got = {r.value: (r.partition, r.key, r.headers) for r in read}
+    assert got == {
+        b"\xc3\x01event": (1, b"order-1", {"ce_id": b"e-1", "correlation-id": b"c-1"}),
+        b"reply": (0, b"order-2", {"ce_type": b"t"}),
+        b"no-key": (1, None, {}),
+    }
+
+
+def test_outbox_producer_reports_a_failed_delivery(broker: str, topics: Topics) -> None:
+    """A message that cannot be delivered (a partition the topic does not have) comes back in
+    the failed reports with its row id, is no longer in flight, and is not reported delivered."""
+    producer = OutboxProducer({"bootstrap.servers": broker, "message.timeout.ms": 3000})
+    producer.open()
+    try:
+        producer.produce(StoredMessage(7, message("reply", topics.dlq, partition=5)))
+        producer.flush(10)
+        delivered, failed = producer.take_reports()
+    finally:
+        producer.close()
+
+    assert delivered == []
+    assert [row_id for row_id, _error in failed] == [7]
+    assert producer.in_flight == set()
+
+
+# -- ensure_topics -----------------------------------------------------------------------------
+
+
+def test_ensure_topics_creates_missing_topics_with_their_partitions(broker: str) -> None:
+    """ensure_topics creates the topics that do not exist, with the partition counts asked for,
+    and returns their names."""
+    names = {f"it-a-{uuid.uuid4().hex[:8]}": 3, f"it-b-{uuid.uuid4().hex[:8]}": 1}
+
+    created = ensure_topics({"bootstrap.servers": broker}, names)
+
+    assert sorted(created) == sorted(names)
+    metadata = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10)
+    assert {n: len(metadata.topics[n].partitions) for n in names} == names
+
+
+def test_ensure_topics_is_idempotent(broker: str, topics: Topics) -> None:
+    """Run again for topics that exist (the fixture made them), ensure_topics creates nothing,
+    raises nothing, and leaves the partition count alone."""
+    created = ensure_topics({"bootstrap.servers": broker}, {topics.commands: 8})
+
+    assert created == []
+    metadata = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10)
+    assert len(metadata.topics[topics.commands].partitions) == 4
+
+
+# -- ThreadedConsumer --------------------------------------------------------------------------
+
+
+async def test_threaded_consumer_consumes_records_produced_one_per_flush(
+    broker: str, topics: Topics
+) -> None:
+    """Records produced one per flush across the commands topic's partitions are all consumed,
+    with their topic, partition, offset, key and value, once each."""
+    values = [f"record-{i}".encode() for i in range(6)]
+    _produce_one_per_flush(broker, topics.commands, values)
+    assigned: list[list[tuple[str, int]]] = []
+    consumer = ThreadedConsumer(_consumer_config(broker), [topics.commands],
+                                on_assign=assigned.append, on_revoke=Revocations())
+    await consumer.open()
+    try:
+        records = await _consume(consumer, len(values))
+        records += await consumer.consume(100, 0.5)  # nothing more may come
+    finally:
+        await consumer.close()
+
+    assert sorted(r.value for r in records if r.value) == values
+    assert all(r.topic == topics.commands and r.key == r.value for r in records)
+    assert len({(r.partition, r.offset) for r in records}) == len(values)
+    assert sorted(p for p in assigned[0]) == [(topics.commands, p) for p in range(4)]
+
+
+async def test_threaded_consumer_commit_stores_the_offsets(broker: str, topics: Topics) -> None:
+    """commit() stores the given offsets for the group: a fresh consumer of the group reads
+    them back with committed()."""
+    _produce_one_per_flush(broker, topics.commands, [b"a", b"b", b"c", b"d"])
+    config = _consumer_config(broker)
+    consumer = ThreadedConsumer(config, [topics.commands], on_assign=lambda _k: None,
+                                on_revoke=Revocations())
+    await consumer.open()
+    try:
+        records = await _consume(consumer, 4)
+        points: Offsets = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            points[key] = max(points.get(key, 0), r.offset + 1)
+        await consumer.commit(points)
+    finally:
+        await consumer.close()
+
+    assert len(records) == 4
+    assert _committed(broker, config["group.id"], topics.commands, 4) == points
+
+
+async def test_threaded_consumer_awaits_on_revoke_at_close(broker: str, topics: Topics) -> None:
+    """Closing the consumer awaits the on_revoke coroutine with the partitions it held."""
+    revoke = Revocations()
+    assigned: list[list[tuple[str, int]]] = []
+    consumer = ThreadedConsumer(_consumer_config(broker), [topics.commands],
+                                on_assign=assigned.append, on_revoke=revoke)
+    await consumer.open()
+    try:
+        deadline = time.monotonic() + 30
+        while not assigned and time.monotonic() < deadline:
+            await consumer.consume(10, 0.2)
+        assert assigned, "no partitions assigned"
+        assert revoke.calls == []
+    finally:
+        await consumer.close()
+
+    assert revoke.finished == 1
+    assert sorted(revoke.calls[0]) == sorted(assigned[0])
+
+
+async def test_threaded_consumer_commits_what_on_revoke_returns(
+    broker: str, topics: Topics
+) -> None:
+    """The offsets on_revoke answers are committed before the partitions are given up."""
+    config = _consumer_config(broker)
+    _produce_one_per_flush(broker, topics.commands, [b"x"])
+    revoke = Revocations({(topics.commands, 0): 1, (topics.commands, 3): 1})
+    consumer = ThreadedConsumer(config, [topics.commands], on_assign=lambda _k: None,
+                                on_revoke=revoke)
+    await consumer.open()
+    try:
+        await _consume(consumer, 1)
+    finally:
+        await consumer.close()
+
+    assert _committed(broker, config["group.id"], topics.commands, 4) == revoke.offsets
+
+
+# -- OutboxRelay over PostgresStore --------------------------------------------------------------
+
+
+def _messages(topics: Topics) -> list[OutboxMessage]:
+    return [
+        message("event", topics.succeeded, partition=0, key=b"o-1", value=b"event-1",
+                headers=[("ce_id", b"e-1")], payment_id=uuid.uuid4()),
+        message("reply", topics.replies, partition=1, key=b"o-1", value=b"reply-1",
+                headers=[("correlation-id", b"c-1")]),
+    ]
+
+
+async def _wait_all_sent(db: psycopg.Connection[Any], timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        if row == (0,):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("outbox rows still unsent")
+
+
+@pytest.fixture
+async def relay(store: PostgresStore, broker: str) -> Any:
+    """A started relay whose own sweeper stays asleep during the test."""
+    the_relay = OutboxRelay(store, OutboxProducer({"bootstrap.servers": broker}),
+                            sweep_every_s=3600, sweep_older_than_s=3600)
+    await the_relay.start()
+    yield the_relay
+    await the_relay.stop()
+
+
+async def test_relay_publishes_recorded_rows_and_marks_them_sent(
+    relay: OutboxRelay, store: PostgresStore, db: psycopg.Connection[Any],
+    broker: str, topics: Topics,
+) -> None:
+    """Rows recorded in the outbox and handed to publish() reach their topics and are marked
+    sent (sent_at set) without a sweep."""
+    stored = await store.record(_messages(topics))
+    assert stored is not None
+
+    relay.publish(stored)
+    await _wait_all_sent(db)
+
+    events = _read(broker, topics, topics.succeeded, 1)
+    replies = _read(broker, topics, topics.replies, 1)
+    assert [(r.partition, r.key, r.value, r.headers) for r in events] == [
+        (0, b"o-1", b"event-1", {"ce_id": b"e-1"})]
+    assert [(r.partition, r.value) for r in replies] == [(1, b"reply-1")]
+    assert await store.outbox_backlog() == 0
+
+
+async def test_relay_sweep_publishes_rows_left_unsent(
+    relay: OutboxRelay, store: PostgresStore, db: psycopg.Connection[Any],
+    broker: str, topics: Topics,
+) -> None:
+    """Rows recorded but never handed to publish() (a crash between commit and publish) are
+    published by sweep_once(older_than_s=0) and marked sent."""
+    stored = await store.record(_messages(topics))
+    assert stored is not None
+
+    published = await relay.sweep_once(older_than_s=0)
+
+    assert published == 2
+    assert db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    assert [r.value for r in _read(broker, topics, topics.succeeded, 1)] == [b"event-1"]
+    assert [r.value for r in _read(broker, topics, topics.replies, 1)] == [b"reply-1"]
+
+
+async def test_relay_sweep_leaves_sent_rows_alone(
+    relay: OutboxRelay, store: PostgresStore, broker: str, topics: Topics,
+) -> None:
+    """A sweep after everything was sent publishes nothing, so no duplicates appear."""
+    stored = await store.record(_messages(topics))
+    assert stored is not None
+    assert await relay.sweep_once(older_than_s=0) == 2
+
+    assert await relay.sweep_once(older_than_s=0) == 0
+
+    assert len(_read(broker, topics, topics.succeeded, 1)) == 1

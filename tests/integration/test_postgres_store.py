@@ -1,0 +1,425 @@
+"""PostgresStore over make_pool() against the real PostgreSQL: payments, the command ledger,
+the outbox and the translation of connection failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from payment_worker.adapters.postgres import (
+    DatabaseError,
+    DatabaseUnavailable,
+    PostgresStore,
+    make_pool,
+)
+from payment_worker.devstack.broker import free_port
+from payment_worker.domain.model import Outcome, PaymentStatus
+from payment_worker.service.ports import Began
+from tests.integration.support import (
+    ROUTE,
+    declined,
+    final_ledger,
+    ledger_fields,
+    message,
+    pending_payment,
+    succeeded,
+)
+
+pytestmark = pytest.mark.integration
+
+Conn = psycopg.Connection[Any]
+
+
+def _count(db: Conn, query: str, *params: Any) -> int:
+    row = db.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- begin_payment ---------------------------------------------------------------------------
+
+
+async def test_begin_payment_inserts_pending_payment_and_in_progress_ledger_row(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A first begin_payment for an order writes the pending payment and an in_progress
+    ledger row pointing at it, and answers Began(pending=that payment)."""
+    payment = pending_payment(amount=Decimal("123.45"))
+
+    began = await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+
+    assert began == Began(pending=payment)
+    row = db.execute("SELECT status, amount, command_id FROM payments WHERE id = %s",
+                     (payment.id,)).fetchone()
+    assert row == ("pending", Decimal("123.45"), payment.command_id)
+    ledger = db.execute("SELECT state, outcome, payment_id, reply_route FROM command_ledger"
+                        " WHERE command_id = %s", (payment.command_id,)).fetchone()
+    assert ledger == ("in_progress", None, payment.id, ROUTE)
+
+
+async def test_begin_payment_by_another_command_while_pending_is_busy(
+    store: PostgresStore, db: Conn
+) -> None:
+    """While an order has a pending payment, another command for it gets Began(busy=...)
+    with the existing payment, and nothing new is written."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    second = pending_payment(order_id=first.order_id)
+
+    began = await store.begin_payment(second, ledger_fields(second), ROUTE)
+
+    assert began.busy is not None and began.busy.id == first.id
+    assert (began.pending, began.succeeded, began.ledger) == (None, None, None)
+    assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
+    assert _count(db, "SELECT count(*) FROM command_ledger WHERE command_id = %s",
+                  second.command_id) == 0
+
+
+async def test_begin_payment_by_the_same_command_resumes_its_pending_payment(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A redelivered command whose payment is still pending gets that payment back (same id),
+    not a new one (rule I5)."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    retry = pending_payment(order_id=first.order_id, command_id=first.command_id)
+
+    began = await store.begin_payment(retry, ledger_fields(retry), ROUTE)
+
+    assert began.pending is not None
+    assert began.pending.id == first.id != retry.id
+    assert began.pending.status is PaymentStatus.PENDING
+    assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
+
+
+async def test_begin_payment_after_success_returns_the_succeeded_payment(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Once an order's payment succeeded, another command gets Began(succeeded=...) and no
+    second payment is started (rule I2)."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    assert await store.finish_payment(succeeded(first), Outcome.SUCCEEDED, None, []) == []
+    other = pending_payment(order_id=first.order_id)
+
+    began = await store.begin_payment(other, ledger_fields(other), ROUTE)
+
+    assert began.succeeded is not None
+    assert began.succeeded.id == first.id
+    assert began.succeeded.status is PaymentStatus.SUCCEEDED
+    assert began.succeeded.transaction_id == "txn_0123456789abcdef"
+    assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
+
+
+async def test_begin_payment_of_a_finalized_command_returns_its_ledger_entry(
+    store: PostgresStore,
+) -> None:
+    """A command id whose outcome is recorded gets Began(ledger=...) with that final entry
+    (rule I1), even when its order could be paid again."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    await store.finish_payment(declined(first), Outcome.DECLINED, "Payment failed: x", [])
+    again = pending_payment(order_id=first.order_id, command_id=first.command_id)
+
+    began = await store.begin_payment(again, ledger_fields(again), ROUTE)
+
+    assert began.ledger is not None
+    assert began.ledger.final and began.ledger.outcome is Outcome.DECLINED
+    assert began.ledger.payment_id == first.id
+
+
+async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
+    database_url: str, migrated_schema: str, db: Conn
+) -> None:
+    """Twenty commands for one order racing through begin_payment leave exactly one pending
+    payment: one caller gets it, the other nineteen are told the order is busy (rule I3)."""
+    order_id = uuid.uuid4()
+    payments = [pending_payment(order_id=order_id) for _ in range(20)]
+    # Twenty open connections, so the twenty calls really run at the same time.
+    pool = make_pool(database_url, migrated_schema, min_size=20, max_size=20)
+    await pool.open(wait=True, timeout=10)
+    store = PostgresStore(pool)
+    try:
+        answers = await asyncio.gather(
+            *(store.begin_payment(p, ledger_fields(p), ROUTE) for p in payments),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.close()
+
+    assert [a for a in answers if not isinstance(a, Began)] == []
+    winners = [a.pending for a in answers if isinstance(a, Began) and a.pending is not None]
+    busy = [a.busy for a in answers if isinstance(a, Began) and a.busy is not None]
+    assert len(winners) == 1 and len(busy) == 19
+    assert {b.id for b in busy} == {winners[0].id}
+    assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", order_id) == 1
+    assert _count(db, "SELECT count(*) FROM command_ledger WHERE order_id = %s", order_id) == 1
+
+
+# -- finish_payment and record ----------------------------------------------------------------
+
+
+async def test_finish_payment_records_final_state_ledger_and_outbox_rows(
+    store: PostgresStore, db: Conn
+) -> None:
+    """finish_payment sets the payment's final state, the ledger's outcome, and writes exactly
+    the given outbox rows (returned with their row ids)."""
+    payment = pending_payment()
+    await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    final = succeeded(payment)
+    messages = [message("event", "payment-succeeded", payment_id=payment.id),
+                message("reply", "payment-replies", partition=1)]
+
+    stored = await store.finish_payment(final, Outcome.SUCCEEDED, None, messages)
+
+    assert stored is not None
+    assert [s.message for s in stored] == messages
+    rows = db.execute(
+        "SELECT id, kind, topic, partition, sent_at FROM outbox ORDER BY id"
+    ).fetchall()
+    assert rows == [(stored[0].id, "event", "payment-succeeded", None, None),
+                    (stored[1].id, "reply", "payment-replies", 1, None)]
+    assert db.execute("SELECT status, transaction_id FROM payments WHERE id = %s",
+                      (payment.id,)).fetchone() == ("succeeded", "txn_0123456789abcdef")
+    assert db.execute("SELECT state, outcome FROM command_ledger WHERE command_id = %s",
+                      (payment.command_id,)).fetchone() == ("final", "SUCCEEDED")
+
+
+async def test_finish_payment_is_one_transaction(store: PostgresStore, db: Conn) -> None:
+    """When one outbox row cannot be written, the payment stays pending, the ledger stays
+    in_progress and no outbox row exists: state and messages commit together (habit 6)."""
+    payment = pending_payment()
+    await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    messages = [message("event", "payment-succeeded", payment_id=payment.id),
+                message("not-a-kind")]  # violates the outbox kind CHECK constraint
+
+    with pytest.raises(DatabaseError):
+        await store.finish_payment(succeeded(payment), Outcome.SUCCEEDED, None, messages)
+
+    assert db.execute("SELECT status FROM payments WHERE id = %s",
+                      (payment.id,)).fetchone() == ("pending",)
+    assert db.execute("SELECT state FROM command_ledger WHERE command_id = %s",
+                      (payment.command_id,)).fetchone() == ("in_progress",)
+    assert _count(db, "SELECT count(*) FROM outbox") == 0
+
+
+async def test_finish_payment_twice_writes_nothing_the_second_time(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A second finish_payment for a payment no longer pending returns None, leaves the first
+    final state alone and writes no outbox rows."""
+    payment = pending_payment()
+    await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    await store.finish_payment(succeeded(payment), Outcome.SUCCEEDED, None,
+                               [message("reply")])
+    again = await store.finish_payment(declined(payment), Outcome.DECLINED, "Payment failed: x",
+                                       [message("reply"), message("reply")])
+
+    assert again is None
+    assert _count(db, "SELECT count(*) FROM outbox") == 1
+    assert db.execute("SELECT status FROM payments WHERE id = %s",
+                      (payment.id,)).fetchone() == ("succeeded",)
+    assert db.execute("SELECT outcome FROM command_ledger WHERE command_id = %s",
+                      (payment.command_id,)).fetchone() == ("SUCCEEDED",)
+
+
+async def test_record_writes_final_ledger_entry_and_outbox_rows(
+    store: PostgresStore, db: Conn
+) -> None:
+    """record() with a new ledger entry stores it as final and writes the given rows."""
+    payment = pending_payment()
+
+    stored = await store.record([message("reply")],
+                                final_ledger(payment, "ORDER_NOT_FOUND"))
+
+    assert stored is not None and len(stored) == 1
+    assert db.execute("SELECT state, outcome FROM command_ledger WHERE command_id = %s",
+                      (payment.command_id,)).fetchone() == ("final", "ORDER_NOT_FOUND")
+    assert _count(db, "SELECT count(*) FROM outbox") == 1
+
+
+async def test_record_with_an_existing_ledger_entry_writes_nothing(
+    store: PostgresStore, db: Conn
+) -> None:
+    """record() whose ledger entry already exists returns None and writes no outbox row, so a
+    command's outcome is recorded (and answered) once."""
+    payment = pending_payment()
+    await store.record([message("reply")], final_ledger(payment, "ORDER_NOT_FOUND"))
+
+    again = await store.record([message("reply")], final_ledger(payment, "ORDER_INVALID"))
+
+    assert again is None
+    assert _count(db, "SELECT count(*) FROM outbox") == 1
+    assert db.execute("SELECT outcome FROM command_ledger WHERE command_id = %s",
+                      (payment.command_id,)).fetchone() == ("ORDER_NOT_FOUND",)
+
+
+# -- outbox relay queries ---------------------------------------------------------------------
+
+
+async def test_outbox_backlog_counts_unsent_rows(store: PostgresStore) -> None:
+    """outbox_backlog is the number of rows not yet marked sent."""
+    stored = await store.record([message(), message(), message()])
+    assert stored is not None
+    assert await store.outbox_backlog() == 3
+
+    await store.mark_sent([stored[0].id, stored[2].id])
+
+    assert await store.outbox_backlog() == 1
+
+
+async def test_mark_sent_stamps_sent_at_once(store: PostgresStore, db: Conn) -> None:
+    """mark_sent sets sent_at on the given rows only, and does not move it on a second call."""
+    stored = await store.record([message(), message()])
+    assert stored is not None
+    await store.mark_sent([stored[0].id])
+    first = db.execute("SELECT sent_at FROM outbox WHERE id = %s", (stored[0].id,)).fetchone()
+
+    await store.mark_sent([stored[0].id])
+
+    assert first is not None and first[0] is not None
+    assert db.execute("SELECT sent_at FROM outbox WHERE id = %s",
+                      (stored[0].id,)).fetchone() == first
+    assert db.execute("SELECT sent_at FROM outbox WHERE id = %s",
+                      (stored[1].id,)).fetchone() == (None,)
+
+
+async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore) -> None:
+    """claim_unsent(0, ...) returns every unsent row in id order with topic, partition, key,
+    value and headers as written; rows already sent are left out."""
+    written = [
+        message("event", "payment-succeeded", partition=1, key=b"k1", value=b"\x00\xff",
+                headers=[("ce_id", b"abc"), ("empty", b"")], payment_id=uuid.uuid4()),
+        message("reply", "payment-replies", key=None, value=None, headers=[]),
+        message("reply", "payment-replies"),
+    ]
+    stored = await store.record(written)
+    assert stored is not None
+    await store.mark_sent([stored[2].id])
+
+    async with store.claim_unsent(0, 100) as (claimed, _cur):
+        got = [(s.id, s.message.topic, s.message.partition, s.message.key, s.message.value,
+                s.message.headers) for s in claimed]
+
+    assert got == [
+        (stored[0].id, "payment-succeeded", 1, b"k1", b"\x00\xff",
+         [("ce_id", b"abc"), ("empty", b"")]),
+        (stored[1].id, "payment-replies", None, None, None, []),
+    ]
+
+
+async def test_claim_unsent_leaves_out_rows_younger_than_the_age(
+    store: PostgresStore, db: Conn
+) -> None:
+    """claim_unsent(older_than_s) returns only rows created longer ago than that age."""
+    stored = await store.record([message(), message()])
+    assert stored is not None
+    db.execute("UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s",
+               (stored[0].id,))
+
+    async with store.claim_unsent(30, 100) as (claimed, _cur):
+        ids = [s.id for s in claimed]
+
+    assert ids == [stored[0].id]
+
+
+async def test_claim_unsent_honours_the_limit(store: PostgresStore) -> None:
+    """claim_unsent returns at most `limit` rows, the oldest ids first."""
+    stored = await store.record([message() for _ in range(5)])
+    assert stored is not None
+
+    async with store.claim_unsent(0, 2) as (claimed, _cur):
+        ids = [s.id for s in claimed]
+
+    assert ids == [stored[0].id, stored[1].id]
+
+
+async def test_claimed_rows_are_skipped_by_another_claimer(store: PostgresStore) -> None:
+    """Rows claimed by one transaction are invisible to a concurrent claim (SKIP LOCKED), so
+    two relays never publish the same row at the same time."""
+    stored = await store.record([message(), message()])
+    assert stored is not None
+
+    async def claim_all() -> list[int]:
+        async with store.claim_unsent(0, 100) as (claimed, _cur):
+            return [s.id for s in claimed]
+
+    async with store.claim_unsent(0, 1) as (first, _cur):
+        # Bounded: without SKIP LOCKED the second claim would wait on the first for ever.
+        second_ids = await asyncio.wait_for(claim_all(), 5)
+
+    assert [s.id for s in first] == [stored[0].id]
+    assert second_ids == [stored[1].id]
+
+
+async def test_mark_sent_in_commits_with_the_claim(store: PostgresStore, db: Conn) -> None:
+    """mark_sent_in marks rows inside the claim's transaction; they are sent once it ends."""
+    stored = await store.record([message()])
+    assert stored is not None
+
+    async with store.claim_unsent(0, 100) as (claimed, cur):
+        await store.mark_sent_in(cur, [s.id for s in claimed])
+
+    assert await store.outbox_backlog() == 0
+    assert db.execute("SELECT sent_at IS NOT NULL FROM outbox").fetchall() == [(True,)]
+
+
+# -- stale pending payments -----------------------------------------------------------------
+
+
+async def test_stale_pending_returns_only_pending_payments_older_than_the_age(
+    store: PostgresStore, db: Conn
+) -> None:
+    """stale_pending(age) returns pending payments created more than `age` seconds ago, with
+    their command's reply route; young pending and old finished payments are left out."""
+    old = pending_payment()
+    young = pending_payment()
+    old_finished = pending_payment()
+    for payment in (old, young, old_finished):
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    await store.finish_payment(succeeded(old_finished), Outcome.SUCCEEDED, None, [])
+    db.execute("UPDATE payments SET created_at = now() - interval '10 minutes'"
+               " WHERE id = ANY(%s)", ([old.id, old_finished.id],))
+
+    stale = await store.stale_pending(60)
+
+    assert [(p.id, p.status, route) for p, route in stale] == [
+        (old.id, PaymentStatus.PENDING, ROUTE)
+    ]
+
+
+async def test_stale_pending_ages_are_seconds(store: PostgresStore, db: Conn) -> None:
+    """A payment 90 s old is stale at age 60 and not at age 120."""
+    payment = pending_payment()
+    await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    db.execute("UPDATE payments SET created_at = now() - interval '90 seconds'")
+
+    assert [p.id for p, _ in await store.stale_pending(60)] == [payment.id]
+    assert await store.stale_pending(120) == []
+
+
+# -- connection failures --------------------------------------------------------------------
+
+
+async def test_unreachable_database_raises_database_unavailable(migrated_schema: str) -> None:
+    """With PostgreSQL unreachable (a closed port), a store call raises DatabaseUnavailable, the
+    package's retryable error, not a psycopg or pool error."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=1"
+    pool = make_pool(url, migrated_schema, min_size=1, max_size=1)
+    pool.timeout = 2.0  # make_pool's 30 s wait for a connection, shortened for the test
+    await pool.open(wait=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DatabaseUnavailable) as raised:
+            await asyncio.wait_for(PostgresStore(pool).outbox_backlog(), 8)
+    finally:
+        await pool.close()
+
+    assert not isinstance(raised.value, psycopg.Error)
+    assert time.monotonic() - started < 8

@@ -1,0 +1,167 @@
+"""RedisOrderLock against the real Redis: tokens, waiting, safe release, expiry, and the
+degraded mode when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from payment_worker.adapters.redis_lock import RedisOrderLock
+from payment_worker.devstack.broker import free_port
+from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    the_client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await the_client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); `make services`")
+    yield the_client
+    await the_client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test only."""
+    return f"test-{uuid.uuid4().hex[:8]}:order-lock:"
+
+
+@pytest.fixture
+async def lock(client: aioredis.Redis, prefix: str) -> AsyncIterator[RedisOrderLock]:
+    yield RedisOrderLock(client, ttl_ms=5_000, wait_s=0.3, prefix=prefix)
+    keys = [key async for key in client.scan_iter(match=prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+
+
+async def test_acquire_returns_a_token_and_holds_the_key(
+    lock: RedisOrderLock, client: aioredis.Redis, prefix: str
+) -> None:
+    """acquire returns a token and the order's key holds that token, with an expiry."""
+    order_id = uuid.uuid4()
+
+    token = await lock.acquire(order_id)
+
+    assert token
+    assert await client.get(prefix + str(order_id)) == token.encode()
+    assert 0 < await client.pttl(prefix + str(order_id)) <= 5_000
+
+
+async def test_second_acquire_waits_and_gives_up_after_wait_s(lock: RedisOrderLock) -> None:
+    """While the lock is held, another acquire for the same order waits about wait_s (0.3 s)
+    and returns None."""
+    order_id = uuid.uuid4()
+    assert await lock.acquire(order_id)
+
+    started = time.monotonic()
+    second = await lock.acquire(order_id)
+    waited = time.monotonic() - started
+
+    assert second is None
+    assert 0.3 <= waited < 1.0
+
+
+async def test_locks_of_different_orders_are_independent(lock: RedisOrderLock) -> None:
+    """Holding one order's lock does not stop another order's acquire."""
+    assert await lock.acquire(uuid.uuid4())
+
+    assert await lock.acquire(uuid.uuid4())
+
+
+async def test_waiting_acquire_gets_the_lock_once_released(lock: RedisOrderLock) -> None:
+    """An acquire waiting on a held lock gets its own token as soon as the holder releases."""
+    order_id = uuid.uuid4()
+    first = await lock.acquire(order_id)
+    waiting = asyncio.create_task(lock.acquire(order_id))
+    await asyncio.sleep(0.05)
+
+    await lock.release(order_id, first)
+    second = await waiting
+
+    assert second is not None and second != first
+
+
+async def test_release_with_the_wrong_token_keeps_the_lock(
+    lock: RedisOrderLock, client: aioredis.Redis, prefix: str
+) -> None:
+    """release with a token that is not the holder's leaves the lock in place (a late worker
+    cannot free a lock someone else now holds)."""
+    order_id = uuid.uuid4()
+    token = await lock.acquire(order_id)
+    assert token
+
+    await lock.release(order_id, "not-the-token")
+
+    assert await client.get(prefix + str(order_id)) == token.encode()
+    assert await lock.acquire(order_id) is None
+
+
+async def test_release_with_the_right_token_frees_the_lock(
+    lock: RedisOrderLock, client: aioredis.Redis, prefix: str
+) -> None:
+    """release with the holder's token deletes the key; the next acquire succeeds at once."""
+    order_id = uuid.uuid4()
+    token = await lock.acquire(order_id)
+
+    await lock.release(order_id, token)
+
+    assert await client.exists(prefix + str(order_id)) == 0
+    assert await lock.acquire(order_id) is not None
+
+
+async def test_lock_expires_after_ttl(client: aioredis.Redis, prefix: str) -> None:
+    """A lock whose holder never releases it is gone after ttl_ms, so a crashed worker does
+    not block the order for ever."""
+    short = RedisOrderLock(client, ttl_ms=200, wait_s=0.3, prefix=prefix)
+    order_id = uuid.uuid4()
+    assert await short.acquire(order_id)
+
+    await asyncio.sleep(0.35)
+
+    assert await client.exists(prefix + str(order_id)) == 0
+    assert await short.acquire(order_id) is not None
+
+
+async def test_unreachable_redis_degrades_quickly() -> None:
+    """With Redis unreachable, acquire returns None at once (no waiting for wait_s) and reports
+    the degraded mode through on_degraded; release with no token is a no-op."""
+    degraded: list[int] = []
+    unreachable = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5
+    )
+    lock = RedisOrderLock(unreachable, wait_s=5.0, on_degraded=lambda: degraded.append(1))
+    try:
+        started = time.monotonic()
+        token = await lock.acquire(uuid.uuid4())
+        elapsed = time.monotonic() - started
+        await lock.release(uuid.uuid4(), token)
+    finally:
+        await unreachable.aclose()
+
+    assert token is None
+    assert degraded == [1]
+    assert elapsed < 2.0
+
+
+async def test_release_against_unreachable_redis_reports_degraded() -> None:
+    """A release that cannot reach Redis does not raise; it reports the degraded mode."""
+    degraded: list[int] = []
+    unreachable = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5
+    )
+    lock = RedisOrderLock(unreachable, on_degraded=lambda: degraded.append(1))
+    try:
+        await lock.release(uuid.uuid4(), "some-token")
+    finally:
+        await unreachable.aclose()
+
+    assert degraded == [1]
