@@ -70,6 +70,43 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
+async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from payment_worker.adapters.postgres import DatabaseUnavailable
+    from payment_worker.bootstrap import open_app
+    from payment_worker.entrypoints.replay import (
+        Progress,
+        ReplayOptions,
+        Replayer,
+        parse_timestamp,
+        print_summary,
+    )
+
+    options = ReplayOptions(
+        topic=args.topic or settings.topic_commands,
+        from_timestamp_ms=parse_timestamp(args.from_timestamp) if args.from_timestamp else None,
+        to_timestamp_ms=parse_timestamp(args.to_timestamp) if args.to_timestamp else None,
+        republish_events=args.republish_events,
+        dry_run=args.dry_run,
+    )
+    async with open_app(settings, client_id="payment-worker-replay") as app:
+        try:
+            await app.store.ping()
+        except DatabaseUnavailable as exc:
+            raise PaymentWorkerError(f"PostgreSQL is not reachable: {exc}") from exc
+        if not await app.store.schema_ready():
+            raise PaymentWorkerError(
+                f"schema {settings.db_schema} is not migrated: run `payment-worker migrate`")
+        progress = Progress()
+        await app.relay.start()
+        try:
+            summary = await Replayer(app, options).run(progress)
+        finally:
+            progress.stop()
+            await app.relay.stop()
+    print_summary(summary, options)
+    return 0
+
+
 def _migrate(settings: Settings) -> int:
     from payment_worker.adapters.migrations import migrate
 
@@ -87,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
     sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
+    replay = sub.add_parser(
+        "replay", help="reprocess a topic safely (own consumer; the live group is untouched)")
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true",
+                       help="start at the first record (the default)")
+    start.add_argument("--from-timestamp", metavar="T",
+                       help="start at the first record at or after T (ISO 8601 or epoch ms)")
+    replay.add_argument("--to-timestamp", metavar="T",
+                        help="stop before the first record at or after T")
+    replay.add_argument("--topic", metavar="NAME",
+                        help="topic to read (default PAYMENT_TOPIC_COMMANDS; the DLQ works too)")
+    replay.add_argument("--republish-events", action="store_true",
+                        help="re-emit the recorded event of every finalized payment met, "
+                             "with its original event id")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="report what would happen; write nothing")
     return parser
 
 
@@ -99,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "replay":
+            return asyncio.run(_run_replay(settings, args))
         if args.command == "shim":
             from payment_worker.entrypoints.shim import serve
 

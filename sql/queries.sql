@@ -83,3 +83,19 @@ FROM payments p LEFT JOIN command_ledger l ON l.command_id = p.command_id
 WHERE p.status = 'pending' AND p.created_at < now() - make_interval(secs => %(age_s)s)
 ORDER BY p.created_at
 LIMIT %(limit)s;
+
+-- name: payments_by_ids
+SELECT * FROM payments WHERE id = ANY(%(ids)s);
+
+-- name: insert_outbox_many
+INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
+SELECT * FROM unnest(%(kinds)s::text[], %(topics)s::text[], %(partitions)s::integer[],
+                     %(keys)s::bytea[], %(values)s::bytea[], %(headers)s::jsonb[],
+                     %(event_ids)s::uuid[], %(payment_ids)s::uuid[])
+RETURNING id, kind, topic, partition, key, value, headers, event_id, payment_id;
+
+-- name: recorded_events
+SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, headers, event_id
+FROM outbox
+WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)s)
+ORDER BY payment_id, id;

@@ -13,7 +13,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from payment_worker.exceptions import PermanentError
+from payment_worker.exceptions import PermanentError, RetryableError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -134,8 +134,8 @@ class RegistryPort:
         return self._writers[schema_id]
 
 
-class RegistryUnavailable(PermanentError):
-    """The schema registry could not be reached. Retryable in spirit; the loop waits."""
+class RegistryUnavailable(RetryableError):
+    """The schema registry could not be reached: the worker waits and tries again."""
 
 
 class AvroCodec:
@@ -200,7 +200,7 @@ def registry_client(url: str) -> RegistryPort:
     """A registry port for PAYMENT_SCHEMA_REGISTRY_URL (`mock://...` works for tests)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return RegistryPort(SchemaRegistryClient({"url": url}))
+    return RegistryPort(SchemaRegistryClient.new_client({"url": url}))
 
 
 Encoder = Callable[[str, dict[str, Any], str | None], bytes]

@@ -288,6 +288,69 @@ class PostgresStore:
             stored.append(StoredMessage(row["id"], message))
         return stored
 
+    # -- batches (replay's fast path) --------------------------------------------------------
+
+    async def ledger_entries(self, command_ids: list[uuid.UUID]) -> dict[uuid.UUID, LedgerEntry]:
+        if not command_ids:
+            return {}
+        async with self._tx() as cur:
+            await cur.execute(self.q["ledger_entries"], {"command_ids": command_ids})
+            rows = await cur.fetchall()
+        return {row["command_id"]: _ledger(row) for row in rows}
+
+    async def payments_by_ids(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Payment]:
+        if not ids:
+            return {}
+        async with self._tx() as cur:
+            await cur.execute(self.q["payments_by_ids"], {"ids": ids})
+            rows = await cur.fetchall()
+        return {row["id"]: _payment(row) for row in rows}
+
+    async def recorded_events(self, payment_ids: list[uuid.UUID]) -> list[OutboxMessage]:
+        """The event each payment announced, as first written (same event id, same bytes)."""
+        if not payment_ids:
+            return []
+        async with self._tx() as cur:
+            await cur.execute(self.q["recorded_events"], {"payment_ids": payment_ids})
+            rows = await cur.fetchall()
+        return [
+            OutboxMessage(
+                kind="republished_event", topic=r["topic"], partition=r["partition"],
+                key=bytes(r["key"]) if r["key"] is not None else None,
+                value=bytes(r["value"]) if r["value"] is not None else None,
+                headers=headers_from_json(r["headers"]), event_id=r["event_id"],
+                payment_id=r["payment_id"],
+            )
+            for r in rows
+        ]
+
+    async def record_many(self, messages: list[OutboxMessage]) -> list[StoredMessage]:
+        """Many outbox rows in one statement and one transaction."""
+        if not messages:
+            return []
+        async with self._tx() as cur:
+            await cur.execute(self.q["insert_outbox_many"], {
+                "kinds": [m.kind for m in messages],
+                "topics": [m.topic for m in messages],
+                "partitions": [m.partition for m in messages],
+                "keys": [m.key for m in messages],
+                "values": [m.value for m in messages],
+                "headers": [_headers_json(m.headers) for m in messages],
+                "event_ids": [m.event_id for m in messages],
+                "payment_ids": [m.payment_id for m in messages],
+            })
+            rows = await cur.fetchall()
+        return [
+            StoredMessage(r["id"], OutboxMessage(
+                kind=r["kind"], topic=r["topic"], partition=r["partition"],
+                key=bytes(r["key"]) if r["key"] is not None else None,
+                value=bytes(r["value"]) if r["value"] is not None else None,
+                headers=headers_from_json(r["headers"]), event_id=r["event_id"],
+                payment_id=r["payment_id"],
+            ))
+            for r in rows
+        ]
+
     # -- outbox relay -------------------------------------------------------------------------
 
     async def mark_sent(self, ids: list[int]) -> None:

@@ -19,14 +19,20 @@ class ValidationFailed(ValueError):
     """A command broke a validation rule; the message is the reply's errorMessage."""
 
 
+_UUID_TEXT = re.compile(
+    r"^(?:\{)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?:\})?$"
+    r"|^[0-9a-fA-F]{32}$"
+)
+
+
 def parse_uuid(value: object) -> uuid.UUID | None:
-    """A non-nil canonical or braced/hex UUID, or None when `value` is not one."""
-    if not isinstance(value, str) or not 32 <= len(value) <= 38:
+    """A non-nil UUID written 8-4-4-4-12 (any case, optionally braced) or as 32 hex digits,
+    as .NET's Guid reads them; None for anything else."""
+    if not isinstance(value, str) or not _UUID_TEXT.match(value):
         return None
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
+    if value.startswith("{") != value.endswith("}"):
         return None
+    parsed = uuid.UUID(value)
     return None if parsed == _NIL else parsed
 
 

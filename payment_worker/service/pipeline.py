@@ -10,7 +10,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -89,6 +89,18 @@ def command_from_record(raw: dict[str, Any]) -> Command:
     )
 
 
+def canonical(command: Command, valid: ValidCommand) -> Command:
+    """The command with its ids in canonical form (lower case, hyphenated) for what we write."""
+    return replace(
+        command,
+        command_id=str(valid.command_id),
+        order_id=str(valid.order_id),
+        customer_id=str(valid.customer_id),
+        reservation_id=str(valid.reservation_id) if valid.reservation_id else None,
+        currency=valid.currency,
+    )
+
+
 def _same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
     return (
         entry.order_id == valid.order_id
@@ -153,6 +165,7 @@ class Pipeline:
         except ValidationFailed as exc:
             bound.info("command_invalid", error=str(exc))
             return await self._answer(command, route, reply(Outcome.INVALID_REQUEST, str(exc)))
+        command = canonical(command, valid)
         try:
             return await self._process(command, valid, route, bound)
         except DependencyUnavailable as exc:

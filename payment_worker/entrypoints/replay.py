@@ -1,0 +1,320 @@
+"""`payment-worker replay`: read a topic with a consumer of its own, from a start position to
+the end offsets seen at start, and feed every command through the pipeline again.
+
+The live group's offsets are never read or moved (manual assignment, nothing committed).
+Recorded outcomes are answered from the ledger in batches; new and ERROR commands do work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, to_record
+from payment_worker.bootstrap import App
+from payment_worker.exceptions import PaymentWorkerError, RetryableError
+from payment_worker.service.pipeline import Handled
+from payment_worker.service.ports import InboundRecord
+from payment_worker.service.replay import Kind, answers_for, classify, without_dlq_headers
+
+log = structlog.get_logger("payment_worker.replay")
+
+
+class ReplayError(PaymentWorkerError):
+    """Replay cannot start (unknown topic, unreachable broker)."""
+
+
+@dataclass
+class ReplayOptions:
+    topic: str
+    from_timestamp_ms: int | None = None
+    to_timestamp_ms: int | None = None
+    republish_events: bool = False
+    dry_run: bool = False
+    batch_size: int = 2000
+    max_in_flight: int = 500
+
+
+@dataclass
+class ReplaySummary:
+    read: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_letters: int = 0
+    republished_events: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [("records read", str(self.read))]
+        for kind in Kind:
+            rows.append((str(kind), str(self.kinds.get(str(kind), 0))))
+        for outcome, n in sorted(self.outcomes.items()):
+            rows.append((f"  outcome {outcome}", str(n)))
+        rows.append(("dead letters written", str(self.dead_letters)))
+        rows.append(("events republished", str(self.republished_events)))
+        rows.append(("seconds", f"{self.seconds:.2f}"))
+        rows.append(("records per second", f"{self.rate:,.0f}"))
+        return rows
+
+
+def parse_timestamp(text: str) -> int:
+    """Milliseconds since the epoch from ISO 8601 (naive is UTC) or a number of milliseconds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(f"not a timestamp: {text!r} (ISO 8601 or epoch milliseconds)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+class Bounds:
+    """Start and stop offsets per partition, fixed before the first record is read."""
+
+    def __init__(self, consumer: Consumer, options: ReplayOptions) -> None:
+        try:
+            metadata = consumer.list_topics(options.topic, timeout=10)
+        except KafkaException as exc:
+            raise ReplayError(f"cannot reach the broker: {exc}") from exc
+        topic = metadata.topics.get(options.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise ReplayError(f"topic {options.topic!r} does not exist")
+        partitions = sorted(topic.partitions)
+        self.start: dict[int, int] = {}
+        self.stop: dict[int, int] = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(options.topic, p), 10)
+            self.start[p], self.stop[p] = low, high
+        if options.from_timestamp_ms is not None:
+            for tp in consumer.offsets_for_times(
+                [TopicPartition(options.topic, p, options.from_timestamp_ms) for p in partitions],
+                10,
+            ):
+                self.start[tp.partition] = tp.offset if tp.offset >= 0 else self.stop[tp.partition]
+        # --to-timestamp is applied per record while reading (a partition ends at its first
+        # record at or after it): exact on any broker, and never past the end offsets above.
+        self.topic = options.topic
+
+    @property
+    def total(self) -> int:
+        return sum(max(0, self.stop[p] - self.start[p]) for p in self.start)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p, self.start[p] if self.start[p] >= 0
+                               else OFFSET_BEGINNING)
+                for p in self.start if self.stop[p] > self.start[p]]
+
+
+class Replayer:
+    def __init__(self, app: App, options: ReplayOptions) -> None:
+        self.app = app
+        self.options = options
+        self.summary = ReplaySummary()
+        self._republished: set[uuid.UUID] = set()
+        self._chains: dict[bytes | str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _consumer(self) -> Consumer:
+        settings = self.app.settings
+        config: dict[str, Any] = {
+            **CONSUMER_DEFAULTS,
+            **settings.kafka_common(),
+            "group.id": f"payment-worker-replay-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+        }
+        return Consumer(config)
+
+    async def run(self, progress: Any = None) -> ReplaySummary:
+        consumer = await asyncio.to_thread(self._consumer)
+        started = time.monotonic()
+        try:
+            bounds = await asyncio.to_thread(Bounds, consumer, self.options)
+            if progress is not None:
+                progress.start(bounds.total)
+            assignment = bounds.assignment()
+            if assignment:
+                await asyncio.to_thread(consumer.assign, assignment)
+            remaining = {tp.partition: bounds.stop[tp.partition] for tp in assignment}
+            while remaining:
+                messages = await asyncio.to_thread(consumer.consume, self.options.batch_size, 0.5)
+                batch: list[InboundRecord] = []
+                for message in messages:
+                    if message.error() is not None:
+                        continue
+                    partition, offset = message.partition(), message.offset()
+                    stop = remaining.get(partition)
+                    if stop is None or offset is None or offset >= stop:
+                        continue
+                    record = to_record(message)
+                    if self._after_window(record):
+                        del remaining[partition]
+                        continue
+                    if self._before_window(record):
+                        continue
+                    if record.topic == self.app.settings.topic_dlq:
+                        record = without_dlq_headers(record)
+                    batch.append(record)
+                    if offset + 1 >= stop:
+                        del remaining[partition]
+                if batch:
+                    await self._batch(batch)
+                    if progress is not None:
+                        progress.advance(len(batch))
+                if not messages:
+                    # Offsets with no record (transaction markers, compaction) end a partition
+                    # once the position has passed its stop offset.
+                    positions = await asyncio.to_thread(consumer.position, [
+                        TopicPartition(self.options.topic, p) for p in remaining])
+                    for tp in positions:
+                        if tp.offset >= remaining.get(tp.partition, 0) > 0:
+                            del remaining[tp.partition]
+            if self._tasks:
+                await asyncio.gather(*self._tasks)
+        finally:
+            await asyncio.to_thread(consumer.close)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _after_window(self, record: InboundRecord) -> bool:
+        stop = self.options.to_timestamp_ms
+        return stop is not None and record.timestamp_ms is not None and record.timestamp_ms >= stop
+
+    def _before_window(self, record: InboundRecord) -> bool:
+        start = self.options.from_timestamp_ms
+        return (start is not None and record.timestamp_ms is not None
+                and record.timestamp_ms < start)
+
+    async def _batch(self, records: list[InboundRecord]) -> None:
+        pipeline, store = self.app.pipeline, self.app.store
+        self.summary.read += len(records)
+        items = await _retrying(lambda: classify(pipeline, records, store))
+        fast = [i for i in items if i.kind in (Kind.RECORDED, Kind.INVALID)]
+        for item in items:
+            self.summary.kinds[str(item.kind)] += 1
+        if self.options.dry_run:
+            return
+        if fast:
+            messages = await _retrying(lambda: answers_for(
+                pipeline, fast, store, republish=self.options.republish_events,
+                already_republished=self._republished))
+            stored = await _retrying(lambda: store.record_many(messages))
+            self.summary.republished_events += sum(
+                1 for s in stored if s.message.kind == "republished_event")
+            self.app.relay.publish(stored)
+        for item in items:
+            if item.kind is Kind.RECORDED and item.entry is not None:
+                self.summary.outcomes[str(item.entry.outcome)] += 1
+            elif item.kind is Kind.INVALID:
+                self.summary.outcomes["INVALID_REQUEST"] += 1
+            elif item.kind is Kind.NEW:
+                await self._slots.acquire()
+                self._start(item.record)
+
+    def _start(self, record: InboundRecord) -> None:
+        key: bytes | str = record.key or f"{record.partition}/{record.offset}"
+        previous = self._chains.get(key)
+        task = asyncio.create_task(self._process(record, previous))
+        self._chains[key] = task
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._slots.release()
+            if self._chains.get(key) is t:
+                del self._chains[key]
+
+        task.add_done_callback(done)
+
+    async def _process(self, record: InboundRecord, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            handled: Handled = await _retrying(lambda: self.app.pipeline.handle(record))
+        except Exception as exc:  # a bug: answer ERROR and dead-letter, like the worker
+            log.exception("replay_record_failed", offset=record.offset)
+            handled = await _retrying(lambda: self.app.pipeline.handle_failure(record, exc))
+        self.app.relay.publish(handled.stored)
+        if handled.outcome is not None:
+            self.summary.outcomes[str(handled.outcome)] += 1
+        self.summary.dead_letters += sum(
+            1 for s in handled.stored if s.message.kind == "dead_letter")
+
+
+async def _retrying(call: Any, attempts: int = 20) -> Any:
+    """Retry a retryable failure (database restart...) with a growing wait, then give up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except RetryableError as exc:
+            if attempt == attempts:
+                raise
+            wait = min(5.0, 0.1 * 2**attempt)
+            log.warning("replay_retry", attempt=attempt, error=str(exc), wait_s=wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+class Progress:
+    """A rich progress bar on a terminal, a log line every few seconds otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.done = 0
+        self.total = 0
+        self._last = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.tty:
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("replaying", total=total or None)
+        else:
+            log.info("replay_started", records_to_read=total)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+        elif time.monotonic() - self._last >= 5:
+            self._last = time.monotonic()
+            log.info("replay_progress", read=self.done, of=self.total)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def print_summary(summary: ReplaySummary, options: ReplayOptions) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"replay of {options.topic}" + (" (dry run: nothing written)" if options.dry_run
+                                            else "")
+    table = Table(title=title)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, value in summary.rows():
+        table.add_row(name, value)
+    Console().print(table)

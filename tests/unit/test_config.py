@@ -1,0 +1,126 @@
+"""Settings (config.py load_settings): the contract's defaults, and one clear error naming the
+variable for every bad value."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from payment_worker.config import load_settings
+from payment_worker.exceptions import ConfigurationError
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PAYMENT_* variable of the machine leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("PAYMENT_"):
+            monkeypatch.delenv(name)
+
+
+def error_for(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> str:
+    """The ConfigurationError message load_settings gives with `name` set to `value`."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    return str(info.value)
+
+
+def test_default_database_schema_is_bc_payment() -> None:
+    """Without PAYMENT_DB_SCHEMA the schema is bc_payment."""
+    assert load_settings().db_schema == "bc_payment"
+
+
+def test_default_topics_are_the_contracts() -> None:
+    """The five topics default to the names of contract section 2."""
+    s = load_settings()
+    assert (s.topic_commands, s.topic_succeeded, s.topic_failed, s.topic_replies, s.topic_dlq) == (
+        "process-payment", "payment-succeeded", "payment-failed", "payment-replies",
+        "process-payment-dlq",
+    )
+
+
+def test_default_consumer_group_is_payment_worker() -> None:
+    """The consumer group defaults to payment-worker."""
+    assert load_settings().consumer_group == "payment-worker"
+
+
+def test_default_timings_and_ports() -> None:
+    """Reconcile age 60 s, shim port 5004 and reply timeout 15 s by default."""
+    s = load_settings()
+    assert (s.reconcile_after_s, s.shim_port, s.shim_reply_timeout_s) == (60, 5004, 15)
+
+
+def test_default_gateway_latency_is_100_to_500_ms() -> None:
+    """The simulated gateway's latency defaults to (100, 500) ms, as the C# one."""
+    assert load_settings().gateway_latency_ms == (100, 500)
+
+
+def test_default_failure_rate_is_zero_and_no_registry() -> None:
+    """No injected failures and no schema registry (single-object encoding) by default."""
+    s = load_settings()
+    assert (s.gateway_failure_rate, s.schema_registry_url) == (0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", (0, 0)), ("100-500", (100, 500)), ("50 - 75", (50, 75)),
+                            ("250", (250, 250))],
+)
+def test_gateway_latency_reads_a_range_or_a_single_value(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[int, int]
+) -> None:
+    """PAYMENT_GATEWAY_LATENCY_MS takes `LOW-HIGH` or one number (`0` turns latency off)."""
+    monkeypatch.setenv("PAYMENT_GATEWAY_LATENCY_MS", value)
+    assert load_settings().gateway_latency_ms == expected
+
+
+def test_kafka_config_json_object_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PAYMENT_KAFKA_CONFIG's JSON object is merged into every client's properties."""
+    monkeypatch.setenv("PAYMENT_KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
+    monkeypatch.setenv("PAYMENT_KAFKA_CONFIG", '{"session.timeout.ms": 6000}')
+    assert load_settings().kafka_common() == {
+        "bootstrap.servers": "broker:9092", "session.timeout.ms": 6000,
+    }
+
+
+def test_topic_names_can_be_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PAYMENT_TOPIC_COMMANDS renames the commands topic."""
+    monkeypatch.setenv("PAYMENT_TOPIC_COMMANDS", "team.process-payment_v2")
+    assert load_settings().topic_commands == "team.process-payment_v2"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PAYMENT_GATEWAY_LATENCY_MS", "fast"),
+        ("PAYMENT_GATEWAY_LATENCY_MS", "500-100"),
+        ("PAYMENT_GATEWAY_LATENCY_MS", "-5"),
+        ("PAYMENT_KAFKA_CONFIG", "{not json"),
+        ("PAYMENT_KAFKA_CONFIG", "[1, 2]"),
+        ("PAYMENT_KAFKA_CONFIG", '"a string"'),
+        ("PAYMENT_GATEWAY_FAILURE_RATE", "2"),
+        ("PAYMENT_GATEWAY_FAILURE_RATE", "-0.1"),
+        ("PAYMENT_DB_SCHEMA", "bc_payment;drop"),
+        ("PAYMENT_DB_SCHEMA", "BcPayment"),
+        ("PAYMENT_TOPIC_COMMANDS", "process payment"),
+        ("PAYMENT_TOPIC_DLQ", "dlq/x"),
+        ("PAYMENT_SHIM_PORT", "70000"),
+        ("PAYMENT_RECONCILE_AFTER_S", "0"),
+        ("PAYMENT_SHIM_REPLY_TIMEOUT_S", "soon"),
+        ("PAYMENT_DATABASE_URL", "localhost"),
+    ],
+)
+def test_bad_value_error_starts_with_the_variable_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A bad value raises ConfigurationError whose one-line message starts with `NAME: `."""
+    message = error_for(monkeypatch, name, value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_bad_database_url_error_does_not_echo_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error for a malformed database URL does not print the value (it may hold a password)."""
+    message = error_for(monkeypatch, "PAYMENT_DATABASE_URL", "user:hunter2@db")
+    assert "hunter2" not in message
