@@ -23,6 +23,22 @@ $(STAMP): pyproject.toml
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the package with its dev tools
 
+.PHONY: demo
+demo: install services ## Start everything on this machine and send sample payments (Ctrl-C stops it)
+	$(BIN)/payment-worker demo --keep-running
+
+.PHONY: demo-once
+demo-once: install services ## The demo without waiting: print the outcomes and stop
+	$(BIN)/payment-worker demo --once
+
+.PHONY: shim
+shim: install ## Run the HTTP shim on PAYMENT_SHIM_PORT (foreground)
+	$(BIN)/payment-worker shim
+
+.PHONY: replay
+replay: install services ## Replay the commands topic from the beginning (REPLAY_ARGS=...)
+	$(BIN)/payment-worker replay $(REPLAY_ARGS)
+
 .PHONY: services
 services: ## Start PostgreSQL and Redis on this machine when they are down
 	@bash scripts/ensure-services.sh

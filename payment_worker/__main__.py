@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
     sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
+    demo = sub.add_parser("demo", help="start everything on this machine and send sample payments")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="leave everything up for exploring until Ctrl-C")
+    demo.add_argument("--once", action="store_true",
+                      help="print the outcomes and stop (the default; for scripts and tests)")
+    demo.add_argument("--workdir", default=".devstack/demo", help="where the logs go")
     replay = sub.add_parser(
         "replay", help="reprocess a topic safely (own consumer; the live group is untouched)")
     start = replay.add_mutually_exclusive_group()
@@ -152,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "demo":
+            from pathlib import Path
+
+            from payment_worker.entrypoints.demo import run_demo
+
+            return run_demo(settings, keep_running=args.keep_running and not args.once,
+                            workdir=Path(args.workdir))
         if args.command == "replay":
             return asyncio.run(_run_replay(settings, args))
         if args.command == "shim":

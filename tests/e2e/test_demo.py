@@ -1,0 +1,60 @@
+"""`payment-worker demo --once`: the newcomer's first run, non-interactively."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+EXPECTED = [
+    ("card charged", "200"),
+    ("same request retried", "200"),
+    ("new request for the paid", "200"),
+    ("card declined", "422"),
+    ("insufficient funds", "422"),
+    ("processor timeout", "422"),
+    ("amount too large", "422"),
+    ("invalid request", "400"),
+    ("unknown order", "404"),
+    ("another customer's order", "401"),
+    ("reservation expired", "400"),
+]
+
+
+def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_path):
+    """The demo answers each sample with its contract status and stops all it started."""
+    env = {**os.environ, **worker_env, "COLUMNS": "200", "PAYMENT_GATEWAY_LATENCY_MS": "10-50"}
+    env.pop("PAYMENT_METRICS_PORT", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, output[-4000:]
+    rows = [line for line in output.splitlines() if line.startswith("│")]
+    for case, status in EXPECTED:
+        row = next((r for r in rows if case in r), None)
+        assert row is not None, f"no row for {case}:\n{output[-4000:]}"
+        cells = [c.strip() for c in row.split("│")]
+        assert status in cells, (case, row)
+    assert "Where to look next" in output
+    assert re.search(r"curl -s -X POST http://127\.0\.0\.1:\d+/payments", output)
+    assert "stopped everything the demo started" in output
+    started = [line.split() for line in (tmp_path / "pids.txt").read_text().splitlines()]
+    assert {name for _, name in started} >= {"devservices", "worker", "shim"}
+    for pid, name in started:
+        assert not _alive(int(pid)), f"{name} ({pid}) still running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    return not state.stdout.strip().startswith("Z")
