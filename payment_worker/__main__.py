@@ -48,17 +48,23 @@ async def _run_worker(settings: Settings) -> int:
         if not await wait_for("postgresql", database_up, stop):
             return 0
         if not await app.store.schema_ready():
-            log.error("schema_not_migrated", schema=settings.db_schema,
-                      detail="run `payment-worker migrate` first")
+            log.error(
+                "schema_not_migrated",
+                schema=settings.db_schema,
+                detail="run `payment-worker migrate` first",
+            )
             return 1
         if not await wait_for("kafka", broker_up, stop):
             return 0
         server = None
         if settings.metrics_port is not None:
+
             def health() -> tuple[bool, dict[str, object]]:
                 ready = app.worker.ready
-                return ready, {"status": "Healthy" if ready else "Starting",
-                               "service": "payment-worker"}
+                return ready, {
+                    "status": "Healthy" if ready else "Starting",
+                    "service": "payment-worker",
+                }
 
             server = await serve_status(settings.metrics_port, health)
             log.info("status_endpoint", port=settings.metrics_port, paths=["/metrics", "/health"])
@@ -75,8 +81,8 @@ async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
     from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.replay import (
         Progress,
-        ReplayOptions,
         Replayer,
+        ReplayOptions,
         parse_timestamp,
         print_summary,
     )
@@ -95,7 +101,8 @@ async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
             raise PaymentWorkerError(f"PostgreSQL is not reachable: {exc}") from exc
         if not await app.store.schema_ready():
             raise PaymentWorkerError(
-                f"schema {settings.db_schema} is not migrated: run `payment-worker migrate`")
+                f"schema {settings.db_schema} is not migrated: run `payment-worker migrate`"
+            )
         progress = Progress()
         await app.relay.start()
         try:
@@ -111,9 +118,14 @@ def _migrate(settings: Settings) -> int:
     from payment_worker.adapters.migrations import migrate
 
     applied = migrate(settings.database_url.get_secret_value(), settings.db_schema)
-    print(f"schema {settings.db_schema}: " + (
-        f"applied migrations {', '.join(f'{v:03d}' for v in applied)}" if applied
-        else "up to date"))
+    print(
+        f"schema {settings.db_schema}: "
+        + (
+            f"applied migrations {', '.join(f'{v:03d}' for v in applied)}"
+            if applied
+            else "up to date"
+        )
+    )
     return 0
 
 
@@ -125,27 +137,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
     sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
     demo = sub.add_parser("demo", help="start everything on this machine and send sample payments")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="leave everything up for exploring until Ctrl-C")
-    demo.add_argument("--once", action="store_true",
-                      help="print the outcomes and stop (the default; for scripts and tests)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave everything up for exploring until Ctrl-C"
+    )
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="print the outcomes and stop (the default; for scripts and tests)",
+    )
     demo.add_argument("--workdir", default=".devstack/demo", help="where the logs go")
     replay = sub.add_parser(
-        "replay", help="reprocess a topic safely (own consumer; the live group is untouched)")
+        "replay", help="reprocess a topic safely (own consumer; the live group is untouched)"
+    )
     start = replay.add_mutually_exclusive_group()
-    start.add_argument("--from-beginning", action="store_true",
-                       help="start at the first record (the default)")
-    start.add_argument("--from-timestamp", metavar="T",
-                       help="start at the first record at or after T (ISO 8601 or epoch ms)")
-    replay.add_argument("--to-timestamp", metavar="T",
-                        help="stop before the first record at or after T")
-    replay.add_argument("--topic", metavar="NAME",
-                        help="topic to read (default PAYMENT_TOPIC_COMMANDS; the DLQ works too)")
-    replay.add_argument("--republish-events", action="store_true",
-                        help="re-emit the recorded event of every finalized payment met, "
-                             "with its original event id")
-    replay.add_argument("--dry-run", action="store_true",
-                        help="report what would happen; write nothing")
+    start.add_argument(
+        "--from-beginning", action="store_true", help="start at the first record (the default)"
+    )
+    start.add_argument(
+        "--from-timestamp",
+        metavar="T",
+        help="start at the first record at or after T (ISO 8601 or epoch ms)",
+    )
+    replay.add_argument(
+        "--to-timestamp", metavar="T", help="stop before the first record at or after T"
+    )
+    replay.add_argument(
+        "--topic",
+        metavar="NAME",
+        help="topic to read (default PAYMENT_TOPIC_COMMANDS; the DLQ works too)",
+    )
+    replay.add_argument(
+        "--republish-events",
+        action="store_true",
+        help="re-emit the recorded event of every finalized payment met, "
+        "with its original event id",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="report what would happen; write nothing"
+    )
     return parser
 
 
@@ -163,8 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from payment_worker.entrypoints.demo import run_demo
 
-            return run_demo(settings, keep_running=args.keep_running and not args.once,
-                            workdir=Path(args.workdir))
+            return run_demo(
+                settings,
+                keep_running=args.keep_running and not args.once,
+                workdir=Path(args.workdir),
+            )
         if args.command == "replay":
             return asyncio.run(_run_replay(settings, args))
         if args.command == "shim":

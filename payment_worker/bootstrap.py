@@ -35,7 +35,9 @@ def topics(settings: Settings) -> Topics:
 
 
 def codec(settings: Settings) -> AvroCodec:
-    registry = registry_client(settings.schema_registry_url) if settings.schema_registry_url else None
+    registry = (
+        registry_client(settings.schema_registry_url) if settings.schema_registry_url else None
+    )
     return AvroCodec(SchemaSet(), registry)
 
 
@@ -53,19 +55,29 @@ class App:
 
 @contextlib.asynccontextmanager
 async def open_app(settings: Settings, *, client_id: str = "payment-worker") -> AsyncIterator[App]:
-    pool = make_pool(settings.database_url.get_secret_value(), settings.db_schema,
-                     max_size=max(10, min(40, settings.max_in_flight // 10)))
+    pool = make_pool(
+        settings.database_url.get_secret_value(),
+        settings.db_schema,
+        max_size=max(10, min(40, settings.max_in_flight // 10)),
+    )
     redis_client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         socket_connect_timeout=0.5,
         socket_timeout=1.0,
         retry_on_timeout=False,
     )
-    ordering = JsonService("Ordering", settings.ordering_url, timeout_s=settings.http_timeout_s,
-                           retry_budget_s=settings.http_retry_budget_s)
-    inventory = JsonService("Inventory", settings.inventory_url,
-                            timeout_s=settings.http_timeout_s,
-                            retry_budget_s=settings.http_retry_budget_s)
+    ordering = JsonService(
+        "Ordering",
+        settings.ordering_url,
+        timeout_s=settings.http_timeout_s,
+        retry_budget_s=settings.http_retry_budget_s,
+    )
+    inventory = JsonService(
+        "Inventory",
+        settings.inventory_url,
+        timeout_s=settings.http_timeout_s,
+        retry_budget_s=settings.http_retry_budget_s,
+    )
     await pool.open(wait=False)
     await ordering.open()
     await inventory.open()

@@ -12,6 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
+from payment_worker.adapters.kafka import to_record
 from payment_worker.service.messages import Topics
 
 
@@ -45,8 +46,13 @@ class Received:
 class KafkaHarness:
     """Produces commands one record per batch and reads topics back from the beginning."""
 
-    def __init__(self, bootstrap: str, topics: Topics, codec: AvroCodec | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        codec: AvroCodec | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.codec = codec or AvroCodec(SchemaSet())
@@ -90,13 +96,15 @@ class KafkaHarness:
     ) -> list[Received]:
         """Every record of `topic` from the start: until `expect` are in (then `idle_s` more,
         to catch extras) or, without `expect`, until nothing new came for `idle_s`."""
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": f"reader-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "fetch.queue.backoff.ms": 10,
-            **self.extra,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "fetch.queue.backoff.ms": 10,
+                **self.extra,
+            }
+        )
         try:
             metadata = consumer.list_topics(topic, timeout=10)
             partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
@@ -114,11 +122,17 @@ class KafkaHarness:
                             record = self.codec.decode(decode, message.value())
                         except Exception:
                             record = None
-                    out.append(Received(
-                        message.topic() or "", message.partition() or 0, message.offset() or 0,
-                        message.key(), message.value(),
-                        {k: v or b"" for k, v in (message.headers() or [])}, record,
-                    ))
+                    out.append(
+                        Received(
+                            message.topic() or "",
+                            message.partition() or 0,
+                            message.offset() or 0,
+                            message.key(),
+                            message.value(),
+                            dict(to_record(message).headers),
+                            record,
+                        )
+                    )
                     last_new = time.monotonic()
                 waited = time.monotonic() - last_new
                 if expect is not None and len(out) >= expect and waited >= min(idle_s, 0.5):
@@ -129,10 +143,12 @@ class KafkaHarness:
         finally:
             consumer.close()
 
-    def replies(self, expect: int | None = None, timeout_s: float = 60.0,
-                topic: str | None = None) -> list[Received]:
-        return self.read(topic or self.topics.replies, expect=expect, timeout_s=timeout_s,
-                         decode="PaymentReply")
+    def replies(
+        self, expect: int | None = None, timeout_s: float = 60.0, topic: str | None = None
+    ) -> list[Received]:
+        return self.read(
+            topic or self.topics.replies, expect=expect, timeout_s=timeout_s, decode="PaymentReply"
+        )
 
     def replies_by_command(self, expect: int, timeout_s: float = 60.0) -> dict[str, list[Received]]:
         grouped: dict[str, list[Received]] = {}

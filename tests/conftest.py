@@ -78,9 +78,16 @@ def topics(broker: str) -> Topics:
         replies=f"payment-replies-{suffix}",
         dlq=f"process-payment-dlq-{suffix}",
     )
-    ensure_topics({"bootstrap.servers": broker}, {
-        names.commands: 4, names.succeeded: 2, names.failed: 2, names.replies: 2, names.dlq: 1,
-    })
+    ensure_topics(
+        {"bootstrap.servers": broker},
+        {
+            names.commands: 4,
+            names.succeeded: 2,
+            names.failed: 2,
+            names.replies: 2,
+            names.dlq: 1,
+        },
+    )
     return names
 
 
@@ -89,21 +96,46 @@ class DevServer:
         self.url = url
         self.client = httpx.Client(base_url=url, timeout=5)
 
-    def add_order(self, order_id: str, customer_id: str, amount: str, *, status: str = "Pending",
-                  currency: str = "USD", **extra: Any) -> None:
-        body = {"id": order_id, "customerId": customer_id, "status": status,
-                "totalAmount": amount, "currency": currency, **extra}
+    def add_order(
+        self,
+        order_id: str,
+        customer_id: str,
+        amount: str,
+        *,
+        status: str = "Pending",
+        currency: str = "USD",
+        **extra: Any,
+    ) -> None:
+        body = {
+            "id": order_id,
+            "customerId": customer_id,
+            "status": status,
+            "totalAmount": amount,
+            "currency": currency,
+            **extra,
+        }
         self.client.post("/admin/orders", json=body).raise_for_status()
 
-    def add_reservation(self, reservation_id: str, customer_id: str, *, status: str = "Active",
-                        expires_at: str = "2099-01-01T00:00:00Z") -> None:
-        body = {"id": reservation_id, "customerId": customer_id, "status": status,
-                "expiresAt": expires_at}
+    def add_reservation(
+        self,
+        reservation_id: str,
+        customer_id: str,
+        *,
+        status: str = "Active",
+        expires_at: str = "2099-01-01T00:00:00Z",
+    ) -> None:
+        body = {
+            "id": reservation_id,
+            "customerId": customer_id,
+            "status": status,
+            "expiresAt": expires_at,
+        }
         self.client.post("/admin/reservations", json=body).raise_for_status()
 
     def fault(self, kind: str, status: int = 503, count: int = -1, delay_ms: int = 0) -> None:
-        self.client.post("/admin/faults", json={
-            kind: {"status": status, "count": count, "delay_ms": delay_ms}}).raise_for_status()
+        self.client.post(
+            "/admin/faults", json={kind: {"status": status, "count": count, "delay_ms": delay_ms}}
+        ).raise_for_status()
 
     def clear_faults(self) -> None:
         self.client.delete("/admin/faults").raise_for_status()
@@ -117,10 +149,11 @@ def devserver() -> Iterator[DevServer]:
     """The development Ordering/Inventory server, in its own process."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(ARTIFACTS / "devserver.log", "ab")  # noqa: SIM115
+    log = open(ARTIFACTS / "devserver.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "payment_worker.devstack.services", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
     while not port_open("127.0.0.1", port):

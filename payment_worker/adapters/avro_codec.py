@@ -126,9 +126,7 @@ class RegistryPort:
                 raise RegistryUnavailable(f"cannot fetch schema {schema_id}: {exc}") from exc
             try:
                 parsed = json.loads(schema.schema_str)
-                self._writers[schema_id] = fastavro.parse_schema(
-                    _strip_uuid_logical_type(parsed)
-                )
+                self._writers[schema_id] = fastavro.parse_schema(_strip_uuid_logical_type(parsed))
             except Exception as exc:
                 raise DecodeError("unknown-schema", f"schema id {schema_id}: {exc}") from exc
         return self._writers[schema_id]

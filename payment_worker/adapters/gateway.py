@@ -10,7 +10,7 @@ from payment_worker.domain.model import GatewayResult, Payment
 
 
 class SimulatedGateway:
-    """GatewayPort. The payment id is the idempotency key: the same id always gets the same answer."""
+    """GatewayPort. The payment id is the idempotency key: one id, one answer, every time."""
 
     def __init__(self, latency_ms: tuple[int, int] = (100, 500), failure_rate: float = 0.0) -> None:
         self.latency_ms = latency_ms

@@ -99,8 +99,11 @@ class JsonService:
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         log.warning(
-            "dependency_retry", service=self.name, attempt=state.attempt_number,
-            error=str(error), wait_s=round(state.next_action.sleep, 3) if state.next_action else None,
+            "dependency_retry",
+            service=self.name,
+            attempt=state.attempt_number,
+            error=str(error),
+            wait_s=round(state.next_action.sleep, 3) if state.next_action else None,
         )
 
     async def get_json(self, path: str) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from payment_worker.exceptions import RetryableError
 from payment_worker.service.ports import InboundRecord, StoredMessage
@@ -37,10 +37,20 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 
 _CONSUMER_ONLY = (
-    "group.", "session.timeout.ms", "heartbeat.interval.ms", "auto.offset.reset",
-    "enable.auto.commit", "enable.auto.offset.store", "fetch.", "max.poll.interval.ms",
-    "partition.assignment.strategy", "isolation.level", "auto.commit.interval.ms",
-    "queued.", "check.crcs", "enable.partition.eof",
+    "group.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "fetch.",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "auto.commit.interval.ms",
+    "queued.",
+    "check.crcs",
+    "enable.partition.eof",
 )
 
 
@@ -54,6 +64,12 @@ class BrokerUnavailable(RetryableError):
     """The broker could not be reached or refused the request."""
 
 
+def _header_bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else value
+
+
 def to_record(message: Message) -> InboundRecord:
     timestamp = message.timestamp()
     return InboundRecord(
@@ -62,7 +78,7 @@ def to_record(message: Message) -> InboundRecord:
         offset=message.offset() or 0,
         key=message.key(),
         value=message.value(),
-        headers=[(k, v if v is not None else b"") for k, v in (message.headers() or [])],
+        headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
     )
 
@@ -301,8 +317,11 @@ def ensure_topics(
     """Create the topics that do not exist yet (name -> partitions); returns those created."""
     admin = AdminClient(for_producer(bootstrap))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [NewTopic(name, num_partitions=n, replication_factor=1)
-               for name, n in topics.items() if name not in existing]
+    missing = [
+        NewTopic(name, num_partitions=n, replication_factor=1)
+        for name, n in topics.items()
+        if name not in existing
+    ]
     created = []
     if missing:
         for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():

@@ -49,30 +49,38 @@ def migrate(url: str, schema: str) -> list[int]:
             try:
                 ident = sql.Identifier(schema)
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-                conn.execute(sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(ident))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                        " version integer PRIMARY KEY, name text NOT NULL,"
+                        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(ident)
+                )
                 done = {
                     row[0]: row[1]
-                    for row in conn.execute(sql.SQL(
-                        "SELECT version, checksum FROM {}.schema_migrations"
-                    ).format(ident))
+                    for row in conn.execute(
+                        sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(ident)
+                    )
                 }
                 for migration in available():
                     if migration.version in done:
                         if done[migration.version] != migration.checksum:
-                            log.warning("migration_changed_after_apply",
-                                        version=migration.version, name=migration.name)
+                            log.warning(
+                                "migration_changed_after_apply",
+                                version=migration.version,
+                                name=migration.name,
+                            )
                         continue
                     with conn.transaction():
                         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-                        conn.execute(migration.text)  # type: ignore[arg-type]
-                        conn.execute(sql.SQL(
-                            "INSERT INTO {}.schema_migrations (version, name, checksum)"
-                            " VALUES (%s, %s, %s)"
-                        ).format(ident), (migration.version, migration.name, migration.checksum))
+                        conn.execute(migration.text.encode("utf-8"))
+                        conn.execute(
+                            sql.SQL(
+                                "INSERT INTO {}.schema_migrations (version, name, checksum)"
+                                " VALUES (%s, %s, %s)"
+                            ).format(ident),
+                            (migration.version, migration.name, migration.checksum),
+                        )
                     log.info("migration_applied", version=migration.version, name=migration.name)
                     applied_now.append(migration.version)
             finally:

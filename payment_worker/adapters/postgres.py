@@ -143,8 +143,10 @@ class PostgresStore:
     async def schema_ready(self) -> bool:
         """True once `payment-worker migrate` has created the tables."""
         async with self._tx() as cur:
-            await cur.execute("SELECT to_regclass('payments') IS NOT NULL AND "
-                              "to_regclass('outbox') IS NOT NULL AS ready")
+            await cur.execute(
+                "SELECT to_regclass('payments') IS NOT NULL AND "
+                "to_regclass('outbox') IS NOT NULL AS ready"
+            )
             row = await cur.fetchone()
         return bool(row and row["ready"])
 
@@ -203,22 +205,32 @@ class PostgresStore:
                 return Began(busy=pending)
             if entry is not None:
                 # An in-progress entry without a pending payment cannot happen; refuse loudly.
-                raise DatabaseError(f"ledger entry {payment.command_id} is in progress "
-                                    "but its payment is not pending")
-            await cur.execute(self.q["insert_pending_payment"], {
-                "id": payment.id,
-                "order_id": payment.order_id,
-                "customer_id": payment.customer_id,
-                "reservation_id": payment.reservation_id,
-                "amount": payment.amount,
-                "currency": payment.currency,
-                "payment_method": payment.payment_method,
-                "created_at": payment.created_at,
-                "command_id": payment.command_id,
-            })
-            await cur.execute(self.q["insert_ledger_in_progress"], {
-                **ledger_fields, "payment_id": payment.id, "reply_route": Jsonb(route),
-            })
+                raise DatabaseError(
+                    f"ledger entry {payment.command_id} is in progress "
+                    "but its payment is not pending"
+                )
+            await cur.execute(
+                self.q["insert_pending_payment"],
+                {
+                    "id": payment.id,
+                    "order_id": payment.order_id,
+                    "customer_id": payment.customer_id,
+                    "reservation_id": payment.reservation_id,
+                    "amount": payment.amount,
+                    "currency": payment.currency,
+                    "payment_method": payment.payment_method,
+                    "created_at": payment.created_at,
+                    "command_id": payment.command_id,
+                },
+            )
+            await cur.execute(
+                self.q["insert_ledger_in_progress"],
+                {
+                    **ledger_fields,
+                    "payment_id": payment.id,
+                    "reply_route": Jsonb(route),
+                },
+            )
         return Began(pending=payment)
 
     async def finish_payment(
@@ -228,27 +240,35 @@ class PostgresStore:
         error_message: str | None,
         messages: list[OutboxMessage],
     ) -> list[StoredMessage] | None:
-        """Final state, ledger entry and outbox rows in one transaction; None if no longer pending."""
+        """Final state, ledger entry and outbox rows in one transaction.
+
+        None when the payment is no longer pending (someone else finalized it)."""
         stored: list[StoredMessage] | None = None
         async with self._tx() as cur:
-            await cur.execute(self.q["finalize_payment"], {
-                "id": payment.id,
-                "status": str(payment.status),
-                "error_code": payment.error_code,
-                "error_message": payment.error_message,
-                "failure_reason": payment.failure_reason,
-                "transaction_id": payment.transaction_id,
-                "processed_at": payment.processed_at,
-                "simulated_response": payment.simulated_response,
-            })
+            await cur.execute(
+                self.q["finalize_payment"],
+                {
+                    "id": payment.id,
+                    "status": str(payment.status),
+                    "error_code": payment.error_code,
+                    "error_message": payment.error_message,
+                    "failure_reason": payment.failure_reason,
+                    "transaction_id": payment.transaction_id,
+                    "processed_at": payment.processed_at,
+                    "simulated_response": payment.simulated_response,
+                },
+            )
             if await cur.fetchone() is None:
                 raise _Rollback
-            await cur.execute(self.q["finalize_ledger"], {
-                "command_id": payment.command_id,
-                "outcome": str(outcome),
-                "error_message": error_message,
-                "payment_id": payment.id,
-            })
+            await cur.execute(
+                self.q["finalize_ledger"],
+                {
+                    "command_id": payment.command_id,
+                    "outcome": str(outcome),
+                    "error_message": error_message,
+                    "payment_id": payment.id,
+                },
+            )
             stored = await self._insert_outbox(cur, messages)
         return stored
 
@@ -273,16 +293,19 @@ class PostgresStore:
     ) -> list[StoredMessage]:
         stored = []
         for message in messages:
-            await cur.execute(self.q["insert_outbox"], {
-                "kind": message.kind,
-                "topic": message.topic,
-                "partition": message.partition,
-                "key": message.key,
-                "value": message.value,
-                "headers": _headers_json(message.headers),
-                "event_id": message.event_id,
-                "payment_id": message.payment_id,
-            })
+            await cur.execute(
+                self.q["insert_outbox"],
+                {
+                    "kind": message.kind,
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "key": message.key,
+                    "value": message.value,
+                    "headers": _headers_json(message.headers),
+                    "event_id": message.event_id,
+                    "payment_id": message.payment_id,
+                },
+            )
             row = await cur.fetchone()
             assert row is not None
             stored.append(StoredMessage(row["id"], message))
@@ -315,10 +338,13 @@ class PostgresStore:
             rows = await cur.fetchall()
         return [
             OutboxMessage(
-                kind="republished_event", topic=r["topic"], partition=r["partition"],
+                kind="republished_event",
+                topic=r["topic"],
+                partition=r["partition"],
                 key=bytes(r["key"]) if r["key"] is not None else None,
                 value=bytes(r["value"]) if r["value"] is not None else None,
-                headers=headers_from_json(r["headers"]), event_id=r["event_id"],
+                headers=headers_from_json(r["headers"]),
+                event_id=r["event_id"],
                 payment_id=r["payment_id"],
             )
             for r in rows
@@ -329,25 +355,34 @@ class PostgresStore:
         if not messages:
             return []
         async with self._tx() as cur:
-            await cur.execute(self.q["insert_outbox_many"], {
-                "kinds": [m.kind for m in messages],
-                "topics": [m.topic for m in messages],
-                "partitions": [m.partition for m in messages],
-                "keys": [m.key for m in messages],
-                "values": [m.value for m in messages],
-                "headers": [_headers_json(m.headers) for m in messages],
-                "event_ids": [m.event_id for m in messages],
-                "payment_ids": [m.payment_id for m in messages],
-            })
+            await cur.execute(
+                self.q["insert_outbox_many"],
+                {
+                    "kinds": [m.kind for m in messages],
+                    "topics": [m.topic for m in messages],
+                    "partitions": [m.partition for m in messages],
+                    "keys": [m.key for m in messages],
+                    "values": [m.value for m in messages],
+                    "headers": [_headers_json(m.headers) for m in messages],
+                    "event_ids": [m.event_id for m in messages],
+                    "payment_ids": [m.payment_id for m in messages],
+                },
+            )
             rows = await cur.fetchall()
         return [
-            StoredMessage(r["id"], OutboxMessage(
-                kind=r["kind"], topic=r["topic"], partition=r["partition"],
-                key=bytes(r["key"]) if r["key"] is not None else None,
-                value=bytes(r["value"]) if r["value"] is not None else None,
-                headers=headers_from_json(r["headers"]), event_id=r["event_id"],
-                payment_id=r["payment_id"],
-            ))
+            StoredMessage(
+                r["id"],
+                OutboxMessage(
+                    kind=r["kind"],
+                    topic=r["topic"],
+                    partition=r["partition"],
+                    key=bytes(r["key"]) if r["key"] is not None else None,
+                    value=bytes(r["value"]) if r["value"] is not None else None,
+                    headers=headers_from_json(r["headers"]),
+                    event_id=r["event_id"],
+                    payment_id=r["payment_id"],
+                ),
+            )
             for r in rows
         ]
 
@@ -364,15 +399,23 @@ class PostgresStore:
     ) -> AsyncIterator[tuple[list[StoredMessage], psycopg.AsyncCursor[dict[str, Any]]]]:
         """Unsent rows locked for this transaction (other relays skip them)."""
         async with self._tx() as cur:
-            await cur.execute(self.q["claim_unsent"], {"older_than_s": older_than_s, "limit": limit})
+            await cur.execute(
+                self.q["claim_unsent"], {"older_than_s": older_than_s, "limit": limit}
+            )
             rows = await cur.fetchall()
             claimed = [
-                StoredMessage(r["id"], OutboxMessage(
-                    kind=r["kind"], topic=r["topic"], partition=r["partition"],
-                    key=bytes(r["key"]) if r["key"] is not None else None,
-                    value=bytes(r["value"]) if r["value"] is not None else None,
-                    headers=headers_from_json(r["headers"]),
-                )) for r in rows
+                StoredMessage(
+                    r["id"],
+                    OutboxMessage(
+                        kind=r["kind"],
+                        topic=r["topic"],
+                        partition=r["partition"],
+                        key=bytes(r["key"]) if r["key"] is not None else None,
+                        value=bytes(r["value"]) if r["value"] is not None else None,
+                        headers=headers_from_json(r["headers"]),
+                    ),
+                )
+                for r in rows
             ]
             yield claimed, cur
 
@@ -385,7 +428,9 @@ class PostgresStore:
             row = await cur.fetchone()
         return int(row["backlog"]) if row else 0
 
-    async def stale_pending(self, age_s: float, limit: int = 100) -> list[tuple[Payment, dict[str, Any] | None]]:
+    async def stale_pending(
+        self, age_s: float, limit: int = 100
+    ) -> list[tuple[Payment, dict[str, Any] | None]]:
         async with self._tx() as cur:
             await cur.execute(self.q["stale_pending_payments"], {"age_s": age_s, "limit": limit})
             rows = await cur.fetchall()
@@ -406,7 +451,11 @@ def make_pool(
         await conn.commit()
 
     return AsyncConnectionPool(
-        url, min_size=min_size, max_size=max_size, configure=configure, open=False,
-        kwargs={"autocommit": False}, timeout=timeout_s,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        configure=configure,
+        open=False,
+        kwargs={"autocommit": False},
+        timeout=timeout_s,
     )
-

@@ -46,8 +46,11 @@ class RedisOrderLock:
         now = time.monotonic()
         if now - self._last_warning > 5:
             self._last_warning = now
-            log.warning("redis_degraded", error=f"{type(exc).__name__}: {exc}",
-                        detail="continuing on the database guarantees alone")
+            log.warning(
+                "redis_degraded",
+                error=f"{type(exc).__name__}: {exc}",
+                detail="continuing on the database guarantees alone",
+            )
 
     async def acquire(self, order_id: uuid.UUID) -> str | None:
         """A token once the lock is held; None when Redis is unreachable or the wait ran out."""

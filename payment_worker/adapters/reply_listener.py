@@ -87,14 +87,16 @@ class ReplyListener:
 
     def _run(self) -> None:
         consumer = Consumer(self.config)
-        consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked,
-                           on_lost=self._revoked)
+        consumer.subscribe(
+            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
         try:
             while not self._stop.is_set():
                 for message in consumer.consume(500, 0.1):
-                    if message.error():
-                        if message.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("reply_consumer_error", error=str(message.error()))
+                    error = message.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("reply_consumer_error", error=str(error))
                         continue
                     self._deliver(message.value())
         finally:
@@ -179,8 +181,9 @@ class CommandProducer:
 
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers,
-                                       on_delivery=report)
+                self._producer.produce(
+                    topic, key=key, value=value, headers=list[Any](headers), on_delivery=report
+                )
                 break
             except BufferError:
                 await asyncio.sleep(0.01)

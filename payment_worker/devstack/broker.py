@@ -34,13 +34,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_tansu(port: int, log_path: Path | None = None, timeout_s: float = 20.0) -> subprocess.Popen[bytes]:
+def start_tansu(
+    port: int, log_path: Path | None = None, timeout_s: float = 20.0
+) -> subprocess.Popen[bytes]:
     """A Tansu broker on 127.0.0.1:`port` (memory storage), once it accepts connections."""
     url = f"tcp://127.0.0.1:{port}"
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout_s
     while not port_open("127.0.0.1", port):

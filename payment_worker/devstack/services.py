@@ -104,9 +104,16 @@ class DevServices:
                 more = message.get("more_body", False)
         status, payload = await self.route(method, path, body)
         data = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     async def _fault(self, kind: str) -> int | None:
@@ -173,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state = State()
     state.seed(args.seed)
-    uvicorn.run(DevServices(state), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        DevServices(state), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
 
 
 if __name__ == "__main__":

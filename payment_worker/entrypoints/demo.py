@@ -47,8 +47,9 @@ def _port(preferred: int) -> int:
     return preferred if not port_open("127.0.0.1", preferred) else free_port()
 
 
-def _wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen[bytes],
-               log: Path) -> None:
+def _wait_http(
+    url: str, timeout_s: float, what: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -81,8 +82,9 @@ class Demo:
         import redis
 
         try:
-            redis.Redis.from_url(self.settings.redis_url.get_secret_value(),
-                                 socket_connect_timeout=2).ping()
+            redis.Redis.from_url(
+                self.settings.redis_url.get_secret_value(), socket_connect_timeout=2
+            ).ping()
         except (redis.RedisError, OSError):
             raise DemoError(
                 "Redis is not reachable at PAYMENT_REDIS_URL; start it with: redis-server "
@@ -92,8 +94,9 @@ class Demo:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self._track(name, proc)
         return proc
 
@@ -115,23 +118,49 @@ class Demo:
             bootstrap = f"127.0.0.1:{port}"
             self._track("tansu", start_tansu(port, self.workdir / "tansu.log"))
             console.print(f"[green]✓[/] started a Tansu broker (Kafka-compatible) at {bootstrap}")
-        kafka_config = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-                        **settings.kafka_config}
-        ensure_topics({"bootstrap.servers": bootstrap}, {
-            settings.topic_commands: 4, settings.topic_succeeded: 2, settings.topic_failed: 2,
-            settings.topic_replies: 4, settings.topic_dlq: 1,
-        })
+        kafka_config = {
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            **settings.kafka_config,
+        }
+        ensure_topics(
+            {"bootstrap.servers": bootstrap},
+            {
+                settings.topic_commands: 4,
+                settings.topic_succeeded: 2,
+                settings.topic_failed: 2,
+                settings.topic_replies: 4,
+                settings.topic_dlq: 1,
+            },
+        )
         dev_port = _port(5002)
         dev_url = f"http://127.0.0.1:{dev_port}"
-        dev = self._spawn("devservices", [
-            sys.executable, "-m", "payment_worker.devstack.services", "--port", str(dev_port),
-            "--seed", "100"], dict(os.environ))
-        _wait_http(dev_url + "/health", 20, "the development services", dev,
-                   self.workdir / "devservices.log")
+        dev = self._spawn(
+            "devservices",
+            [
+                sys.executable,
+                "-m",
+                "payment_worker.devstack.services",
+                "--port",
+                str(dev_port),
+                "--seed",
+                "100",
+            ],
+            dict(os.environ),
+        )
+        _wait_http(
+            dev_url + "/health",
+            20,
+            "the development services",
+            dev,
+            self.workdir / "devservices.log",
+        )
         console.print(f"[green]✓[/] development Ordering/Inventory server at {dev_url}")
         applied = migrate(settings.database_url.get_secret_value(), settings.db_schema)
-        console.print(f"[green]✓[/] database schema {settings.db_schema} "
-                      + ("migrated" if applied else "up to date"))
+        console.print(
+            f"[green]✓[/] database schema {settings.db_schema} "
+            + ("migrated" if applied else "up to date")
+        )
         shim_port = _port(settings.shim_port)
         metrics_port = _port(settings.metrics_port or 9100)
         self.env = {
@@ -144,12 +173,21 @@ class Demo:
             "PAYMENT_METRICS_PORT": str(metrics_port),
         }
         worker = self._spawn("worker", [sys.executable, "-m", "payment_worker", "run"], self.env)
-        shim = self._spawn("shim", [sys.executable, "-m", "payment_worker", "shim"],
-                           {**self.env, "PAYMENT_METRICS_PORT": ""})
-        _wait_http(f"http://127.0.0.1:{metrics_port}/health", 60, "the worker", worker,
-                   self.workdir / "worker.log")
-        console.print(f"[green]✓[/] worker running (metrics http://127.0.0.1:{metrics_port}"
-                      "/metrics)")
+        shim = self._spawn(
+            "shim",
+            [sys.executable, "-m", "payment_worker", "shim"],
+            {**self.env, "PAYMENT_METRICS_PORT": ""},
+        )
+        _wait_http(
+            f"http://127.0.0.1:{metrics_port}/health",
+            60,
+            "the worker",
+            worker,
+            self.workdir / "worker.log",
+        )
+        console.print(
+            f"[green]✓[/] worker running (metrics http://127.0.0.1:{metrics_port}/metrics)"
+        )
         shim_url = f"http://127.0.0.1:{shim_port}"
         _wait_http(shim_url + "/health", 60, "the shim", shim, self.workdir / "shim.log")
         console.print(f"[green]✓[/] shim answering POST {shim_url}/payments")
@@ -160,25 +198,46 @@ class Demo:
     def cases(self) -> list[Case]:
         dev = httpx.Client(base_url=self.dev_url, timeout=5)
 
-        def order(amount: str, customer: str | None = None, owner: str | None = None,
-                  reservation: str | None = None) -> dict[str, Any]:
+        def order(
+            amount: str,
+            customer: str | None = None,
+            owner: str | None = None,
+            reservation: str | None = None,
+        ) -> dict[str, Any]:
             customer = customer or str(uuid.uuid4())
             order_id = str(uuid.uuid4())
-            dev.post("/admin/orders", json={"id": order_id, "customerId": owner or customer,
-                                            "status": "Pending", "totalAmount": amount,
-                                            "currency": "USD"}).raise_for_status()
-            body: dict[str, Any] = {"orderId": order_id, "customerId": customer,
-                                    "amount": amount, "currency": "USD",
-                                    "paymentMethod": "credit_card"}
+            dev.post(
+                "/admin/orders",
+                json={
+                    "id": order_id,
+                    "customerId": owner or customer,
+                    "status": "Pending",
+                    "totalAmount": amount,
+                    "currency": "USD",
+                },
+            ).raise_for_status()
+            body: dict[str, Any] = {
+                "orderId": order_id,
+                "customerId": customer,
+                "amount": amount,
+                "currency": "USD",
+                "paymentMethod": "credit_card",
+            }
             if reservation:
                 body["reservationId"] = reservation
             return body
 
         expired = str(uuid.uuid4())
         expired_order = order("35.00")
-        dev.post("/admin/reservations", json={
-            "id": expired, "customerId": expired_order["customerId"], "status": "Active",
-            "expiresAt": "2020-01-01T00:00:00Z"}).raise_for_status()
+        dev.post(
+            "/admin/reservations",
+            json={
+                "id": expired,
+                "customerId": expired_order["customerId"],
+                "status": "Active",
+                "expiresAt": "2020-01-01T00:00:00Z",
+            },
+        ).raise_for_status()
         paid = order("49.00")
         key = f"demo-{uuid.uuid4()}"
         return [
@@ -201,9 +260,13 @@ class Demo:
             for case in cases:
                 headers = {"Idempotency-Key": case.key} if case.key else {}
                 body = json.dumps(case.body).replace(
-                    f'"amount": "{case.body["amount"]}"', f'"amount": {case.body["amount"]}')
-                response = client.post("/payments", content=body, headers={
-                    **headers, "Content-Type": "application/json"})
+                    f'"amount": "{case.body["amount"]}"', f'"amount": {case.body["amount"]}'
+                )
+                response = client.post(
+                    "/payments",
+                    content=body,
+                    headers={**headers, "Content-Type": "application/json"},
+                )
                 results.append((case, response.status_code, response.json()))
         return results
 
@@ -218,10 +281,16 @@ class Demo:
             payment = body.get("payment") or {}
             detail = body.get("errorMessage") or (
                 f"{payment.get('status')} {payment.get('transactionId') or ''} "
-                f"id {str(payment.get('id', ''))[:8]}…")
+                f"id {str(payment.get('id', ''))[:8]}…"
+            )
             colour = "green" if status == 200 else "yellow" if status < 500 else "red"
-            table.add_row(str(i), case.name, f"[{colour}]{status}[/]",
-                          str(body.get("success")).lower(), detail)
+            table.add_row(
+                str(i),
+                case.name,
+                f"[{colour}]{status}[/]",
+                str(body.get("success")).lower(),
+                detail,
+            )
         console.print(table)
         s = self.settings
         print(  # plain print: the commands must stay copy-pasteable, unwrapped
@@ -237,12 +306,15 @@ class Demo:
             f"  logs        {self.workdir}/\n"
             "  try it      curl -s -X POST " + self.shim_url + "/payments "
             "-H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' "
-            "-d '{\"orderId\":\"" + _seeded_order() + "\",\"customerId\":\"" + _seeded_customer()
-            + "\",\"amount\":10.50}'\n"
+            '-d \'{"orderId":"'
+            + _seeded_order()
+            + '","customerId":"'
+            + _seeded_customer()
+            + '","amount":10.50}\'\n'
         )
 
     def stop(self) -> None:
-        for name, proc in reversed(self.children):
+        for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in reversed(self.children):
@@ -291,8 +363,10 @@ def run_demo(settings: Settings, *, keep_running: bool, workdir: Path) -> int:
                 time.sleep(1)
                 for name, proc in demo.children:
                     if proc.poll() is not None:
-                        raise DemoError(f"{name} stopped (exit {proc.returncode}); "
-                                        f"see {workdir / (name + '.log')}")
+                        raise DemoError(
+                            f"{name} stopped (exit {proc.returncode}); "
+                            f"see {workdir / (name + '.log')}"
+                        )
     except KeyboardInterrupt:
         console.print("\nstopping…")
     finally:
@@ -300,4 +374,3 @@ def run_demo(settings: Settings, *, keep_running: bool, workdir: Path) -> int:
         signal.signal(signal.SIGTERM, previous)
         console.print("stopped everything the demo started.")
     return 0
-

@@ -30,7 +30,8 @@ async def serve_status(
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
         except (TimeoutError, ConnectionError):

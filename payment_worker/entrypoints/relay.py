@@ -40,7 +40,11 @@ class OutboxRelay:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.producer.wakeup = lambda: loop.call_soon_threadsafe(self._reports.set)
+
+        def wakeup() -> None:
+            loop.call_soon_threadsafe(self._reports.set)
+
+        self.producer.wakeup = wakeup
         self.producer.open()
         self._tasks = [
             asyncio.create_task(self._mark_loop(), name="relay-mark"),
@@ -115,8 +119,11 @@ class OutboxRelay:
         """Flush what is in flight, mark it sent, stop the loops."""
         left = await asyncio.to_thread(self.producer.close, timeout_s)
         if left:
-            log.warning("outbox_unflushed_at_stop", messages=left,
-                        detail="they stay in the outbox and are published on the next start")
+            log.warning(
+                "outbox_unflushed_at_stop",
+                messages=left,
+                detail="they stay in the outbox and are published on the next start",
+            )
         with contextlib.suppress(RetryableError):
             await self._mark_once()
         for task in self._tasks:

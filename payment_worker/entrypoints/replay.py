@@ -116,9 +116,11 @@ class Bounds:
         return sum(max(0, self.stop[p] - self.start[p]) for p in self.start)
 
     def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p, self.start[p] if self.start[p] >= 0
-                               else OFFSET_BEGINNING)
-                for p in self.start if self.stop[p] > self.start[p]]
+        return [
+            TopicPartition(self.topic, p, self.start[p] if self.start[p] >= 0 else OFFSET_BEGINNING)
+            for p in self.start
+            if self.stop[p] > self.start[p]
+        ]
 
 
 class Replayer:
@@ -158,11 +160,11 @@ class Replayer:
                 for message in messages:
                     if message.error() is not None:
                         continue
-                    partition, offset = message.partition(), message.offset()
-                    stop = remaining.get(partition)
-                    if stop is None or offset is None or offset >= stop:
-                        continue
                     record = to_record(message)
+                    partition, offset = record.partition, record.offset
+                    stop = remaining.get(partition)
+                    if stop is None or offset >= stop:
+                        continue
                     if self._after_window(record):
                         del remaining[partition]
                         continue
@@ -180,8 +182,10 @@ class Replayer:
                 if not messages:
                     # Offsets with no record (transaction markers, compaction) end a partition
                     # once the position has passed its stop offset.
-                    positions = await asyncio.to_thread(consumer.position, [
-                        TopicPartition(self.options.topic, p) for p in remaining])
+                    positions = await asyncio.to_thread(
+                        consumer.position,
+                        [TopicPartition(self.options.topic, p) for p in remaining],
+                    )
                     for tp in positions:
                         if tp.offset >= remaining.get(tp.partition, 0) > 0:
                             del remaining[tp.partition]
@@ -198,8 +202,7 @@ class Replayer:
 
     def _before_window(self, record: InboundRecord) -> bool:
         start = self.options.from_timestamp_ms
-        return (start is not None and record.timestamp_ms is not None
-                and record.timestamp_ms < start)
+        return start is not None and record.timestamp_ms is not None and record.timestamp_ms < start
 
     async def _batch(self, records: list[InboundRecord]) -> None:
         pipeline, store = self.app.pipeline, self.app.store
@@ -211,12 +214,19 @@ class Replayer:
         if self.options.dry_run:
             return
         if fast:
-            messages = await _retrying(lambda: answers_for(
-                pipeline, fast, store, republish=self.options.republish_events,
-                already_republished=self._republished))
+            messages = await _retrying(
+                lambda: answers_for(
+                    pipeline,
+                    fast,
+                    store,
+                    republish=self.options.republish_events,
+                    already_republished=self._republished,
+                )
+            )
             stored = await _retrying(lambda: store.record_many(messages))
             self.summary.republished_events += sum(
-                1 for s in stored if s.message.kind == "republished_event")
+                1 for s in stored if s.message.kind == "republished_event"
+            )
             self.app.relay.publish(stored)
         for item in items:
             if item.kind is Kind.RECORDED and item.entry is not None:
@@ -249,12 +259,14 @@ class Replayer:
             handled: Handled = await _retrying(lambda: self.app.pipeline.handle(record))
         except Exception as exc:  # a bug: answer ERROR and dead-letter, like the worker
             log.exception("replay_record_failed", offset=record.offset)
-            handled = await _retrying(lambda: self.app.pipeline.handle_failure(record, exc))
+            error = exc
+            handled = await _retrying(lambda: self.app.pipeline.handle_failure(record, error))
         self.app.relay.publish(handled.stored)
         if handled.outcome is not None:
             self.summary.outcomes[str(handled.outcome)] += 1
         self.summary.dead_letters += sum(
-            1 for s in handled.stored if s.message.kind == "dead_letter")
+            1 for s in handled.stored if s.message.kind == "dead_letter"
+        )
 
 
 async def _retrying(call: Any, attempts: int = 20) -> Any:
@@ -310,8 +322,9 @@ def print_summary(summary: ReplaySummary, options: ReplayOptions) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"replay of {options.topic}" + (" (dry run: nothing written)" if options.dry_run
-                                            else "")
+    title = f"replay of {options.topic}" + (
+        " (dry run: nothing written)" if options.dry_run else ""
+    )
     table = Table(title=title)
     table.add_column("what")
     table.add_column("count", justify="right")

@@ -36,10 +36,12 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("2b5e8f1c-7d44-4f0e-9a6b-3c1d2e4f5a60")
 MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_LENGTH = 255
 
-REQUESTS = Counter("payment_shim_requests_total", "POST /payments answered, by status.",
-                   ["status"])
-LATENCY = Histogram("payment_shim_request_seconds", "POST /payments latency.",
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 15, 30))
+REQUESTS = Counter("payment_shim_requests_total", "POST /payments answered, by status.", ["status"])
+LATENCY = Histogram(
+    "payment_shim_request_seconds",
+    "POST /payments latency.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 15, 30),
+)
 IN_FLIGHT = Gauge("payment_shim_in_flight", "POST /payments waiting for a reply.")
 TIMEOUTS = Counter("payment_shim_reply_timeouts_total", "Requests answered 504.")
 
@@ -85,19 +87,27 @@ class PaymentResponse(BaseModel):
 _ERROR_RESPONSE = {"model": PaymentResponse}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": PaymentResponse, "description": "SUCCEEDED: the order is paid (or was)."},
-    400: {**_ERROR_RESPONSE, "description": "INVALID_REQUEST, ORDER_INVALID or "
-                                             "RESERVATION_INVALID."},
+    400: {
+        **_ERROR_RESPONSE,
+        "description": "INVALID_REQUEST, ORDER_INVALID or RESERVATION_INVALID.",
+    },
     401: {**_ERROR_RESPONSE, "description": "UNAUTHORIZED: the order belongs to another customer."},
     404: {**_ERROR_RESPONSE, "description": "ORDER_NOT_FOUND."},
-    409: {**_ERROR_RESPONSE, "description": "CONFLICT: the Idempotency-Key or order was used for "
-                                             "a different payment."},
+    409: {
+        **_ERROR_RESPONSE,
+        "description": "CONFLICT: the Idempotency-Key or order was used for a different payment.",
+    },
     413: {**_ERROR_RESPONSE, "description": "The body is larger than 64 KiB."},
     422: {**_ERROR_RESPONSE, "description": "DECLINED: the gateway refused the charge."},
     500: {**_ERROR_RESPONSE, "description": "ERROR: retry with the same Idempotency-Key."},
-    503: {**_ERROR_RESPONSE, "description": "Not ready, or too many requests in flight "
-                                             "(see Retry-After)."},
-    504: {**_ERROR_RESPONSE, "description": "No reply in time: retry with the same "
-                                             "Idempotency-Key."},
+    503: {
+        **_ERROR_RESPONSE,
+        "description": "Not ready, or too many requests in flight (see Retry-After).",
+    },
+    504: {
+        **_ERROR_RESPONSE,
+        "description": "No reply in time: retry with the same Idempotency-Key.",
+    },
 }
 
 
@@ -153,12 +163,14 @@ def parse_payment_request(body: bytes, command_id: str) -> Command:
         command_id=command_id,
         order_id=_as_id(fields.get("orderid")),
         customer_id=_as_id(fields.get("customerid")),
-        reservation_id=None if reservation is None else (
-            reservation if isinstance(reservation, str) else "invalid"),
+        reservation_id=None
+        if reservation is None
+        else (reservation if isinstance(reservation, str) else "invalid"),
         amount=Decimal(0),
         currency="USD" if currency is None else (currency if isinstance(currency, str) else ""),
-        payment_method="credit_card" if method is None else (
-            method if isinstance(method, str) else ""),
+        payment_method="credit_card"
+        if method is None
+        else (method if isinstance(method, str) else ""),
         requested_at=datetime.now(UTC),
     )
     # Checked in the contract's order: ids first, then the amount, then the stricter rules.
@@ -202,8 +214,9 @@ def render_json(body: Any) -> str:
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(render_json(body), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(
+        render_json(body), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -221,8 +234,13 @@ class Shim:
         common = settings.kafka_common()
         self.producer = CommandProducer({**common, "client.id": "payment-shim"})
         self.listener = ReplyListener(
-            {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, **common,
-             "group.id": settings.shim_group, "client.id": "payment-shim-replies"},
+            {
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+                **common,
+                "group.id": settings.shim_group,
+                "client.id": "payment-shim-replies",
+            },
             settings.topic_replies,
             self._decode_reply,
         )
@@ -235,8 +253,9 @@ class Shim:
 
     async def handle(self, request: Request) -> Response:
         if not self.listener.ready:
-            return _error(503, "Service not ready: waiting for reply partitions",
-                          {"Retry-After": "1"})
+            return _error(
+                503, "Service not ready: waiting for reply partitions", {"Retry-After": "1"}
+            )
         if self.in_flight >= self.max_in_flight:
             return _error(503, "Too many payments in flight; retry shortly", {"Retry-After": "1"})
         length = request.headers.get("content-length")
@@ -288,29 +307,42 @@ class Shim:
         try:
             try:
                 await asyncio.wait_for(
-                    self.producer.send(self.settings.topic_commands,
-                                       record["orderId"].encode(), value, headers),
+                    self.producer.send(
+                        self.settings.topic_commands,
+                        command.order_id.lower().encode(),
+                        value,
+                        headers,
+                    ),
                     timeout,
                 )
             except (KafkaException, TimeoutError) as exc:
                 log.warning("command_not_sent", error=str(exc), order_id=record["orderId"])
-                return _error(503, "Payment service unavailable: the command could not be "
-                                   "queued; retry with the same Idempotency-Key",
-                              {"Retry-After": "1"})
+                return _error(
+                    503,
+                    "Payment service unavailable: the command could not be "
+                    "queued; retry with the same Idempotency-Key",
+                    {"Retry-After": "1"},
+                )
             try:
                 reply = await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 TIMEOUTS.inc()
-                return _error(504, f"No reply from the payment worker within {timeout:g}s. "
-                                   "The payment may still complete: retry with the same "
-                                   "Idempotency-Key (or the same order id) to get its outcome.")
+                return _error(
+                    504,
+                    f"No reply from the payment worker within {timeout:g}s. "
+                    "The payment may still complete: retry with the same "
+                    "Idempotency-Key (or the same order id) to get its outcome.",
+                )
         finally:
             self.listener.forget(correlation)
-        return _json(int(reply["httpStatus"]), {
-            "success": bool(reply["success"]),
-            "payment": reply.get("payment"),
-            "errorMessage": reply.get("errorMessage"),
-        })
+        return _json(
+            int(reply["httpStatus"]),
+            {
+                "success": bool(reply["success"]),
+                "payment": reply.get("payment"),
+                "errorMessage": reply.get("errorMessage"),
+            },
+        )
 
 
 def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
@@ -340,16 +372,22 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {
-                    "schema": PaymentRequest.model_json_schema(),
-                }},
+                "content": {
+                    "application/json": {
+                        "schema": PaymentRequest.model_json_schema(),
+                    }
+                },
             },
-            "parameters": [{
-                "name": "Idempotency-Key", "in": "header", "required": False,
-                "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH},
-                "description": "Retries with the same key are the same command and get the "
-                               "same answer; the same key with another body is a 409.",
-            }],
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH},
+                    "description": "Retries with the same key are the same command and get the "
+                    "same answer; the same key with another body is a 409.",
+                }
+            ],
         },
     )
     async def post_payment(request: Request) -> Response:
@@ -363,8 +401,10 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
     async def health() -> Response:
         if shim.listener.ready:
             return _json(200, {"status": "Healthy", "service": "Payment"})
-        return _json(503, {"status": "Unhealthy", "service": "Payment",
-                           "reason": "waiting for reply partitions"})
+        return _json(
+            503,
+            {"status": "Unhealthy", "service": "Payment", "reason": "waiting for reply partitions"},
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -379,5 +419,10 @@ def serve(settings: Settings) -> None:
     from payment_worker.bootstrap import codec
 
     app = create_app(settings, codec(settings))
-    uvicorn.run(app, host="0.0.0.0", port=settings.shim_port, log_level="warning",  # noqa: S104
-                access_log=False)
+    uvicorn.run(
+        app,
+        host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
+        port=settings.shim_port,
+        log_level="warning",
+        access_log=False,
+    )

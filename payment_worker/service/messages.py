@@ -241,7 +241,10 @@ class MessageFactory:
         else:
             raise ValueError(f"no event for a {payment.status} payment")
         headers = _ce_headers(
-            ce_type, str(event_id), str(payment.order_id), route.correlation_id,
+            ce_type,
+            str(event_id),
+            str(payment.order_id),
+            route.correlation_id,
             str(payment.command_id),
         )
         if route.traceparent:
@@ -259,7 +262,8 @@ class MessageFactory:
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> OutboxMessage:
         """The record as received, plus why it could not be processed."""
-        headers = list(record.headers) + [
+        headers = [
+            *record.headers,
             ("dlq-error", error[:1000].encode("utf-8", "replace")),
             ("dlq-reason", reason.encode()),
             ("dlq-topic", record.topic.encode()),

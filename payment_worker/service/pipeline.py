@@ -147,17 +147,20 @@ class Pipeline:
         except self.decode_error as exc:
             reason = getattr(exc, "reason", "undecodable")
             log.warning(
-                "command_dead_lettered", reason=reason, error=str(exc),
-                topic=record.topic, partition=record.partition, offset=record.offset,
+                "command_dead_lettered",
+                reason=reason,
+                error=str(exc),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
             )
-            stored = await self.ledger.record(
-                [self.messages.dead_letter(record, reason, str(exc))]
-            )
+            stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
             return Handled(None, stored or [], dead_letter_reason=reason)
         command = command_from_record(raw)
         route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
         bound = log.bind(
-            command_id=command.command_id, order_id=command.order_id,
+            command_id=command.command_id,
+            order_id=command.order_id,
             correlation_id=route.correlation_id,
         )
         try:
@@ -215,10 +218,14 @@ class Pipeline:
         entry = snapshot.ledger
         if entry is not None:
             if not _same_request(entry, valid):
-                return await self._answer(command, route, reply(
-                    Outcome.CONFLICT,
-                    "this command id was already used for a different payment request",
-                ))
+                return await self._answer(
+                    command,
+                    route,
+                    reply(
+                        Outcome.CONFLICT,
+                        "this command id was already used for a different payment request",
+                    ),
+                )
             if entry.final:
                 return await self._answer_recorded(command, route, entry)
         if snapshot.succeeded is not None:
@@ -257,10 +264,14 @@ class Pipeline:
                 )
                 if began.ledger is not None:
                     if not _same_request(began.ledger, valid):
-                        return await self._answer(command, route, reply(
-                            Outcome.CONFLICT,
-                            "this command id was already used for a different payment request",
-                        ))
+                        return await self._answer(
+                            command,
+                            route,
+                            reply(
+                                Outcome.CONFLICT,
+                                "this command id was already used for a different payment request",
+                            ),
+                        )
                     return await self._answer_recorded(command, route, began.ledger)
                 if began.succeeded is not None:
                     return await self._order_already_paid(command, valid, route, began.succeeded)
@@ -271,10 +282,14 @@ class Pipeline:
                 # Another command's payment for this order is pending: wait for it to finish.
                 if loop.time() >= give_up_at:
                     bound.warning("order_busy", payment_id=str(began.busy.id if began.busy else ""))
-                    return await self._answer(command, route, reply(
-                        Outcome.CONFLICT,
-                        "another payment for this order is in progress; retry later",
-                    ))
+                    return await self._answer(
+                        command,
+                        route,
+                        reply(
+                            Outcome.CONFLICT,
+                            "another payment for this order is in progress; retry later",
+                        ),
+                    )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
         finally:
@@ -297,7 +312,9 @@ class Pipeline:
         )
         if stored is None:
             # Finalized meanwhile (by the reconciler or a redelivery): answer what was recorded.
-            snapshot = await self.ledger.snapshot(final.command_id or uuid.UUID(int=0), final.order_id)
+            snapshot = await self.ledger.snapshot(
+                final.command_id or uuid.UUID(int=0), final.order_id
+            )
             if snapshot.ledger is not None and snapshot.ledger.final:
                 return await self._answer_recorded(command, route, snapshot.ledger)
             raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
@@ -345,9 +362,8 @@ class Pipeline:
         reservation = await self.inventory.get_reservation(valid.reservation_id)
         if reservation is None:
             return reply(Outcome.RESERVATION_INVALID, "Reservation not found")
-        if (
-            reservation.customer_id is not None
-            and reservation.customer_id.lower() != str(valid.customer_id)
+        if reservation.customer_id is not None and reservation.customer_id.lower() != str(
+            valid.customer_id
         ):
             return reply(
                 Outcome.RESERVATION_INVALID,
@@ -387,7 +403,11 @@ class Pipeline:
         """Write the reply (and, for a final outcome of a valid command, the ledger entry)."""
         messages = [self.messages.reply(command, route, answer), *(extra or [])]
         ledger: dict[str, Any] | None = None
-        if record is not None and answer.outcome.is_final and answer.outcome is not Outcome.CONFLICT:
+        if (
+            record is not None
+            and answer.outcome.is_final
+            and answer.outcome is not Outcome.CONFLICT
+        ):
             ledger = {
                 **_ledger_fields(record),
                 "outcome": str(answer.outcome),

@@ -140,7 +140,9 @@ class LedgerPort(Protocol):
 class BatchLedgerPort(Protocol):
     """Replay's batch reads and writes."""
 
-    async def ledger_entries(self, command_ids: list[uuid.UUID]) -> dict[uuid.UUID, LedgerEntry]: ...
+    async def ledger_entries(
+        self, command_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, LedgerEntry]: ...
 
     async def payments_by_ids(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Payment]: ...
 

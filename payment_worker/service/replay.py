@@ -42,8 +42,15 @@ class Classified:
 def without_dlq_headers(record: InboundRecord) -> InboundRecord:
     """A dead letter as its original command (the dlq-* headers dropped)."""
     headers = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
-    return InboundRecord(record.topic, record.partition, record.offset, record.key,
-                         record.value, headers, record.timestamp_ms)
+    return InboundRecord(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        headers,
+        record.timestamp_ms,
+    )
 
 
 async def classify(
@@ -58,8 +65,9 @@ async def classify(
             out.append(Classified(record, Kind.UNDECODABLE, error=str(exc)))
             continue
         command = command_from_record(raw)
-        route = route_from_headers(record.headers, command.command_id,
-                                   pipeline.config.replies_topic)
+        route = route_from_headers(
+            record.headers, command.command_id, pipeline.config.replies_topic
+        )
         try:
             valid = validate_command(command)
         except ValidationFailed as exc:
@@ -73,7 +81,8 @@ async def classify(
             continue
         entry = entries.get(item.valid.command_id)
         if (
-            entry is not None and entry.final
+            entry is not None
+            and entry.final
             and entry.order_id == item.valid.order_id
             and entry.customer_id == item.valid.customer_id
             and entry.amount == item.valid.amount
@@ -85,12 +94,21 @@ async def classify(
 
 
 async def answers_for(
-    pipeline: Pipeline, items: list[Classified], store: BatchLedgerPort, *, republish: bool,
+    pipeline: Pipeline,
+    items: list[Classified],
+    store: BatchLedgerPort,
+    *,
+    republish: bool,
     already_republished: set[uuid.UUID],
 ) -> list[OutboxMessage]:
     """Replies for recorded and invalid commands (and, asked to, the recorded events again)."""
-    payment_ids = list({i.entry.payment_id for i in items
-                        if i.entry is not None and i.entry.payment_id is not None})
+    payment_ids = list(
+        {
+            i.entry.payment_id
+            for i in items
+            if i.entry is not None and i.entry.payment_id is not None
+        }
+    )
     payments = await store.payments_by_ids(payment_ids)
     messages: list[OutboxMessage] = []
     for item in items:
@@ -100,8 +118,12 @@ async def answers_for(
         else:
             assert item.entry is not None
             payment = payments.get(item.entry.payment_id) if item.entry.payment_id else None
-            answer = Reply(item.entry.outcome or Outcome.ERROR, item.entry.error_message,
-                           payment, duplicate=True)
+            answer = Reply(
+                item.entry.outcome or Outcome.ERROR,
+                item.entry.error_message,
+                payment,
+                duplicate=True,
+            )
         messages.append(pipeline.messages.reply(item.command, item.route, answer))
     if republish:
         todo = [p for p in payment_ids if p not in already_republished]

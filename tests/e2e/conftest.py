@@ -33,10 +33,12 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "payment_worker", self.command], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "payment_worker", self.command],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         return self

@@ -32,7 +32,10 @@ def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_pa
     env.pop("PAYMENT_METRICS_PORT", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, output[-4000:]

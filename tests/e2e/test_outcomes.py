@@ -60,17 +60,26 @@ CASES = [
     ("DECLINED", 422, "Payment failed: Your card was declined", _declined),
     ("INVALID_REQUEST", 400, "Amount must be greater than zero", _invalid),
     ("ORDER_NOT_FOUND", 404, "Order not found", _not_found),
-    ("ORDER_INVALID", 400, "Order validation failed: Order is in 'paid' state, expected 'pending'",
-     _order_invalid),
-    ("RESERVATION_INVALID", 400, "Reservation validation failed: Reservation has expired",
-     _reservation_expired),
+    (
+        "ORDER_INVALID",
+        400,
+        "Order validation failed: Order is in 'paid' state, expected 'pending'",
+        _order_invalid,
+    ),
+    (
+        "RESERVATION_INVALID",
+        400,
+        "Reservation validation failed: Reservation has expired",
+        _reservation_expired,
+    ),
     ("UNAUTHORIZED", 401, "Unauthorized: ", _other_customer),
 ]
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("outcome", "status", "message", "setup"), CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("outcome", "status", "message", "setup"), CASES, ids=[c[0] for c in CASES]
+)
 def test_each_outcome_gets_its_reply_status_and_message(
     start_worker, kafka, devserver, db, outcome, status, message, setup
 ):
@@ -86,26 +95,30 @@ def test_each_outcome_gets_its_reply_status_and_message(
         assert reply.record["errorMessage"] is None
     else:
         assert reply.record["errorMessage"].startswith(message)
-    rows = db.execute("SELECT status FROM payments WHERE order_id::text = %s",
-                      (cmd["orderId"],)).fetchall()
+    rows = db.execute(
+        "SELECT status FROM payments WHERE order_id::text = %s", (cmd["orderId"],)
+    ).fetchall()
     expected_rows = {"SUCCEEDED": [("succeeded",)], "DECLINED": [("failed",)]}.get(outcome, [])
     assert rows == expected_rows
 
 
 @pytest.mark.e2e
 def test_replies_carry_routing_and_cloudevents_headers(start_worker, kafka, devserver, topics):
-    """reply-to, reply-partition, correlation-id, traceparent and the Spring headers are honoured."""
+    """reply-to, reply-partition, correlation-id, traceparent and Spring headers are honoured."""
     start_worker()
     cmd = _succeeded(devserver)
     spring_corr = uuid.uuid4().bytes
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    kafka.send(cmd, headers=[
-        ("correlation-id", b"corr-123"),
-        ("reply-to", topics.replies.encode()),
-        ("reply-partition", b"1"),
-        ("traceparent", trace.encode()),
-        ("kafka_correlationId", spring_corr),
-    ])
+    kafka.send(
+        cmd,
+        headers=[
+            ("correlation-id", b"corr-123"),
+            ("reply-to", topics.replies.encode()),
+            ("reply-partition", b"1"),
+            ("traceparent", trace.encode()),
+            ("kafka_correlationId", spring_corr),
+        ],
+    )
     [reply] = kafka.replies(expect=1)
     assert reply.partition == 1
     assert reply.record["correlationId"] == "corr-123"
@@ -129,14 +142,17 @@ def test_replies_carry_routing_and_cloudevents_headers(start_worker, kafka, devs
 def test_spring_reply_topic_and_partition_headers_route_the_reply(
     start_worker, kafka, devserver, topics
 ):
-    """A ReplyingKafkaTemplate caller (kafka_replyTopic, 4-byte kafka_replyPartition) is answered."""
+    """A ReplyingKafkaTemplate caller (kafka_replyTopic, 4-byte kafka_replyPartition) works."""
     start_worker()
     cmd = _succeeded(devserver)
-    kafka.send(cmd, headers=[
-        ("kafka_replyTopic", topics.replies.encode()),
-        ("kafka_replyPartition", (1).to_bytes(4, "big")),
-        ("kafka_correlationId", b"\x01\x02"),
-    ])
+    kafka.send(
+        cmd,
+        headers=[
+            ("kafka_replyTopic", topics.replies.encode()),
+            ("kafka_replyPartition", (1).to_bytes(4, "big")),
+            ("kafka_correlationId", b"\x01\x02"),
+        ],
+    )
     [reply] = kafka.replies(expect=1)
     assert reply.partition == 1
     assert reply.headers["kafka_correlationId"] == b"\x01\x02"

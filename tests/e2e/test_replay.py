@@ -17,11 +17,14 @@ from payment_worker.testing import command_record
 pytestmark = pytest.mark.e2e
 
 
-def replay(worker_env: dict[str, str], *args: str, timeout: float = 300
-           ) -> subprocess.CompletedProcess[str]:
+def replay(
+    worker_env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "payment_worker", "replay", *args],
-        env={**os.environ, **worker_env, "COLUMNS": "200"}, capture_output=True, text=True,
+        env={**os.environ, **worker_env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -60,14 +63,18 @@ def test_replaying_processed_commands_changes_nothing_and_answers_the_same(
     assert len(originals) == 300
     worker.stop()
     payments_before = _count(db, "SELECT count(*) FROM payments")
-    events_before = {r.record["eventId"] for r in kafka.read(topics.succeeded, decode="PaymentSucceeded")}
+    events_before = {
+        r.record["eventId"] for r in kafka.read(topics.succeeded, decode="PaymentSucceeded")
+    }
 
     result = replay(worker_env, "--from-beginning")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "answered from ledger" in result.stdout and "300" in result.stdout
 
     assert _count(db, "SELECT count(*) FROM payments") == payments_before
-    events_after = {r.record["eventId"] for r in kafka.read(topics.succeeded, decode="PaymentSucceeded")}
+    events_after = {
+        r.record["eventId"] for r in kafka.read(topics.succeeded, decode="PaymentSucceeded")
+    }
     assert events_after == events_before
     replies = kafka.replies(expect=600)
     again = [r.record for r in replies if r.record["duplicate"]]
@@ -84,8 +91,9 @@ def test_replay_after_restoring_an_older_backup_processes_exactly_the_lost_comma
 ):
     """Orders whose ledger and payments were deleted (an older backup restored) are processed
     again by a replay; the others are answered from the ledger."""
-    commands = [command_record(customerId=(c := str(uuid.uuid4())), amount=Decimal("9.00"))
-                for _ in range(60)]
+    commands = [
+        command_record(customerId=str(uuid.uuid4()), amount=Decimal("9.00")) for _ in range(60)
+    ]
     for cmd in commands:
         devserver.add_order(cmd["orderId"], cmd["customerId"], "9.00")
     _send_one_per_batch(kafka, commands)
@@ -93,8 +101,11 @@ def test_replay_after_restoring_an_older_backup_processes_exactly_the_lost_comma
     kafka.replies(expect=60)
     worker.stop()
     lost = [c["orderId"] for c in commands[:12]]
-    db.execute("DELETE FROM outbox WHERE payment_id IN "
-               "(SELECT id FROM payments WHERE order_id::text = ANY(%s))", (lost,))
+    db.execute(
+        "DELETE FROM outbox WHERE payment_id IN "
+        "(SELECT id FROM payments WHERE order_id::text = ANY(%s))",
+        (lost,),
+    )
     db.execute("DELETE FROM command_ledger WHERE order_id::text = ANY(%s)", (lost,))
     db.execute("DELETE FROM payments WHERE order_id::text = ANY(%s)", (lost,))
 
@@ -104,7 +115,8 @@ def test_replay_after_restoring_an_older_backup_processes_exactly_the_lost_comma
     fresh = db.execute(
         "SELECT order_id::text FROM payments WHERE created_at > now() - interval '2 minutes' "
         "AND id NOT IN (SELECT payment_id FROM command_ledger WHERE finished_at < "
-        "(SELECT min(created_at) FROM payments WHERE order_id::text = ANY(%s)))", (lost,)
+        "(SELECT min(created_at) FROM payments WHERE order_id::text = ANY(%s)))",
+        (lost,),
     ).fetchall()
     assert set(lost) <= {r[0] for r in fresh}
     summary = result.stdout
@@ -118,8 +130,9 @@ def test_commands_that_failed_during_an_outage_are_completed_by_replay(
 ):
     """ERROR is not final: a replay after the Ordering outage completes those commands, and the
     dead letters replay too (--topic of the DLQ) without charging anyone twice."""
-    commands = [command_record(customerId=(c := str(uuid.uuid4())), amount=Decimal("7.00"))
-                for _ in range(5)]
+    commands = [
+        command_record(customerId=str(uuid.uuid4()), amount=Decimal("7.00")) for _ in range(5)
+    ]
     for cmd in commands:
         devserver.add_order(cmd["orderId"], cmd["customerId"], "7.00")
     worker = start_worker()
@@ -173,8 +186,9 @@ def test_timestamps_bound_what_replay_reads(start_worker, kafka, devserver, work
     time.sleep(1.2)
     stop_ms = int(time.time() * 1000)
     _send_one_per_batch(kafka, _orders(devserver, 3))
-    result = replay(worker_env, "--from-timestamp", str(start_ms), "--to-timestamp", str(stop_ms),
-                    "--dry-run")
+    result = replay(
+        worker_env, "--from-timestamp", str(start_ms), "--to-timestamp", str(stop_ms), "--dry-run"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(ln for ln in result.stdout.splitlines() if "records read" in ln)
     assert line.replace("│", " ").split()[-1] == "4", result.stdout + result.stderr
@@ -198,10 +212,20 @@ def test_replay_alongside_a_live_worker_charges_nobody_twice(
     assert result.returncode == 0, result.stderr[-3000:]
     kafka.replies(expect=160, timeout_s=90)
     worker.stop()
-    assert _count(db, "SELECT count(*) FROM (SELECT order_id FROM payments WHERE status = "
-                      "'succeeded' GROUP BY order_id HAVING count(*) > 1) x") == 0
+    assert (
+        _count(
+            db,
+            "SELECT count(*) FROM (SELECT order_id FROM payments WHERE status = "
+            "'succeeded' GROUP BY order_id HAVING count(*) > 1) x",
+        )
+        == 0
+    )
     assert _count(db, "SELECT count(*) FROM payments WHERE status = 'pending'") == 0
     paid = {c["orderId"] for i, c in enumerate(commands) if i % 7 != 3 and i % 11 != 5}
-    got = {r[0] for r in db.execute(
-        "SELECT order_id::text FROM payments WHERE status = 'succeeded'").fetchall()}
+    got = {
+        r[0]
+        for r in db.execute(
+            "SELECT order_id::text FROM payments WHERE status = 'succeeded'"
+        ).fetchall()
+    }
     assert got == paid

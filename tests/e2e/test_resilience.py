@@ -32,18 +32,24 @@ def _invariants(db, kafka, topics, commands: list[dict]) -> None:
     replies = kafka.replies(expect=len(commands), timeout_s=120)
     answered = {r.record["commandId"] for r in replies}
     assert answered >= {c["commandId"] for c in commands}
-    assert db.execute(
-        "SELECT count(*) FROM (SELECT order_id FROM payments WHERE status = 'succeeded' "
-        "GROUP BY order_id HAVING count(*) > 1) twice"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM (SELECT order_id FROM payments WHERE status = 'succeeded' "
+            "GROUP BY order_id HAVING count(*) > 1) twice"
+        ).fetchone()[0]
+        == 0
+    )
     assert db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()[0] == 0
-    succeeded = {r[0] for r in db.execute(
-        "SELECT id::text FROM payments WHERE status = 'succeeded'").fetchall()}
+    succeeded = {
+        r[0]
+        for r in db.execute("SELECT id::text FROM payments WHERE status = 'succeeded'").fetchall()
+    }
     events = kafka.read(topics.succeeded, expect=len(succeeded), decode="PaymentSucceeded")
     event_ids_by_payment: dict[str, set[str]] = {}
     for event in events:
         event_ids_by_payment.setdefault(event.record["paymentId"], set()).add(
-            event.record["eventId"])
+            event.record["eventId"]
+        )
     assert set(event_ids_by_payment) == succeeded
     assert all(len(ids) == 1 for ids in event_ids_by_payment.values())
 
@@ -76,8 +82,9 @@ def test_a_poison_record_is_dead_lettered_and_the_partition_keeps_flowing(
     """Undecodable bytes go to the DLQ with their key, value, headers and reason; the next
     command on the same partition is processed."""
     start_worker()
-    kafka.send(value=b"\xc3\x01not-avro-at-all", key=b"poison", partition=0,
-               headers=[("origin", b"test")])
+    kafka.send(
+        value=b"\xc3\x01not-avro-at-all", key=b"poison", partition=0, headers=[("origin", b"test")]
+    )
     kafka.send(value=b"", key=b"empty", partition=0)
     cmd = _order(devserver)
     kafka.send(cmd, partition=0)
@@ -121,8 +128,10 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing_and_charges_once(
 ):
     """SIGKILL twice in the middle of 300 commands: after restarts every command is answered,
     no order is paid twice, no payment stays pending, one event id per finalized payment."""
-    commands = [_order(devserver, amount=f"{30 + i % 7}.{'13' if i % 10 == 0 else '00'}")
-                for i in range(300)]
+    commands = [
+        _order(devserver, amount=f"{30 + i % 7}.{'13' if i % 10 == 0 else '00'}")
+        for i in range(300)
+    ]
     for cmd in commands:
         kafka.send(cmd, flush=False)
     kafka.flush()
@@ -145,13 +154,26 @@ def test_redis_stopped_mid_stream_keeps_payments_correct(
 ):
     """Redis goes away: the worker logs it, counts it, and the database rules keep it correct."""
     port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         while not port_open("127.0.0.1", port):
             time.sleep(0.05)
-        worker = start_worker(PAYMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-                              PAYMENT_GATEWAY_LATENCY_MS="50-100")
+        worker = start_worker(
+            PAYMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0", PAYMENT_GATEWAY_LATENCY_MS="50-100"
+        )
         commands = [_order(devserver) for _ in range(60)]
         for cmd in commands[:20]:
             kafka.send(cmd, flush=False)
@@ -179,15 +201,22 @@ def test_events_written_while_the_broker_is_unreachable_are_published_when_it_re
     tansu = start_tansu(port, ARTIFACTS / f"tansu-frozen-{port}.log")
     try:
         bootstrap = f"127.0.0.1:{port}"
-        ensure_topics({"bootstrap.servers": bootstrap}, {
-            topics.commands: 4, topics.succeeded: 2, topics.failed: 2, topics.replies: 2,
-            topics.dlq: 1})
+        ensure_topics(
+            {"bootstrap.servers": bootstrap},
+            {
+                topics.commands: 4,
+                topics.succeeded: 2,
+                topics.failed: 2,
+                topics.replies: 2,
+                topics.dlq: 1,
+            },
+        )
         kafka = KafkaHarness(bootstrap, topics)
         start_worker(
             PAYMENT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             PAYMENT_GATEWAY_LATENCY_MS="1500-2000",
             PAYMENT_KAFKA_CONFIG='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
-                                 '"message.timeout.ms": 3000}',
+            '"message.timeout.ms": 3000}',
         )
         commands = [_order(devserver) for _ in range(10)]
         for cmd in commands:
@@ -200,8 +229,12 @@ def test_events_written_while_the_broker_is_unreachable_are_published_when_it_re
         os.kill(tansu.pid, signal.SIGSTOP)  # unreachable while the gateway calls finish
         try:
             deadline = time.monotonic() + 30
-            while db.execute("SELECT count(*) FROM outbox WHERE kind = 'event' AND sent_at IS NULL"
-                             ).fetchone()[0] < 10:
+            while (
+                db.execute(
+                    "SELECT count(*) FROM outbox WHERE kind = 'event' AND sent_at IS NULL"
+                ).fetchone()[0]
+                < 10
+            ):
                 assert time.monotonic() < deadline, "events were not written to the outbox"
                 time.sleep(0.1)
             time.sleep(4)  # past message.timeout.ms: the producer gives these deliveries up

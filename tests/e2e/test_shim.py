@@ -28,8 +28,10 @@ def _post(shim, body: dict | bytes, key: str | None = None, timeout: float = 30)
 def _raw(order: dict[str, str], pascal: bool = False) -> bytes:
     """The JSON body with the amount as a JSON number (not a string)."""
     names = ("OrderId", "CustomerId", "Amount") if pascal else ("orderId", "customerId", "amount")
-    return (f'{{"{names[0]}": "{order["orderId"]}", "{names[1]}": "{order["customerId"]}", '
-            f'"{names[2]}": {order["amount"]}}}').encode()
+    return (
+        f'{{"{names[0]}": "{order["orderId"]}", "{names[1]}": "{order["customerId"]}", '
+        f'"{names[2]}": {order["amount"]}}}'
+    ).encode()
 
 
 @pytest.fixture
@@ -46,7 +48,8 @@ def test_health_and_openapi_describe_the_service(stack):
     spec = httpx.get(stack.url + "/openapi.json").json()
     operation = spec["paths"]["/payments"]["post"]
     assert {"200", "400", "401", "404", "409", "422", "500", "503", "504"} <= set(
-        operation["responses"])
+        operation["responses"]
+    )
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
     assert "payment_shim_requests_total" in httpx.get(stack.url + "/metrics").text
 
@@ -64,13 +67,17 @@ def test_a_payment_over_http_succeeds_with_exact_decimal_amount(stack, devserver
     assert body["payment"]["orderId"] == order["orderId"]
 
 
-@pytest.mark.parametrize(("amount", "setup", "status", "prefix"), [
-    ("20.13", "order", 422, "Payment failed: "),
-    ("20.00", "none", 404, "Order not found"),
-    ("20.00", "paid-state", 400, "Order validation failed: "),
-    ("20.00", "other-customer", 401, "Unauthorized: "),
-    ("0", "order", 400, "Amount must be greater than zero"),
-], ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"])
+@pytest.mark.parametrize(
+    ("amount", "setup", "status", "prefix"),
+    [
+        ("20.13", "order", 422, "Payment failed: "),
+        ("20.00", "none", 404, "Order not found"),
+        ("20.00", "paid-state", 400, "Order validation failed: "),
+        ("20.00", "other-customer", 401, "Unauthorized: "),
+        ("0", "order", 400, "Amount must be greater than zero"),
+    ],
+    ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
+)
 def test_each_outcome_maps_to_its_http_status(stack, devserver, amount, setup, status, prefix):
     """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body."""
     order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
@@ -95,8 +102,14 @@ def test_bad_bodies_are_400_with_a_clear_message_never_500(stack):
         (b"[]", "Payment request must be a JSON object"),
         (b"", "Payment request is required"),
         (b'{"orderId": 12, "customerId": "x", "amount": 1}', "Valid OrderId is required"),
-        (b'{"orderId": "' + str(uuid.uuid4()).encode() + b'", "customerId": "'
-         + str(uuid.uuid4()).encode() + b'", "amount": NaN}', "Invalid JSON"),
+        (
+            b'{"orderId": "'
+            + str(uuid.uuid4()).encode()
+            + b'", "customerId": "'
+            + str(uuid.uuid4()).encode()
+            + b'", "amount": NaN}',
+            "Invalid JSON",
+        ),
     ]:
         response = _post(stack, raw)
         assert response.status_code == 400, (raw, response.text)

@@ -57,16 +57,28 @@ def final_ledger(payment: Payment, outcome: str = "SUCCEEDED") -> dict[str, Any]
 
 def succeeded(payment: Payment) -> Payment:
     return payment.finalized(
-        GatewayResult(True, "txn_0123456789abcdef", None, None, None,
-                      "Success - TransactionId: txn_0123456789abcdef"),
+        GatewayResult(
+            True,
+            "txn_0123456789abcdef",
+            None,
+            None,
+            None,
+            "Success - TransactionId: txn_0123456789abcdef",
+        ),
         datetime.now(UTC),
     )
 
 
 def declined(payment: Payment) -> Payment:
     return payment.finalized(
-        GatewayResult(False, None, "CARD_DECLINED", "Your card was declined", "card_declined",
-                      "Failed - CARD_DECLINED: Your card was declined"),
+        GatewayResult(
+            False,
+            None,
+            "CARD_DECLINED",
+            "Your card was declined",
+            "card_declined",
+            "Failed - CARD_DECLINED: Your card was declined",
+        ),
         datetime.now(UTC),
     )
 
@@ -82,7 +94,12 @@ def message(
     payment_id: uuid.UUID | None = None,
 ) -> OutboxMessage:
     return OutboxMessage(
-        kind=kind, topic=topic, partition=partition, key=key, value=value,
+        kind=kind,
+        topic=topic,
+        partition=partition,
+        key=key,
+        value=value,
         headers=headers if headers is not None else [("correlation-id", b"c-1")],
-        event_id=uuid.uuid4() if kind == "event" else None, payment_id=payment_id,
+        event_id=uuid.uuid4() if kind == "event" else None,
+        payment_id=payment_id,
     )

@@ -73,8 +73,16 @@ async def test_order_is_read_with_the_alternative_field_names(
 ) -> None:
     """userId, state and amount stand in for customerId, status and totalAmount."""
     order_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    _put_order(dev, {"id": str(order_id), "userId": customer_id, "state": "paid",
-                     "amount": "99.99", "currency": "GBP"})
+    _put_order(
+        dev,
+        {
+            "id": str(order_id),
+            "userId": customer_id,
+            "state": "paid",
+            "amount": "99.99",
+            "currency": "GBP",
+        },
+    )
 
     order = await HttpOrdering(service).get_order(order_id)
 
@@ -84,8 +92,16 @@ async def test_order_is_read_with_the_alternative_field_names(
 async def test_order_field_names_match_in_any_case(dev: DevServer, service: JsonService) -> None:
     """Field names are matched case-insensitively (PascalCase as ASP.NET may write them)."""
     order_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    _put_order(dev, {"id": str(order_id), "CustomerID": customer_id, "STATUS": "Pending",
-                     "TotalAmount": "10.50", "Currency": "EUR"})
+    _put_order(
+        dev,
+        {
+            "id": str(order_id),
+            "CustomerID": customer_id,
+            "STATUS": "Pending",
+            "TotalAmount": "10.50",
+            "Currency": "EUR",
+        },
+    )
 
     order = await HttpOrdering(service).get_order(order_id)
 
@@ -95,8 +111,15 @@ async def test_order_field_names_match_in_any_case(dev: DevServer, service: Json
 async def test_order_without_currency_is_in_usd(dev: DevServer, service: JsonService) -> None:
     """An order that names no currency is read as USD."""
     order_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    _put_order(dev, {"id": str(order_id), "customerId": customer_id, "status": "Pending",
-                     "totalAmount": "10.50"})
+    _put_order(
+        dev,
+        {
+            "id": str(order_id),
+            "customerId": customer_id,
+            "status": "Pending",
+            "totalAmount": "10.50",
+        },
+    )
 
     order = await HttpOrdering(service).get_order(order_id)
 
@@ -107,11 +130,16 @@ async def test_numeric_amount_is_read_exactly(dev: DevServer, service: JsonServi
     """A totalAmount written as a JSON number (as System.Text.Json writes a decimal) becomes
     the exact Decimal, even at the contract's largest amount."""
     order_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    body = {"id": str(order_id), "customerId": customer_id, "status": "Pending",
-            "totalAmount": "AMOUNT"}
+    body = {
+        "id": str(order_id),
+        "customerId": customer_id,
+        "status": "Pending",
+        "totalAmount": "AMOUNT",
+    }
     raw = json.dumps(body).replace('"AMOUNT"', "999999999999.99")  # a number, never a float
-    dev.client.post("/admin/orders", content=raw,
-                    headers={"content-type": "application/json"}).raise_for_status()
+    dev.client.post(
+        "/admin/orders", content=raw, headers={"content-type": "application/json"}
+    ).raise_for_status()
 
     order = await HttpOrdering(service).get_order(order_id)
 
@@ -122,8 +150,16 @@ async def test_order_identified_by_order_id_is_read(dev: DevServer, service: Jso
     """A body that carries `orderId` (beside the dev server's filing `id`) is read like any
     other, and the id it names is kept for the pipeline's check."""
     order_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    _put_order(dev, {"id": str(order_id), "orderId": str(order_id), "userId": customer_id,
-                     "state": "Pending", "amount": "5.00"})
+    _put_order(
+        dev,
+        {
+            "id": str(order_id),
+            "orderId": str(order_id),
+            "userId": customer_id,
+            "state": "Pending",
+            "amount": "5.00",
+        },
+    )
 
     order = await HttpOrdering(service).get_order(order_id)
 
@@ -142,13 +178,13 @@ async def test_unknown_order_is_none(dev: DevServer, service: JsonService) -> No
 async def test_reservation_is_read_leniently(dev: DevServer, service: JsonService) -> None:
     """A reservation is read with its customer, status and expiry as an aware datetime."""
     reservation_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    dev.add_reservation(str(reservation_id), customer_id, status="Active",
-                        expires_at="2099-01-01T00:00:00Z")
+    dev.add_reservation(
+        str(reservation_id), customer_id, status="Active", expires_at="2099-01-01T00:00:00Z"
+    )
 
     reservation = await HttpInventory(service).get_reservation(reservation_id)
 
-    assert reservation == ReservationInfo(customer_id, "Active",
-                                          datetime(2099, 1, 1, tzinfo=UTC))
+    assert reservation == ReservationInfo(customer_id, "Active", datetime(2099, 1, 1, tzinfo=UTC))
 
 
 async def test_reservation_expiry_with_dotnet_precision_is_read(
@@ -157,8 +193,7 @@ async def test_reservation_expiry_with_dotnet_precision_is_read(
     """An expiresAt with .NET's seven fractional digits is read (to the microsecond), not
     dropped: a dropped expiry would let an expired reservation through."""
     reservation_id, customer_id = uuid.uuid4(), str(uuid.uuid4())
-    dev.add_reservation(str(reservation_id), customer_id,
-                        expires_at="2020-02-03T04:05:06.1234567Z")
+    dev.add_reservation(str(reservation_id), customer_id, expires_at="2020-02-03T04:05:06.1234567Z")
 
     reservation = await HttpInventory(service).get_reservation(reservation_id)
 
@@ -228,8 +263,9 @@ async def test_permanent_503_stops_at_the_retry_budget(dev: DevServer) -> None:
 
 async def test_connection_refused_is_dependency_unavailable() -> None:
     """Nothing listening on the service's port: DependencyUnavailable, not an httpx error."""
-    service = await _service(f"http://127.0.0.1:{free_port()}", timeout_s=0.5,
-                             retry_budget_s=1.0, attempts=3)
+    service = await _service(
+        f"http://127.0.0.1:{free_port()}", timeout_s=0.5, retry_budget_s=1.0, attempts=3
+    )
     try:
         with pytest.raises(DependencyUnavailable) as raised:
             await HttpOrdering(service).get_order(uuid.uuid4())

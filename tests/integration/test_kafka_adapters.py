@@ -59,8 +59,9 @@ async def _consume(
 
 def _committed(broker: str, group_id: str, topic: str, partitions: int) -> Offsets:
     """The group's committed offsets as a fresh consumer of that group sees them."""
-    fresh = Consumer({"bootstrap.servers": broker, "group.id": group_id,
-                      "enable.auto.commit": False})
+    fresh = Consumer(
+        {"bootstrap.servers": broker, "group.id": group_id, "enable.auto.commit": False}
+    )
     try:
         found = fresh.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
     finally:
@@ -88,13 +89,32 @@ class Revocations:
 
 def _stored(topics: Topics) -> list[StoredMessage]:
     return [
-        StoredMessage(101, message("event", topics.succeeded, partition=1, key=b"order-1",
-                                   value=b"\xc3\x01event",
-                                   headers=[("ce_id", b"e-1"), ("correlation-id", b"c-1")])),
-        StoredMessage(102, message("reply", topics.succeeded, partition=0, key=b"order-2",
-                                   value=b"reply", headers=[("ce_type", b"t")])),
-        StoredMessage(103, message("reply", topics.succeeded, partition=1, key=None,
-                                   value=b"no-key", headers=[])),
+        StoredMessage(
+            101,
+            message(
+                "event",
+                topics.succeeded,
+                partition=1,
+                key=b"order-1",
+                value=b"\xc3\x01event",
+                headers=[("ce_id", b"e-1"), ("correlation-id", b"c-1")],
+            ),
+        ),
+        StoredMessage(
+            102,
+            message(
+                "reply",
+                topics.succeeded,
+                partition=0,
+                key=b"order-2",
+                value=b"reply",
+                headers=[("ce_type", b"t")],
+            ),
+        ),
+        StoredMessage(
+            103,
+            message("reply", topics.succeeded, partition=1, key=None, value=b"no-key", headers=[]),
+        ),
     ]
 
 
@@ -193,8 +213,12 @@ async def test_threaded_consumer_consumes_records_produced_one_per_flush(
     values = [f"record-{i}".encode() for i in range(6)]
     _produce_one_per_flush(broker, topics.commands, values)
     assigned: list[list[tuple[str, int]]] = []
-    consumer = ThreadedConsumer(_consumer_config(broker), [topics.commands],
-                                on_assign=assigned.append, on_revoke=Revocations())
+    consumer = ThreadedConsumer(
+        _consumer_config(broker),
+        [topics.commands],
+        on_assign=assigned.append,
+        on_revoke=Revocations(),
+    )
     await consumer.open()
     try:
         records = await _consume(consumer, len(values))
@@ -213,8 +237,9 @@ async def test_threaded_consumer_commit_stores_the_offsets(broker: str, topics: 
     them back with committed()."""
     _produce_one_per_flush(broker, topics.commands, [b"a", b"b", b"c", b"d"])
     config = _consumer_config(broker)
-    consumer = ThreadedConsumer(config, [topics.commands], on_assign=lambda _k: None,
-                                on_revoke=Revocations())
+    consumer = ThreadedConsumer(
+        config, [topics.commands], on_assign=lambda _k: None, on_revoke=Revocations()
+    )
     await consumer.open()
     try:
         records = await _consume(consumer, 4)
@@ -234,8 +259,9 @@ async def test_threaded_consumer_awaits_on_revoke_at_close(broker: str, topics: 
     """Closing the consumer awaits the on_revoke coroutine with the partitions it held."""
     revoke = Revocations()
     assigned: list[list[tuple[str, int]]] = []
-    consumer = ThreadedConsumer(_consumer_config(broker), [topics.commands],
-                                on_assign=assigned.append, on_revoke=revoke)
+    consumer = ThreadedConsumer(
+        _consumer_config(broker), [topics.commands], on_assign=assigned.append, on_revoke=revoke
+    )
     await consumer.open()
     try:
         deadline = time.monotonic() + 30
@@ -257,8 +283,9 @@ async def test_threaded_consumer_commits_what_on_revoke_returns(
     config = _consumer_config(broker)
     _produce_one_per_flush(broker, topics.commands, [b"x"])
     revoke = Revocations({(topics.commands, 0): 1, (topics.commands, 3): 1})
-    consumer = ThreadedConsumer(config, [topics.commands], on_assign=lambda _k: None,
-                                on_revoke=revoke)
+    consumer = ThreadedConsumer(
+        config, [topics.commands], on_assign=lambda _k: None, on_revoke=revoke
+    )
     await consumer.open()
     try:
         await _consume(consumer, 1)
@@ -273,10 +300,23 @@ async def test_threaded_consumer_commits_what_on_revoke_returns(
 
 def _messages(topics: Topics) -> list[OutboxMessage]:
     return [
-        message("event", topics.succeeded, partition=0, key=b"o-1", value=b"event-1",
-                headers=[("ce_id", b"e-1")], payment_id=uuid.uuid4()),
-        message("reply", topics.replies, partition=1, key=b"o-1", value=b"reply-1",
-                headers=[("correlation-id", b"c-1")]),
+        message(
+            "event",
+            topics.succeeded,
+            partition=0,
+            key=b"o-1",
+            value=b"event-1",
+            headers=[("ce_id", b"e-1")],
+            payment_id=uuid.uuid4(),
+        ),
+        message(
+            "reply",
+            topics.replies,
+            partition=1,
+            key=b"o-1",
+            value=b"reply-1",
+            headers=[("correlation-id", b"c-1")],
+        ),
     ]
 
 
@@ -293,16 +333,23 @@ async def _wait_all_sent(db: psycopg.Connection[Any], timeout_s: float = 15) -> 
 @pytest.fixture
 async def relay(store: PostgresStore, broker: str) -> Any:
     """A started relay whose own sweeper stays asleep during the test."""
-    the_relay = OutboxRelay(store, OutboxProducer({"bootstrap.servers": broker}),
-                            sweep_every_s=3600, sweep_older_than_s=3600)
+    the_relay = OutboxRelay(
+        store,
+        OutboxProducer({"bootstrap.servers": broker}),
+        sweep_every_s=3600,
+        sweep_older_than_s=3600,
+    )
     await the_relay.start()
     yield the_relay
     await the_relay.stop()
 
 
 async def test_relay_publishes_recorded_rows_and_marks_them_sent(
-    relay: OutboxRelay, store: PostgresStore, db: psycopg.Connection[Any],
-    broker: str, topics: Topics,
+    relay: OutboxRelay,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+    broker: str,
+    topics: Topics,
 ) -> None:
     """Rows recorded in the outbox and handed to publish() reach their topics and are marked
     sent (sent_at set) without a sweep."""
@@ -315,14 +362,18 @@ async def test_relay_publishes_recorded_rows_and_marks_them_sent(
     events = _read(broker, topics, topics.succeeded, 1)
     replies = _read(broker, topics, topics.replies, 1)
     assert [(r.partition, r.key, r.value, r.headers) for r in events] == [
-        (0, b"o-1", b"event-1", {"ce_id": b"e-1"})]
+        (0, b"o-1", b"event-1", {"ce_id": b"e-1"})
+    ]
     assert [(r.partition, r.value) for r in replies] == [(1, b"reply-1")]
     assert await store.outbox_backlog() == 0
 
 
 async def test_relay_sweep_publishes_rows_left_unsent(
-    relay: OutboxRelay, store: PostgresStore, db: psycopg.Connection[Any],
-    broker: str, topics: Topics,
+    relay: OutboxRelay,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+    broker: str,
+    topics: Topics,
 ) -> None:
     """Rows recorded but never handed to publish() (a crash between commit and publish) are
     published by sweep_once(older_than_s=0) and marked sent."""
@@ -338,7 +389,10 @@ async def test_relay_sweep_publishes_rows_left_unsent(
 
 
 async def test_relay_sweep_leaves_sent_rows_alone(
-    relay: OutboxRelay, store: PostgresStore, broker: str, topics: Topics,
+    relay: OutboxRelay,
+    store: PostgresStore,
+    broker: str,
+    topics: Topics,
 ) -> None:
     """A sweep after everything was sent publishes nothing, so no duplicates appear."""
     stored = await store.record(_messages(topics))

@@ -18,9 +18,23 @@ from payment_worker.adapters.migrations import available, migrate
 pytestmark = pytest.mark.integration
 
 CONTRACT_COLUMNS = {
-    "id", "order_id", "customer_id", "reservation_id", "amount", "currency", "payment_method",
-    "status", "error_code", "error_message", "failure_reason", "transaction_id", "created_at",
-    "processed_at", "is_simulated", "simulated_response", "command_id",
+    "id",
+    "order_id",
+    "customer_id",
+    "reservation_id",
+    "amount",
+    "currency",
+    "payment_method",
+    "status",
+    "error_code",
+    "error_message",
+    "failure_reason",
+    "transaction_id",
+    "created_at",
+    "processed_at",
+    "is_simulated",
+    "simulated_response",
+    "command_id",
 }
 
 
@@ -31,11 +45,13 @@ def _dump(url: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
             "columns": conn.execute(
                 "SELECT table_name, column_name, ordinal_position, data_type, numeric_precision,"
                 " numeric_scale, is_nullable, column_default FROM information_schema.columns"
-                " WHERE table_schema = %s ORDER BY table_name, ordinal_position", (schema,),
+                " WHERE table_schema = %s ORDER BY table_name, ordinal_position",
+                (schema,),
             ).fetchall(),
             "indexes": conn.execute(
                 "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s"
-                " ORDER BY tablename, indexname", (schema,),
+                " ORDER BY tablename, indexname",
+                (schema,),
             ).fetchall(),
             "constraints": conn.execute(
                 "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
@@ -43,8 +59,10 @@ def _dump(url: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
                 (schema,),
             ).fetchall(),
             "migrations": conn.execute(
-                sql.SQL("SELECT version, name, checksum, applied_at FROM {}.schema_migrations"
-                        " ORDER BY version").format(sql.Identifier(schema)),
+                sql.SQL(
+                    "SELECT version, name, checksum, applied_at FROM {}.schema_migrations"
+                    " ORDER BY version"
+                ).format(sql.Identifier(schema)),
             ).fetchall(),
         }
 
@@ -70,10 +88,13 @@ def test_creates_exactly_the_tables_of_the_implementation(
 ) -> None:
     """The schema holds payments, command_ledger, outbox and schema_migrations, nothing else."""
     with psycopg.connect(database_url) as conn:
-        tables = {row[0] for row in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-            (migrated_schema,),
-        )}
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (migrated_schema,),
+            )
+        }
 
     assert tables == {"payments", "command_ledger", "outbox", "schema_migrations"}
 
@@ -83,10 +104,14 @@ def test_payments_table_has_exactly_the_contract_columns(
 ) -> None:
     """payments has the 17 columns of contract section 6, no more and no fewer."""
     with psycopg.connect(database_url) as conn:
-        columns = {row[0] for row in conn.execute(
-            "SELECT column_name FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name = 'payments'", (migrated_schema,),
-        )}
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'payments'",
+                (migrated_schema,),
+            )
+        }
 
     assert columns == CONTRACT_COLUMNS
 
@@ -155,8 +180,11 @@ def test_concurrent_migrations_apply_the_schema_once(database_url: str, db_schem
     assert errors == []
     assert sorted(results) == [[]] * (callers - 1) + [versions]
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version")
-                            .format(sql.Identifier(db_schema))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version").format(
+                sql.Identifier(db_schema)
+            )
+        ).fetchall()
     assert [r[0] for r in rows] == versions
 
 

@@ -55,11 +55,14 @@ async def test_begin_payment_inserts_pending_payment_and_in_progress_ledger_row(
     began = await store.begin_payment(payment, ledger_fields(payment), ROUTE)
 
     assert began == Began(pending=payment)
-    row = db.execute("SELECT status, amount, command_id FROM payments WHERE id = %s",
-                     (payment.id,)).fetchone()
+    row = db.execute(
+        "SELECT status, amount, command_id FROM payments WHERE id = %s", (payment.id,)
+    ).fetchone()
     assert row == ("pending", Decimal("123.45"), payment.command_id)
-    ledger = db.execute("SELECT state, outcome, payment_id, reply_route FROM command_ledger"
-                        " WHERE command_id = %s", (payment.command_id,)).fetchone()
+    ledger = db.execute(
+        "SELECT state, outcome, payment_id, reply_route FROM command_ledger WHERE command_id = %s",
+        (payment.command_id,),
+    ).fetchone()
     assert ledger == ("in_progress", None, payment.id, ROUTE)
 
 
@@ -77,8 +80,10 @@ async def test_begin_payment_by_another_command_while_pending_is_busy(
     assert began.busy is not None and began.busy.id == first.id
     assert (began.pending, began.succeeded, began.ledger) == (None, None, None)
     assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
-    assert _count(db, "SELECT count(*) FROM command_ledger WHERE command_id = %s",
-                  second.command_id) == 0
+    assert (
+        _count(db, "SELECT count(*) FROM command_ledger WHERE command_id = %s", second.command_id)
+        == 0
+    )
 
 
 async def test_begin_payment_by_the_same_command_resumes_its_pending_payment(
@@ -173,8 +178,10 @@ async def test_finish_payment_records_final_state_ledger_and_outbox_rows(
     payment = pending_payment()
     await store.begin_payment(payment, ledger_fields(payment), ROUTE)
     final = succeeded(payment)
-    messages = [message("event", "payment-succeeded", payment_id=payment.id),
-                message("reply", "payment-replies", partition=1)]
+    messages = [
+        message("event", "payment-succeeded", payment_id=payment.id),
+        message("reply", "payment-replies", partition=1),
+    ]
 
     stored = await store.finish_payment(final, Outcome.SUCCEEDED, None, messages)
 
@@ -183,12 +190,16 @@ async def test_finish_payment_records_final_state_ledger_and_outbox_rows(
     rows = db.execute(
         "SELECT id, kind, topic, partition, sent_at FROM outbox ORDER BY id"
     ).fetchall()
-    assert rows == [(stored[0].id, "event", "payment-succeeded", None, None),
-                    (stored[1].id, "reply", "payment-replies", 1, None)]
-    assert db.execute("SELECT status, transaction_id FROM payments WHERE id = %s",
-                      (payment.id,)).fetchone() == ("succeeded", "txn_0123456789abcdef")
-    assert db.execute("SELECT state, outcome FROM command_ledger WHERE command_id = %s",
-                      (payment.command_id,)).fetchone() == ("final", "SUCCEEDED")
+    assert rows == [
+        (stored[0].id, "event", "payment-succeeded", None, None),
+        (stored[1].id, "reply", "payment-replies", 1, None),
+    ]
+    assert db.execute(
+        "SELECT status, transaction_id FROM payments WHERE id = %s", (payment.id,)
+    ).fetchone() == ("succeeded", "txn_0123456789abcdef")
+    assert db.execute(
+        "SELECT state, outcome FROM command_ledger WHERE command_id = %s", (payment.command_id,)
+    ).fetchone() == ("final", "SUCCEEDED")
 
 
 async def test_finish_payment_is_one_transaction(store: PostgresStore, db: Conn) -> None:
@@ -196,16 +207,20 @@ async def test_finish_payment_is_one_transaction(store: PostgresStore, db: Conn)
     in_progress and no outbox row exists: state and messages commit together (habit 6)."""
     payment = pending_payment()
     await store.begin_payment(payment, ledger_fields(payment), ROUTE)
-    messages = [message("event", "payment-succeeded", payment_id=payment.id),
-                message("not-a-kind")]  # violates the outbox kind CHECK constraint
+    messages = [
+        message("event", "payment-succeeded", payment_id=payment.id),
+        message("not-a-kind"),
+    ]  # violates the outbox kind CHECK constraint
 
     with pytest.raises(DatabaseError):
         await store.finish_payment(succeeded(payment), Outcome.SUCCEEDED, None, messages)
 
-    assert db.execute("SELECT status FROM payments WHERE id = %s",
-                      (payment.id,)).fetchone() == ("pending",)
-    assert db.execute("SELECT state FROM command_ledger WHERE command_id = %s",
-                      (payment.command_id,)).fetchone() == ("in_progress",)
+    assert db.execute("SELECT status FROM payments WHERE id = %s", (payment.id,)).fetchone() == (
+        "pending",
+    )
+    assert db.execute(
+        "SELECT state FROM command_ledger WHERE command_id = %s", (payment.command_id,)
+    ).fetchone() == ("in_progress",)
     assert _count(db, "SELECT count(*) FROM outbox") == 0
 
 
@@ -216,17 +231,22 @@ async def test_finish_payment_twice_writes_nothing_the_second_time(
     final state alone and writes no outbox rows."""
     payment = pending_payment()
     await store.begin_payment(payment, ledger_fields(payment), ROUTE)
-    await store.finish_payment(succeeded(payment), Outcome.SUCCEEDED, None,
-                               [message("reply")])
-    again = await store.finish_payment(declined(payment), Outcome.DECLINED, "Payment failed: x",
-                                       [message("reply"), message("reply")])
+    await store.finish_payment(succeeded(payment), Outcome.SUCCEEDED, None, [message("reply")])
+    again = await store.finish_payment(
+        declined(payment),
+        Outcome.DECLINED,
+        "Payment failed: x",
+        [message("reply"), message("reply")],
+    )
 
     assert again is None
     assert _count(db, "SELECT count(*) FROM outbox") == 1
-    assert db.execute("SELECT status FROM payments WHERE id = %s",
-                      (payment.id,)).fetchone() == ("succeeded",)
-    assert db.execute("SELECT outcome FROM command_ledger WHERE command_id = %s",
-                      (payment.command_id,)).fetchone() == ("SUCCEEDED",)
+    assert db.execute("SELECT status FROM payments WHERE id = %s", (payment.id,)).fetchone() == (
+        "succeeded",
+    )
+    assert db.execute(
+        "SELECT outcome FROM command_ledger WHERE command_id = %s", (payment.command_id,)
+    ).fetchone() == ("SUCCEEDED",)
 
 
 async def test_record_writes_final_ledger_entry_and_outbox_rows(
@@ -235,12 +255,12 @@ async def test_record_writes_final_ledger_entry_and_outbox_rows(
     """record() with a new ledger entry stores it as final and writes the given rows."""
     payment = pending_payment()
 
-    stored = await store.record([message("reply")],
-                                final_ledger(payment, "ORDER_NOT_FOUND"))
+    stored = await store.record([message("reply")], final_ledger(payment, "ORDER_NOT_FOUND"))
 
     assert stored is not None and len(stored) == 1
-    assert db.execute("SELECT state, outcome FROM command_ledger WHERE command_id = %s",
-                      (payment.command_id,)).fetchone() == ("final", "ORDER_NOT_FOUND")
+    assert db.execute(
+        "SELECT state, outcome FROM command_ledger WHERE command_id = %s", (payment.command_id,)
+    ).fetchone() == ("final", "ORDER_NOT_FOUND")
     assert _count(db, "SELECT count(*) FROM outbox") == 1
 
 
@@ -256,8 +276,9 @@ async def test_record_with_an_existing_ledger_entry_writes_nothing(
 
     assert again is None
     assert _count(db, "SELECT count(*) FROM outbox") == 1
-    assert db.execute("SELECT outcome FROM command_ledger WHERE command_id = %s",
-                      (payment.command_id,)).fetchone() == ("ORDER_NOT_FOUND",)
+    assert db.execute(
+        "SELECT outcome FROM command_ledger WHERE command_id = %s", (payment.command_id,)
+    ).fetchone() == ("ORDER_NOT_FOUND",)
 
 
 # -- outbox relay queries ---------------------------------------------------------------------
@@ -284,18 +305,27 @@ async def test_mark_sent_stamps_sent_at_once(store: PostgresStore, db: Conn) -> 
     await store.mark_sent([stored[0].id])
 
     assert first is not None and first[0] is not None
-    assert db.execute("SELECT sent_at FROM outbox WHERE id = %s",
-                      (stored[0].id,)).fetchone() == first
-    assert db.execute("SELECT sent_at FROM outbox WHERE id = %s",
-                      (stored[1].id,)).fetchone() == (None,)
+    assert (
+        db.execute("SELECT sent_at FROM outbox WHERE id = %s", (stored[0].id,)).fetchone() == first
+    )
+    assert db.execute("SELECT sent_at FROM outbox WHERE id = %s", (stored[1].id,)).fetchone() == (
+        None,
+    )
 
 
 async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore) -> None:
     """claim_unsent(0, ...) returns every unsent row in id order with topic, partition, key,
     value and headers as written; rows already sent are left out."""
     written = [
-        message("event", "payment-succeeded", partition=1, key=b"k1", value=b"\x00\xff",
-                headers=[("ce_id", b"abc"), ("empty", b"")], payment_id=uuid.uuid4()),
+        message(
+            "event",
+            "payment-succeeded",
+            partition=1,
+            key=b"k1",
+            value=b"\x00\xff",
+            headers=[("ce_id", b"abc"), ("empty", b"")],
+            payment_id=uuid.uuid4(),
+        ),
         message("reply", "payment-replies", key=None, value=None, headers=[]),
         message("reply", "payment-replies"),
     ]
@@ -304,12 +334,27 @@ async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore)
     await store.mark_sent([stored[2].id])
 
     async with store.claim_unsent(0, 100) as (claimed, _cur):
-        got = [(s.id, s.message.topic, s.message.partition, s.message.key, s.message.value,
-                s.message.headers) for s in claimed]
+        got = [
+            (
+                s.id,
+                s.message.topic,
+                s.message.partition,
+                s.message.key,
+                s.message.value,
+                s.message.headers,
+            )
+            for s in claimed
+        ]
 
     assert got == [
-        (stored[0].id, "payment-succeeded", 1, b"k1", b"\x00\xff",
-         [("ce_id", b"abc"), ("empty", b"")]),
+        (
+            stored[0].id,
+            "payment-succeeded",
+            1,
+            b"k1",
+            b"\x00\xff",
+            [("ce_id", b"abc"), ("empty", b"")],
+        ),
         (stored[1].id, "payment-replies", None, None, None, []),
     ]
 
@@ -320,8 +365,9 @@ async def test_claim_unsent_leaves_out_rows_younger_than_the_age(
     """claim_unsent(older_than_s) returns only rows created longer ago than that age."""
     stored = await store.record([message(), message()])
     assert stored is not None
-    db.execute("UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s",
-               (stored[0].id,))
+    db.execute(
+        "UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s", (stored[0].id,)
+    )
 
     async with store.claim_unsent(30, 100) as (claimed, _cur):
         ids = [s.id for s in claimed]
@@ -384,8 +430,10 @@ async def test_stale_pending_returns_only_pending_payments_older_than_the_age(
     for payment in (old, young, old_finished):
         await store.begin_payment(payment, ledger_fields(payment), ROUTE)
     await store.finish_payment(succeeded(old_finished), Outcome.SUCCEEDED, None, [])
-    db.execute("UPDATE payments SET created_at = now() - interval '10 minutes'"
-               " WHERE id = ANY(%s)", ([old.id, old_finished.id],))
+    db.execute(
+        "UPDATE payments SET created_at = now() - interval '10 minutes' WHERE id = ANY(%s)",
+        ([old.id, old_finished.id],),
+    )
 
     stale = await store.stale_pending(60)
 

@@ -37,26 +37,58 @@ def sample(name: str) -> dict[str, Any]:
     if name == "ProcessPayment":
         return command_record(reservationId=_id(), amount=Decimal("1234.56"), requestedAt=AT)
     common = {
-        "eventId": _id(), "commandId": _id(), "paymentId": _id(), "orderId": _id(),
-        "customerId": _id(), "reservationId": _id(), "amount": Decimal("99.10"),
-        "currency": "EUR", "paymentMethod": "credit_card",
+        "eventId": _id(),
+        "commandId": _id(),
+        "paymentId": _id(),
+        "orderId": _id(),
+        "customerId": _id(),
+        "reservationId": _id(),
+        "amount": Decimal("99.10"),
+        "currency": "EUR",
+        "paymentMethod": "credit_card",
     }
     if name == "PaymentSucceeded":
-        return {**common, "transactionId": "txn_0123456789abcdef", "processedAt": AT,
-                "status": "succeeded"}
+        return {
+            **common,
+            "transactionId": "txn_0123456789abcdef",
+            "processedAt": AT,
+            "status": "succeeded",
+        }
     if name == "PaymentFailed":
-        return {**common, "errorCode": "CARD_DECLINED", "errorMessage": "Your card was declined",
-                "failureReason": "card_declined", "attemptedAt": AT, "status": "failed"}
+        return {
+            **common,
+            "errorCode": "CARD_DECLINED",
+            "errorMessage": "Your card was declined",
+            "failureReason": "card_declined",
+            "attemptedAt": AT,
+            "status": "failed",
+        }
     assert name == "PaymentReply"
     return {
-        "commandId": _id(), "correlationId": "corr-1", "orderId": _id(), "outcome": "SUCCEEDED",
-        "success": True, "httpStatus": 200, "errorMessage": None, "duplicate": False,
+        "commandId": _id(),
+        "correlationId": "corr-1",
+        "orderId": _id(),
+        "outcome": "SUCCEEDED",
+        "success": True,
+        "httpStatus": 200,
+        "errorMessage": None,
+        "duplicate": False,
         "payment": {
-            "id": _id(), "orderId": _id(), "customerId": _id(), "reservationId": None,
-            "amount": Decimal("99.10"), "currency": "EUR", "paymentMethod": "credit_card",
-            "status": "succeeded", "errorCode": None, "errorMessage": None,
-            "failureReason": None, "transactionId": "txn_0123456789abcdef", "createdAt": AT,
-            "processedAt": AT, "isSimulated": True,
+            "id": _id(),
+            "orderId": _id(),
+            "customerId": _id(),
+            "reservationId": None,
+            "amount": Decimal("99.10"),
+            "currency": "EUR",
+            "paymentMethod": "credit_card",
+            "status": "succeeded",
+            "errorCode": None,
+            "errorMessage": None,
+            "failureReason": None,
+            "transactionId": "txn_0123456789abcdef",
+            "createdAt": AT,
+            "processedAt": AT,
+            "isSimulated": True,
             "simulatedResponse": "Success - TransactionId: txn_0123456789abcdef",
         },
     }
@@ -120,7 +152,9 @@ def test_malformed_uuid_strings_in_a_command_decode_as_plain_strings(codec: Avro
     record = command_record(orderId="not-a-uuid", customerId="", commandId="42")
     decoded = codec.decode("ProcessPayment", codec.encode("ProcessPayment", record))
     assert (decoded["orderId"], decoded["customerId"], decoded["commandId"]) == (
-        "not-a-uuid", "", "42",
+        "not-a-uuid",
+        "",
+        "42",
     )
 
 
@@ -283,7 +317,7 @@ _VALID_BODY = _PLAIN.encode("ProcessPayment", command_record(reservationId=_id()
 
 def _overwrite(at: int, patch: bytes) -> bytes:
     """A valid command body with `patch` written over it at `at`: almost-right Avro."""
-    return _VALID_BODY[:at] + patch + _VALID_BODY[at + len(patch):]
+    return _VALID_BODY[:at] + patch + _VALID_BODY[at + len(patch) :]
 
 
 _BODIES = st.one_of(

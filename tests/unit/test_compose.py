@@ -345,7 +345,10 @@ def test_docker_compose_config_is_valid() -> None:
         pytest.skip(f"Docker Compose is not available ({reason[0] if reason else 'no output'})")
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
 
@@ -408,7 +411,7 @@ def test_image_layout_keeps_schemas_and_sql_beside_the_package(dockerfile: str) 
 def healthcheck_code(dockerfile: str) -> str:
     """The Python one-liner of the runtime stage's HEALTHCHECK."""
     (check,) = instructions(stages(dockerfile)[-1], "HEALTHCHECK")
-    command = json.loads(check[check.index("CMD") + 3:].strip())
+    command = json.loads(check[check.index("CMD") + 3 :].strip())
     assert command[:2] == ["python", "-c"]
     return str(command[2])
 
@@ -469,9 +472,7 @@ def run_healthcheck(code: str, argv: list[str], env: dict[str, str]) -> int:
     return 0
 
 
-def test_healthcheck_behaviour(
-    dockerfile: str, health_server: tuple[int, type[_Health]]
-) -> None:
+def test_healthcheck_behaviour(dockerfile: str, health_server: tuple[int, type[_Health]]) -> None:
     """The one-liner passes when the shim or the worker answers 200, fails on 503 or nothing
     listening, and passes for commands with nothing to probe (migrate, run without metrics)."""
     code = healthcheck_code(dockerfile)
@@ -489,7 +490,8 @@ def test_healthcheck_behaviour(
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     """.dockerignore leaves out the venv, git and caches, never what the image copies."""
     patterns = {
-        line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", ".git", "**/__pycache__"} <= patterns

@@ -36,7 +36,10 @@ def test_default_topics_are_the_contracts() -> None:
     """The five topics default to the names of contract section 2."""
     s = load_settings()
     assert (s.topic_commands, s.topic_succeeded, s.topic_failed, s.topic_replies, s.topic_dlq) == (
-        "process-payment", "payment-succeeded", "payment-failed", "payment-replies",
+        "process-payment",
+        "payment-succeeded",
+        "payment-failed",
+        "payment-replies",
         "process-payment-dlq",
     )
 
@@ -64,8 +67,8 @@ def test_default_failure_rate_is_zero_and_no_registry() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("0", (0, 0)), ("100-500", (100, 500)), ("50 - 75", (50, 75)),
-                            ("250", (250, 250))],
+    ("value", "expected"),
+    [("0", (0, 0)), ("100-500", (100, 500)), ("50 - 75", (50, 75)), ("250", (250, 250))],
 )
 def test_gateway_latency_reads_a_range_or_a_single_value(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[int, int]
@@ -80,7 +83,8 @@ def test_kafka_config_json_object_is_read(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("PAYMENT_KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
     monkeypatch.setenv("PAYMENT_KAFKA_CONFIG", '{"session.timeout.ms": 6000}')
     assert load_settings().kafka_common() == {
-        "bootstrap.servers": "broker:9092", "session.timeout.ms": 6000,
+        "bootstrap.servers": "broker:9092",
+        "session.timeout.ms": 6000,
     }
 
 

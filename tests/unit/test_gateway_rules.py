@@ -18,16 +18,32 @@ PAYMENT_ID = uuid.UUID("6f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f")
 @pytest.mark.parametrize(
     ("amount", "code", "message", "reason"),
     [
-        (Decimal("999999.99"), "AMOUNT_TOO_LARGE", "Amount exceeds maximum limit",
-         "processor_error"),
-        (Decimal("1000000.00"), "AMOUNT_TOO_LARGE", "Amount exceeds maximum limit",
-         "processor_error"),
-        (Decimal("1000000.13"), "AMOUNT_TOO_LARGE", "Amount exceeds maximum limit",
-         "processor_error"),
+        (
+            Decimal("999999.99"),
+            "AMOUNT_TOO_LARGE",
+            "Amount exceeds maximum limit",
+            "processor_error",
+        ),
+        (
+            Decimal("1000000.00"),
+            "AMOUNT_TOO_LARGE",
+            "Amount exceeds maximum limit",
+            "processor_error",
+        ),
+        (
+            Decimal("1000000.13"),
+            "AMOUNT_TOO_LARGE",
+            "Amount exceeds maximum limit",
+            "processor_error",
+        ),
         (Decimal("10.13"), "CARD_DECLINED", "Your card was declined", "card_declined"),
         (Decimal("0.13"), "CARD_DECLINED", "Your card was declined", "card_declined"),
-        (Decimal("25.66"), "INSUFFICIENT_FUNDS", "Insufficient funds on card",
-         "insufficient_funds"),
+        (
+            Decimal("25.66"),
+            "INSUFFICIENT_FUNDS",
+            "Insufficient funds on card",
+            "insufficient_funds",
+        ),
         (Decimal("42.99"), "PROCESSOR_TIMEOUT", "Payment processor timeout", "timeout"),
     ],
 )
@@ -37,7 +53,10 @@ def test_rule_amounts_fail_with_the_simulator_code(
     """The limit (checked first) and the cents .13/.66/.99 fail with the C# code/message/reason."""
     result = decide(PAYMENT_ID, amount)
     assert (result.success, result.error_code, result.error_message, result.failure_reason) == (
-        False, code, message, reason,
+        False,
+        code,
+        message,
+        reason,
     )
     assert result.transaction_id is None
 
@@ -49,8 +68,15 @@ def test_failure_simulated_response_names_code_and_message() -> None:
 
 
 @pytest.mark.parametrize(
-    "amount", [Decimal("10.50"), Decimal("0.01"), Decimal("13.00"), Decimal("66.10"),
-               Decimal("999999.98"), Decimal("1500")],
+    "amount",
+    [
+        Decimal("10.50"),
+        Decimal("0.01"),
+        Decimal("13.00"),
+        Decimal("66.10"),
+        Decimal("999999.98"),
+        Decimal("1500"),
+    ],
 )
 def test_other_amounts_succeed_with_a_transaction_id(amount: Decimal) -> None:
     """Amounts below the limit with other cents succeed with a `txn_` + 16 hex transaction id."""

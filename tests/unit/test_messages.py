@@ -44,24 +44,50 @@ def factory(codec: AvroCodec) -> MessageFactory:
 
 
 def a_command() -> Command:
-    return Command(COMMAND_ID, str(uuid.uuid4()), str(uuid.uuid4()), None, Decimal("10.50"),
-                   "USD", "credit_card", AT)
+    return Command(
+        COMMAND_ID,
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+        None,
+        Decimal("10.50"),
+        "USD",
+        "credit_card",
+        AT,
+    )
 
 
 def a_payment(command: Command, result: GatewayResult | None = None) -> Payment:
     pending = Payment(
-        id=uuid.uuid4(), order_id=uuid.UUID(command.order_id),
-        customer_id=uuid.UUID(command.customer_id), reservation_id=None,
-        amount=command.amount, currency="USD", payment_method="credit_card",
-        status=PaymentStatus.PENDING, created_at=AT, command_id=uuid.UUID(command.command_id),
+        id=uuid.uuid4(),
+        order_id=uuid.UUID(command.order_id),
+        customer_id=uuid.UUID(command.customer_id),
+        reservation_id=None,
+        amount=command.amount,
+        currency="USD",
+        payment_method="credit_card",
+        status=PaymentStatus.PENDING,
+        created_at=AT,
+        command_id=uuid.UUID(command.command_id),
     )
-    result = result or GatewayResult(True, "txn_0123456789abcdef", None, None, None,
-                                     "Success - TransactionId: txn_0123456789abcdef")
+    result = result or GatewayResult(
+        True,
+        "txn_0123456789abcdef",
+        None,
+        None,
+        None,
+        "Success - TransactionId: txn_0123456789abcdef",
+    )
     return pending.finalized(result, AT)
 
 
-DECLINE = GatewayResult(False, None, "CARD_DECLINED", "Your card was declined", "card_declined",
-                        "Failed - CARD_DECLINED: Your card was declined")
+DECLINE = GatewayResult(
+    False,
+    None,
+    "CARD_DECLINED",
+    "Your card was declined",
+    "card_declined",
+    "Failed - CARD_DECLINED: Your card was declined",
+)
 
 
 def headers_of(message: OutboxMessage) -> dict[str, bytes]:
@@ -73,7 +99,9 @@ def headers_of(message: OutboxMessage) -> dict[str, bytes]:
 def default_route(**overrides: object) -> ReplyRoute:
     """The route of a command without headers, with `overrides` applied."""
     fields: dict[str, object] = {
-        "topic": "payment-replies", "partition": None, "correlation_id": COMMAND_ID,
+        "topic": "payment-replies",
+        "partition": None,
+        "correlation_id": COMMAND_ID,
     }
     fields.update(overrides)
     return ReplyRoute(**fields)  # type: ignore[arg-type]
@@ -87,7 +115,9 @@ def test_route_defaults_to_replies_topic_and_command_id() -> None:
     command id."""
     route = route_from_headers([], COMMAND_ID, "payment-replies")
     assert (route.topic, route.partition, route.correlation_id) == (
-        "payment-replies", None, COMMAND_ID,
+        "payment-replies",
+        None,
+        COMMAND_ID,
     )
 
 
@@ -113,7 +143,8 @@ def test_route_reads_spring_reply_topic_and_big_endian_partition() -> None:
     """Spring's kafka_replyTopic and 4-byte big-endian kafka_replyPartition route the reply."""
     route = route_from_headers(
         [("kafka_replyTopic", b"spring-replies"), ("kafka_replyPartition", struct.pack(">i", 3))],
-        COMMAND_ID, "payment-replies",
+        COMMAND_ID,
+        "payment-replies",
     )
     assert (route.topic, route.partition) == ("spring-replies", 3)
 
@@ -121,9 +152,14 @@ def test_route_reads_spring_reply_topic_and_big_endian_partition() -> None:
 def test_route_prefers_our_headers_over_springs() -> None:
     """`reply-to`/`reply-partition` win over Spring's headers when both are present."""
     route = route_from_headers(
-        [("kafka_replyTopic", b"spring"), ("kafka_replyPartition", struct.pack(">i", 3)),
-         ("reply-to", b"ours"), ("reply-partition", b"1")],
-        COMMAND_ID, "r",
+        [
+            ("kafka_replyTopic", b"spring"),
+            ("kafka_replyPartition", struct.pack(">i", 3)),
+            ("reply-to", b"ours"),
+            ("reply-partition", b"1"),
+        ],
+        COMMAND_ID,
+        "r",
     )
     assert (route.topic, route.partition) == ("ours", 1)
 
@@ -138,8 +174,15 @@ def test_route_carries_traceparent() -> None:
     "route",
     [
         ReplyRoute("replies", None, COMMAND_ID),
-        ReplyRoute("replies", 2, "corr", b"\x01\x02\xff", b"spring-replies",
-                   struct.pack(">i", 2), TRACEPARENT),
+        ReplyRoute(
+            "replies",
+            2,
+            "corr",
+            b"\x01\x02\xff",
+            b"spring-replies",
+            struct.pack(">i", 2),
+            TRACEPARENT,
+        ),
     ],
 )
 def test_reply_route_json_round_trip(route: ReplyRoute) -> None:
@@ -157,7 +200,10 @@ def test_reply_goes_to_the_routes_topic_and_partition(factory: MessageFactory) -
     command = a_command()
     message = factory.reply(command, ReplyRoute("shim-replies", 4, "c"), reply(Outcome.CONFLICT))
     assert (message.kind, message.topic, message.partition, message.key) == (
-        "reply", "shim-replies", 4, command.order_id.encode(),
+        "reply",
+        "shim-replies",
+        4,
+        command.order_id.encode(),
     )
 
 
@@ -175,15 +221,19 @@ def test_reply_cloudevents_headers(factory: MessageFactory) -> None:
 
 def test_reply_correlation_and_causation_headers(factory: MessageFactory) -> None:
     """A reply carries correlation-id from the route and causation-id = the command id."""
-    headers = headers_of(factory.reply(a_command(), default_route(correlation_id="corr-9"),
-                                       reply(Outcome.ERROR, "x")))
+    headers = headers_of(
+        factory.reply(
+            a_command(), default_route(correlation_id="corr-9"), reply(Outcome.ERROR, "x")
+        )
+    )
     assert (headers["correlation-id"], headers["causation-id"]) == (b"corr-9", COMMAND_ID.encode())
 
 
 def test_reply_carries_traceparent(factory: MessageFactory) -> None:
     """The command's traceparent is carried onto the reply."""
-    message = factory.reply(a_command(), default_route(traceparent=TRACEPARENT),
-                            reply(Outcome.ERROR, "x"))
+    message = factory.reply(
+        a_command(), default_route(traceparent=TRACEPARENT), reply(Outcome.ERROR, "x")
+    )
     assert headers_of(message)["traceparent"] == TRACEPARENT.encode()
 
 
@@ -211,14 +261,22 @@ def test_reply_value_holds_outcome_and_payment(factory: MessageFactory, codec: A
     """The reply value decodes to the outcome, status, duplicate flag and the camelCase payment."""
     command = a_command()
     payment = a_payment(command)
-    message = factory.reply(command, default_route(correlation_id="corr"),
-                            Reply(Outcome.SUCCEEDED, None, payment, duplicate=True))
+    message = factory.reply(
+        command,
+        default_route(correlation_id="corr"),
+        Reply(Outcome.SUCCEEDED, None, payment, duplicate=True),
+    )
     record = codec.decode("PaymentReply", message.value)
     assert (record["commandId"], record["correlationId"], record["orderId"]) == (
-        COMMAND_ID, "corr", command.order_id,
+        COMMAND_ID,
+        "corr",
+        command.order_id,
     )
     assert (record["outcome"], record["success"], record["httpStatus"], record["duplicate"]) == (
-        "SUCCEEDED", True, 200, True,
+        "SUCCEEDED",
+        True,
+        200,
+        True,
     )
     assert record["payment"]["id"] == str(payment.id)
     assert record["payment"]["amount"] == Decimal("10.50")
@@ -236,8 +294,12 @@ def test_reply_value_holds_outcome_and_payment(factory: MessageFactory, codec: A
     ],
 )
 def test_event_topic_type_and_schema_follow_the_payment_status(
-    factory: MessageFactory, codec: AvroCodec, result: GatewayResult | None, topic: str,
-    ce_type: bytes, schema: str,
+    factory: MessageFactory,
+    codec: AvroCodec,
+    result: GatewayResult | None,
+    topic: str,
+    ce_type: bytes,
+    schema: str,
 ) -> None:
     """A succeeded payment is a PaymentSucceeded on payment-succeeded, a failed one a
     PaymentFailed on payment-failed, each with its ce_type."""
@@ -281,8 +343,18 @@ def test_event_is_keyed_by_order_id(factory: MessageFactory) -> None:
 def test_no_event_for_a_pending_payment(factory: MessageFactory) -> None:
     """A payment still pending has no event: asking for one raises ValueError."""
     command = a_command()
-    pending = Payment(uuid.uuid4(), uuid.UUID(command.order_id), uuid.uuid4(), None,
-                      Decimal("1.00"), "USD", "x", PaymentStatus.PENDING, AT, uuid.uuid4())
+    pending = Payment(
+        uuid.uuid4(),
+        uuid.UUID(command.order_id),
+        uuid.uuid4(),
+        None,
+        Decimal("1.00"),
+        "USD",
+        "x",
+        PaymentStatus.PENDING,
+        AT,
+        uuid.uuid4(),
+    )
     with pytest.raises(ValueError):
         factory.event(pending, default_route())
 
@@ -293,16 +365,28 @@ def test_no_event_for_a_pending_payment(factory: MessageFactory) -> None:
 def test_dead_letter_keeps_the_record_and_adds_why(factory: MessageFactory) -> None:
     """A dead letter keeps key, value and headers and adds dlq-error/reason/topic/partition/
     offset, on the DLQ topic."""
-    record = InboundRecord("process-payment", 3, 1234, b"key-1", b"\xc3\x01garbage",
-                           [("traceparent", TRACEPARENT.encode()), ("x-custom", b"\xff")])
+    record = InboundRecord(
+        "process-payment",
+        3,
+        1234,
+        b"key-1",
+        b"\xc3\x01garbage",
+        [("traceparent", TRACEPARENT.encode()), ("x-custom", b"\xff")],
+    )
     message = factory.dead_letter(record, "undecodable", "malformed Avro body")
     assert (message.kind, message.topic, message.key, message.value) == (
-        "dead_letter", "process-payment-dlq", b"key-1", b"\xc3\x01garbage",
+        "dead_letter",
+        "process-payment-dlq",
+        b"key-1",
+        b"\xc3\x01garbage",
     )
     assert message.headers[:2] == record.headers
     assert dict(message.headers[2:]) == {
-        "dlq-error": b"malformed Avro body", "dlq-reason": b"undecodable",
-        "dlq-topic": b"process-payment", "dlq-partition": b"3", "dlq-offset": b"1234",
+        "dlq-error": b"malformed Avro body",
+        "dlq-reason": b"undecodable",
+        "dlq-topic": b"process-payment",
+        "dlq-partition": b"3",
+        "dlq-offset": b"1234",
     }
 
 

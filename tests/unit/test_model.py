@@ -40,17 +40,30 @@ PREFIXES = {
 }
 CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PROCESSED = datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)
-SUCCESS = GatewayResult(True, "txn_0123456789abcdef", None, None, None,
-                        "Success - TransactionId: txn_0123456789abcdef")
-DECLINE = GatewayResult(False, None, "CARD_DECLINED", "Your card was declined", "card_declined",
-                        "Failed - CARD_DECLINED: Your card was declined")
+SUCCESS = GatewayResult(
+    True, "txn_0123456789abcdef", None, None, None, "Success - TransactionId: txn_0123456789abcdef"
+)
+DECLINE = GatewayResult(
+    False,
+    None,
+    "CARD_DECLINED",
+    "Your card was declined",
+    "card_declined",
+    "Failed - CARD_DECLINED: Your card was declined",
+)
 
 
 def pending_payment(**overrides: object) -> Payment:
     fields: dict[str, object] = {
-        "id": uuid.uuid4(), "order_id": uuid.uuid4(), "customer_id": uuid.uuid4(),
-        "reservation_id": None, "amount": Decimal("10.50"), "currency": "USD",
-        "payment_method": "credit_card", "status": PaymentStatus.PENDING, "created_at": CREATED,
+        "id": uuid.uuid4(),
+        "order_id": uuid.uuid4(),
+        "customer_id": uuid.uuid4(),
+        "reservation_id": None,
+        "amount": Decimal("10.50"),
+        "currency": "USD",
+        "payment_method": "credit_card",
+        "status": PaymentStatus.PENDING,
+        "created_at": CREATED,
         "command_id": uuid.uuid4(),
     }
     fields.update(overrides)
@@ -115,7 +128,10 @@ def test_finalized_with_success_is_succeeded_with_the_transaction() -> None:
     final = payment.finalized(SUCCESS, PROCESSED)
     assert final.status is PaymentStatus.SUCCEEDED
     assert (final.id, final.transaction_id, final.processed_at, final.simulated_response) == (
-        payment.id, "txn_0123456789abcdef", PROCESSED, SUCCESS.simulated_response,
+        payment.id,
+        "txn_0123456789abcdef",
+        PROCESSED,
+        SUCCESS.simulated_response,
     )
     assert (final.error_code, final.error_message, final.failure_reason) == (None, None, None)
 
@@ -125,7 +141,10 @@ def test_finalized_with_failure_is_failed_with_the_error() -> None:
     final = pending_payment().finalized(DECLINE, PROCESSED)
     assert final.status is PaymentStatus.FAILED
     assert (final.error_code, final.error_message, final.failure_reason, final.transaction_id) == (
-        "CARD_DECLINED", "Your card was declined", "card_declined", None,
+        "CARD_DECLINED",
+        "Your card was declined",
+        "card_declined",
+        None,
     )
     assert final.simulated_response == DECLINE.simulated_response
 

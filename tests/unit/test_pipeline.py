@@ -60,8 +60,7 @@ class FakeLedger:
     # queries
 
     def _for_order(self, order_id: uuid.UUID, status: PaymentStatus) -> Payment | None:
-        found = [p for p in self.payments.values()
-                 if p.order_id == order_id and p.status is status]
+        found = [p for p in self.payments.values() if p.order_id == order_id and p.status is status]
         assert len(found) <= 1
         return found[0] if found else None
 
@@ -111,13 +110,20 @@ class FakeLedger:
         self._check_payment(payment)
         self.payments[payment.id] = payment
         self.entries[payment.command_id] = LedgerEntry(  # type: ignore[index]
-            **ledger_fields, final=False, outcome=None, error_message=None,
-            payment_id=payment.id, reply_route=route,
+            **ledger_fields,
+            final=False,
+            outcome=None,
+            error_message=None,
+            payment_id=payment.id,
+            reply_route=route,
         )
         return Began(pending=payment)
 
     async def finish_payment(
-        self, payment: Payment, outcome: Outcome, error_message: str | None,
+        self,
+        payment: Payment,
+        outcome: Outcome,
+        error_message: str | None,
         messages: list[OutboxMessage],
     ) -> list[StoredMessage] | None:
         current = self.payments.get(payment.id)
@@ -130,7 +136,10 @@ class FakeLedger:
         entry = self.entries.get(payment.command_id)  # type: ignore[arg-type]
         if entry is not None and not entry.final:
             self.entries[entry.command_id] = replace(
-                entry, final=True, outcome=outcome, error_message=error_message,
+                entry,
+                final=True,
+                outcome=outcome,
+                error_message=error_message,
                 payment_id=payment.id,
             )
         return stored
@@ -142,10 +151,15 @@ class FakeLedger:
             if ledger["command_id"] in self.entries:
                 return None
             entry = LedgerEntry(
-                command_id=ledger["command_id"], order_id=ledger["order_id"],
-                customer_id=ledger["customer_id"], amount=ledger["amount"],
-                currency=ledger["currency"], final=True, outcome=Outcome(ledger["outcome"]),
-                error_message=ledger["error_message"], payment_id=ledger["payment_id"],
+                command_id=ledger["command_id"],
+                order_id=ledger["order_id"],
+                customer_id=ledger["customer_id"],
+                amount=ledger["amount"],
+                currency=ledger["currency"],
+                final=True,
+                outcome=Outcome(ledger["outcome"]),
+                error_message=ledger["error_message"],
+                payment_id=ledger["payment_id"],
                 reply_route=ledger["reply_route"],
             )
         stored = self._insert_outbox(messages)
@@ -252,8 +266,10 @@ class World:
     def order(self, command: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         """Make Ordering know the command's order as a matching pending order."""
         fields: dict[str, Any] = {
-            "customer_id": command["customerId"], "status": "Pending",
-            "amount": command["amount"], "currency": command["currency"],
+            "customer_id": command["customerId"],
+            "status": "Pending",
+            "amount": command["amount"],
+            "currency": command["currency"],
         }
         fields.update(overrides)
         self.ordering.orders[command["orderId"]] = OrderInfo(**fields)
@@ -263,8 +279,13 @@ class World:
         """A new command whose order Ordering knows, pending, for the same amount."""
         return self.order(command_record(**overrides))
 
-    def inbound(self, command: dict[str, Any] | None = None, *, value: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> InboundRecord:
+    def inbound(
+        self,
+        command: dict[str, Any] | None = None,
+        *,
+        value: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> InboundRecord:
         if value is None:
             assert command is not None
             value = self.codec.encode("ProcessPayment", command)
@@ -301,8 +322,13 @@ async def test_payable_command_replies_succeeded(world: World) -> None:
     handled = await world.send(command)
     reply = world.last_reply()
     assert handled.outcome is Outcome.SUCCEEDED
-    assert (reply["outcome"], reply["httpStatus"], reply["success"], reply["errorMessage"],
-            reply["duplicate"]) == ("SUCCEEDED", 200, True, None, False)
+    assert (
+        reply["outcome"],
+        reply["httpStatus"],
+        reply["success"],
+        reply["errorMessage"],
+        reply["duplicate"],
+    ) == ("SUCCEEDED", 200, True, None, False)
     assert reply["commandId"] == command["commandId"]
 
 
@@ -314,7 +340,9 @@ async def test_succeeded_reply_carries_the_succeeded_payment(world: World) -> No
     reply_payment = world.last_reply()["payment"]
     assert payment.status is PaymentStatus.SUCCEEDED
     assert (reply_payment["id"], reply_payment["status"], reply_payment["transactionId"]) == (
-        str(payment.id), "succeeded", payment.transaction_id,
+        str(payment.id),
+        "succeeded",
+        payment.transaction_id,
     )
     assert reply_payment["amount"] == Decimal("10.50")
     assert reply_payment["isSimulated"] is True
@@ -328,7 +356,9 @@ async def test_succeeded_emits_one_payment_succeeded_event(world: World) -> None
     record = world.codec.decode("PaymentSucceeded", event.value)
     assert event.topic == TOPICS.succeeded
     assert (record["orderId"], record["commandId"], record["amount"]) == (
-        command["orderId"], command["commandId"], Decimal("10.50"),
+        command["orderId"],
+        command["commandId"],
+        Decimal("10.50"),
     )
 
 
@@ -345,7 +375,10 @@ async def test_declined_charge_replies_422_with_the_gateway_message(world: World
     await world.send(world.payable(amount=Decimal("20.13")))
     reply = world.last_reply()
     assert (reply["outcome"], reply["httpStatus"], reply["success"], reply["errorMessage"]) == (
-        "DECLINED", 422, False, "Payment failed: Your card was declined",
+        "DECLINED",
+        422,
+        False,
+        "Payment failed: Your card was declined",
     )
     assert reply["payment"]["status"] == "failed"
     assert reply["payment"]["errorCode"] == "CARD_DECLINED"
@@ -361,7 +394,9 @@ async def test_declined_charge_stores_a_failed_payment_and_a_failed_event(world:
     assert payment.status is PaymentStatus.FAILED
     assert event.topic == TOPICS.failed
     assert (record["paymentId"], record["errorCode"], record["failureReason"]) == (
-        str(payment.id), "INSUFFICIENT_FUNDS", "insufficient_funds",
+        str(payment.id),
+        "INSUFFICIENT_FUNDS",
+        "insufficient_funds",
     )
 
 
@@ -373,7 +408,10 @@ async def test_invalid_command_replies_400_with_the_validation_message(world: Wo
     await world.send(command_record(orderId="not-a-uuid"))
     reply = world.last_reply()
     assert (reply["outcome"], reply["httpStatus"], reply["errorMessage"], reply["orderId"]) == (
-        "INVALID_REQUEST", 400, "Valid OrderId is required", "not-a-uuid",
+        "INVALID_REQUEST",
+        400,
+        "Valid OrderId is required",
+        "not-a-uuid",
     )
 
 
@@ -398,17 +436,24 @@ async def test_unknown_order_replies_404(world: World) -> None:
     await world.send(command_record())
     reply = world.last_reply()
     assert (reply["outcome"], reply["httpStatus"], reply["errorMessage"], reply["payment"]) == (
-        "ORDER_NOT_FOUND", 404, "Order not found", None,
+        "ORDER_NOT_FOUND",
+        404,
+        "Order not found",
+        None,
     )
 
 
 @pytest.mark.parametrize(
     ("order", "message"),
     [
-        ({"status": "Paid"},
-         "Order validation failed: Order is in 'paid' state, expected 'pending'"),
-        ({"status": "CANCELLED"},
-         "Order validation failed: Order is in 'cancelled' state, expected 'pending'"),
+        (
+            {"status": "Paid"},
+            "Order validation failed: Order is in 'paid' state, expected 'pending'",
+        ),
+        (
+            {"status": "CANCELLED"},
+            "Order validation failed: Order is in 'cancelled' state, expected 'pending'",
+        ),
         ({"amount": Decimal("99.00")}, "Order validation failed: "),
         ({"currency": "EUR"}, "Order validation failed: "),
     ],
@@ -436,8 +481,11 @@ async def test_order_of_another_customer_replies_unauthorized(world: World) -> N
 
 
 def _reservation(customer: str, **overrides: Any) -> ReservationInfo:
-    fields: dict[str, Any] = {"customer_id": customer, "status": "Active",
-                              "expires_at": NOW + timedelta(minutes=10)}
+    fields: dict[str, Any] = {
+        "customer_id": customer,
+        "status": "Active",
+        "expires_at": NOW + timedelta(minutes=10),
+    }
     fields.update(overrides)
     return ReservationInfo(**fields)
 
@@ -446,8 +494,10 @@ def _reservation(customer: str, **overrides: Any) -> ReservationInfo:
     ("reservation", "message"),
     [
         (None, "Reservation not found"),
-        ({"customer_id": str(uuid.uuid4())},
-         "Reservation does not belong to the specified customer"),
+        (
+            {"customer_id": str(uuid.uuid4())},
+            "Reservation does not belong to the specified customer",
+        ),
         ({"status": "Released"}, "Reservation is in 'released' state, expected 'active'"),
         ({"expires_at": NOW - timedelta(seconds=1)}, "Reservation has expired"),
     ],
@@ -465,7 +515,9 @@ async def test_bad_reservation_replies_reservation_invalid(
     await world.send(command)
     reply = world.last_reply()
     assert (reply["outcome"], reply["httpStatus"], reply["errorMessage"]) == (
-        "RESERVATION_INVALID", 400, f"Reservation validation failed: {message}",
+        "RESERVATION_INVALID",
+        400,
+        f"Reservation validation failed: {message}",
     )
     assert world.gateway.calls == 0
 
@@ -499,9 +551,14 @@ async def test_rejections_leave_no_payment_and_no_event(world: World, make: Any)
 
 async def test_reply_follows_reply_to_and_correlation_id(world: World) -> None:
     """The reply goes to the `reply-to` topic and partition with the `correlation-id` header."""
-    await world.send(world.payable(), headers=[
-        ("reply-to", b"shim-replies"), ("reply-partition", b"2"), ("correlation-id", b"corr-1"),
-    ])
+    await world.send(
+        world.payable(),
+        headers=[
+            ("reply-to", b"shim-replies"),
+            ("reply-partition", b"2"),
+            ("correlation-id", b"corr-1"),
+        ],
+    )
     [message] = world.ledger.messages("reply")
     assert (message.topic, message.partition) == ("shim-replies", 2)
     assert world.codec.decode("PaymentReply", message.value)["correlationId"] == "corr-1"
@@ -511,8 +568,10 @@ async def test_traceparent_is_carried_onto_event_and_reply(world: World) -> None
     """The command's traceparent header is on both the event and the reply it causes."""
     trace = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     await world.send(world.payable(), headers=[("traceparent", trace)])
-    carried = [dict(m.headers).get("traceparent") for m in world.ledger.messages("event")
-               + world.ledger.messages("reply")]
+    carried = [
+        dict(m.headers).get("traceparent")
+        for m in world.ledger.messages("event") + world.ledger.messages("reply")
+    ]
     assert carried == [trace, trace]
 
 
@@ -543,7 +602,9 @@ async def test_same_command_again_gets_the_same_outcome_as_duplicate(
     first, again = world.replies()
     assert again["duplicate"] is True
     assert (again["outcome"], again["httpStatus"], again["errorMessage"]) == (
-        first["outcome"], first["httpStatus"], first["errorMessage"],
+        first["outcome"],
+        first["httpStatus"],
+        first["errorMessage"],
     )
     assert again["payment"]["id"] == first["payment"]["id"]
 
@@ -616,7 +677,9 @@ async def test_paid_order_same_customer_answers_the_existing_payment(world: Worl
     await world.send({**first, "commandId": str(uuid.uuid4())})
     reply = world.last_reply()
     assert (reply["outcome"], reply["duplicate"], reply["payment"]["id"]) == (
-        "SUCCEEDED", True, paid["id"],
+        "SUCCEEDED",
+        True,
+        paid["id"],
     )
 
 
@@ -730,7 +793,9 @@ async def test_command_back_after_the_reconciler_gets_the_recorded_outcome(world
     await world.send(command)
     reply = world.last_reply()
     assert (reply["outcome"], reply["duplicate"], reply["payment"]["id"]) == (
-        "SUCCEEDED", True, str(pending.id),
+        "SUCCEEDED",
+        True,
+        str(pending.id),
     )
     assert (world.gateway.calls, len(world.events())) == (1, 1)
 
@@ -823,8 +888,11 @@ async def test_command_that_ended_in_error_is_processed_again(world: World) -> N
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(b"{\"orderId\": 1}", "undecodable"), (b"", "undecodable"),
-     (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "unknown-schema")],
+    [
+        (b'{"orderId": 1}', "undecodable"),
+        (b"", "undecodable"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "unknown-schema"),
+    ],
 )
 async def test_undecodable_record_is_only_dead_lettered(
     world: World, value: bytes, reason: str

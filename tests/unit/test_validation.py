@@ -80,8 +80,15 @@ def test_missing_malformed_or_nil_customer_id_is_rejected(customer_id: str) -> N
 
 
 @pytest.mark.parametrize(
-    "amount", [Decimal("0"), Decimal("0.00"), Decimal("-0.01"), Decimal("-10.50"), Decimal("NaN"),
-               Decimal("-Infinity")],
+    "amount",
+    [
+        Decimal("0"),
+        Decimal("0.00"),
+        Decimal("-0.01"),
+        Decimal("-10.50"),
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+    ],
 )
 def test_zero_negative_or_non_finite_amount_is_rejected(amount: Decimal) -> None:
     """Zero, negative (and not-a-number) amounts get `Amount must be greater than zero`."""
@@ -121,8 +128,12 @@ def test_absent_reservation_id_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "currency"),
-    [(Decimal("100.5"), "JPY"), (Decimal("0.01"), "JPY"), (Decimal("10.001"), "USD"),
-     (Decimal("10.555"), "EUR")],
+    [
+        (Decimal("100.5"), "JPY"),
+        (Decimal("0.01"), "JPY"),
+        (Decimal("10.001"), "USD"),
+        (Decimal("10.555"), "EUR"),
+    ],
 )
 def test_more_decimals_than_the_currency_allows_is_rejected(amount: Decimal, currency: str) -> None:
     """JPY allows no decimals and USD/EUR two; more is a validation error naming the currency."""
@@ -131,8 +142,13 @@ def test_more_decimals_than_the_currency_allows_is_rejected(amount: Decimal, cur
 
 @pytest.mark.parametrize(
     ("amount", "currency"),
-    [(Decimal("1500"), "JPY"), (Decimal("1500.00"), "JPY"), (Decimal("10.5"), "USD"),
-     (Decimal("10.01"), "USD"), (Decimal("10.10"), "KWD")],
+    [
+        (Decimal("1500"), "JPY"),
+        (Decimal("1500.00"), "JPY"),
+        (Decimal("10.5"), "USD"),
+        (Decimal("10.01"), "USD"),
+        (Decimal("10.10"), "KWD"),
+    ],
 )
 def test_amount_within_the_currency_decimals_is_accepted(amount: Decimal, currency: str) -> None:
     """Trailing zeros do not count (Avro's scale 2 gives JPY 1500.00), and USD takes two."""
@@ -234,17 +250,34 @@ _methods = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    command_id=_ids, order_id=_ids, customer_id=_ids,
+    command_id=_ids,
+    order_id=_ids,
+    customer_id=_ids,
     reservation_id=st.one_of(st.none(), _ids),
-    amount=_amounts, currency=_currencies, payment_method=_methods,
+    amount=_amounts,
+    currency=_currencies,
+    payment_method=_methods,
 )
 def test_validate_command_raises_only_validation_failed(
-    command_id: str, order_id: str, customer_id: str, reservation_id: str | None,
-    amount: Decimal, currency: str, payment_method: str,
+    command_id: str,
+    order_id: str,
+    customer_id: str,
+    reservation_id: str | None,
+    amount: Decimal,
+    currency: str,
+    payment_method: str,
 ) -> None:
     """On arbitrary strings and decimals, validate_command returns or raises ValidationFailed."""
-    cmd = Command(command_id, order_id, customer_id, reservation_id, amount, currency,
-                  payment_method, datetime(2024, 5, 1, tzinfo=UTC))
+    cmd = Command(
+        command_id,
+        order_id,
+        customer_id,
+        reservation_id,
+        amount,
+        currency,
+        payment_method,
+        datetime(2024, 5, 1, tzinfo=UTC),
+    )
     try:
         valid = validate_command(cmd)
     except ValidationFailed:
