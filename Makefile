@@ -51,6 +51,14 @@ test: install services ## Run every test (unit, integration, e2e) on real servic
 test-unit: install ## Run the unit tests only (no services needed)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: install services ## Benchmark worker, shim and replay on this machine; writes bench/results.json
+	$(BIN)/python -m bench.run
+
+.PHONY: bench-quick
+bench-quick: install services ## A small benchmark (under 2 minutes); writes bench/results-quick.json
+	$(BIN)/python -m bench.run --quick
+
 .PHONY: migrate
 migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_SCHEMA)
 	$(BIN)/payment-worker migrate
@@ -71,7 +79,7 @@ run: install services ## Run the worker against PAYMENT_* settings (foreground)
 
 .PHONY: lint
 lint: install ## ruff and mypy
-	$(BIN)/ruff check payment_worker tests
+	$(BIN)/ruff check payment_worker tests bench
 	$(BIN)/mypy payment_worker
 
 .PHONY: clean

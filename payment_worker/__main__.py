@@ -131,7 +131,8 @@ def _migrate(settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payment-worker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default: PAYMENT_LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
@@ -180,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or "INFO")
     try:
         settings = load_settings()
+        configure_logging(args.log_level or settings.log_level)
         if args.command == "run":
             return asyncio.run(_run_worker(settings))
         if args.command == "migrate":

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     shim_reply_timeout_s: float = Field(default=15.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Not in the contract's list: tuning knobs with safe defaults.
+    log_level: str = Field(default="INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     shim_group: str = "payment-shim"
     shim_max_in_flight: int = Field(default=2000, ge=1)
     max_in_flight: int = Field(default=1000, ge=1)

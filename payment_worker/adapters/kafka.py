@@ -60,6 +60,19 @@ def for_producer(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)}
 
 
+_PRODUCER_ONLY = (
+    "linger.ms", "queue.buffering.", "batch.num.messages", "batch.size", "acks",
+    "request.required.acks", "enable.idempotence", "message.timeout.ms", "delivery.timeout.ms",
+    "compression.", "retries", "message.send.max.retries", "transactional.", "partitioner",
+    "sticky.partitioning.linger.ms", "enable.gapless.guarantee",
+)
+
+
+def for_consumer(config: dict[str, Any]) -> dict[str, Any]:
+    """PAYMENT_KAFKA_CONFIG without the producer-only keys (librdkafka would warn)."""
+    return {k: v for k, v in config.items() if not k.startswith(_PRODUCER_ONLY)}
+
+
 class BrokerUnavailable(RetryableError):
     """The broker could not be reached or refused the request."""
 
@@ -102,7 +115,7 @@ class ThreadedConsumer:
         on_assign: AssignHandler,
         on_revoke: RevokeHandler,
     ) -> None:
-        self.config = {**CONSUMER_DEFAULTS, **config}
+        self.config = {**CONSUMER_DEFAULTS, **for_consumer(config)}
         self.topics = topics
         self._on_assign = on_assign
         self._on_revoke = on_revoke

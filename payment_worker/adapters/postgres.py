@@ -136,9 +136,13 @@ class PostgresStore:
         except (psycopg.Error, OSError) as exc:
             raise translate(exc) from exc
 
-    async def ping(self) -> None:
-        async with self._tx() as cur:
-            await cur.execute("SELECT 1")
+    async def ping(self, timeout_s: float = 3.0) -> None:
+        """One round trip, failing within `timeout_s` when the database is not there."""
+        try:
+            async with self.pool.connection(timeout=timeout_s) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            raise translate(exc) from exc
 
     async def schema_ready(self) -> bool:
         """True once `payment-worker migrate` has created the tables."""

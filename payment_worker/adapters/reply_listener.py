@@ -19,7 +19,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, for_producer
+from payment_worker.adapters.kafka import (
+    CONSUMER_DEFAULTS,
+    PRODUCER_DEFAULTS,
+    for_consumer,
+    for_producer,
+)
 
 log = structlog.get_logger("payment_worker.reply_listener")
 
@@ -38,7 +43,7 @@ class ReplyListener:
         self.config = {
             **CONSUMER_DEFAULTS,
             "auto.offset.reset": "latest",
-            **config,
+            **for_consumer(config),
             "enable.auto.commit": False,
         }
         self.topic = topic

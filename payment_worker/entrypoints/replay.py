@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, to_record
+from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, for_consumer, to_record
 from payment_worker.bootstrap import App
 from payment_worker.exceptions import PaymentWorkerError, RetryableError
 from payment_worker.service.pipeline import Handled
@@ -137,7 +137,7 @@ class Replayer:
         settings = self.app.settings
         config: dict[str, Any] = {
             **CONSUMER_DEFAULTS,
-            **settings.kafka_common(),
+            **for_consumer(settings.kafka_common()),
             "group.id": f"payment-worker-replay-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
         }

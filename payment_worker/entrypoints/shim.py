@@ -44,6 +44,8 @@ LATENCY = Histogram(
 )
 IN_FLIGHT = Gauge("payment_shim_in_flight", "POST /payments waiting for a reply.")
 TIMEOUTS = Counter("payment_shim_reply_timeouts_total", "Requests answered 504.")
+WAITING = Gauge("payment_shim_waiting_replies", "Correlation ids waiting for a reply.")
+DROPPED = Gauge("payment_shim_dropped_replies", "Replies received that nobody waited for.")
 
 
 class PaymentRequest(BaseModel):
@@ -347,6 +349,8 @@ class Shim:
 
 def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
     shim = Shim(settings, codec, max_in_flight=settings.shim_max_in_flight)
+    WAITING.set_function(lambda: shim.listener.waiting)
+    DROPPED.set_function(lambda: shim.listener.dropped)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

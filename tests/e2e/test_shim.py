@@ -170,3 +170,33 @@ def test_two_shims_each_get_only_their_own_replies(start_worker, start_shim, dev
     for order_id, response in results:
         assert response.status_code == 200, response.text
         assert response.json()["payment"]["orderId"] == order_id
+
+
+def test_past_the_in_flight_limit_the_shim_answers_503_with_retry_after(
+    start_worker, start_shim, devserver
+):
+    """More waiting requests than PAYMENT_SHIM_MAX_IN_FLIGHT: 503 + Retry-After, no crash."""
+    worker = start_worker()
+    shim = start_shim(PAYMENT_SHIM_MAX_IN_FLIGHT="2", PAYMENT_SHIM_REPLY_TIMEOUT_S="3")
+    worker.stop()  # nobody answers: requests wait until their timeout
+    orders = [_order(devserver) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda o: _post(shim, _raw(o)), orders))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(504) == 2, statuses
+    assert statuses.count(503) == 4, statuses
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "1"
+    assert shim.process.poll() is None
+    metrics = httpx.get(shim.url + "/metrics").text
+    assert "payment_shim_waiting_replies 0.0" in metrics  # timed-out requests leave nothing
+    assert "payment_shim_in_flight 0.0" in metrics
+
+
+def test_an_oversized_body_is_413_and_a_long_idempotency_key_is_400(stack):
+    """Request limits: body over 64 KiB is 413, Idempotency-Key over 255 characters is 400."""
+    big = b'{"orderId": "' + b"x" * 70_000 + b'"}'
+    assert _post(stack, big).status_code == 413
+    response = _post(stack, b"{}", key="k" * 256)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["errorMessage"]

@@ -1,0 +1,520 @@
+"""`make bench`: throughput, latency and cost of the worker, the shim and replay, measured on
+this machine with everything on it (Tansu broker, PostgreSQL, Redis, the dev services).
+
+Every figure is measured in the same run as its baseline. Writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg import sql
+
+from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
+from payment_worker.adapters.kafka import ensure_topics
+from payment_worker.adapters.migrations import migrate
+from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.devstack.services import SEED_NAMESPACE
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGS = ROOT / ".devstack" / "bench"
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+KAFKA_EXTRA = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+CODEC = AvroCodec(SchemaSet())
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    dev_url: str
+    processes: list[subprocess.Popen[bytes]]
+
+    def close(self) -> None:
+        for proc in self.processes:
+            proc.terminate()
+        for proc in self.processes:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_stack() -> Stack:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    tansu = start_tansu(port, LOGS / "tansu.log")
+    dev_port = free_port()
+    with open(LOGS / "devservices.log", "ab") as log:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "payment_worker.devstack.services", "--port", str(dev_port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    while not port_open("127.0.0.1", dev_port):
+        time.sleep(0.05)
+    return Stack(f"127.0.0.1:{port}", f"http://127.0.0.1:{dev_port}", [dev, tansu])
+
+
+@dataclass
+class Scenario:
+    name: str
+    schema: str
+    topics: dict[str, str]
+    group: str
+    env: dict[str, str]
+
+
+def scenario(stack: Stack, name: str, **env: str) -> Scenario:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {
+        "commands": f"bench-commands-{suffix}", "succeeded": f"bench-succeeded-{suffix}",
+        "failed": f"bench-failed-{suffix}", "replies": f"bench-replies-{suffix}",
+        "dlq": f"bench-dlq-{suffix}",
+    }
+    ensure_topics({"bootstrap.servers": stack.bootstrap}, {
+        topics["commands"]: 8, topics["succeeded"]: 4, topics["failed"]: 4,
+        topics["replies"]: 8, topics["dlq"]: 1,
+    })
+    schema = f"bench_{suffix}"
+    migrate(DATABASE_URL, schema)
+    group = f"bench-{suffix}"
+    full_env = {
+        **os.environ,
+        "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "PAYMENT_KAFKA_CONFIG": json.dumps(KAFKA_EXTRA),
+        "PAYMENT_DATABASE_URL": DATABASE_URL,
+        "PAYMENT_DB_SCHEMA": schema,
+        "PAYMENT_REDIS_URL": REDIS_URL,
+        "PAYMENT_ORDERING_URL": stack.dev_url,
+        "PAYMENT_INVENTORY_URL": stack.dev_url,
+        "PAYMENT_TOPIC_COMMANDS": topics["commands"],
+        "PAYMENT_TOPIC_SUCCEEDED": topics["succeeded"],
+        "PAYMENT_TOPIC_FAILED": topics["failed"],
+        "PAYMENT_TOPIC_REPLIES": topics["replies"],
+        "PAYMENT_TOPIC_DLQ": topics["dlq"],
+        "PAYMENT_CONSUMER_GROUP": group,
+        "PAYMENT_GATEWAY_LATENCY_MS": "0",
+        "PAYMENT_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    return Scenario(name, schema, topics, group, full_env)
+
+
+def drop(sc: Scenario) -> None:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(sc.schema)))
+
+
+def preload_orders(stack: Stack, n: int, tag: str) -> list[dict[str, Any]]:
+    """n orders with active reservations at the dev services; returns the commands to send."""
+    commands, orders, reservations = [], [], []
+    for i in range(n):
+        order_id = uuid.uuid5(SEED_NAMESPACE, f"{tag}-order-{i}")
+        customer = uuid.uuid5(SEED_NAMESPACE, f"{tag}-customer-{i}")
+        reservation = uuid.uuid5(SEED_NAMESPACE, f"{tag}-reservation-{i}")
+        amount = "25.00"
+        orders.append({"id": str(order_id), "customerId": str(customer), "status": "Pending",
+                       "totalAmount": amount, "currency": "USD"})
+        reservations.append({"id": str(reservation), "customerId": str(customer),
+                             "status": "Active", "expiresAt": "2099-01-01T00:00:00Z"})
+        commands.append({
+            "commandId": str(uuid.uuid5(SEED_NAMESPACE, f"{tag}-command-{i}")),
+            "orderId": str(order_id), "customerId": str(customer),
+            "reservationId": str(reservation), "amount": Decimal(amount), "currency": "USD",
+            "paymentMethod": "credit_card", "requestedAt": 0,
+        })
+    with httpx.Client(base_url=stack.dev_url, timeout=60) as client:
+        for start in range(0, n, 5000):
+            client.post("/admin/orders", json=orders[start:start + 5000]).raise_for_status()
+            client.post("/admin/reservations",
+                        json=reservations[start:start + 5000]).raise_for_status()
+    return commands
+
+
+def start_workers(sc: Scenario, count: int) -> list[subprocess.Popen[bytes]]:
+    workers = []
+    for i in range(count):
+        log = open(LOGS / f"{sc.name}-worker-{i}.log", "ab")
+        workers.append(subprocess.Popen([sys.executable, "-m", "payment_worker", "run"],
+                                        env=sc.env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        logs = [(LOGS / f"{sc.name}-worker-{i}.log").read_text(errors="replace")
+                for i in range(count)]
+        if all("partitions_assigned" in text for text in logs):
+            time.sleep(1.0 if count > 1 else 0.2)  # let a multi-worker group settle
+            return workers
+        time.sleep(0.1)
+    raise RuntimeError(f"{sc.name}: workers got no partitions; see {LOGS}")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def produce(bootstrap: str, topic: str, commands: list[dict[str, Any]],
+            one_per_batch: bool = False, rate: float | None = None) -> float:
+    """Sends the commands; returns the time the first was sent."""
+    from datetime import UTC, datetime
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0 if one_per_batch else 5,
+                         "enable.idempotence": True})
+    first = time.time()
+    for i, cmd in enumerate(commands):
+        record = {**cmd, "requestedAt": datetime.now(UTC)}
+        value = CODEC.encode("ProcessPayment", record, topic)
+        while True:
+            try:
+                producer.produce(topic, key=cmd["orderId"].encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+        if one_per_batch:
+            producer.flush(10)
+        if rate:
+            target = first + (i + 1) / rate
+            delay = target - time.time()
+            if delay > 0:
+                time.sleep(delay)
+    producer.flush(60)
+    return first
+
+
+def collect_replies(bootstrap: str, topic: str, expect: int, timeout_s: float
+                    ) -> list[tuple[int, int]]:
+    """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "fetch.queue.backoff.ms": 10})
+    metadata = consumer.list_topics(topic, timeout=10)
+    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
+    out: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < expect and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.2):
+            if message.error():
+                continue
+            reply = CODEC.decode("PaymentReply", message.value())
+            if reply["commandId"] in seen:
+                continue
+            seen.add(reply["commandId"])
+            out.append((message.timestamp()[1], 0))
+    consumer.close()
+    return out
+
+
+def e2e(stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = None,
+        **env: str) -> dict[str, Any]:
+    """Commands through `workers` worker processes: throughput and reply latency."""
+    sc = scenario(stack, name, **env)
+    commands = preload_orders(stack, n, sc.group)
+    procs = start_workers(sc, workers)
+    try:
+        first = produce(stack.bootstrap, sc.topics["commands"], commands, rate=rate)
+        replies = collect_replies(stack.bootstrap, sc.topics["replies"], n, timeout_s=600)
+        last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
+        rss = max(peak_rss_mb(p.pid) for p in procs)
+    finally:
+        stop(procs)
+    latencies = latencies_ms(stack, sc)
+    result = {
+        "n": n, "workers": workers, "replies": len(replies),
+        "per_s": len(replies) / max(1e-6, last - first),
+        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99), "peak_rss_mb": rss,
+    }
+    result["scenario"] = sc
+    return result
+
+
+def latencies_ms(stack: Stack, sc: Scenario) -> list[float]:
+    """Reply latency: reply timestamp minus the command's timestamp, matched by command id."""
+    def read(topic: str, name: str) -> dict[str, int]:
+        consumer = Consumer({"bootstrap.servers": stack.bootstrap,
+                             "group.id": f"bench-{uuid.uuid4()}", "enable.auto.commit": False})
+        metadata = consumer.list_topics(topic, timeout=10)
+        consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
+        stamps: dict[str, int] = {}
+        idle = time.monotonic()
+        while time.monotonic() - idle < 1.5:
+            for message in consumer.consume(2000, 0.2):
+                if message.error():
+                    continue
+                idle = time.monotonic()
+                record = CODEC.decode(name, message.value())
+                stamps.setdefault(record["commandId"], message.timestamp()[1])
+        consumer.close()
+        return stamps
+
+    sent = read(sc.topics["commands"], "ProcessPayment")
+    answered = read(sc.topics["replies"], "PaymentReply")
+    return [float(answered[c] - sent[c]) for c in answered if c in sent]
+
+
+def raw_pipe(stack: Stack, n: int) -> float:
+    """The ceiling: consume -> produce -> commit with no work, messages per second."""
+    suffix = uuid.uuid4().hex[:8]
+    src, dst = f"pipe-in-{suffix}", f"pipe-out-{suffix}"
+    ensure_topics({"bootstrap.servers": stack.bootstrap}, {src: 8, dst: 8})
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
+    payload = b"x" * 200
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(src, key=str(i).encode(), value=payload)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(60)
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"pipe-{suffix}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.queue.backoff.ms": 10, **KAFKA_EXTRA})
+    consumer.subscribe([src])
+    out = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5,
+                    "enable.idempotence": True})
+    done = 0
+    started = None
+    deadline = time.monotonic() + 300
+    while done < n and time.monotonic() < deadline:
+        messages = consumer.consume(1000, 0.2)
+        if messages and started is None:
+            started = time.monotonic()
+        for message in messages:
+            if message.error():
+                continue
+            while True:
+                try:
+                    out.produce(dst, key=message.key(), value=message.value())
+                    break
+                except BufferError:
+                    out.poll(0.01)
+            done += 1
+        out.poll(0)
+        if messages:
+            consumer.commit(asynchronous=True)
+    out.flush(60)
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    return done / max(elapsed, 1e-6)
+
+
+def replay_rate(sc: Scenario) -> float:
+    result = subprocess.run(
+        [sys.executable, "-m", "payment_worker", "replay"],
+        env={**sc.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError("replay failed: " + result.stderr[-2000:])
+    line = next(ln for ln in result.stdout.splitlines() if "records per second" in ln)
+    return float(line.replace("│", " ").split()[-1].replace(",", ""))
+
+
+async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurrency: int
+                    ) -> dict[str, float]:
+    """Open-loop at `rate` requests/s, or closed-loop saturation with `concurrency` clients."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for body in bodies:
+            queue.put_nowait(body)
+
+        async def one(body: bytes) -> None:
+            t0 = time.perf_counter()
+            response = await client.post("/payments", content=body,
+                                         headers={"Content-Type": "application/json"})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        started = time.perf_counter()
+        if rate:
+            tasks = []
+            for i, body in enumerate(bodies):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(body)))
+            await asyncio.gather(*tasks)
+        else:
+            async def client_loop() -> None:
+                while not queue.empty():
+                    await one(queue.get_nowait())
+
+            await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"rps": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99), "ok": statuses.get(200, 0) / len(bodies)}
+
+
+def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, float]:
+    sc = scenario(stack, "shim")
+    commands = preload_orders(stack, 2 * n, sc.group)
+    workers = start_workers(sc, 1)
+    port = free_port()
+    log = open(LOGS / "shim.log", "ab")
+    shim = subprocess.Popen([sys.executable, "-m", "payment_worker", "shim"],
+                            env={**sc.env, "PAYMENT_SHIM_PORT": str(port)},
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("shim not ready")
+            time.sleep(0.2)
+
+        def body(cmd: dict[str, Any]) -> bytes:
+            return (f'{{"orderId":"{cmd["orderId"]}","customerId":"{cmd["customerId"]}",'
+                    f'"reservationId":"{cmd["reservationId"]}","amount":25.00}}').encode()
+
+        fixed = asyncio.run(shim_load(url, [body(c) for c in commands[:n]], rate, 256))
+        saturated = asyncio.run(shim_load(url, [body(c) for c in commands[n:]], None, 64))
+    finally:
+        stop([shim, *workers])
+        drop(sc)
+    return {"fixed": fixed, "saturated": saturated}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small N, under 2 minutes")
+    args = parser.parse_args()
+    n = 1000 if args.quick else 5000
+    n_naive = 20 if args.quick else 60
+    n_shim = 400 if args.quick else 2000
+    n_replay_extra = 0 if args.quick else 15000
+    stack = start_stack()
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "n": n}
+    try:
+        print(f"bench: N={n} on {os.cpu_count()} cores; logs in {LOGS}", flush=True)
+        pipe = raw_pipe(stack, n * 4)
+        results["raw_pipe_per_s"] = pipe
+        print(f"  raw broker pipe: {pipe:,.0f} msg/s", flush=True)
+
+        lat0 = e2e(stack, "latency0", n)
+        results["e2e_latency0_per_s"] = lat0["per_s"]
+        results["reply_p50_ms_latency0_max_rate"] = lat0["p50_ms"]
+        results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
+        results["worker_peak_rss_mb"] = lat0["peak_rss_mb"]
+        print(f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s", flush=True)
+
+        half = e2e(stack, "latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
+        results["reply_p50_ms_latency0"] = half["p50_ms"]
+        results["reply_p99_ms_latency0"] = half["p99_ms"]
+        results["reply_rate_offered_per_s"] = max(50.0, lat0["per_s"] / 2)
+        drop(half["scenario"])
+        print(f"  reply p99 at half rate: {half['p99_ms']:.0f} ms", flush=True)
+
+        two = e2e(stack, "latency0-2workers", n, workers=2)
+        results["e2e_latency0_2workers_per_s"] = two["per_s"]
+        drop(two["scenario"])
+        print(f"  e2e latency 0, 2 workers: {two['per_s']:,.0f}/s", flush=True)
+
+        default = e2e(stack, "default-latency", n, PAYMENT_GATEWAY_LATENCY_MS="100-500")
+        results["e2e_default_latency_per_s"] = default["per_s"]
+        results["reply_p99_ms_default_latency"] = default["p99_ms"]
+        drop(default["scenario"])
+        print(f"  e2e latency 100-500 ms: {default['per_s']:,.0f}/s", flush=True)
+
+        naive = e2e(stack, "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500",
+                    PAYMENT_MAX_IN_FLIGHT="1")
+        results["naive_default_latency_per_s"] = naive["per_s"]
+        drop(naive["scenario"])
+        print(f"  naive baseline (one at a time): {naive['per_s']:,.1f}/s", flush=True)
+
+        if n_replay_extra:
+            extra = preload_orders(stack, n_replay_extra, lat0["scenario"].group + "-more")
+            produce(stack.bootstrap, lat0["scenario"].topics["commands"], extra)
+            procs = start_workers(lat0["scenario"], 2)
+            collect_replies(stack.bootstrap, lat0["scenario"].topics["replies"],
+                            n + n_replay_extra, timeout_s=900)
+            stop(procs)
+        results["replay_n"] = n + n_replay_extra
+        results["replay_per_s"] = replay_rate(lat0["scenario"])
+        drop(lat0["scenario"])
+        print(f"  replay of {n + n_replay_extra} processed commands: "
+              f"{results['replay_per_s']:,.0f}/s", flush=True)
+
+        shim = shim_bench(stack, n_shim, 400.0)
+        results["shim_rps"] = shim["saturated"]["rps"]
+        results["shim_p50_ms"] = shim["fixed"]["p50_ms"]
+        results["shim_p99_ms"] = shim["fixed"]["p99_ms"]
+        results["shim_fixed_400_rps"] = shim["fixed"]
+        results["shim_saturated"] = shim["saturated"]
+        print(f"  shim: {shim['saturated']['rps']:,.0f} req/s saturated, "
+              f"p99 {shim['fixed']['p99_ms']:.0f} ms at 400 req/s", flush=True)
+    finally:
+        stack.close()
+    for value in results.values():
+        if isinstance(value, dict):
+            value.pop("scenario", None)
+    out = ROOT / "bench" / ("results-quick.json" if args.quick else "results.json")
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print_table(results)
+    print(f"wrote {out}")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"payment-worker bench (N={results['n']}, "
+                        f"{results['machine']['cores']} cores, everything on this machine)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        if isinstance(value, int | float):
+            table.add_row(key, f"{value:,.1f}")
+    Console().print(table)
+    ratio = results.get("e2e_default_latency_per_s", 0) / max(
+        results.get("naive_default_latency_per_s", 1e-9), 1e-9)
+    print(f"default-latency throughput / naive baseline: {ratio:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()

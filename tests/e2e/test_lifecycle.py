@@ -1,0 +1,107 @@
+"""The worker's lifecycle and operations: start-up waits, health and metrics, the reconciler."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from payment_worker.devstack.broker import free_port
+from payment_worker.testing import command_record
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_broker_that_is_down_at_start_is_waited_for_with_a_log_line(start_worker):
+    """No broker: the worker logs that it waits (no traceback) and exits 0 on SIGTERM."""
+    worker = start_worker(wait=False, PAYMENT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    deadline = time.monotonic() + 20
+    while "waiting_for_dependency" not in worker.logs():
+        assert time.monotonic() < deadline, worker.logs()[-2000:]
+        time.sleep(0.1)
+    assert '"dependency": "kafka"' in worker.logs()
+    assert worker.stop() == 0
+    assert "Traceback" not in worker.logs()
+
+
+def test_a_database_that_is_down_at_start_is_waited_for_with_a_log_line(start_worker):
+    """No database: the worker logs that it waits (no traceback) and exits 0 on SIGTERM."""
+    worker = start_worker(
+        wait=False, PAYMENT_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    )
+    deadline = time.monotonic() + 20
+    while '"dependency": "postgresql"' not in worker.logs():
+        assert time.monotonic() < deadline, worker.logs()[-2000:]
+        time.sleep(0.1)
+    assert worker.stop() == 0
+    assert "Traceback" not in worker.logs()
+
+
+def test_health_and_metrics_are_served_on_the_metrics_port(start_worker, kafka, devserver):
+    """/health says ready once partitions are assigned; /metrics counts outcomes and more."""
+    port = free_port()
+    start_worker(PAYMENT_METRICS_PORT=str(port))
+    health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    assert health.status_code == 200 and health.json()["status"] == "Healthy"
+    customer = str(uuid.uuid4())
+    cmd = command_record(customerId=customer, amount=Decimal("5.00"))
+    devserver.add_order(cmd["orderId"], customer, "5.00")
+    kafka.send(cmd)
+    kafka.send(value=b"garbage", key=b"k")
+    kafka.replies(expect=1)
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        if 'payment_worker_dead_letters_total{reason="undecodable"} 1.0' in text:
+            break
+        time.sleep(0.2)
+    assert 'payment_worker_commands_total{duplicate="false",outcome="SUCCEEDED"} 1.0' in text
+    assert 'payment_worker_dead_letters_total{reason="undecodable"} 1.0' in text
+    for name in (
+        "payment_worker_processing_seconds_bucket",
+        "payment_worker_outbox_backlog",
+        "payment_worker_redis_degraded_total",
+    ):
+        assert name in text
+
+
+def test_a_payment_left_pending_by_a_lost_command_is_finished_by_the_reconciler(
+    start_worker, kafka, db, topics
+):
+    """A pending payment older than PAYMENT_RECONCILE_AFTER_S whose command never comes back is
+    charged with its own payment id, finalized, announced and answered."""
+    payment_id, order_id, customer_id, command_id = (uuid.uuid4() for _ in range(4))
+    route = {"topic": topics.replies, "partition": None, "correlation_id": "lost-1",
+             "spring_correlation_id": None, "spring_reply_topic": None,
+             "spring_reply_partition": None, "traceparent": None}
+    db.execute(
+        "INSERT INTO payments (id, order_id, customer_id, amount, currency, payment_method, "
+        "status, created_at, command_id) VALUES (%s, %s, %s, 12.00, 'USD', 'credit_card', "
+        "'pending', now() - interval '10 minutes', %s)",
+        (payment_id, order_id, customer_id, command_id),
+    )
+    db.execute(
+        "INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state, "
+        "payment_id, reply_route) VALUES (%s, %s, %s, 12.00, 'USD', 'in_progress', %s, %s)",
+        (command_id, order_id, customer_id, payment_id, json.dumps(route)),
+    )
+    start_worker(PAYMENT_RECONCILE_AFTER_S="1")
+    [reply] = kafka.replies(expect=1)
+    assert reply.record["correlationId"] == "lost-1"
+    assert reply.record["outcome"] == "SUCCEEDED"
+    assert reply.record["payment"]["id"] == str(payment_id)
+    status, txn = db.execute(
+        "SELECT status, transaction_id FROM payments WHERE id = %s", (payment_id,)
+    ).fetchone()
+    assert status == "succeeded" and txn.startswith("txn_")
+    [event] = kafka.read(topics.succeeded, expect=1, decode="PaymentSucceeded")
+    assert event.record["paymentId"] == str(payment_id)
+    state = db.execute(
+        "SELECT state, outcome FROM command_ledger WHERE command_id = %s", (command_id,)
+    ).fetchone()
+    assert state == ("final", "SUCCEEDED")
