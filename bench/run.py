@@ -154,20 +154,31 @@ def preload_orders(stack: Stack, n: int, tag: str) -> list[dict[str, Any]]:
 
 
 def start_workers(sc: Scenario, count: int) -> list[subprocess.Popen[bytes]]:
-    workers = []
+    """`count` workers in the scenario's group, once each reports ready on /health."""
+    workers, ports = [], []
     for i in range(count):
-        log = open(LOGS / f"{sc.name}-worker-{i}.log", "ab")
-        workers.append(subprocess.Popen([sys.executable, "-m", "payment_worker", "run"],
-                                        env=sc.env, stdout=log, stderr=subprocess.STDOUT))
+        port = free_port()
+        ports.append(port)
+        with open(LOGS / f"{sc.name}-worker-{i}.log", "ab") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "payment_worker", "run"],
+                env={**sc.env, "PAYMENT_METRICS_PORT": str(port)},
+                stdout=log, stderr=subprocess.STDOUT,
+            ))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        logs = [(LOGS / f"{sc.name}-worker-{i}.log").read_text(errors="replace")
-                for i in range(count)]
-        if all("partitions_assigned" in text for text in logs):
-            time.sleep(1.0 if count > 1 else 0.2)  # let a multi-worker group settle
-            return workers
+    pending = set(ports)
+    while pending and time.monotonic() < deadline:
+        for port in list(pending):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    pending.discard(port)
+            except httpx.HTTPError:
+                pass
         time.sleep(0.1)
-    raise RuntimeError(f"{sc.name}: workers got no partitions; see {LOGS}")
+    if pending:
+        raise RuntimeError(f"{sc.name}: workers got no partitions; see {LOGS}")
+    time.sleep(2.0 if count > 1 else 0.2)  # let a multi-worker group settle
+    return workers
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -353,6 +364,7 @@ async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurren
     """Open-loop at `rate` requests/s, or closed-loop saturation with `concurrency` clients."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -361,8 +373,13 @@ async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurren
 
         async def one(body: bytes) -> None:
             t0 = time.perf_counter()
-            response = await client.post("/payments", content=body,
-                                         headers={"Content-Type": "application/json"})
+            try:
+                response = await client.post("/payments", content=body,
+                                             headers={"Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                statuses[-1] = statuses.get(-1, 0) + 1
+                errors.append(type(exc).__name__)
+                return
             latencies.append((time.perf_counter() - t0) * 1000)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
@@ -383,7 +400,8 @@ async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurren
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return {"rps": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "ok": statuses.get(200, 0) / len(bodies)}
+            "p99_ms": percentile(latencies, 99), "ok": statuses.get(200, 0) / len(bodies),
+            "transport_errors": len(errors)}
 
 
 def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, float]:

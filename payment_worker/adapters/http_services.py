@@ -1,4 +1,9 @@
-"""The Ordering and Inventory services over HTTP (httpx), with bounded, jittered retries."""
+"""The Ordering and Inventory services over HTTP, with bounded, jittered retries.
+
+The client is aiohttp, chosen by measurement: with httpx, the two GETs per command took about
+70% of the worker's CPU (its pool checks every connection on each request); aiohttp does the
+same work for a fraction of it. Nothing outside this module knows which client it is.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import httpx
+import aiohttp
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -74,26 +79,28 @@ class JsonService:
         timeout_s: float = 2.0,
         retry_budget_s: float = 5.0,
         attempts: int = 4,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
+        max_connections: int = 100,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retry_budget_s = retry_budget_s
         self.attempts = attempts
+        self.max_connections = max_connections
         self._client = client
         self._owns_client = client is None
 
     async def open(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+                raise_for_status=False,
             )
 
     async def close(self) -> None:
         if self._client is not None and self._owns_client:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -134,21 +141,24 @@ class JsonService:
         if self._client is None:
             raise RuntimeError(f"{self.name} client used before open()")
         try:
-            response = await self._client.get(self.base_url + path, timeout=timeout_s)
-        except httpx.TimeoutException as exc:
+            async with self._client.get(
+                self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                status = response.status
+                if status == 404:
+                    return None
+                if status >= 500 or status in (408, 429):
+                    raise _Transient(f"HTTP {status}")
+                if status != 200:
+                    # 400/401/403...: our request or credentials are wrong; retrying won't help.
+                    raise _Refused(f"HTTP {status}")
+                body = await response.read()
+        except TimeoutError as exc:
             raise _Transient(f"timeout after {timeout_s:.2f}s") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise _Transient(f"{type(exc).__name__}") from exc
-        status = response.status_code
-        if status == 404:
-            return None
-        if status >= 500 or status in (408, 429):
-            raise _Transient(f"HTTP {status}")
-        if status != 200:
-            # 400/401/403...: our request or credentials are wrong; retrying will not help.
-            raise _Refused(f"HTTP {status}")
         try:
-            data = json.loads(response.content, parse_float=Decimal)
+            data = json.loads(body, parse_float=Decimal)
         except ValueError as exc:
             raise _Transient("response is not JSON") from exc
         if not isinstance(data, dict):

@@ -429,4 +429,5 @@ def serve(settings: Settings) -> None:
         port=settings.shim_port,
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=75,  # callers' pools keep connections; do not cut them at 5 s
     )

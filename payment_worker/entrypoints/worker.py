@@ -211,7 +211,8 @@ class Worker:
                 elif paused and unfinished < self.max_in_flight // 2:
                     paused = False
                     await consumer.set_paused(False)
-                for record in await consumer.consume(500, 0.1):
+                room = max(1, min(500, self.max_in_flight - unfinished))
+                for record in await consumer.consume(room, 0.1):
                     self._dispatch(record)
         finally:
             log.info("worker_stopping", in_flight=len(self._tasks))
