@@ -47,6 +47,11 @@ services: ## Start PostgreSQL and Redis on this machine when they are down
 test: install services ## Run every test (unit, integration, e2e) on real services
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+.PHONY: reliability
+reliability: install services ## Fault-injection and bad-input suite at full scale, with a summary table
+	RELIABILITY_FULL=1 $(BIN)/pytest -q -p no:cacheprovider tests/e2e/reliability \
+		tests/e2e/test_resilience.py $(PYTEST_ARGS)
+
 .PHONY: test-unit
 test-unit: install ## Run the unit tests only (no services needed)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)

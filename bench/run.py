@@ -70,7 +70,8 @@ def start_stack() -> Stack:
     with open(LOGS / "devservices.log", "ab") as log:
         dev = subprocess.Popen(
             [sys.executable, "-m", "payment_worker.devstack.services", "--port", str(dev_port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     while not port_open("127.0.0.1", dev_port):
         time.sleep(0.05)
@@ -89,14 +90,22 @@ class Scenario:
 def scenario(stack: Stack, name: str, **env: str) -> Scenario:
     suffix = uuid.uuid4().hex[:8]
     topics = {
-        "commands": f"bench-commands-{suffix}", "succeeded": f"bench-succeeded-{suffix}",
-        "failed": f"bench-failed-{suffix}", "replies": f"bench-replies-{suffix}",
+        "commands": f"bench-commands-{suffix}",
+        "succeeded": f"bench-succeeded-{suffix}",
+        "failed": f"bench-failed-{suffix}",
+        "replies": f"bench-replies-{suffix}",
         "dlq": f"bench-dlq-{suffix}",
     }
-    ensure_topics({"bootstrap.servers": stack.bootstrap}, {
-        topics["commands"]: 8, topics["succeeded"]: 4, topics["failed"]: 4,
-        topics["replies"]: 8, topics["dlq"]: 1,
-    })
+    ensure_topics(
+        {"bootstrap.servers": stack.bootstrap},
+        {
+            topics["commands"]: 8,
+            topics["succeeded"]: 4,
+            topics["failed"]: 4,
+            topics["replies"]: 8,
+            topics["dlq"]: 1,
+        },
+    )
     schema = f"bench_{suffix}"
     migrate(DATABASE_URL, schema)
     group = f"bench-{suffix}"
@@ -135,21 +144,41 @@ def preload_orders(stack: Stack, n: int, tag: str) -> list[dict[str, Any]]:
         customer = uuid.uuid5(SEED_NAMESPACE, f"{tag}-customer-{i}")
         reservation = uuid.uuid5(SEED_NAMESPACE, f"{tag}-reservation-{i}")
         amount = "25.00"
-        orders.append({"id": str(order_id), "customerId": str(customer), "status": "Pending",
-                       "totalAmount": amount, "currency": "USD"})
-        reservations.append({"id": str(reservation), "customerId": str(customer),
-                             "status": "Active", "expiresAt": "2099-01-01T00:00:00Z"})
-        commands.append({
-            "commandId": str(uuid.uuid5(SEED_NAMESPACE, f"{tag}-command-{i}")),
-            "orderId": str(order_id), "customerId": str(customer),
-            "reservationId": str(reservation), "amount": Decimal(amount), "currency": "USD",
-            "paymentMethod": "credit_card", "requestedAt": 0,
-        })
+        orders.append(
+            {
+                "id": str(order_id),
+                "customerId": str(customer),
+                "status": "Pending",
+                "totalAmount": amount,
+                "currency": "USD",
+            }
+        )
+        reservations.append(
+            {
+                "id": str(reservation),
+                "customerId": str(customer),
+                "status": "Active",
+                "expiresAt": "2099-01-01T00:00:00Z",
+            }
+        )
+        commands.append(
+            {
+                "commandId": str(uuid.uuid5(SEED_NAMESPACE, f"{tag}-command-{i}")),
+                "orderId": str(order_id),
+                "customerId": str(customer),
+                "reservationId": str(reservation),
+                "amount": Decimal(amount),
+                "currency": "USD",
+                "paymentMethod": "credit_card",
+                "requestedAt": 0,
+            }
+        )
     with httpx.Client(base_url=stack.dev_url, timeout=60) as client:
         for start in range(0, n, 5000):
-            client.post("/admin/orders", json=orders[start:start + 5000]).raise_for_status()
-            client.post("/admin/reservations",
-                        json=reservations[start:start + 5000]).raise_for_status()
+            client.post("/admin/orders", json=orders[start : start + 5000]).raise_for_status()
+            client.post(
+                "/admin/reservations", json=reservations[start : start + 5000]
+            ).raise_for_status()
     return commands
 
 
@@ -160,11 +189,14 @@ def start_workers(sc: Scenario, count: int) -> list[subprocess.Popen[bytes]]:
         port = free_port()
         ports.append(port)
         with open(LOGS / f"{sc.name}-worker-{i}.log", "ab") as log:
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "payment_worker", "run"],
-                env={**sc.env, "PAYMENT_METRICS_PORT": str(port)},
-                stdout=log, stderr=subprocess.STDOUT,
-            ))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "payment_worker", "run"],
+                    env={**sc.env, "PAYMENT_METRICS_PORT": str(port)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     deadline = time.monotonic() + 60
     pending = set(ports)
     while pending and time.monotonic() < deadline:
@@ -201,13 +233,23 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def produce(bootstrap: str, topic: str, commands: list[dict[str, Any]],
-            one_per_batch: bool = False, rate: float | None = None) -> float:
+def produce(
+    bootstrap: str,
+    topic: str,
+    commands: list[dict[str, Any]],
+    one_per_batch: bool = False,
+    rate: float | None = None,
+) -> float:
     """Sends the commands; returns the time the first was sent."""
     from datetime import UTC, datetime
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0 if one_per_batch else 5,
-                         "enable.idempotence": True})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 0 if one_per_batch else 5,
+            "enable.idempotence": True,
+        }
+    )
     first = time.time()
     for i, cmd in enumerate(commands):
         record = {**cmd, "requestedAt": datetime.now(UTC)}
@@ -230,11 +272,18 @@ def produce(bootstrap: str, topic: str, commands: list[dict[str, Any]],
     return first
 
 
-def collect_replies(bootstrap: str, topic: str, expect: int, timeout_s: float
-                    ) -> list[tuple[int, int]]:
+def collect_replies(
+    bootstrap: str, topic: str, expect: int, timeout_s: float
+) -> list[tuple[int, int]]:
     """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "fetch.queue.backoff.ms": 10})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
     metadata = consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
     out: list[tuple[int, int]] = []
@@ -253,8 +302,9 @@ def collect_replies(bootstrap: str, topic: str, expect: int, timeout_s: float
     return out
 
 
-def e2e(stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = None,
-        **env: str) -> dict[str, Any]:
+def e2e(
+    stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = None, **env: str
+) -> dict[str, Any]:
     """Commands through `workers` worker processes: throughput and reply latency."""
     sc = scenario(stack, name, **env)
     commands = preload_orders(stack, n, sc.group)
@@ -268,10 +318,14 @@ def e2e(stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = 
         stop(procs)
     latencies = latencies_ms(stack, sc)
     result = {
-        "n": n, "workers": workers, "replies": len(replies),
+        "n": n,
+        "workers": workers,
+        "replies": len(replies),
         "per_s": len(replies) / max(1e-6, last - first),
-        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99), "peak_rss_mb": rss,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "peak_rss_mb": rss,
     }
     result["scenario"] = sc
     return result
@@ -279,9 +333,15 @@ def e2e(stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = 
 
 def latencies_ms(stack: Stack, sc: Scenario) -> list[float]:
     """Reply latency: reply timestamp minus the command's timestamp, matched by command id."""
+
     def read(topic: str, name: str) -> dict[str, int]:
-        consumer = Consumer({"bootstrap.servers": stack.bootstrap,
-                             "group.id": f"bench-{uuid.uuid4()}", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": stack.bootstrap,
+                "group.id": f"bench-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
         metadata = consumer.list_topics(topic, timeout=10)
         consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
         stamps: dict[str, int] = {}
@@ -316,12 +376,20 @@ def raw_pipe(stack: Stack, n: int) -> float:
             except BufferError:
                 producer.poll(0.01)
     producer.flush(60)
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"pipe-{suffix}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.queue.backoff.ms": 10, **KAFKA_EXTRA})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": f"pipe-{suffix}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+            **KAFKA_EXTRA,
+        }
+    )
     consumer.subscribe([src])
-    out = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5,
-                    "enable.idempotence": True})
+    out = Producer(
+        {"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     done = 0
     started = None
     deadline = time.monotonic() + 300
@@ -351,7 +419,10 @@ def raw_pipe(stack: Stack, n: int) -> float:
 def replay_rate(sc: Scenario) -> float:
     result = subprocess.run(
         [sys.executable, "-m", "payment_worker", "replay"],
-        env={**sc.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900,
+        env={**sc.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if result.returncode != 0:
         raise RuntimeError("replay failed: " + result.stderr[-2000:])
@@ -359,8 +430,9 @@ def replay_rate(sc: Scenario) -> float:
     return float(line.replace("│", " ").split()[-1].replace(",", ""))
 
 
-async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurrency: int
-                    ) -> dict[str, float]:
+async def shim_load(
+    url: str, bodies: list[bytes], rate: float | None, concurrency: int
+) -> dict[str, float]:
     """Open-loop at `rate` requests/s, or closed-loop saturation with `concurrency` clients."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -374,8 +446,9 @@ async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurren
         async def one(body: bytes) -> None:
             t0 = time.perf_counter()
             try:
-                response = await client.post("/payments", content=body,
-                                             headers={"Content-Type": "application/json"})
+                response = await client.post(
+                    "/payments", content=body, headers={"Content-Type": "application/json"}
+                )
             except httpx.HTTPError as exc:
                 statuses[-1] = statuses.get(-1, 0) + 1
                 errors.append(type(exc).__name__)
@@ -393,15 +466,20 @@ async def shim_load(url: str, bodies: list[bytes], rate: float | None, concurren
                 tasks.append(asyncio.create_task(one(body)))
             await asyncio.gather(*tasks)
         else:
+
             async def client_loop() -> None:
                 while not queue.empty():
                     await one(queue.get_nowait())
 
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"rps": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "ok": statuses.get(200, 0) / len(bodies),
-            "transport_errors": len(errors)}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "ok": statuses.get(200, 0) / len(bodies),
+        "transport_errors": len(errors),
+    }
 
 
 def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, float]:
@@ -410,9 +488,12 @@ def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, float]:
     workers = start_workers(sc, 1)
     port = free_port()
     log = open(LOGS / "shim.log", "ab")
-    shim = subprocess.Popen([sys.executable, "-m", "payment_worker", "shim"],
-                            env={**sc.env, "PAYMENT_SHIM_PORT": str(port)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    shim = subprocess.Popen(
+        [sys.executable, "-m", "payment_worker", "shim"],
+        env={**sc.env, "PAYMENT_SHIM_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -427,8 +508,10 @@ def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, float]:
             time.sleep(0.2)
 
         def body(cmd: dict[str, Any]) -> bytes:
-            return (f'{{"orderId":"{cmd["orderId"]}","customerId":"{cmd["customerId"]}",'
-                    f'"reservationId":"{cmd["reservationId"]}","amount":25.00}}').encode()
+            return (
+                f'{{"orderId":"{cmd["orderId"]}","customerId":"{cmd["customerId"]}",'
+                f'"reservationId":"{cmd["reservationId"]}","amount":25.00}}'
+            ).encode()
 
         fixed = asyncio.run(shim_load(url, [body(c) for c in commands[:n]], rate, 256))
         saturated = asyncio.run(shim_load(url, [body(c) for c in commands[n:]], None, 64))
@@ -479,8 +562,9 @@ def main() -> None:
         drop(default["scenario"])
         print(f"  e2e latency 100-500 ms: {default['per_s']:,.0f}/s", flush=True)
 
-        naive = e2e(stack, "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500",
-                    PAYMENT_MAX_IN_FLIGHT="1")
+        naive = e2e(
+            stack, "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500", PAYMENT_MAX_IN_FLIGHT="1"
+        )
         results["naive_default_latency_per_s"] = naive["per_s"]
         drop(naive["scenario"])
         print(f"  naive baseline (one at a time): {naive['per_s']:,.1f}/s", flush=True)
@@ -489,14 +573,21 @@ def main() -> None:
             extra = preload_orders(stack, n_replay_extra, lat0["scenario"].group + "-more")
             produce(stack.bootstrap, lat0["scenario"].topics["commands"], extra)
             procs = start_workers(lat0["scenario"], 2)
-            collect_replies(stack.bootstrap, lat0["scenario"].topics["replies"],
-                            n + n_replay_extra, timeout_s=900)
+            collect_replies(
+                stack.bootstrap,
+                lat0["scenario"].topics["replies"],
+                n + n_replay_extra,
+                timeout_s=900,
+            )
             stop(procs)
         results["replay_n"] = n + n_replay_extra
         results["replay_per_s"] = replay_rate(lat0["scenario"])
         drop(lat0["scenario"])
-        print(f"  replay of {n + n_replay_extra} processed commands: "
-              f"{results['replay_per_s']:,.0f}/s", flush=True)
+        print(
+            f"  replay of {n + n_replay_extra} processed commands: "
+            f"{results['replay_per_s']:,.0f}/s",
+            flush=True,
+        )
 
         shim = shim_bench(stack, n_shim, 400.0)
         results["shim_rps"] = shim["saturated"]["rps"]
@@ -504,8 +595,11 @@ def main() -> None:
         results["shim_p99_ms"] = shim["fixed"]["p99_ms"]
         results["shim_fixed_400_rps"] = shim["fixed"]
         results["shim_saturated"] = shim["saturated"]
-        print(f"  shim: {shim['saturated']['rps']:,.0f} req/s saturated, "
-              f"p99 {shim['fixed']['p99_ms']:.0f} ms at 400 req/s", flush=True)
+        print(
+            f"  shim: {shim['saturated']['rps']:,.0f} req/s saturated, "
+            f"p99 {shim['fixed']['p99_ms']:.0f} ms at 400 req/s",
+            flush=True,
+        )
     finally:
         stack.close()
     for value in results.values():
@@ -521,8 +615,10 @@ def print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"payment-worker bench (N={results['n']}, "
-                        f"{results['machine']['cores']} cores, everything on this machine)")
+    table = Table(
+        title=f"payment-worker bench (N={results['n']}, "
+        f"{results['machine']['cores']} cores, everything on this machine)"
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in results.items():
@@ -530,7 +626,8 @@ def print_table(results: dict[str, Any]) -> None:
             table.add_row(key, f"{value:,.1f}")
     Console().print(table)
     ratio = results.get("e2e_default_latency_per_s", 0) / max(
-        results.get("naive_default_latency_per_s", 1e-9), 1e-9)
+        results.get("naive_default_latency_per_s", 1e-9), 1e-9
+    )
     print(f"default-latency throughput / naive baseline: {ratio:,.0f}x")
 
 

@@ -131,8 +131,11 @@ def _migrate(settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payment-worker", description=__doc__)
-    parser.add_argument("--log-level", default=None,
-                        help="DEBUG, INFO, WARNING or ERROR (default: PAYMENT_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: PAYMENT_LOG_LEVEL or INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
     sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")

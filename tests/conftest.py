@@ -132,10 +132,13 @@ class DevServer:
         }
         self.client.post("/admin/reservations", json=body).raise_for_status()
 
-    def fault(self, kind: str, status: int = 503, count: int = -1, delay_ms: int = 0) -> None:
-        self.client.post(
-            "/admin/faults", json={kind: {"status": status, "count": count, "delay_ms": delay_ms}}
-        ).raise_for_status()
+    def fault(
+        self, kind: str, status: int = 503, count: int = -1, delay_ms: int = 0, every: int = 1
+    ) -> None:
+        """Inject a fault: `status` (0: answer normally) after `delay_ms`, on every `every`-th
+        request, `count` times (-1: until cleared)."""
+        spec = {"status": status, "count": count, "delay_ms": delay_ms, "every": every}
+        self.client.post("/admin/faults", json={kind: spec}).raise_for_status()
 
     def clear_faults(self) -> None:
         self.client.delete("/admin/faults").raise_for_status()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 
+import structlog
+
 from payment_worker.domain.gateway_rules import decide
 from payment_worker.domain.model import GatewayResult, Payment
+
+log = structlog.get_logger("payment_worker.gateway")
 
 
 class SimulatedGateway:
@@ -22,4 +26,12 @@ class SimulatedGateway:
         if high > 0:
             await asyncio.sleep(random.uniform(low, high) / 1000)
         self.calls += 1
-        return decide(payment.id, payment.amount, self.failure_rate)
+        result = decide(payment.id, payment.amount, self.failure_rate)
+        log.debug(
+            "gateway_charge",
+            payment_id=str(payment.id),
+            success=result.success,
+            code=result.error_code,
+            transaction_id=result.transaction_id,
+        )
+        return result

@@ -61,10 +61,22 @@ def for_producer(config: dict[str, Any]) -> dict[str, Any]:
 
 
 _PRODUCER_ONLY = (
-    "linger.ms", "queue.buffering.", "batch.num.messages", "batch.size", "acks",
-    "request.required.acks", "enable.idempotence", "message.timeout.ms", "delivery.timeout.ms",
-    "compression.", "retries", "message.send.max.retries", "transactional.", "partitioner",
-    "sticky.partitioning.linger.ms", "enable.gapless.guarantee",
+    "linger.ms",
+    "queue.buffering.",
+    "batch.num.messages",
+    "batch.size",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "compression.",
+    "retries",
+    "message.send.max.retries",
+    "transactional.",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+    "enable.gapless.guarantee",
 )
 
 

@@ -2,7 +2,7 @@
 
 GET /orders/{id}, GET /reservations/{id} answer like the real services. Admin endpoints seed
 data and inject faults: POST /admin/orders, POST /admin/reservations, POST /admin/faults
-({"orders": {"status": 503, "count": 3, "delay_ms": 0}}), DELETE /admin/faults,
+({"orders": {"status": 503, "count": 3, "delay_ms": 0, "every": 1}}), DELETE /admin/faults,
 POST /admin/reset, GET /admin/stats. `--seed N` preloads N deterministic orders.
 """
 
@@ -52,6 +52,8 @@ class Fault:
     status: int = 503
     count: int = -1  # -1: until cleared
     delay_ms: int = 0
+    every: int = 1  # 1: every request; N: every N-th request (a share of 1/N, deterministic)
+    seen: int = 0
 
 
 @dataclass
@@ -119,6 +121,9 @@ class DevServices:
     async def _fault(self, kind: str) -> int | None:
         fault = self.state.faults.get(kind)
         if fault is None or fault.count == 0:
+            return None
+        fault.seen += 1
+        if fault.every > 1 and fault.seen % fault.every:
             return None
         if fault.count > 0:
             fault.count -= 1

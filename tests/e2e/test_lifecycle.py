@@ -76,9 +76,15 @@ def test_a_payment_left_pending_by_a_lost_command_is_finished_by_the_reconciler(
     """A pending payment older than PAYMENT_RECONCILE_AFTER_S whose command never comes back is
     charged with its own payment id, finalized, announced and answered."""
     payment_id, order_id, customer_id, command_id = (uuid.uuid4() for _ in range(4))
-    route = {"topic": topics.replies, "partition": None, "correlation_id": "lost-1",
-             "spring_correlation_id": None, "spring_reply_topic": None,
-             "spring_reply_partition": None, "traceparent": None}
+    route = {
+        "topic": topics.replies,
+        "partition": None,
+        "correlation_id": "lost-1",
+        "spring_correlation_id": None,
+        "spring_reply_topic": None,
+        "spring_reply_partition": None,
+        "traceparent": None,
+    }
     db.execute(
         "INSERT INTO payments (id, order_id, customer_id, amount, currency, payment_method, "
         "status, created_at, command_id) VALUES (%s, %s, %s, 12.00, 'USD', 'credit_card', "

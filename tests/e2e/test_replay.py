@@ -138,9 +138,16 @@ def test_commands_that_failed_during_an_outage_are_completed_by_replay(
         devserver.add_order(cmd["orderId"], cmd["customerId"], "7.00")
     # The dead letters are written by the worker; one record per batch keeps Tansu's end
     # offsets exact (it reports the last batch's base offset + 1).
-    worker = start_worker(PAYMENT_KAFKA_CONFIG=json.dumps(
-        {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-         "linger.ms": 0, "batch.num.messages": 1}))
+    worker = start_worker(
+        PAYMENT_KAFKA_CONFIG=json.dumps(
+            {
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+                "linger.ms": 0,
+                "batch.num.messages": 1,
+            }
+        )
+    )
     devserver.fault("orders", status=503)
     try:
         _send_one_per_batch(kafka, commands)

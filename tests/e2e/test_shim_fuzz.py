@@ -15,24 +15,39 @@ from payment_worker.entrypoints.shim import PaymentResponse
 pytestmark = pytest.mark.e2e
 
 DOCUMENTED = {200, 400, 401, 404, 409, 413, 422, 500, 503, 504}
-ids = st.one_of(st.uuids().map(str), st.text(max_size=40), st.integers(), st.none(),
-                st.just("00000000-0000-0000-0000-000000000000"))
+ids = st.one_of(
+    st.uuids().map(str),
+    st.text(max_size=40),
+    st.integers(),
+    st.none(),
+    st.just("00000000-0000-0000-0000-000000000000"),
+)
 amounts = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
     st.integers(min_value=-10, max_value=10**16),
-    st.text(max_size=12), st.none(), st.booleans(), st.just("1e999"),
+    st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.just("1e999"),
 )
 bodies = st.fixed_dictionaries(
     {},
     optional={
-        "orderId": ids, "OrderId": ids, "customerId": ids, "reservationId": ids,
-        "amount": amounts, "Amount": amounts,
+        "orderId": ids,
+        "OrderId": ids,
+        "customerId": ids,
+        "reservationId": ids,
+        "amount": amounts,
+        "Amount": amounts,
         "currency": st.one_of(st.sampled_from(["USD", "eur", "XXX", "", "JPY"]), st.text()),
-        "paymentMethod": st.one_of(st.text(max_size=60), st.just("4111 1111 1111 1111"),
-                                   st.integers()),
-        "extra": st.recursive(st.none() | st.booleans() | st.text(),
-                              lambda c: st.lists(c) | st.dictionaries(st.text(), c),
-                              max_leaves=5),
+        "paymentMethod": st.one_of(
+            st.text(max_size=60), st.just("4111 1111 1111 1111"), st.integers()
+        ),
+        "extra": st.recursive(
+            st.none() | st.booleans() | st.text(),
+            lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+            max_leaves=5,
+        ),
     },
 )
 raw_bodies = st.one_of(
@@ -58,10 +73,20 @@ def test_generated_requests_never_get_a_500_and_always_the_documented_body(stack
     client = httpx.Client(base_url=stack.url, timeout=30)
     seen: set[int] = set()
 
-    @settings(max_examples=300, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-    @given(body=raw_bodies, key=st.one_of(st.none(), st.text(
-        alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)))
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        body=raw_bodies,
+        key=st.one_of(
+            st.none(),
+            st.text(
+                alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20
+            ),
+        ),
+    )
     def check(body: bytes, key: str | None) -> None:
         headers = {"Content-Type": "application/json"}
         if key:
