@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.domain.model import Outcome, Payment, PaymentStatus
 from payment_worker.exceptions import PaymentWorkerError, RetryableError
 from payment_worker.service.ports import (
@@ -110,6 +111,20 @@ def _ledger(row: dict[str, Any]) -> LedgerEntry:
     )
 
 
+def _by_order(
+    rows: list[dict[str, Any]],
+) -> tuple[dict[uuid.UUID, Payment], dict[uuid.UUID, Payment]]:
+    """Succeeded and pending payments by order id."""
+    succeeded: dict[uuid.UUID, Payment] = {}
+    pending: dict[uuid.UUID, Payment] = {}
+    for row in rows:
+        payment = _payment(row)
+        (succeeded if payment.status is PaymentStatus.SUCCEEDED else pending)[payment.order_id] = (
+            payment
+        )
+    return succeeded, pending
+
+
 def _headers_json(headers: list[tuple[str, bytes]]) -> Jsonb:
     return Jsonb([[name, value.hex() if value is not None else None] for name, value in headers])
 
@@ -121,9 +136,15 @@ def headers_from_json(data: list[list[Any]]) -> list[tuple[str, bytes]]:
 class PostgresStore:
     """The LedgerPort over a connection pool. A pool passed in is never closed here."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, max_batch: int = 256, parallel: int = 3
+    ) -> None:
         self.pool = pool
         self.q = queries()
+        self._snapshots = Coalescer(self._snapshot_batch, max_batch=max_batch, parallel=parallel)
+        self._begins = Coalescer(self._begin_batch, max_batch=max_batch, parallel=parallel)
+        self._finishes = Coalescer(self._finish_batch, max_batch=max_batch, parallel=parallel)
+        self._records = Coalescer(self._record_batch, max_batch=max_batch, parallel=parallel)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
@@ -154,19 +175,41 @@ class PostgresStore:
             row = await cur.fetchone()
         return bool(row and row["ready"])
 
+    # -- the pipeline's four steps, group-committed ---------------------------------------------
+    # Each call joins the next batch of its kind: one transaction and a few round trips serve
+    # every command waiting at that moment (see adapters/coalesce.py).
+
     async def snapshot(self, command_id: uuid.UUID, order_id: uuid.UUID) -> Snapshot:
-        async with self._tx() as cur:
-            await cur.execute(self.q["ledger_entry"], {"command_id": command_id})
-            row = await cur.fetchone()
-            await cur.execute(
-                "SELECT * FROM payments WHERE order_id = %(order_id)s "
-                "AND status IN ('succeeded', 'pending')",
-                {"order_id": order_id},
-            )
-            rows = await cur.fetchall()
-        succeeded = next((_payment(r) for r in rows if r["status"] == "succeeded"), None)
-        pending = next((_payment(r) for r in rows if r["status"] == "pending"), None)
-        return Snapshot(_ledger(row) if row else None, succeeded, pending)
+        """What the ledger and the order's payments say before any work is done."""
+        return await self._snapshots.submit((command_id, order_id))
+
+    async def begin_payment(
+        self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
+    ) -> Began:
+        """Insert the pending payment and in-progress ledger row, unless something forbids it.
+
+        Per-order advisory locks make the checks and the insert one atomic step across
+        workers; the partial unique indexes stay the last line of defence (rule I3).
+        """
+        return await self._begins.submit((payment, ledger_fields, route))
+
+    async def finish_payment(
+        self,
+        payment: Payment,
+        outcome: Outcome,
+        error_message: str | None,
+        messages: list[OutboxMessage],
+    ) -> list[StoredMessage] | None:
+        """Final state, ledger entry and outbox rows in one transaction.
+
+        None when the payment is no longer pending (someone else finalized it)."""
+        return await self._finishes.submit((payment, outcome, error_message, messages))
+
+    async def record(
+        self, messages: list[OutboxMessage], ledger: dict[str, Any] | None = None
+    ) -> list[StoredMessage] | None:
+        """Outbox rows (and a final ledger entry); None when the ledger entry already existed."""
+        return await self._records.submit((messages, ledger))
 
     async def payment(self, payment_id: uuid.UUID) -> Payment | None:
         async with self._tx() as cur:
@@ -181,138 +224,181 @@ class PostgresStore:
             )
             return [_payment(r) for r in await cur.fetchall()]
 
-    async def begin_payment(
-        self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
-    ) -> Began:
-        """Insert the pending payment and in-progress ledger row, unless something forbids it.
-
-        The per-order advisory lock makes the checks and the insert one atomic step across
-        workers; the partial unique indexes stay the last line of defence (rule I3).
-        """
+    async def _snapshot_batch(
+        self, items: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> list[Snapshot | BaseException]:
         async with self._tx() as cur:
-            await cur.execute(self.q["lock_order"], {"order_id": payment.order_id})
-            await cur.execute(self.q["ledger_entry"], {"command_id": payment.command_id})
-            row = await cur.fetchone()
-            entry = _ledger(row) if row else None
-            if entry is not None and entry.final:
-                return Began(ledger=entry)
-            await cur.execute(self.q["succeeded_payment_for_order"], {"order_id": payment.order_id})
-            row = await cur.fetchone()
-            if row:
-                return Began(succeeded=_payment(row))
-            await cur.execute(self.q["pending_payment_for_order"], {"order_id": payment.order_id})
-            row = await cur.fetchone()
-            if row:
-                pending = _payment(row)
-                if pending.command_id == payment.command_id:
-                    return Began(pending=pending)
-                return Began(busy=pending)
-            if entry is not None:
-                # An in-progress entry without a pending payment cannot happen; refuse loudly.
-                raise DatabaseError(
-                    f"ledger entry {payment.command_id} is in progress "
-                    "but its payment is not pending"
+            await cur.execute(
+                self.q["ledger_entries"], {"command_ids": list({c for c, _ in items})}
+            )
+            entries = {r["command_id"]: _ledger(r) for r in await cur.fetchall()}
+            await cur.execute(
+                self.q["active_payments_for_orders"], {"order_ids": list({o for _, o in items})}
+            )
+            succeeded, pending = _by_order(await cur.fetchall())
+        return [Snapshot(entries.get(c), succeeded.get(o), pending.get(o)) for c, o in items]
+
+    async def _begin_batch(
+        self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
+    ) -> list[Began | BaseException]:
+        results: list[Began | BaseException] = []
+        inserts: list[tuple[Payment, dict[str, Any], dict[str, Any]]] = []
+        async with self._tx() as cur:
+            order_ids = list({p.order_id for p, _, _ in items})
+            await cur.execute(self.q["lock_orders"], {"order_ids": order_ids})
+            await cur.execute(
+                self.q["ledger_entries"],
+                {"command_ids": list({p.command_id for p, _, _ in items})},
+            )
+            entries = {r["command_id"]: _ledger(r) for r in await cur.fetchall()}
+            await cur.execute(self.q["active_payments_for_orders"], {"order_ids": order_ids})
+            succeeded, pending = _by_order(await cur.fetchall())
+            for payment, fields, route in items:
+                entry = entries.get(payment.command_id) if payment.command_id else None
+                current = pending.get(payment.order_id)
+                if entry is not None and entry.final:
+                    results.append(Began(ledger=entry))
+                elif payment.order_id in succeeded:
+                    results.append(Began(succeeded=succeeded[payment.order_id]))
+                elif current is not None:
+                    same = current.command_id == payment.command_id
+                    results.append(Began(pending=current) if same else Began(busy=current))
+                elif entry is not None:
+                    results.append(
+                        DatabaseError(
+                            f"ledger entry {payment.command_id} is in progress "
+                            "but its payment is not pending"
+                        )
+                    )
+                else:
+                    pending[payment.order_id] = payment  # a later item for this order waits
+                    inserts.append((payment, fields, route))
+                    results.append(Began(pending=payment))
+            if inserts:
+                await cur.executemany(
+                    self.q["insert_pending_payment"],
+                    [
+                        {
+                            "id": p.id,
+                            "order_id": p.order_id,
+                            "customer_id": p.customer_id,
+                            "reservation_id": p.reservation_id,
+                            "amount": p.amount,
+                            "currency": p.currency,
+                            "payment_method": p.payment_method,
+                            "created_at": p.created_at,
+                            "command_id": p.command_id,
+                        }
+                        for p, _, _ in inserts
+                    ],
                 )
-            await cur.execute(
-                self.q["insert_pending_payment"],
-                {
-                    "id": payment.id,
-                    "order_id": payment.order_id,
-                    "customer_id": payment.customer_id,
-                    "reservation_id": payment.reservation_id,
-                    "amount": payment.amount,
-                    "currency": payment.currency,
-                    "payment_method": payment.payment_method,
-                    "created_at": payment.created_at,
-                    "command_id": payment.command_id,
-                },
-            )
-            await cur.execute(
-                self.q["insert_ledger_in_progress"],
-                {
-                    **ledger_fields,
-                    "payment_id": payment.id,
-                    "reply_route": Jsonb(route),
-                },
-            )
-        return Began(pending=payment)
+                await cur.executemany(
+                    self.q["insert_ledger_in_progress"],
+                    [
+                        {**fields, "payment_id": p.id, "reply_route": Jsonb(route)}
+                        for p, fields, route in inserts
+                    ],
+                )
+        return results
 
-    async def finish_payment(
-        self,
-        payment: Payment,
-        outcome: Outcome,
-        error_message: str | None,
-        messages: list[OutboxMessage],
-    ) -> list[StoredMessage] | None:
-        """Final state, ledger entry and outbox rows in one transaction.
-
-        None when the payment is no longer pending (someone else finalized it)."""
-        stored: list[StoredMessage] | None = None
+    async def _finish_batch(
+        self, items: list[tuple[Payment, Outcome, str | None, list[OutboxMessage]]]
+    ) -> list[list[StoredMessage] | BaseException | None]:
+        # Rows are updated in payment id order, so concurrent batches cannot deadlock.
+        order = sorted(range(len(items)), key=lambda i: items[i][0].id)
+        finished: set[int] = set()
+        stored: dict[int, list[StoredMessage]] = {}
         async with self._tx() as cur:
-            await cur.execute(
+            await cur.executemany(
                 self.q["finalize_payment"],
-                {
-                    "id": payment.id,
-                    "status": str(payment.status),
-                    "error_code": payment.error_code,
-                    "error_message": payment.error_message,
-                    "failure_reason": payment.failure_reason,
-                    "transaction_id": payment.transaction_id,
-                    "processed_at": payment.processed_at,
-                    "simulated_response": payment.simulated_response,
-                },
+                [
+                    {
+                        "id": items[i][0].id,
+                        "status": str(items[i][0].status),
+                        "error_code": items[i][0].error_code,
+                        "error_message": items[i][0].error_message,
+                        "failure_reason": items[i][0].failure_reason,
+                        "transaction_id": items[i][0].transaction_id,
+                        "processed_at": items[i][0].processed_at,
+                        "simulated_response": items[i][0].simulated_response,
+                    }
+                    for i in order
+                ],
+                returning=True,
             )
-            if await cur.fetchone() is None:
-                raise _Rollback
-            await cur.execute(
-                self.q["finalize_ledger"],
-                {
-                    "command_id": payment.command_id,
-                    "outcome": str(outcome),
-                    "error_message": error_message,
-                    "payment_id": payment.id,
-                },
-            )
-            stored = await self._insert_outbox(cur, messages)
-        return stored
-
-    async def record(
-        self, messages: list[OutboxMessage], ledger: dict[str, Any] | None = None
-    ) -> list[StoredMessage] | None:
-        """Outbox rows (and a final ledger entry); None when the ledger entry already existed."""
-        stored: list[StoredMessage] | None = None
-        async with self._tx() as cur:
-            if ledger is not None:
-                await cur.execute(
-                    self.q["insert_ledger_final"],
-                    {**ledger, "reply_route": Jsonb(ledger["reply_route"])},
+            for i in order:
+                if await cur.fetchone() is not None:
+                    finished.add(i)
+                cur.nextset()
+            done = [i for i in order if i in finished]
+            if done:
+                await cur.executemany(
+                    self.q["finalize_ledger"],
+                    [
+                        {
+                            "command_id": items[i][0].command_id,
+                            "outcome": str(items[i][1]),
+                            "error_message": items[i][2],
+                            "payment_id": items[i][0].id,
+                        }
+                        for i in done
+                    ],
                 )
-                if await cur.fetchone() is None:
-                    raise _Rollback
-            stored = await self._insert_outbox(cur, messages)
-        return stored
+                stored = await self._insert_outbox_for(cur, {i: items[i][3] for i in done})
+        return [stored.get(i, []) if i in finished else None for i in range(len(items))]
 
-    async def _insert_outbox(
-        self, cur: psycopg.AsyncCursor[dict[str, Any]], messages: list[OutboxMessage]
-    ) -> list[StoredMessage]:
-        stored = []
-        for message in messages:
-            await cur.execute(
-                self.q["insert_outbox"],
+    async def _record_batch(
+        self, items: list[tuple[list[OutboxMessage], dict[str, Any] | None]]
+    ) -> list[list[StoredMessage] | BaseException | None]:
+        accepted = [i for i, (_, ledger) in enumerate(items) if ledger is None]
+        ledgers = [(i, ledger) for i, (_, ledger) in enumerate(items) if ledger is not None]
+        async with self._tx() as cur:
+            if ledgers:
+                await cur.executemany(
+                    self.q["insert_ledger_final"],
+                    [
+                        {**ledger, "reply_route": Jsonb(ledger["reply_route"])}
+                        for _, ledger in ledgers
+                    ],
+                    returning=True,
+                )
+                for i, _ in ledgers:
+                    if await cur.fetchone() is not None:  # None: the command was recorded before
+                        accepted.append(i)
+                    cur.nextset()
+            stored = await self._insert_outbox_for(cur, {i: items[i][0] for i in accepted})
+        return [stored.get(i) for i in range(len(items))]
+
+    async def _insert_outbox_for(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], messages: dict[int, list[OutboxMessage]]
+    ) -> dict[int, list[StoredMessage]]:
+        """Outbox rows for several items in one pipelined round trip, ids in item order."""
+        flat = [(i, m) for i, ms in messages.items() for m in ms]
+        stored: dict[int, list[StoredMessage]] = {i: [] for i in messages}
+        if not flat:
+            return stored
+        await cur.executemany(
+            self.q["insert_outbox"],
+            [
                 {
-                    "kind": message.kind,
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "key": message.key,
-                    "value": message.value,
-                    "headers": _headers_json(message.headers),
-                    "event_id": message.event_id,
-                    "payment_id": message.payment_id,
-                },
-            )
+                    "kind": m.kind,
+                    "topic": m.topic,
+                    "partition": m.partition,
+                    "key": m.key,
+                    "value": m.value,
+                    "headers": _headers_json(m.headers),
+                    "event_id": m.event_id,
+                    "payment_id": m.payment_id,
+                }
+                for _, m in flat
+            ],
+            returning=True,
+        )
+        for i, message in flat:
             row = await cur.fetchone()
             assert row is not None
-            stored.append(StoredMessage(row["id"], message))
+            stored[i].append(StoredMessage(row["id"], message))
+            cur.nextset()
         return stored
 
     # -- batches (replay's fast path) --------------------------------------------------------

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from payment_worker.adapters.coalesce import Coalescer
+
 log = structlog.get_logger("payment_worker.redis")
 
 _RELEASE = """
@@ -39,6 +41,29 @@ class RedisOrderLock:
         self.on_degraded = on_degraded
         self._release = client.register_script(_RELEASE)
         self._last_warning = 0.0
+        # Many commands lock and unlock at once: one pipelined round trip serves them all.
+        self._sets = Coalescer(self._set_batch, max_batch=512, parallel=2)
+        self._releases = Coalescer(self._release_batch, max_batch=512, parallel=2)
+
+    async def _set_batch(self, items: list[tuple[str, str]]) -> list[bool | BaseException]:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, token in items:
+                    pipe.set(key, token, nx=True, px=self.ttl_ms)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            return [exc] * len(items)
+        return [bool(r) for r in results]
+
+    async def _release_batch(self, items: list[tuple[str, str]]) -> list[BaseException | None]:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, token in items:
+                    await self._release(keys=[key], args=[token], client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            return [exc] * len(items)
+        return [None] * len(items)
 
     def _degraded(self, exc: BaseException) -> None:
         if self.on_degraded:
@@ -60,7 +85,7 @@ class RedisOrderLock:
         delay = 0.01
         while True:
             try:
-                if await self.client.set(key, token, nx=True, px=self.ttl_ms):
+                if await self._sets.submit((key, token)):
                     return token
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
@@ -75,7 +100,7 @@ class RedisOrderLock:
         if token is None:
             return
         try:
-            await self._release(keys=[self.prefix + str(order_id)], args=[token])
+            await self._releases.submit((self.prefix + str(order_id), token))
         except (RedisError, OSError) as exc:
             self._degraded(exc)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 import structlog
 
@@ -36,13 +37,20 @@ class OutboxRelay:
         self.sweep_older_than_s = sweep_older_than_s
         self._tasks: list[asyncio.Task[None]] = []
         self._reports = asyncio.Event()
+        self._armed = threading.Event()
         self._stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
+        armed = threading.Event()  # one loop wake-up per burst of delivery reports, not one each
+
         def wakeup() -> None:
-            loop.call_soon_threadsafe(self._reports.set)
+            if not armed.is_set():
+                armed.set()
+                loop.call_soon_threadsafe(self._reports.set)
+
+        self._armed = armed
 
         self.producer.wakeup = wakeup
         self.producer.open()
@@ -71,6 +79,7 @@ class OutboxRelay:
             await self._reports.wait()
             self._reports.clear()
             await asyncio.sleep(0.02)  # gather a few reports per UPDATE
+            self._armed.clear()
             try:
                 await self._mark_once()
             except RetryableError as exc:
