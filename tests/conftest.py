@@ -177,7 +177,10 @@ def worker_env(
     """The environment of a `payment-worker run` for this test."""
     return {
         "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": broker,
-        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
+        # Tansu: a short session joins the group fast; a short fetch wait, because Tansu holds an
+        # empty fetch for all of fetch.wait.max.ms instead of answering when data arrives.
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
+        '"fetch.wait.max.ms": 10}',
         "PAYMENT_DATABASE_URL": database_url,
         "PAYMENT_DB_SCHEMA": migrated_schema,
         "PAYMENT_REDIS_URL": REDIS_URL,

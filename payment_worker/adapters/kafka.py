@@ -89,6 +89,18 @@ class BrokerUnavailable(RetryableError):
     """The broker could not be reached or refused the request."""
 
 
+def ready_messages(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Up to `max_messages`, returned as soon as one is there (plus what is already fetched).
+
+    consume(n, timeout) would hold the first message until n arrive or the timeout passes,
+    adding up to `timeout_s` of latency to every record at low rates.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
 def _header_bytes(value: str | bytes | None) -> bytes:
     if value is None:
         return b""
@@ -182,7 +194,7 @@ class ThreadedConsumer:
     def _consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
         assert self._consumer is not None
         records = []
-        for message in self._consumer.consume(max_messages, timeout_s):
+        for message in ready_messages(self._consumer, max_messages, timeout_s):
             error = message.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:

@@ -24,6 +24,7 @@ from payment_worker.adapters.kafka import (
     PRODUCER_DEFAULTS,
     for_consumer,
     for_producer,
+    ready_messages,
 )
 
 log = structlog.get_logger("payment_worker.reply_listener")
@@ -97,7 +98,7 @@ class ReplyListener:
         )
         try:
             while not self._stop.is_set():
-                for message in consumer.consume(500, 0.1):
+                for message in ready_messages(consumer, 500, 0.1):
                     error = message.error()
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:

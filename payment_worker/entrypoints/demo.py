@@ -121,6 +121,7 @@ class Demo:
         kafka_config = {
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 500,
+            "fetch.wait.max.ms": 10,  # Tansu holds empty fetches for the whole wait
             **settings.kafka_config,
         }
         ensure_topics(

@@ -208,7 +208,7 @@ class Worker:
                 if not paused and unfinished >= self.max_in_flight:
                     paused = True
                     await consumer.set_paused(True)
-                elif paused and unfinished < self.max_in_flight // 2:
+                elif paused and unfinished <= self.max_in_flight // 2:
                     paused = False
                     await consumer.set_paused(False)
                 room = max(1, min(500, self.max_in_flight - unfinished))

@@ -35,9 +35,11 @@ from payment_worker.service.ports import (
     InventoryPort,
     LedgerEntry,
     LedgerPort,
+    OrderInfo,
     OrderingPort,
     OrderLockPort,
     OutboxMessage,
+    ReservationInfo,
     StoredMessage,
 )
 
@@ -138,6 +140,7 @@ class Pipeline:
         self.locks = locks
         self.config = config or PipelineConfig()
         self.clock = clock
+        self._releases: set[asyncio.Future[None]] = set()
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -214,86 +217,114 @@ class Pipeline:
     async def _process(
         self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
     ) -> Handled:
-        snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
-        entry = snapshot.ledger
-        if entry is not None:
-            if not _same_request(entry, valid):
-                return await self._answer(
-                    command,
-                    route,
-                    reply(
-                        Outcome.CONFLICT,
-                        "this command id was already used for a different payment request",
-                    ),
-                )
-            if entry.final:
-                return await self._answer_recorded(command, route, entry)
-        if snapshot.succeeded is not None:
-            return await self._order_already_paid(command, valid, route, snapshot.succeeded)
-        resumable = snapshot.pending
-        if resumable is None or resumable.command_id != valid.command_id:
-            rejection = await self._check_order_and_reservation(valid)
-            if rejection is not None:
-                bound.info("command_rejected", outcome=str(rejection.outcome))
-                return await self._answer(command, route, rejection, record=valid)
-        return await self._pay(command, valid, route, bound)
-
-    async def _pay(
-        self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
-    ) -> Handled:
-        token = await self.locks.acquire(valid.order_id)
+        # The order and reservation are fetched while the ledger is read: most commands are
+        # new and need them. They are only looked at (and their errors only count) when the
+        # ledger says the command has to be processed; otherwise they are dropped.
+        lookups = _Lookups(self, valid)
         try:
-            loop = asyncio.get_running_loop()
-            give_up_at = loop.time() + self.config.busy_retry_budget_s
-            delay = 0.05
-            while True:
-                candidate = Payment(
-                    id=uuid.uuid4(),
-                    order_id=valid.order_id,
-                    customer_id=valid.customer_id,
-                    reservation_id=valid.reservation_id,
-                    amount=valid.amount,
-                    currency=valid.currency,
-                    payment_method=valid.payment_method,
-                    status=PaymentStatus.PENDING,
-                    created_at=self.clock(),
-                    command_id=valid.command_id,
-                )
-                began = await self.ledger.begin_payment(
-                    candidate, _ledger_fields(valid), route.to_json()
-                )
-                if began.ledger is not None:
-                    if not _same_request(began.ledger, valid):
-                        return await self._answer(
-                            command,
-                            route,
-                            reply(
-                                Outcome.CONFLICT,
-                                "this command id was already used for a different payment request",
-                            ),
-                        )
-                    return await self._answer_recorded(command, route, began.ledger)
-                if began.succeeded is not None:
-                    return await self._order_already_paid(command, valid, route, began.succeeded)
-                if began.pending is not None:
-                    if began.pending.id != candidate.id:
-                        bound.info("payment_resumed", payment_id=str(began.pending.id))
-                    return await self._charge(command, route, began.pending, bound)
-                # Another command's payment for this order is pending: wait for it to finish.
-                if loop.time() >= give_up_at:
-                    bound.warning("order_busy", payment_id=str(began.busy.id if began.busy else ""))
+            snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
+            entry = snapshot.ledger
+            if entry is not None:
+                if not _same_request(entry, valid):
                     return await self._answer(
                         command,
                         route,
                         reply(
                             Outcome.CONFLICT,
-                            "another payment for this order is in progress; retry later",
+                            "this command id was already used for a different payment request",
                         ),
                     )
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
+                if entry.final:
+                    return await self._answer_recorded(command, route, entry)
+            if snapshot.succeeded is not None:
+                return await self._order_already_paid(command, valid, route, snapshot.succeeded)
+            lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
+            try:
+                resumable = snapshot.pending
+                if resumable is None or resumable.command_id != valid.command_id:
+                    rejection = await self._check_order_and_reservation(valid, lookups)
+                    if rejection is not None:
+                        bound.info("command_rejected", outcome=str(rejection.outcome))
+                        return await self._answer(command, route, rejection, record=valid)
+                await lock  # held (or Redis is down: degraded) until the outcome is recorded
+                return await self._pay(command, valid, route, bound)
+            finally:
+                self._release_later(valid.order_id, lock)
         finally:
-            await self.locks.release(valid.order_id, token)
+            lookups.drop()
+
+    def _release_later(self, order_id: uuid.UUID, lock: asyncio.Future[str | None]) -> None:
+        """Release the order lock without holding the command's answer back for it."""
+
+        async def release() -> None:
+            try:
+                token = await lock
+            except Exception:  # acquiring failed: nothing to release (degraded mode)
+                return
+            await self.locks.release(order_id, token)
+
+        task = asyncio.ensure_future(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _pay(
+        self,
+        command: Command,
+        valid: ValidCommand,
+        route: ReplyRoute,
+        bound: Any,
+    ) -> Handled:
+        """Insert the pending payment (waiting while another command's payment for the order
+        is pending), charge it and record the outcome. The caller holds the order lock."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.config.busy_retry_budget_s
+        delay = 0.05
+        while True:
+            candidate = Payment(
+                id=uuid.uuid4(),
+                order_id=valid.order_id,
+                customer_id=valid.customer_id,
+                reservation_id=valid.reservation_id,
+                amount=valid.amount,
+                currency=valid.currency,
+                payment_method=valid.payment_method,
+                status=PaymentStatus.PENDING,
+                created_at=self.clock(),
+                command_id=valid.command_id,
+            )
+            began = await self.ledger.begin_payment(
+                candidate, _ledger_fields(valid), route.to_json()
+            )
+            if began.ledger is not None:
+                if not _same_request(began.ledger, valid):
+                    return await self._answer(
+                        command,
+                        route,
+                        reply(
+                            Outcome.CONFLICT,
+                            "this command id was already used for a different payment request",
+                        ),
+                    )
+                return await self._answer_recorded(command, route, began.ledger)
+            if began.succeeded is not None:
+                return await self._order_already_paid(command, valid, route, began.succeeded)
+            if began.pending is not None:
+                if began.pending.id != candidate.id:
+                    bound.info("payment_resumed", payment_id=str(began.pending.id))
+                return await self._charge(command, route, began.pending, bound)
+            # Another command's payment for this order is pending: wait for it to finish.
+            if loop.time() >= give_up_at:
+                bound.warning("order_busy", payment_id=str(began.busy.id if began.busy else ""))
+                return await self._answer(
+                    command,
+                    route,
+                    reply(
+                        Outcome.CONFLICT,
+                        "another payment for this order is in progress; retry later",
+                    ),
+                )
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
 
     async def _charge(
         self, command: Command, route: ReplyRoute, payment: Payment, bound: Any
@@ -335,8 +366,11 @@ class Pipeline:
             answer = Reply(Outcome.SUCCEEDED, None, paid, duplicate=True)
         return await self._answer(command, route, answer, record=valid)
 
-    async def _check_order_and_reservation(self, valid: ValidCommand) -> Reply | None:
-        order = await self.ordering.get_order(valid.order_id)
+    async def _check_order_and_reservation(
+        self, valid: ValidCommand, lookups: _Lookups
+    ) -> Reply | None:
+        """The order check, then the reservation check, in the contract's order."""
+        order = await lookups.order()
         if order is None:
             return reply(Outcome.ORDER_NOT_FOUND)
         if order.order_id is not None and order.order_id != str(valid.order_id):
@@ -359,7 +393,7 @@ class Pipeline:
             )
         if valid.reservation_id is None:
             return None
-        reservation = await self.inventory.get_reservation(valid.reservation_id)
+        reservation = await lookups.reservation()
         if reservation is None:
             return reply(Outcome.RESERVATION_INVALID, "Reservation not found")
         if reservation.customer_id is not None and reservation.customer_id.lower() != str(
@@ -423,6 +457,39 @@ class Pipeline:
                 return await self._answer_recorded(command, route, snapshot.ledger)
             raise RetryableError("ledger entry vanished while recording an outcome")
         return Handled(answer.outcome, stored or [], duplicate=answer.duplicate)
+
+
+class _Lookups:
+    """The order and reservation of a command, fetched concurrently and used in order."""
+
+    def __init__(self, pipeline: Pipeline, valid: ValidCommand) -> None:
+        self._order = asyncio.ensure_future(pipeline.ordering.get_order(valid.order_id))
+        self._reservation = (
+            asyncio.ensure_future(pipeline.inventory.get_reservation(valid.reservation_id))
+            if valid.reservation_id is not None
+            else None
+        )
+
+    async def order(self) -> OrderInfo | None:
+        return await self._order
+
+    async def reservation(self) -> ReservationInfo | None:
+        assert self._reservation is not None
+        return await self._reservation
+
+    def drop(self) -> None:
+        """Cancel what was not needed; an error nobody asked for is not an error."""
+        for task in (self._order, self._reservation):
+            if task is None:
+                continue
+            if not task.done():
+                task.cancel()
+            task.add_done_callback(_swallow)
+
+
+def _swallow(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _ledger_fields(valid: ValidCommand) -> dict[str, Any]:

@@ -143,6 +143,7 @@ def test_commands_that_failed_during_an_outage_are_completed_by_replay(
             {
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 500,
+                "fetch.wait.max.ms": 10,
                 "linger.ms": 0,
                 "batch.num.messages": 1,
             }

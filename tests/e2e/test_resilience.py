@@ -217,6 +217,7 @@ def test_events_written_while_the_broker_is_unreachable_are_published_when_it_re
             PAYMENT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             PAYMENT_GATEWAY_LATENCY_MS="1500-2000",
             PAYMENT_KAFKA_CONFIG='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
+            '"fetch.wait.max.ms": 10, '
             '"message.timeout.ms": 3000}',
         )
         commands = [_order(devserver) for _ in range(10)]

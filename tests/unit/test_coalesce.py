@@ -29,6 +29,7 @@ async def test_calls_waiting_while_a_batch_runs_share_the_next_batch() -> None:
 
 async def test_a_lone_call_runs_at_once() -> None:
     """No timer: a single call is not held back waiting for company."""
+
     async def run(items: list[str]) -> list[str]:
         return [i.upper() for i in items]
 
@@ -38,12 +39,12 @@ async def test_a_lone_call_runs_at_once() -> None:
 
 async def test_an_exception_result_fails_only_its_own_caller() -> None:
     """run_batch may answer one item with an exception; the others get their results."""
+
     async def run(items: list[int]) -> list[int | BaseException]:
         return [ValueError(i) if i == 3 else i for i in items]
 
     coalescer: Coalescer[int, int] = Coalescer(run, parallel=1)
-    results = await asyncio.gather(*(coalescer.submit(i) for i in range(6)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(coalescer.submit(i) for i in range(6)), return_exceptions=True)
     assert isinstance(results[3], ValueError)
     assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5]
 
@@ -51,14 +52,16 @@ async def test_an_exception_result_fails_only_its_own_caller() -> None:
 async def test_a_failing_batch_is_retried_item_by_item() -> None:
     """A batch that raises (not retryable) is run again one item at a time: only the bad
     item fails."""
+
     async def run(items: list[int]) -> list[int]:
         if 7 in items:
             raise KeyError("bad item")
         return items
 
     coalescer: Coalescer[int, int] = Coalescer(run, parallel=1)
-    results = await asyncio.gather(*(coalescer.submit(i) for i in range(10)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(coalescer.submit(i) for i in range(10)), return_exceptions=True
+    )
     assert isinstance(results[7], KeyError)
     assert [r for i, r in enumerate(results) if i != 7] == [0, 1, 2, 3, 4, 5, 6, 8, 9]
 
@@ -73,8 +76,7 @@ async def test_a_retryable_failure_reaches_every_caller_of_the_batch() -> None:
         raise RetryableError("database down")
 
     coalescer: Coalescer[int, int] = Coalescer(run, parallel=1)
-    results = await asyncio.gather(*(coalescer.submit(i) for i in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(coalescer.submit(i) for i in range(5)), return_exceptions=True)
     assert all(isinstance(r, RetryableError) for r in results)
     assert calls <= 2
 
