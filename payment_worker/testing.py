@@ -41,6 +41,7 @@ class Received:
     value: bytes | None
     headers: dict[str, bytes]
     record: dict[str, Any] | None
+    timestamp_ms: int = 0
 
 
 class KafkaHarness:
@@ -132,6 +133,7 @@ class KafkaHarness:
                             message.value(),
                             dict(to_record(message).headers),
                             record,
+                            message.timestamp()[1],
                         )
                     )
                     last_new = time.monotonic()

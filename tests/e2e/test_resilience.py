@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from payment_worker.adapters.kafka import ensure_topics
@@ -172,8 +173,11 @@ def test_redis_stopped_mid_stream_keeps_payments_correct(
     try:
         while not port_open("127.0.0.1", port):
             time.sleep(0.05)
+        metrics_port = free_port()
         worker = start_worker(
-            PAYMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0", PAYMENT_GATEWAY_LATENCY_MS="50-100"
+            PAYMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+            PAYMENT_GATEWAY_LATENCY_MS="50-100",
+            PAYMENT_METRICS_PORT=str(metrics_port),
         )
         commands = [_order(devserver) for _ in range(60)]
         for cmd in commands[:20]:
@@ -188,6 +192,13 @@ def test_redis_stopped_mid_stream_keeps_payments_correct(
         kafka.flush()
         _invariants(db, kafka, topics, commands)
         assert "redis_degraded" in worker.logs()
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        degraded = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("payment_worker_redis_degraded_total ")
+        )
+        assert float(degraded.split()[-1]) > 0
     finally:
         if redis.poll() is None:
             redis.kill()

@@ -200,3 +200,19 @@ def test_an_oversized_body_is_413_and_a_long_idempotency_key_is_400(stack):
     response = _post(stack, b"{}", key="k" * 256)
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["errorMessage"]
+
+
+def test_an_ordering_outage_is_a_500_and_the_retry_with_the_same_key_succeeds(stack, devserver):
+    """ERROR over HTTP: 500 with `Payment processing error: `; once Ordering is back, the same
+    request (same Idempotency-Key) is processed again and succeeds."""
+    order = _order(devserver)
+    key = f"outage-{uuid.uuid4()}"
+    devserver.fault("orders", status=503)
+    try:
+        response = _post(stack, _raw(order), key)
+    finally:
+        devserver.clear_faults()
+    assert response.status_code == 500
+    assert response.json()["errorMessage"].startswith("Payment processing error: ")
+    retried = _post(stack, _raw(order), key)
+    assert retried.status_code == 200, retried.text
