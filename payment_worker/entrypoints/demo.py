@@ -354,7 +354,10 @@ def run_demo(settings: Settings, *, keep_running: bool, workdir: Path) -> int:
         stop_requested = True
         raise KeyboardInterrupt
 
+    # Both, explicitly: a shell that starts the demo in the background may have set SIGINT
+    # to be ignored, and then Python would not turn Ctrl-C into KeyboardInterrupt.
     previous = signal.signal(signal.SIGTERM, on_signal)
+    previous_int = signal.signal(signal.SIGINT, on_signal)
     try:
         demo.start()
         demo.report(demo.send(demo.cases()))
@@ -373,5 +376,6 @@ def run_demo(settings: Settings, *, keep_running: bool, workdir: Path) -> int:
     finally:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         console.print("stopped everything the demo started.")
     return 0
