@@ -129,6 +129,20 @@ def _headers_json(headers: list[tuple[str, bytes]]) -> Jsonb:
     return Jsonb([[name, value.hex() if value is not None else None] for name, value in headers])
 
 
+def _outbox_message(row: dict[str, Any], kind: str | None = None) -> OutboxMessage:
+    """An outbox row as a message (`kind` overrides the stored one)."""
+    return OutboxMessage(
+        kind=kind or row["kind"],
+        topic=row["topic"],
+        partition=row["partition"],
+        key=bytes(row["key"]) if row["key"] is not None else None,
+        value=bytes(row["value"]) if row["value"] is not None else None,
+        headers=headers_from_json(row["headers"]),
+        event_id=row.get("event_id"),
+        payment_id=row.get("payment_id"),
+    )
+
+
 def headers_from_json(data: list[list[Any]]) -> list[tuple[str, bytes]]:
     return [(name, bytes.fromhex(value) if value is not None else b"") for name, value in data]
 
@@ -426,19 +440,7 @@ class PostgresStore:
         async with self._tx() as cur:
             await cur.execute(self.q["recorded_events"], {"payment_ids": payment_ids})
             rows = await cur.fetchall()
-        return [
-            OutboxMessage(
-                kind="republished_event",
-                topic=r["topic"],
-                partition=r["partition"],
-                key=bytes(r["key"]) if r["key"] is not None else None,
-                value=bytes(r["value"]) if r["value"] is not None else None,
-                headers=headers_from_json(r["headers"]),
-                event_id=r["event_id"],
-                payment_id=r["payment_id"],
-            )
-            for r in rows
-        ]
+        return [_outbox_message(r, "republished_event") for r in rows]
 
     async def record_many(self, messages: list[OutboxMessage]) -> list[StoredMessage]:
         """Many outbox rows in one statement and one transaction."""
@@ -459,22 +461,7 @@ class PostgresStore:
                 },
             )
             rows = await cur.fetchall()
-        return [
-            StoredMessage(
-                r["id"],
-                OutboxMessage(
-                    kind=r["kind"],
-                    topic=r["topic"],
-                    partition=r["partition"],
-                    key=bytes(r["key"]) if r["key"] is not None else None,
-                    value=bytes(r["value"]) if r["value"] is not None else None,
-                    headers=headers_from_json(r["headers"]),
-                    event_id=r["event_id"],
-                    payment_id=r["payment_id"],
-                ),
-            )
-            for r in rows
-        ]
+        return [StoredMessage(r["id"], _outbox_message(r)) for r in rows]
 
     # -- outbox relay -------------------------------------------------------------------------
 
@@ -493,21 +480,7 @@ class PostgresStore:
                 self.q["claim_unsent"], {"older_than_s": older_than_s, "limit": limit}
             )
             rows = await cur.fetchall()
-            claimed = [
-                StoredMessage(
-                    r["id"],
-                    OutboxMessage(
-                        kind=r["kind"],
-                        topic=r["topic"],
-                        partition=r["partition"],
-                        key=bytes(r["key"]) if r["key"] is not None else None,
-                        value=bytes(r["value"]) if r["value"] is not None else None,
-                        headers=headers_from_json(r["headers"]),
-                    ),
-                )
-                for r in rows
-            ]
-            yield claimed, cur
+            yield [StoredMessage(r["id"], _outbox_message(r)) for r in rows], cur
 
     async def mark_sent_in(self, cur: psycopg.AsyncCursor[dict[str, Any]], ids: list[int]) -> None:
         await cur.execute(self.q["mark_sent"], {"ids": ids})

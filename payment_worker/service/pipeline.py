@@ -91,6 +91,11 @@ def command_from_record(raw: dict[str, Any]) -> Command:
     )
 
 
+_COMMAND_ID_REUSED = reply(
+    Outcome.CONFLICT, "this command id was already used for a different payment request"
+)
+
+
 def canonical(command: Command, valid: ValidCommand) -> Command:
     """The command with its ids in canonical form (lower case, hyphenated) for what we write."""
     return replace(
@@ -226,14 +231,7 @@ class Pipeline:
             entry = snapshot.ledger
             if entry is not None:
                 if not _same_request(entry, valid):
-                    return await self._answer(
-                        command,
-                        route,
-                        reply(
-                            Outcome.CONFLICT,
-                            "this command id was already used for a different payment request",
-                        ),
-                    )
+                    return await self._answer(command, route, _COMMAND_ID_REUSED)
                 if entry.final:
                     return await self._answer_recorded(command, route, entry)
             if snapshot.succeeded is not None:
@@ -297,14 +295,7 @@ class Pipeline:
             )
             if began.ledger is not None:
                 if not _same_request(began.ledger, valid):
-                    return await self._answer(
-                        command,
-                        route,
-                        reply(
-                            Outcome.CONFLICT,
-                            "this command id was already used for a different payment request",
-                        ),
-                    )
+                    return await self._answer(command, route, _COMMAND_ID_REUSED)
                 return await self._answer_recorded(command, route, began.ledger)
             if began.succeeded is not None:
                 return await self._order_already_paid(command, valid, route, began.succeeded)
