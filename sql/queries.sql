@@ -1,11 +1,6 @@
 -- Named queries of the PostgreSQL adapter. Each block starts with "-- name: NAME".
 -- Parameters are %(name)s placeholders; tables resolve through the connection's search_path.
 
--- name: ledger_entry
-SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
-       payment_id, reply_route
-FROM command_ledger WHERE command_id = %(command_id)s;
-
 -- name: ledger_entries
 SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
        payment_id, reply_route
@@ -13,15 +8,6 @@ FROM command_ledger WHERE command_id = ANY(%(command_ids)s);
 
 -- name: payment_by_id
 SELECT * FROM payments WHERE id = %(id)s;
-
--- name: succeeded_payment_for_order
-SELECT * FROM payments WHERE order_id = %(order_id)s AND status = 'succeeded';
-
--- name: pending_payment_for_order
-SELECT * FROM payments WHERE order_id = %(order_id)s AND status = 'pending';
-
--- name: lock_order
-SELECT pg_advisory_xact_lock(hashtextextended(%(order_id)s::text, 7204));
 
 -- name: insert_pending_payment
 INSERT INTO payments (id, order_id, customer_id, reservation_id, amount, currency,

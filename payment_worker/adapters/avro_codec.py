@@ -6,7 +6,6 @@ import copy
 import io
 import json
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +198,3 @@ def registry_client(url: str) -> RegistryPort:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     return RegistryPort(SchemaRegistryClient.new_client({"url": url}))
-
-
-Encoder = Callable[[str, dict[str, Any], str | None], bytes]

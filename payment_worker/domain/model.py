@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -164,9 +164,6 @@ class Reply:
     def http_status(self) -> int:
         return self.outcome.http_status
 
-    def as_duplicate(self, payment: Payment | None = None) -> Reply:
-        return replace(self, duplicate=True, payment=payment if payment else self.payment)
-
 
 def reply(outcome: Outcome, detail: str = "", payment: Payment | None = None) -> Reply:
     """A reply whose errorMessage is the outcome's contract prefix followed by `detail`."""
@@ -175,13 +172,3 @@ def reply(outcome: Outcome, detail: str = "", payment: Payment | None = None) ->
     if outcome is Outcome.INVALID_REQUEST:
         return Reply(outcome, detail, payment)
     return Reply(outcome, MESSAGE_PREFIX[outcome] + detail, payment)
-
-
-@dataclass(slots=True)
-class Effects:
-    """What a processed command leaves behind, written in one database transaction."""
-
-    reply: Reply
-    record_in_ledger: bool
-    event_payment: Payment | None = None
-    notes: dict[str, str] = field(default_factory=dict)

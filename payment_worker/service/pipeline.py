@@ -54,10 +54,6 @@ class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
 
-class DecodeFailure(Protocol):
-    reason: str
-
-
 @dataclass(slots=True)
 class Handled:
     """What one record came to: its outcome (None for a dead letter) and what to publish."""
