@@ -61,3 +61,26 @@ def _alive(pid: int) -> bool:
         return False
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
     return not state.stdout.strip().startswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [("PAYMENT_DATABASE_URL", "pg_ctlcluster"), ("PAYMENT_REDIS_URL", "redis-server")],
+)
+def test_demo_says_in_one_line_how_to_start_a_missing_service(worker_env, tmp_path, variable, hint):
+    """PostgreSQL or Redis unreachable: exit 1 and one line saying how to start it."""
+    from payment_worker.devstack.broker import free_port
+
+    scheme = "postgresql://postgres@" if variable == "PAYMENT_DATABASE_URL" else "redis://"
+    env = {**os.environ, **worker_env, variable: f"{scheme}127.0.0.1:{free_port()}/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert hint in lines[0]
