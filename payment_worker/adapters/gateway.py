@@ -19,13 +19,11 @@ class SimulatedGateway:
     def __init__(self, latency_ms: tuple[int, int] = (100, 500), failure_rate: float = 0.0) -> None:
         self.latency_ms = latency_ms
         self.failure_rate = failure_rate
-        self.calls = 0
 
     async def charge(self, payment: Payment) -> GatewayResult:
         low, high = self.latency_ms
         if high > 0:
             await asyncio.sleep(random.uniform(low, high) / 1000)
-        self.calls += 1
         result = decide(payment.id, payment.amount, self.failure_rate)
         log.debug(
             "gateway_charge",

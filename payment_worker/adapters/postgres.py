@@ -231,13 +231,6 @@ class PostgresStore:
             row = await cur.fetchone()
         return _payment(row) if row else None
 
-    async def payments_for_order(self, order_id: uuid.UUID) -> list[Payment]:
-        async with self._tx() as cur:
-            await cur.execute(
-                "SELECT * FROM payments WHERE order_id = %(o)s ORDER BY created_at", {"o": order_id}
-            )
-            return [_payment(r) for r in await cur.fetchall()]
-
     async def _snapshot_batch(
         self, items: list[tuple[uuid.UUID, uuid.UUID]]
     ) -> list[Snapshot | BaseException]:

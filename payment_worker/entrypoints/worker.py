@@ -49,13 +49,11 @@ class Worker:
         self._tails: dict[bytes | str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._assigned: set[tuple[str, int]] = set()
         self.ready = False
 
     # -- rebalance ----------------------------------------------------------------------------
 
     def _on_assign(self, keys: list[tuple[str, int]]) -> None:
-        self._assigned.update(keys)
         self.ready = True
 
     async def _on_revoke(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -66,7 +64,6 @@ class Worker:
             await asyncio.sleep(0.02)
         points = self.tracker.to_commit(keys)
         self.tracker.forget(keys)
-        self._assigned.difference_update(keys)
         return points
 
     # -- per record ---------------------------------------------------------------------------

@@ -65,6 +65,16 @@ class Handled:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
+
+    command: Command
+    route: ReplyRoute
+    valid: ValidCommand | None
+    invalid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     replies_topic: str = "payment-replies"
     busy_retry_budget_s: float = 15.0
@@ -104,7 +114,8 @@ def canonical(command: Command, valid: ValidCommand) -> Command:
     )
 
 
-def _same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
+def same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
+    """Rule I1: a command id answers again only for the same order, customer and money."""
     return (
         entry.order_id == valid.order_id
         and entry.customer_id == valid.customer_id
@@ -160,19 +171,17 @@ class Pipeline:
             )
             stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
             return Handled(None, stored or [], dead_letter_reason=reason)
-        command = command_from_record(raw)
-        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+        prepared = self.prepare(raw, record)
+        command, route, valid = prepared.command, prepared.route, prepared.valid
         bound = log.bind(
             command_id=command.command_id,
             order_id=command.order_id,
             correlation_id=route.correlation_id,
         )
-        try:
-            valid = validate_command(command)
-        except ValidationFailed as exc:
-            bound.info("command_invalid", error=str(exc))
-            return await self._answer(command, route, reply(Outcome.INVALID_REQUEST, str(exc)))
-        command = canonical(command, valid)
+        if valid is None:
+            bound.info("command_invalid", error=prepared.invalid)
+            answer = reply(Outcome.INVALID_REQUEST, prepared.invalid or "invalid")
+            return await self._answer(command, route, answer)
         try:
             return await self._process(command, valid, route, bound)
         except DependencyUnavailable as exc:
@@ -180,6 +189,17 @@ class Pipeline:
             answer = reply(Outcome.ERROR, str(exc))
             extra = [self.messages.dead_letter(record, "retries-exhausted", str(exc))]
             return await self._answer(command, route, answer, extra=extra)
+
+    def prepare(self, raw: dict[str, Any], record: InboundRecord) -> Prepared:
+        """Steps after decoding, shared with replay: the command, its reply route, and its
+        validation (ids made canonical when valid)."""
+        command = command_from_record(raw)
+        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+        try:
+            valid = validate_command(command)
+        except ValidationFailed as exc:
+            return Prepared(command, route, None, str(exc))
+        return Prepared(canonical(command, valid), route, valid)
 
     async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
         """An unexpected error: answer ERROR (if the command decodes) and dead-letter it."""
@@ -226,7 +246,7 @@ class Pipeline:
             snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
             entry = snapshot.ledger
             if entry is not None:
-                if not _same_request(entry, valid):
+                if not same_request(entry, valid):
                     return await self._answer(command, route, _COMMAND_ID_REUSED)
                 if entry.final:
                     return await self._answer_recorded(command, route, entry)
@@ -290,7 +310,7 @@ class Pipeline:
                 candidate, _ledger_fields(valid), route.to_json()
             )
             if began.ledger is not None:
-                if not _same_request(began.ledger, valid):
+                if not same_request(began.ledger, valid):
                     return await self._answer(command, route, _COMMAND_ID_REUSED)
                 return await self._answer_recorded(command, route, began.ledger)
             if began.succeeded is not None:

@@ -8,9 +8,8 @@ import uuid
 from dataclasses import dataclass
 
 from payment_worker.domain.model import Command, Outcome, Reply, ValidCommand, reply
-from payment_worker.domain.validation import ValidationFailed, validate_command
-from payment_worker.service.messages import ReplyRoute, route_from_headers
-from payment_worker.service.pipeline import Pipeline, canonical, command_from_record
+from payment_worker.service.messages import ReplyRoute
+from payment_worker.service.pipeline import Pipeline, same_request
 from payment_worker.service.ports import (
     BatchLedgerPort,
     InboundRecord,
@@ -64,30 +63,24 @@ async def classify(
         except pipeline.decode_error as exc:
             out.append(Classified(record, Kind.UNDECODABLE, error=str(exc)))
             continue
-        command = command_from_record(raw)
-        route = route_from_headers(
-            record.headers, command.command_id, pipeline.config.replies_topic
+        prepared = pipeline.prepare(raw, record)
+        kind = Kind.NEW if prepared.valid is not None else Kind.INVALID
+        out.append(
+            Classified(
+                record,
+                kind,
+                prepared.command,
+                prepared.route,
+                prepared.valid,
+                error=prepared.invalid,
+            )
         )
-        try:
-            valid = validate_command(command)
-        except ValidationFailed as exc:
-            out.append(Classified(record, Kind.INVALID, command, route, error=str(exc)))
-            continue
-        out.append(Classified(record, Kind.NEW, canonical(command, valid), route, valid))
-    ids = [c.valid.command_id for c in out if c.valid is not None]
-    entries = await ledger.ledger_entries(ids)
+    entries = await ledger.ledger_entries([c.valid.command_id for c in out if c.valid])
     for item in out:
         if item.valid is None:
             continue
         entry = entries.get(item.valid.command_id)
-        if (
-            entry is not None
-            and entry.final
-            and entry.order_id == item.valid.order_id
-            and entry.customer_id == item.valid.customer_id
-            and entry.amount == item.valid.amount
-            and entry.currency == item.valid.currency
-        ):
+        if entry is not None and entry.final and same_request(entry, item.valid):
             item.kind = Kind.RECORDED
             item.entry = entry
     return out
