@@ -157,3 +157,36 @@ def test_two_workers_racing_on_one_order_charge_once(start_worker, kafka, devser
     assert count == 10
     assert db.execute("SELECT count(*) FROM payments").fetchone()[0] == 10
     assert all(r["outcome"] == "SUCCEEDED" for r in replies)
+
+
+def test_without_redis_two_workers_racing_on_orders_never_charge_an_order_twice(
+    start_worker, kafka, devserver, db
+):
+    """I3 on the database alone (Redis unreachable): two workers, every order commanded on all
+    four partitions at once; the gateway approves at most one payment per order."""
+    from payment_worker.devstack.broker import free_port
+
+    no_redis = {
+        "PAYMENT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "PAYMENT_GATEWAY_LATENCY_MS": "0",
+        "PAYMENT_LOG_LEVEL": "DEBUG",
+    }
+    workers = [start_worker(**no_redis), start_worker(**no_redis)]
+    orders = [_order(devserver) for _ in range(60)]
+    for cmd in orders:
+        for partition in range(4):
+            kafka.send({**cmd, "commandId": str(uuid.uuid4())}, partition=partition, flush=False)
+    kafka.flush()
+    kafka.replies(expect=240, timeout_s=120)
+    approved: dict[str, set[str]] = {}
+    payments = dict(db.execute("SELECT id::text, order_id::text FROM payments").fetchall())
+    for worker in workers:
+        for line in worker.logs().splitlines():
+            if '"gateway_charge"' in line and '"success": true' in line:
+                payment_id = line.split('"payment_id": "')[1].split('"')[0]
+                approved.setdefault(payments.get(payment_id, payment_id), set()).add(payment_id)
+    assert len(approved) == 60
+    assert all(len(ids) == 1 for ids in approved.values()), "an order was charged twice"
+    assert (
+        db.execute("SELECT count(*) FROM payments WHERE status = 'succeeded'").fetchone()[0] == 60
+    )
