@@ -38,6 +38,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # fetch.wait.max.ms instead of answering when data arrives: keep that short here.
 KAFKA_EXTRA = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
 CODEC = AvroCodec(SchemaSet())
+COMMAND_PARTITIONS = 8
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,7 +102,7 @@ def scenario(stack: Stack, name: str, **env: str) -> Scenario:
     ensure_topics(
         {"bootstrap.servers": stack.bootstrap},
         {
-            topics["commands"]: 8,
+            topics["commands"]: COMMAND_PARTITIONS,
             topics["succeeded"]: 4,
             topics["failed"]: 4,
             topics["replies"]: 8,
@@ -243,8 +244,10 @@ def produce(
     commands: list[dict[str, Any]],
     one_per_batch: bool = False,
     rate: float | None = None,
+    partitions: int | None = None,
 ) -> float:
-    """Sends the commands; returns the time the first was sent."""
+    """Sends the commands (to partition i % partitions if given, else by key); returns the
+    time the first was sent."""
     from datetime import UTC, datetime
 
     producer = Producer(
@@ -260,7 +263,12 @@ def produce(
         value = CODEC.encode("ProcessPayment", record, topic)
         while True:
             try:
-                producer.produce(topic, key=cmd["orderId"].encode(), value=value)
+                if partitions:
+                    producer.produce(
+                        topic, key=cmd["orderId"].encode(), value=value, partition=i % partitions
+                    )
+                else:
+                    producer.produce(topic, key=cmd["orderId"].encode(), value=value)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -274,6 +282,16 @@ def produce(
                 time.sleep(delay)
     producer.flush(60)
     return first
+
+
+def produce_for_replay(
+    bootstrap: str, topic: str, commands: list[dict[str, Any]], partitions: int
+) -> None:
+    """Batched like a real producer, then each partition's last command in a batch of its own:
+    Tansu reports a partition's end offset as its last batch's base offset + 1."""
+    body, tails = commands[:-partitions], commands[-partitions:]
+    produce(bootstrap, topic, body, partitions=partitions)
+    produce(bootstrap, topic, tails, one_per_batch=True, partitions=partitions)
 
 
 def collect_replies(
@@ -584,11 +602,10 @@ def main() -> None:
         drop(naive["scenario"])
         print(f"  naive baseline (one at a time): {naive['per_s']:,.1f}/s", flush=True)
 
-        # Replay: a topic of already processed commands, produced one record per batch
-        # (Tansu reports a partition's end offset as its last batch's base offset + 1).
+        # Replay: a topic of already processed commands.
         rsc = scenario(stack, "replay")
         replay_cmds = preload_orders(stack, n_replay, rsc.group)
-        produce(stack.bootstrap, rsc.topics["commands"], replay_cmds, one_per_batch=True)
+        produce_for_replay(stack.bootstrap, rsc.topics["commands"], replay_cmds, COMMAND_PARTITIONS)
         procs = start_workers(rsc, 2)
         collect_replies(stack.bootstrap, rsc.topics["replies"], n_replay, timeout_s=1200)
         stop(procs)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -182,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a long-lived command on uvloop (when installed), with the collector tuned for a
+    process that allocates many short-lived objects per message: what start-up built is frozen
+    out of the collections, and the youngest generation is collected less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or "INFO")
@@ -189,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(args.log_level or settings.log_level)
         if args.command == "run":
-            return asyncio.run(_run_worker(settings))
+            return _run(_run_worker(settings))
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "demo":
@@ -203,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=Path(args.workdir),
             )
         if args.command == "replay":
-            return asyncio.run(_run_replay(settings, args))
+            return _run(_run_replay(settings, args))
         if args.command == "shim":
             from payment_worker.entrypoints.shim import serve
 

@@ -70,8 +70,23 @@ WHERE p.status = 'pending' AND p.created_at < now() - make_interval(secs => %(ag
 ORDER BY p.created_at
 LIMIT %(limit)s;
 
--- name: payments_by_ids
-SELECT * FROM payments WHERE id = ANY(%(ids)s);
+-- name: recorded_answers
+-- Replay's batch lookup: each ledger entry with its payment in the shape of the reply's
+-- `Payment` record (text ids, timestamp-micros), so that nothing is converted in Python.
+SELECT l.command_id::text AS l_command_id, l.order_id::text AS l_order_id,
+       l.customer_id::text AS l_customer_id, l.amount AS l_amount, l.currency AS l_currency,
+       l.state AS l_state, l.outcome AS l_outcome, l.error_message AS l_error_message,
+       l.payment_id::text AS l_payment_id,
+       p.id::text AS "id", p.order_id::text AS "orderId", p.customer_id::text AS "customerId",
+       p.reservation_id::text AS "reservationId", p.amount AS "amount",
+       p.currency AS "currency", p.payment_method AS "paymentMethod", p.status AS "status",
+       p.error_code AS "errorCode", p.error_message AS "errorMessage",
+       p.failure_reason AS "failureReason", p.transaction_id AS "transactionId",
+       (extract(epoch FROM p.created_at) * 1000000)::bigint AS "createdAt",
+       (extract(epoch FROM p.processed_at) * 1000000)::bigint AS "processedAt",
+       p.is_simulated AS "isSimulated", p.simulated_response AS "simulatedResponse"
+FROM command_ledger l LEFT JOIN payments p ON p.id = l.payment_id
+WHERE l.command_id = ANY(%(command_ids)s::uuid[]);
 
 -- name: insert_outbox_many
 INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
@@ -83,7 +98,7 @@ RETURNING id, kind, topic, partition, key, value, headers, event_id, payment_id;
 -- name: recorded_events
 SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, headers, event_id
 FROM outbox
-WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)s)
+WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)s::uuid[])
 ORDER BY payment_id, id;
 
 -- name: active_payments_for_orders

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from payment_worker.exceptions import RetryableError
-from payment_worker.service.ports import InboundRecord, StoredMessage
+from payment_worker.service.ports import InboundRecord, OutboxMessage, StoredMessage
 
 log = structlog.get_logger("payment_worker.kafka")
 
@@ -346,6 +347,120 @@ class OutboxProducer:
         if self._thread is not None:
             self._thread.join(timeout=2)
         return left
+
+
+class DirectProducer:
+    """Messages that need no outbox (replay's answers from the ledger): produced straight away,
+    with delivery reports for failures only (no Python call per delivered message). A failed
+    delivery is produced again, up to `attempts` times; `drain` says how many never made it."""
+
+    def __init__(self, config: dict[str, Any], attempts: int = 5) -> None:
+        self.config = {
+            **PRODUCER_DEFAULTS,
+            **for_producer(config),
+            "delivery.report.only.error": True,
+        }
+        self.attempts = attempts
+        self.undeliverable = 0
+        self.retried = 0
+        self._retry: deque[tuple[Message, int]] = deque()
+        self._fatal = threading.Event()
+        self._producer: Producer | None = None
+
+    def open(self) -> None:
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return Producer({**self.config, "error_cb": self._on_error, "on_delivery": self._failed(1)})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal.set()
+        log.warning("producer_error", error=str(error), fatal=error.fatal())
+
+    def _failed(self, attempt: int) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, message: Message) -> None:
+            if error is None:
+                return
+            if error.fatal() or error.code() == KafkaError.PRODUCER_FENCED:
+                self._fatal.set()
+            if attempt >= self.attempts:
+                self.undeliverable += 1
+                log.error("message_undeliverable", topic=message.topic(), error=str(error))
+            else:
+                self.retried += 1
+                self._retry.append((message, attempt + 1))
+
+        return report
+
+    def _produce(self, topic: str, kwargs: dict[str, Any]) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:  # refused at once (unknown partition, too large)
+                self.undeliverable += 1
+                log.error("message_undeliverable", topic=topic, error=str(exc))
+                return
+
+    def send(self, messages: list[OutboxMessage]) -> None:
+        for message in messages:
+            kwargs: dict[str, Any] = {
+                "key": message.key,
+                "value": message.value,
+                "headers": message.headers,
+            }
+            if message.partition is not None:
+                kwargs["partition"] = message.partition
+            self._produce(message.topic, kwargs)
+        self.poll()
+
+    def poll(self) -> None:
+        """Serve delivery reports; produce failed messages again (on a new producer after a
+        fatal error: an idempotent producer cannot recover by itself)."""
+        assert self._producer is not None
+        self._producer.poll(0)
+        if self._fatal.is_set():
+            old = self._producer
+            self._producer = self._new_producer()
+            self._fatal.clear()
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            old.poll(0)  # the purged messages are reported failed, and retried below
+            log.warning("producer_recreated", detail="after a fatal error")
+        while self._retry:
+            message, attempt = self._retry.popleft()
+            kwargs: dict[str, Any] = {
+                "key": message.key(),
+                "value": message.value(),
+                "headers": message.headers() or [],
+                "on_delivery": self._failed(attempt),
+            }
+            partition = message.partition()
+            if partition is not None and partition >= 0:  # else: not yet chosen by the key
+                kwargs["partition"] = partition
+            self._produce(message.topic() or "", kwargs)
+
+    def drain(self, timeout_s: float = 60.0) -> int:
+        """Wait until everything sent is delivered or undeliverable; returns how many are not
+        delivered (undeliverable, or still queued at the deadline)."""
+        assert self._producer is not None
+        deadline = time.monotonic() + timeout_s
+        left = len(self._producer)
+        while time.monotonic() < deadline:
+            self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.poll()  # failures reported by the flush are produced again here
+            left = len(self._producer)
+            if left == 0:
+                break
+        return self.undeliverable + left
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
 
 
 def ensure_topics(

@@ -25,6 +25,7 @@ from payment_worker.service.ports import (
     Began,
     LedgerEntry,
     OutboxMessage,
+    RecordedAnswer,
     Snapshot,
     StoredMessage,
 )
@@ -96,18 +97,19 @@ def _payment(row: dict[str, Any]) -> Payment:
     )
 
 
-def _ledger(row: dict[str, Any]) -> LedgerEntry:
+def _ledger(row: dict[str, Any], prefix: str = "") -> LedgerEntry:
+    outcome = row[prefix + "outcome"]
     return LedgerEntry(
-        command_id=row["command_id"],
-        order_id=row["order_id"],
-        customer_id=row["customer_id"],
-        amount=row["amount"],
-        currency=row["currency"],
-        final=row["state"] == "final",
-        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
-        error_message=row["error_message"],
-        payment_id=row["payment_id"],
-        reply_route=row["reply_route"],
+        command_id=row[prefix + "command_id"],
+        order_id=row[prefix + "order_id"],
+        customer_id=row[prefix + "customer_id"],
+        amount=row[prefix + "amount"],
+        currency=row[prefix + "currency"],
+        final=row[prefix + "state"] == "final",
+        outcome=Outcome(outcome) if outcome else None,
+        error_message=row[prefix + "error_message"],
+        payment_id=row[prefix + "payment_id"],
+        reply_route=row[prefix + "reply_route"],
     )
 
 
@@ -418,15 +420,32 @@ class PostgresStore:
             rows = await cur.fetchall()
         return {row["command_id"]: _ledger(row) for row in rows}
 
-    async def payments_by_ids(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Payment]:
-        if not ids:
+    async def recorded_answers(self, command_ids: list[str]) -> dict[str, RecordedAnswer]:
+        """Ledger entries with their payments, in one query (replay's batch lookup)."""
+        if not command_ids:
             return {}
         async with self._tx() as cur:
-            await cur.execute(self.q["payments_by_ids"], {"ids": ids})
+            await cur.execute(self.q["recorded_answers"], {"command_ids": command_ids})
             rows = await cur.fetchall()
-        return {row["id"]: _payment(row) for row in rows}
+        out: dict[str, RecordedAnswer] = {}
+        for row in rows:
+            outcome = row.pop("l_outcome")
+            answer = RecordedAnswer(
+                command_id=row.pop("l_command_id"),
+                order_id=row.pop("l_order_id"),
+                customer_id=row.pop("l_customer_id"),
+                amount=row.pop("l_amount"),
+                currency=row.pop("l_currency"),
+                final=row.pop("l_state") == "final",
+                outcome=Outcome(outcome) if outcome else None,
+                error_message=row.pop("l_error_message"),
+                payment_id=row.pop("l_payment_id"),
+                payment=row if row["id"] is not None else None,
+            )
+            out[answer.command_id] = answer
+        return out
 
-    async def recorded_events(self, payment_ids: list[uuid.UUID]) -> list[OutboxMessage]:
+    async def recorded_events(self, payment_ids: list[str]) -> list[OutboxMessage]:
         """The event each payment announced, as first written (same event id, same bytes)."""
         if not payment_ids:
             return []

@@ -19,12 +19,25 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, for_consumer, to_record
+from payment_worker.adapters.kafka import (
+    CONSUMER_DEFAULTS,
+    DirectProducer,
+    for_consumer,
+    to_record,
+)
 from payment_worker.bootstrap import App
 from payment_worker.exceptions import PaymentWorkerError, RetryableError
 from payment_worker.service.pipeline import Handled
 from payment_worker.service.ports import InboundRecord
-from payment_worker.service.replay import Kind, answers_for, classify, without_dlq_headers
+from payment_worker.service.replay import (
+    Classified,
+    Kind,
+    events_to_republish,
+    look_up,
+    prepare_batch,
+    replies_for,
+    without_dlq_headers,
+)
 
 log = structlog.get_logger("payment_worker.replay")
 
@@ -128,10 +141,14 @@ class Replayer:
         self.app = app
         self.options = options
         self.summary = ReplaySummary()
-        self._republished: set[uuid.UUID] = set()
+        self._republished: set[str] = set()
         self._chains: dict[bytes | str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Answers from the ledger go straight to Kafka, not through the outbox: they change
+        # nothing in the database, so there is no state to keep atomic with them, and a lost
+        # one is given again by the next replay. Replay fails if one cannot be delivered.
+        self._sender = DirectProducer(app.settings.kafka_common())
 
     def _consumer(self) -> Consumer:
         settings = self.app.settings
@@ -146,14 +163,64 @@ class Replayer:
     async def run(self, progress: Any = None) -> ReplaySummary:
         consumer = await asyncio.to_thread(self._consumer)
         started = time.monotonic()
+        if not self.options.dry_run:
+            await asyncio.to_thread(self._sender.open)
         try:
             bounds = await asyncio.to_thread(Bounds, consumer, self.options)
             if progress is not None:
                 progress.start(bounds.total)
-            assignment = bounds.assignment()
-            if assignment:
-                await asyncio.to_thread(consumer.assign, assignment)
-            remaining = {tp.partition: bounds.stop[tp.partition] for tp in assignment}
+            # Reading runs one batch ahead of the work on the previous one.
+            batches: asyncio.Queue[list[InboundRecord] | Exception | None] = asyncio.Queue(2)
+            reader = asyncio.create_task(self._read(consumer, bounds, batches))
+            # The ledger lookup of a batch runs while the previous batch is answered.
+            looked_up: tuple[list[Classified], asyncio.Future[None]] | None = None
+            try:
+                while (batch := await batches.get()) is not None:
+                    if isinstance(batch, Exception):
+                        raise batch
+                    self.summary.read += len(batch)
+                    items = prepare_batch(self.app.pipeline, batch)
+                    lookup = asyncio.ensure_future(
+                        _retrying(lambda items=items: look_up(items, self.app.store))
+                    )
+                    if looked_up is not None:
+                        await self._answer(*looked_up, progress)
+                    looked_up = (items, lookup)
+                if looked_up is not None:
+                    await self._answer(*looked_up, progress)
+                    looked_up = None
+            finally:
+                if looked_up is not None:
+                    looked_up[1].cancel()
+                if not reader.done():
+                    reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks)
+            if not self.options.dry_run:
+                left = await asyncio.to_thread(self._sender.drain)
+                if left:
+                    raise ReplayError(f"{left} replies could not be delivered to Kafka")
+        finally:
+            await asyncio.to_thread(consumer.close)
+            if not self.options.dry_run:
+                await asyncio.to_thread(self._sender.close)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    async def _read(
+        self,
+        consumer: Consumer,
+        bounds: Bounds,
+        batches: asyncio.Queue[list[InboundRecord] | Exception | None],
+    ) -> None:
+        """Records inside the bounds, in batches, until every partition reached its stop; then
+        None (or the exception that stopped the reading)."""
+        assignment = bounds.assignment()
+        if assignment:
+            await asyncio.to_thread(consumer.assign, assignment)
+        remaining = {tp.partition: bounds.stop[tp.partition] for tp in assignment}
+        try:
             while remaining:
                 messages = await asyncio.to_thread(consumer.consume, self.options.batch_size, 0.5)
                 batch: list[InboundRecord] = []
@@ -176,9 +243,7 @@ class Replayer:
                     if offset + 1 >= stop:
                         del remaining[partition]
                 if batch:
-                    await self._batch(batch)
-                    if progress is not None:
-                        progress.advance(len(batch))
+                    await batches.put(batch)
                 if not messages:
                     # Offsets with no record (transaction markers, compaction) end a partition
                     # once the position has passed its stop offset.
@@ -189,12 +254,10 @@ class Replayer:
                     for tp in positions:
                         if tp.offset >= remaining.get(tp.partition, 0) > 0:
                             del remaining[tp.partition]
-            if self._tasks:
-                await asyncio.gather(*self._tasks)
-        finally:
-            await asyncio.to_thread(consumer.close)
-        self.summary.seconds = time.monotonic() - started
-        return self.summary
+        except Exception as exc:  # handed to the processing loop, which raises it
+            await batches.put(exc)
+            return
+        await batches.put(None)
 
     def _after_window(self, record: InboundRecord) -> bool:
         stop = self.options.to_timestamp_ms
@@ -204,29 +267,24 @@ class Replayer:
         start = self.options.from_timestamp_ms
         return start is not None and record.timestamp_ms is not None and record.timestamp_ms < start
 
-    async def _batch(self, records: list[InboundRecord]) -> None:
-        pipeline, store = self.app.pipeline, self.app.store
-        self.summary.read += len(records)
-        items = await _retrying(lambda: classify(pipeline, records, store))
-        fast = [i for i in items if i.kind in (Kind.RECORDED, Kind.INVALID)]
+    async def _answer(
+        self, items: list[Classified], lookup: asyncio.Future[None], progress: Any
+    ) -> None:
+        await lookup
         for item in items:
             self.summary.kinds[str(item.kind)] += 1
+        if progress is not None:
+            progress.advance(len(items))
         if self.options.dry_run:
             return
+        fast = [i for i in items if i.kind in (Kind.RECORDED, Kind.INVALID)]
         if fast:
-            messages = await _retrying(
-                lambda: answers_for(
-                    pipeline,
-                    fast,
-                    store,
-                    republish=self.options.republish_events,
-                    already_republished=self._republished,
-                )
-            )
-            stored = await _retrying(lambda: store.record_many(messages))
-            self.summary.republished_events += sum(
-                1 for s in stored if s.message.kind == "republished_event"
-            )
+            self._sender.send(replies_for(self.app.pipeline, fast))
+        if self.options.republish_events:
+            store = self.app.store
+            events = await _retrying(lambda: events_to_republish(fast, store, self._republished))
+            stored = await _retrying(lambda: store.record_many(events))
+            self.summary.republished_events += len(stored)
             self.app.relay.publish(stored)
         for item in items:
             if item.kind is Kind.RECORDED and item.entry is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from dataclasses import dataclass
@@ -112,8 +113,29 @@ def route_from_headers(
     )
 
 
-def _micros(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1)
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID as text: the same as str(uuid.uuid4()) at a third of the cost
+    (one per reply, on replay's fast path)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+PAYMENT_RECORD = "ticketing.payment.v1.Payment"
+
+
+def _micros(at: datetime) -> int:
+    """Microseconds since the epoch (Avro timestamp-micros), naive meaning UTC. Computed here in
+    integers: fastavro's own conversion of a zone-aware datetime costs ~20 µs per field."""
+    offset = at.utcoffset()
+    naive = at.replace(tzinfo=None) - offset if offset else at.replace(tzinfo=None)
+    delta = naive - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _money(amount: Decimal) -> Decimal:
@@ -166,7 +188,17 @@ class MessageFactory:
         self.encoder = encoder
         self.topics = topics
 
-    def reply(self, command: Command, route: ReplyRoute, answer: Reply) -> OutboxMessage:
+    def reply(
+        self,
+        command: Command,
+        route: ReplyRoute,
+        answer: Reply,
+        payment_fields: dict[str, Any] | None = None,
+    ) -> OutboxMessage:
+        """The reply to a command. `payment_fields`, when given, is the reply's `Payment` as
+        already read from the database (replay's fast path) in place of `answer.payment`."""
+        if payment_fields is None and answer.payment is not None:
+            payment_fields = payment_record(answer.payment)
         record = {
             "commandId": command.command_id,
             "correlationId": route.correlation_id,
@@ -176,11 +208,13 @@ class MessageFactory:
             "httpStatus": answer.http_status,
             "errorMessage": answer.error_message,
             "duplicate": answer.duplicate,
-            "payment": payment_record(answer.payment) if answer.payment else None,
+            # The union branch named (fastavro's tuple notation): otherwise fastavro validates
+            # the record against each branch to choose one, which doubles the encoding time.
+            "payment": (PAYMENT_RECORD, payment_fields) if payment_fields else None,
         }
         headers = _ce_headers(
             CE_TYPE_REPLY,
-            str(uuid.uuid4()),
+            random_uuid(),
             command.order_id,
             route.correlation_id,
             command.command_id,

@@ -137,15 +137,28 @@ class LedgerPort(Protocol):
     ) -> list[StoredMessage] | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedAnswer:
+    """A ledger entry as replay answers it again: the request it was for (canonical text ids),
+    its outcome, and the payment exactly as a reply carries it (`PaymentReply.payment`)."""
+
+    command_id: str
+    order_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    final: bool
+    outcome: Outcome | None
+    error_message: str | None
+    payment_id: str | None
+    payment: dict[str, Any] | None
+
+
 class BatchLedgerPort(Protocol):
     """Replay's batch reads and writes."""
 
-    async def ledger_entries(
-        self, command_ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, LedgerEntry]: ...
+    async def recorded_answers(self, command_ids: list[str]) -> dict[str, RecordedAnswer]: ...
 
-    async def payments_by_ids(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Payment]: ...
-
-    async def recorded_events(self, payment_ids: list[uuid.UUID]) -> list[OutboxMessage]: ...
+    async def recorded_events(self, payment_ids: list[str]) -> list[OutboxMessage]: ...
 
     async def record_many(self, messages: list[OutboxMessage]) -> list[StoredMessage]: ...

@@ -4,17 +4,16 @@ the recorded ones in one transaction instead of one pipeline run each."""
 from __future__ import annotations
 
 import enum
-import uuid
 from dataclasses import dataclass
 
 from payment_worker.domain.model import Command, Outcome, Reply, ValidCommand, reply
 from payment_worker.service.messages import ReplyRoute
-from payment_worker.service.pipeline import Pipeline, same_request
+from payment_worker.service.pipeline import Pipeline
 from payment_worker.service.ports import (
     BatchLedgerPort,
     InboundRecord,
-    LedgerEntry,
     OutboxMessage,
+    RecordedAnswer,
 )
 
 DLQ_HEADERS = ("dlq-error", "dlq-reason", "dlq-topic", "dlq-partition", "dlq-offset")
@@ -34,7 +33,7 @@ class Classified:
     command: Command | None = None
     route: ReplyRoute | None = None
     valid: ValidCommand | None = None
-    entry: LedgerEntry | None = None
+    entry: RecordedAnswer | None = None
     error: str | None = None
 
 
@@ -52,10 +51,8 @@ def without_dlq_headers(record: InboundRecord) -> InboundRecord:
     )
 
 
-async def classify(
-    pipeline: Pipeline, records: list[InboundRecord], ledger: BatchLedgerPort
-) -> list[Classified]:
-    """Decode, validate and look the batch up in the ledger with one query."""
+def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> list[Classified]:
+    """Decode and validate each record (CPU only; the ledger is asked by `look_up`)."""
     out: list[Classified] = []
     for record in records:
         try:
@@ -75,34 +72,34 @@ async def classify(
                 error=prepared.invalid,
             )
         )
-    entries = await ledger.ledger_entries([c.valid.command_id for c in out if c.valid])
-    for item in out:
-        if item.valid is None:
-            continue
-        entry = entries.get(item.valid.command_id)
-        if entry is not None and entry.final and same_request(entry, item.valid):
-            item.kind = Kind.RECORDED
-            item.entry = entry
     return out
 
 
-async def answers_for(
-    pipeline: Pipeline,
-    items: list[Classified],
-    store: BatchLedgerPort,
-    *,
-    republish: bool,
-    already_republished: set[uuid.UUID],
-) -> list[OutboxMessage]:
-    """Replies for recorded and invalid commands (and, asked to, the recorded events again)."""
-    payment_ids = list(
-        {
-            i.entry.payment_id
-            for i in items
-            if i.entry is not None and i.entry.payment_id is not None
-        }
+async def look_up(items: list[Classified], ledger: BatchLedgerPort) -> None:
+    """One ledger query for the batch: valid commands with a final recorded outcome for the
+    same request become RECORDED (answered again from the ledger); the others stay NEW."""
+    answers = await ledger.recorded_answers([c.command.command_id for c in items if c.command])
+    for item in items:
+        if item.valid is None or item.command is None:
+            continue
+        found = answers.get(item.command.command_id)
+        if found is not None and found.final and _same_request(found, item.command, item.valid):
+            item.kind = Kind.RECORDED
+            item.entry = found
+
+
+def _same_request(entry: RecordedAnswer, command: Command, valid: ValidCommand) -> bool:
+    """Rule I1 (as `same_request`), on the canonical text ids of a prepared command."""
+    return (
+        entry.order_id == command.order_id
+        and entry.customer_id == command.customer_id
+        and entry.amount == valid.amount
+        and entry.currency == valid.currency
     )
-    payments = await store.payments_by_ids(payment_ids)
+
+
+def replies_for(pipeline: Pipeline, items: list[Classified]) -> list[OutboxMessage]:
+    """The reply to each recorded (from the ledger, `duplicate: true`) or invalid command."""
     messages: list[OutboxMessage] = []
     for item in items:
         assert item.command is not None and item.route is not None
@@ -110,17 +107,30 @@ async def answers_for(
             answer = reply(Outcome.INVALID_REQUEST, item.error or "invalid")
         else:
             assert item.entry is not None
-            payment = payments.get(item.entry.payment_id) if item.entry.payment_id else None
             answer = Reply(
-                item.entry.outcome or Outcome.ERROR,
-                item.entry.error_message,
-                payment,
-                duplicate=True,
+                item.entry.outcome or Outcome.ERROR, item.entry.error_message, duplicate=True
             )
+            messages.append(
+                pipeline.messages.reply(item.command, item.route, answer, item.entry.payment)
+            )
+            continue
         messages.append(pipeline.messages.reply(item.command, item.route, answer))
-    if republish:
-        todo = [p for p in payment_ids if p not in already_republished]
-        events = await store.recorded_events(todo)
-        already_republished.update(e.payment_id for e in events if e.payment_id)
-        messages.extend(events)
     return messages
+
+
+async def events_to_republish(
+    items: list[Classified], store: BatchLedgerPort, already_republished: set[str]
+) -> list[OutboxMessage]:
+    """The recorded event of each finalized payment met, once per replay, as first written."""
+    todo = list(
+        {
+            i.entry.payment_id
+            for i in items
+            if i.entry is not None
+            and i.entry.payment_id is not None
+            and i.entry.payment_id not in already_republished
+        }
+    )
+    events = await store.recorded_events(todo)
+    already_republished.update(str(e.payment_id) for e in events if e.payment_id)
+    return events

@@ -14,8 +14,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer, ensure_topics
+from payment_worker.adapters.kafka import (
+    DirectProducer,
+    OutboxProducer,
+    ThreadedConsumer,
+    ensure_topics,
+)
 from payment_worker.adapters.postgres import PostgresStore
+from payment_worker.devstack.broker import free_port
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.service.messages import Topics
 from payment_worker.service.ports import InboundRecord, OutboxMessage, StoredMessage
@@ -175,6 +181,59 @@ def test_outbox_producer_reports_a_failed_delivery(broker: str, topics: Topics) 
     assert delivered == []
     assert [row_id for row_id, _error in failed] == [7]
     assert producer.in_flight == set()
+
+
+def test_direct_producer_delivers_what_it_sends(broker: str, topics: Topics) -> None:
+    """DirectProducer (replay's answers) delivers every message, with its headers, to the
+    given partition; drain() then reports none undelivered."""
+    producer = DirectProducer({"bootstrap.servers": broker})
+    producer.open()
+    try:
+        sent = [
+            message("reply", topics.replies, partition=i % 2, value=f"v{i}".encode())
+            for i in range(20)
+        ]
+        producer.send(sent)
+        left = producer.drain(timeout_s=20)
+    finally:
+        producer.close()
+
+    assert left == 0
+    received = _read(broker, topics, topics.replies, expect=20)
+    assert sorted(r.value for r in received) == sorted(m.value for m in sent)
+    assert {(r.value, r.partition) for r in received} == {(m.value, m.partition) for m in sent}
+    assert all(r.headers.get("correlation-id") == b"c-1" for r in received)
+
+
+def test_direct_producer_counts_what_it_could_not_deliver(broker: str, topics: Topics) -> None:
+    """A message that cannot be delivered (a partition the topic does not have) is retried,
+    then counted: drain() returns it, so replay can fail instead of claiming success."""
+    producer = DirectProducer({"bootstrap.servers": broker, "message.timeout.ms": 2000}, attempts=2)
+    producer.open()
+    try:
+        producer.send([message("reply", topics.dlq, partition=5)])
+        left = producer.drain(timeout_s=30)
+    finally:
+        producer.close()
+
+    assert left == 1
+
+
+def test_direct_producer_retries_then_counts_a_timed_out_delivery(topics: Topics) -> None:
+    """With no broker to take it, a message times out, is produced again (`attempts`), then
+    counted undelivered by drain()."""
+    producer = DirectProducer(
+        {"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 500}, attempts=3
+    )
+    producer.open()
+    try:
+        producer.send([message("reply", topics.replies)])
+        left = producer.drain(timeout_s=30)
+    finally:
+        producer.close()
+
+    assert left == 1
+    assert producer.retried == 2  # three attempts in all
 
 
 # -- ensure_topics -----------------------------------------------------------------------------

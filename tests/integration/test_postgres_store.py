@@ -20,6 +20,7 @@ from payment_worker.adapters.postgres import (
 )
 from payment_worker.devstack.broker import free_port
 from payment_worker.domain.model import Outcome, PaymentStatus
+from payment_worker.service.messages import payment_record
 from payment_worker.service.ports import Began
 from tests.integration.support import (
     ROUTE,
@@ -279,6 +280,45 @@ async def test_record_with_an_existing_ledger_entry_writes_nothing(
     assert db.execute(
         "SELECT outcome FROM command_ledger WHERE command_id = %s", (payment.command_id,)
     ).fetchone() == ("ORDER_NOT_FOUND",)
+
+
+# -- replay's batch lookup ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("finalize", [succeeded, declined])
+async def test_recorded_answers_carry_the_payment_as_the_reply_does(
+    store: PostgresStore, finalize: Any
+) -> None:
+    """recorded_answers gives each finalized command's request, outcome and payment, the
+    payment field for field equal to what the pipeline puts in a reply (payment_record)."""
+    payment = pending_payment(amount=Decimal("19.99"))
+    await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    final = finalize(payment)
+    outcome = Outcome.SUCCEEDED if final.status is PaymentStatus.SUCCEEDED else Outcome.DECLINED
+    await store.finish_payment(final, outcome, final.error_message, [])
+
+    answers = await store.recorded_answers([str(payment.command_id), str(uuid.uuid4())])
+
+    assert list(answers) == [str(payment.command_id)]
+    answer = answers[str(payment.command_id)]
+    assert answer.order_id == str(payment.order_id)
+    assert answer.customer_id == str(payment.customer_id)
+    assert (answer.amount, answer.currency, answer.final) == (Decimal("19.99"), "USD", True)
+    assert answer.outcome is outcome and answer.payment_id == str(payment.id)
+    stored = await store.payment(payment.id)
+    assert stored is not None
+    assert answer.payment == payment_record(stored)
+
+
+async def test_recorded_answers_of_an_outcome_without_payment(store: PostgresStore) -> None:
+    """A command recorded without a payment (ORDER_NOT_FOUND) is found with no payment."""
+    payment = pending_payment()
+    await store.record([message("reply")], final_ledger(payment, "ORDER_NOT_FOUND"))
+
+    answer = (await store.recorded_answers([str(payment.command_id)]))[str(payment.command_id)]
+
+    assert answer.outcome is Outcome.ORDER_NOT_FOUND
+    assert (answer.payment_id, answer.payment) == (None, None)
 
 
 # -- outbox relay queries ---------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import struct
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -24,6 +25,8 @@ from payment_worker.service.messages import (
     MessageFactory,
     ReplyRoute,
     Topics,
+    _micros,
+    random_uuid,
     route_from_headers,
 )
 from payment_worker.service.ports import InboundRecord, OutboxMessage
@@ -394,3 +397,35 @@ def test_dead_letter_of_a_null_record_keeps_the_nulls(factory: MessageFactory) -
     """A tombstone (null key and value) is dead-lettered with null key and value."""
     message = factory.dead_letter(InboundRecord("t", 0, 0, None, None, []), "undecodable", "empty")
     assert (message.key, message.value) == (None, None)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 11, 22, 2, 52, 1, 306646, tzinfo=UTC),
+        datetime(2026, 11, 22, 2, 52, 1, 306646, tzinfo=ZoneInfo("Etc/UTC")),
+        datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Paris")),
+        datetime(1960, 1, 1, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(2026, 11, 22, 2, 52, 1, 306646),
+    ],
+)
+def test_micros_is_exact_microseconds_since_the_epoch(at: datetime) -> None:
+    """Timestamps become exact integer microseconds since the epoch (naive meaning UTC),
+    whatever the zone: the value fastavro's timestamp-micros would have written."""
+    aware = at if at.tzinfo else at.replace(tzinfo=UTC)
+    expected = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+    assert _micros(at) == expected
+
+
+def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
+    """Message ids are random RFC 4122 version-4 UUIDs in canonical text, all different."""
+    ids = [random_uuid() for _ in range(2000)]
+
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert [str(p) for p in parsed] == ids
+    assert len(set(ids)) == len(ids)
