@@ -23,6 +23,9 @@ from payment_worker.service.ports import InboundRecord
 
 log = structlog.get_logger("payment_worker.worker")
 
+# How many consumed-but-uncommitted records a worker may hold, in units of max_in_flight.
+WINDOW_FACTOR = 4
+
 
 class Worker:
     def __init__(
@@ -199,16 +202,25 @@ class Worker:
         ]
         log.info("worker_started", max_in_flight=self.max_in_flight)
         paused = False
+        # In flight = commands being processed. Records already done but waiting behind a
+        # slower one of their partition to be committed are only offsets: they do not count,
+        # but their number (the records redelivered after a crash) is bounded too.
+        max_window = self.max_in_flight * WINDOW_FACTOR
         try:
             while not stop.is_set():
-                unfinished = self.tracker.unfinished()
-                if not paused and unfinished >= self.max_in_flight:
+                running = len(self._tasks)
+                window = self.tracker.unfinished()
+                if not paused and (running >= self.max_in_flight or window >= max_window):
                     paused = True
                     await consumer.set_paused(True)
-                elif paused and unfinished <= self.max_in_flight // 2:
+                elif (
+                    paused
+                    and running <= self.max_in_flight // 2
+                    and window <= max_window - self.max_in_flight // 2
+                ):
                     paused = False
                     await consumer.set_paused(False)
-                room = max(1, min(500, self.max_in_flight - unfinished))
+                room = max(1, min(500, self.max_in_flight - running, max_window - window))
                 for record in await consumer.consume(room, 0.1):
                     self._dispatch(record)
         finally:

@@ -1,0 +1,218 @@
+"""The lean HTTP/1.1 client (adapters/http_client.py) against a scripted TCP server on
+loopback: keep-alive reuse, chunked bodies, `Connection: close`, a kept-alive connection the
+server dropped, malformed answers, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from payment_worker.adapters.http_client import HttpClient, HttpClientError
+
+pytestmark = pytest.mark.integration
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"a\": 1}"
+
+Answer = Callable[[bytes, int], bytes | None]  # (request, its number on the connection)
+
+
+@dataclass
+class Server:
+    """Answers each request with `answer(request, n)`; None means close without answering.
+    After `close_after` answers on a connection, closes it (keep-alive notwithstanding)."""
+
+    answer: Answer
+    close_after: int | None = None
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(request)
+                n += 1
+                reply = self.answer(request, n)
+                if reply is None:
+                    break
+                writer.write(reply)
+                await writer.drain()
+                if self.close_after is not None and n >= self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Server]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer, close_after: int | None = None) -> Server:
+        state = Server(answer, close_after)
+        server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+        state.port = server.sockets[0].getsockname()[1]
+        servers.append(server)
+        return state
+
+    yield start  # type: ignore[misc]
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_sequential_requests_share_one_kept_alive_connection(serve: Callable) -> None:
+    """Five GETs one after another go over one connection, each answered in full."""
+    server = await serve(lambda request, n: OK)
+    client = HttpClient(f"http://127.0.0.1:{server.port}/base/")
+    try:
+        answers = [await client.get(f"/orders/{i}", 2.0) for i in range(5)]
+    finally:
+        await client.close()
+
+    assert answers == [(200, b'{"a": 1}')] * 5
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"GET /base/orders/0 HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in server.requests[0]
+
+
+async def test_chunked_body_is_reassembled(serve: Callable) -> None:
+    """A chunked answer comes back as one body."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\n{\"a\"\r\n5\r\n: 12}\r\n0\r\n\r\n"
+    )
+    server = await serve(lambda request, n: chunked)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b'{"a": 12}')
+        assert await client.get("/x", 2.0) == (200, b'{"a": 12}')
+    finally:
+        await client.close()
+    assert server.connections == 1
+
+
+async def test_connection_close_answer_is_not_reused(serve: Callable) -> None:
+    """An answer with `Connection: close` ends its connection: the next GET opens another."""
+    closing = OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
+    server = await serve(lambda request, n: closing, close_after=1)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        for _ in range(3):
+            assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 3
+
+
+async def test_a_kept_alive_connection_dropped_by_the_server_is_replaced(
+    serve: Callable,
+) -> None:
+    """The server drops a kept-alive connection as the next request arrives on it (no answer,
+    no `Connection: close` said): that GET is sent again on a new connection, not failed."""
+    server = await serve(lambda request, n: OK if n == 1 else None)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 2
+    assert len(server.requests) == 3  # the second GET was sent twice
+
+
+async def test_status_and_body_of_an_error_answer_are_returned(serve: Callable) -> None:
+    """Non-200 answers are answers: status and body come back for the caller to judge."""
+    not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
+    server = await serve(lambda request, n: not_found)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (404, b"not found")
+    finally:
+        await client.close()
+
+
+async def test_malformed_answer_raises_http_client_error(serve: Callable) -> None:
+    """Bytes that are not HTTP raise HttpClientError (a failed try, for the caller to retry)."""
+    server = await serve(lambda request, n: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(HttpClientError, match="malformed"):
+            await client.get("/x", 2.0)
+    finally:
+        await client.close()
+
+
+async def test_closed_without_an_answer_on_a_new_connection_raises(serve: Callable) -> None:
+    """A fresh connection closed before any answer raises HttpClientError: it is not sent again
+    forever (only a reused connection gets one more try)."""
+    server = await serve(lambda request, n: None)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(HttpClientError, match="connection lost"):
+            await client.get("/x", 2.0)
+    finally:
+        await client.close()
+    assert server.connections == 1
+
+
+async def test_refused_connection_raises_http_client_error() -> None:
+    """Nobody listening: HttpClientError naming where it tried to connect."""
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    client = HttpClient(f"http://127.0.0.1:{port}")
+    with pytest.raises(HttpClientError, match=f"127.0.0.1:{port}"):
+        await client.get("/x", 2.0)
+    await client.close()
+
+
+async def test_a_slow_answer_times_out_and_its_connection_is_dropped(serve: Callable) -> None:
+    """No answer within the timeout raises TimeoutError; the connection is not reused (its late
+    answer would be taken for the next request's)."""
+    slow: dict[str, bool] = {"first": True}
+
+    def answer(request: bytes, n: int) -> bytes | None:
+        if slow.pop("first", False):
+            return b""  # send nothing for this request
+        return OK
+
+    server = await serve(answer)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(TimeoutError):
+            await client.get("/x", 0.3)
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_at_most_max_connections_are_open_at_once(serve: Callable) -> None:
+    """Twenty concurrent GETs with max_connections=3 use no more than three connections."""
+
+    def answer(request: bytes, n: int) -> bytes:
+        return OK
+
+    server = await serve(answer)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_connections=3)
+    try:
+        answers = await asyncio.gather(*[client.get("/x", 5.0) for _ in range(20)])
+    finally:
+        await client.close()
+    assert answers == [(200, b'{"a": 1}')] * 20
+    assert server.connections <= 3
+
+
+def test_a_url_that_is_not_http_is_refused() -> None:
+    """Only http and https base URLs are accepted, with a clear message."""
+    with pytest.raises(ValueError, match="not an http"):
+        HttpClient("ftp://example.com")
