@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     shim_group: str = "payment-shim"
     shim_max_in_flight: int = Field(default=2000, ge=1)
-    max_in_flight: int = Field(default=1000, ge=1)
+    max_in_flight: int = Field(default=2000, ge=1)
     http_timeout_s: float = Field(default=2.0, gt=0)
     http_retry_budget_s: float = Field(default=5.0, gt=0)
 

@@ -35,7 +35,7 @@ class Worker:
         store: PostgresStore,
         relay: OutboxRelay,
         make_consumer: Callable[..., ThreadedConsumer],
-        max_in_flight: int = 1000,
+        max_in_flight: int = 2000,
         reconcile_after_s: float = 60.0,
         replies_topic: str = "payment-replies",
         drain_timeout_s: float = 30.0,
@@ -52,6 +52,7 @@ class Worker:
         self._tails: dict[bytes | str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._room = asyncio.Event()
         self.ready = False
 
     # -- rebalance ----------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class Worker:
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
+            self._room.set()
             metrics.IN_FLIGHT.dec()
             if self._tails.get(key) is t:
                 del self._tails[key]
@@ -201,7 +203,6 @@ class Worker:
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
         log.info("worker_started", max_in_flight=self.max_in_flight)
-        paused = False
         # In flight = commands being processed. Records already done but waiting behind a
         # slower one of their partition to be committed are only offsets: they do not count,
         # but their number (the records redelivered after a crash) is bounded too.
@@ -210,17 +211,16 @@ class Worker:
             while not stop.is_set():
                 running = len(self._tasks)
                 window = self.tracker.unfinished()
-                if not paused and (running >= self.max_in_flight or window >= max_window):
-                    paused = True
-                    await consumer.set_paused(True)
-                elif (
-                    paused
-                    and running <= self.max_in_flight // 2
-                    and window <= max_window - self.max_in_flight // 2
-                ):
-                    paused = False
-                    await consumer.set_paused(False)
-                room = max(1, min(500, self.max_in_flight - running, max_window - window))
+                room = min(500, self.max_in_flight - running, max_window - window)
+                if room <= 0:
+                    # Full: wait for a command to finish. The consumer is not paused: pausing
+                    # drops a partition's prefetched records, and fetching them again after
+                    # resume stalled consumption for ~0.5 s each time. librdkafka keeps
+                    # prefetching into its bounded queue meanwhile.
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 0.2)
+                    continue
                 for record in await consumer.consume(room, 0.1):
                     self._dispatch(record)
         finally:

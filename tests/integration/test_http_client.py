@@ -14,7 +14,7 @@ from payment_worker.adapters.http_client import HttpClient, HttpClientError
 
 pytestmark = pytest.mark.integration
 
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"a\": 1}"
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{"a": 1}'
 
 Answer = Callable[[bytes, int], bytes | None]  # (request, its number on the connection)
 
@@ -86,8 +86,7 @@ async def test_sequential_requests_share_one_kept_alive_connection(serve: Callab
 async def test_chunked_body_is_reassembled(serve: Callable) -> None:
     """A chunked answer comes back as one body."""
     chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"4\r\n{\"a\"\r\n5\r\n: 12}\r\n0\r\n\r\n"
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n5\r\n: 12}\r\n0\r\n\r\n'
     )
     server = await serve(lambda request, n: chunked)
     client = HttpClient(f"http://127.0.0.1:{server.port}")

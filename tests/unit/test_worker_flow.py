@@ -1,0 +1,147 @@
+"""The worker loop's flow control (entrypoints/worker.py) with fakes at the ports: at most
+`max_in_flight` commands run at once, more are taken as soon as one finishes, and offsets are
+committed only behind finished records."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from payment_worker.domain.model import Outcome
+from payment_worker.entrypoints.worker import Worker
+from payment_worker.service.pipeline import Handled
+from payment_worker.service.ports import InboundRecord
+
+
+class FakeConsumer:
+    """Hands out `count` records of one partition, at most `max_messages` per call."""
+
+    def __init__(self, count: int) -> None:
+        self.records = [
+            InboundRecord("commands", 0, offset, f"order-{offset}".encode(), b"v", [])
+            for offset in range(count)
+        ]
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.largest_request = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        self.largest_request = max(self.largest_request, max_messages)
+        if not self.records:
+            await asyncio.sleep(min(timeout_s, 0.01))
+            return []
+        taken, self.records = self.records[:max_messages], self.records[max_messages:]
+        return taken
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class BlockingPipeline:
+    """Each command waits until released; records how many ran at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.done = 0
+        self.release = asyncio.Event()
+
+    async def handle(self, record: InboundRecord) -> Handled:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        self.done += 1
+        return Handled(Outcome.SUCCEEDED)
+
+
+class NullRelay:
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        pass
+
+    def publish(self, stored: list[Any]) -> None:
+        pass
+
+
+def _worker(pipeline: BlockingPipeline, consumer: FakeConsumer, max_in_flight: int) -> Worker:
+    return Worker(
+        pipeline=pipeline,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        relay=NullRelay(),  # type: ignore[arg-type]
+        make_consumer=lambda **_: consumer,
+        max_in_flight=max_in_flight,
+        reconcile_after_s=3600,
+    )
+
+
+async def _until(check: Any, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_never_more_than_max_in_flight_commands_run_at_once() -> None:
+    """With 50 records waiting and max_in_flight=7, exactly 7 run until one finishes; no
+    consume call asks for more than there is room for."""
+    pipeline, consumer = BlockingPipeline(), FakeConsumer(50)
+    worker = _worker(pipeline, consumer, max_in_flight=7)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: pipeline.running == 7)
+        await asyncio.sleep(0.3)  # the loop keeps turning while full
+        assert pipeline.running == 7
+        assert len(consumer.records) == 43
+        assert consumer.largest_request <= 7
+    finally:
+        pipeline.release.set()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert pipeline.most == 7
+
+
+async def test_a_finished_command_makes_room_at_once() -> None:
+    """When the commands in flight finish, the next ones are taken without a pause, and all
+    50 records get processed with never more than 7 at once."""
+    pipeline, consumer = BlockingPipeline(), FakeConsumer(50)
+    worker = _worker(pipeline, consumer, max_in_flight=7)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: pipeline.running == 7)
+        pipeline.release.set()
+        await _until(lambda: pipeline.done == 50, timeout_s=1.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert pipeline.most == 7
+    assert consumer.commits and consumer.commits[-1] == {("commands", 0): 50}
+
+
+async def test_offsets_are_committed_only_behind_finished_records() -> None:
+    """While the first records are still running, no offset at or past them is committed."""
+    pipeline, consumer = BlockingPipeline(), FakeConsumer(5)
+    worker = _worker(pipeline, consumer, max_in_flight=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: pipeline.running == 5)
+        await asyncio.sleep(0.5)  # a few commit-loop turns
+        assert consumer.commits == []
+        pipeline.release.set()
+        await _until(lambda: pipeline.done == 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert consumer.commits[-1] == {("commands", 0): 5}
