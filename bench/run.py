@@ -39,6 +39,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 KAFKA_EXTRA = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
 CODEC = AvroCodec(SchemaSet())
 COMMAND_PARTITIONS = 8
+WARM_UP = 500  # commands answered before each measured e2e run
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -330,21 +331,27 @@ def e2e(
 ) -> dict[str, Any]:
     """Commands through `workers` worker processes: throughput and reply latency."""
     sc = scenario(stack, name, **env)
-    commands = preload_orders(stack, n, sc.group)
+    commands = preload_orders(stack, n + WARM_UP, sc.group)
+    warm_up, measured = commands[:WARM_UP], commands[WARM_UP:]
     procs = start_workers(sc, workers)
     try:
-        first = produce(stack.bootstrap, sc.topics["commands"], commands, rate=rate)
-        replies = collect_replies(stack.bootstrap, sc.topics["replies"], n, timeout_s=600)
+        # A cold worker's first records wait for its first fetch and its first connections:
+        # a small warm-up batch is answered before the measured run starts.
+        produce(stack.bootstrap, sc.topics["commands"], warm_up)
+        collect_replies(stack.bootstrap, sc.topics["replies"], WARM_UP, timeout_s=120)
+        first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
+        replies = collect_replies(stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600)
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
         stop(procs)
-    latencies = latencies_ms(stack, sc)
+    latencies = latencies_ms(stack, sc, skip={c["commandId"] for c in warm_up})
+    answered = len(replies) - WARM_UP
     result = {
         "n": n,
         "workers": workers,
-        "replies": len(replies),
-        "per_s": len(replies) / max(1e-6, last - first),
+        "replies": answered,
+        "per_s": answered / max(1e-6, last - first),
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
@@ -354,8 +361,9 @@ def e2e(
     return result
 
 
-def latencies_ms(stack: Stack, sc: Scenario) -> list[float]:
-    """Reply latency: reply timestamp minus the command's timestamp, matched by command id."""
+def latencies_ms(stack: Stack, sc: Scenario, skip: set[str] | None = None) -> list[float]:
+    """Reply latency: reply timestamp minus the command's timestamp, matched by command id
+    (the commands in `skip` left out)."""
 
     def read(topic: str, name: str) -> dict[str, int]:
         consumer = Consumer(
@@ -381,7 +389,8 @@ def latencies_ms(stack: Stack, sc: Scenario) -> list[float]:
 
     sent = read(sc.topics["commands"], "ProcessPayment")
     answered = read(sc.topics["replies"], "PaymentReply")
-    return [float(answered[c] - sent[c]) for c in answered if c in sent]
+    skip = skip or set()
+    return [float(answered[c] - sent[c]) for c in answered if c in sent and c not in skip]
 
 
 def raw_pipe(stack: Stack, n: int) -> float:

@@ -58,7 +58,10 @@ async def open_app(settings: Settings, *, client_id: str = "payment-worker") -> 
     pool = make_pool(
         settings.database_url.get_secret_value(),
         settings.db_schema,
-        max_size=max(10, min(40, settings.max_in_flight // 10)),
+        # Up to 4 group-commit steps x 3 batches at once, plus the relay and the reconciler:
+        # opened up front, so the first burst of commands does not wait for connections.
+        min_size=16,
+        max_size=max(16, min(40, settings.max_in_flight // 10)),
     )
     redis_client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(),
