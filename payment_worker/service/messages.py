@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import struct
 import uuid
 from dataclasses import dataclass
@@ -116,13 +116,16 @@ def route_from_headers(
 _EPOCH = datetime(1970, 1, 1)
 
 
+_VERSION_BITS = ~((0xF << 76) | (0x3 << 62))
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)
+
+
 def random_uuid() -> str:
-    """A random (version 4) UUID as text: the same as str(uuid.uuid4()) at a third of the cost
-    (one per reply, on replay's fast path)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
+    """A random (version 4) UUID as text, for message ids (one per reply on replay's fast
+    path): from the process's random generator rather than an os.urandom system call each
+    (uuid.uuid4), which cost ~10% of replay's time in this VM. Ids must be unique, not
+    unpredictable; `random` is seeded from os.urandom and reseeded in forked children."""
+    h = f"{(random.getrandbits(128) & _VERSION_BITS) | _VERSION_4:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
