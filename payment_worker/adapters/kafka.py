@@ -147,7 +147,6 @@ class ThreadedConsumer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._paused = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -167,8 +166,6 @@ class ThreadedConsumer:
         keys = [(p.topic, p.partition) for p in partitions]
         log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
         self._on_assign(keys)
-        if self._paused and partitions:
-            consumer.pause(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
@@ -220,17 +217,6 @@ class ThreadedConsumer:
             if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
                 return
             raise BrokerUnavailable(f"offset commit failed: {exc}") from exc
-
-    async def set_paused(self, paused: bool) -> None:
-        if paused != self._paused:
-            self._paused = paused
-            await self._call(self._set_paused, paused)
-
-    def _set_paused(self, paused: bool) -> None:
-        assert self._consumer is not None
-        assignment = self._consumer.assignment()
-        if assignment:
-            (self._consumer.pause if paused else self._consumer.resume)(assignment)
 
     async def close(self) -> None:
         if self._consumer is not None:
