@@ -65,6 +65,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._status < 200:  # an interim answer (100 Continue, 103...): the real one follows
+            self._body = []
+            return
         self.keep_alive = self._parser.should_keep_alive()
         answer, self._answer = self._answer, None
         if answer is not None and not answer.done():
@@ -78,10 +81,14 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
-        assert self.transport is not None
+        if self.closed or self.transport is None:
+            raise HttpClientError("connection lost: closed before the request was sent")
         self._answer = asyncio.get_running_loop().create_future()
         self._status, self._body, self._received = 0, [], False
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except (OSError, RuntimeError) as exc:  # closing underneath us (uvloop raises)
+            self._fail(HttpClientError(f"connection lost: {exc}"))
         return self._answer
 
     @property
@@ -113,6 +120,7 @@ class HttpClient:
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(max_connections)
         self._open: set[_Connection] = set()
+        self._closed = False
 
     def _request_bytes(self, path: str) -> bytes:
         return (
@@ -123,6 +131,8 @@ class HttpClient:
         ).encode("latin-1")
 
     async def _connect(self) -> _Connection:
+        if self._closed:
+            raise HttpClientError("client closed")
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
@@ -136,7 +146,8 @@ class HttpClient:
     async def get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
         """(status, body) of GET path; HttpClientError, or TimeoutError past `timeout_s`."""
         data = self._request_bytes(path)
-        async with self._slots, asyncio.timeout(timeout_s):
+        # The deadline covers waiting for a free connection too.
+        async with asyncio.timeout(timeout_s), self._slots:
             while True:
                 connection = self._take_idle()
                 reused = connection is not None
@@ -145,6 +156,7 @@ class HttpClient:
                 try:
                     status, body = await connection.request(data)
                 except HttpClientError:
+                    connection.close()
                     self._open.discard(connection)
                     # A kept-alive connection the server closed meanwhile fails before any
                     # byte of an answer: a GET is safe to send again on a new connection.
@@ -171,6 +183,7 @@ class HttpClient:
         return None
 
     async def close(self) -> None:
+        self._closed = True
         for connection in list(self._open):
             connection.close()
         self._open.clear()

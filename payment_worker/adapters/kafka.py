@@ -147,6 +147,7 @@ class ThreadedConsumer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -166,6 +167,8 @@ class ThreadedConsumer:
         keys = [(p.topic, p.partition) for p in partitions]
         log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
         self._on_assign(keys)
+        if self._paused and partitions:
+            consumer.pause(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
@@ -217,6 +220,17 @@ class ThreadedConsumer:
             if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
                 return
             raise BrokerUnavailable(f"offset commit failed: {exc}") from exc
+
+    async def set_paused(self, paused: bool) -> None:
+        if paused != self._paused:
+            self._paused = paused
+            await self._call(self._set_paused, paused)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
 
     async def close(self) -> None:
         if self._consumer is not None:
@@ -387,7 +401,12 @@ class DirectProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)
-            except KafkaException as exc:  # refused at once (unknown partition, too large)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.fatal():
+                    self._recreate()  # then produce again on the new producer
+                    continue
+                # Refused at once (unknown partition, too large): retrying will not help.
                 self.undeliverable += 1
                 log.error("message_undeliverable", topic=topic, error=str(exc))
                 return
@@ -410,12 +429,7 @@ class DirectProducer:
         assert self._producer is not None
         self._producer.poll(0)
         if self._fatal.is_set():
-            old = self._producer
-            self._producer = self._new_producer()
-            self._fatal.clear()
-            old.purge(in_queue=True, in_flight=True, blocking=False)
-            old.poll(0)  # the purged messages are reported failed, and retried below
-            log.warning("producer_recreated", detail="after a fatal error")
+            self._recreate()
         while self._retry:
             message, attempt = self._retry.popleft()
             kwargs: dict[str, Any] = {
@@ -428,6 +442,19 @@ class DirectProducer:
             if partition is not None and partition >= 0:  # else: not yet chosen by the key
                 kwargs["partition"] = partition
             self._produce(message.topic() or "", kwargs)
+
+    def _recreate(self) -> None:
+        """Replace a producer that hit a fatal error (an idempotent producer cannot recover by
+        itself). What it still held is purged and reported failed, hence produced again."""
+        old = self._producer
+        assert old is not None
+        self._producer = self._new_producer()
+        self._fatal.clear()
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        deadline = time.monotonic() + 5.0
+        while len(old) > 0 and time.monotonic() < deadline:
+            old.poll(0.1)  # serves the purged messages' reports: they go to the retry queue
+        log.warning("producer_recreated", detail="after a fatal error")
 
     def drain(self, timeout_s: float = 60.0) -> int:
         """Wait until everything sent is delivered or undeliverable; returns how many are not

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +150,11 @@ class Replayer:
         # nothing in the database, so there is no state to keep atomic with them, and a lost
         # one is given again by the next replay. Replay fails if one cannot be delivered.
         self._sender = DirectProducer(app.settings.kafka_common())
+        self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="replay-consumer")
+
+    async def _on_consumer_thread(self, fn: Any, *args: Any) -> Any:
+        """Every consumer call on one thread of its own, one at a time."""
+        return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, fn, *args)
 
     def _consumer(self) -> Consumer:
         settings = self.app.settings
@@ -161,12 +167,12 @@ class Replayer:
         return Consumer(config)
 
     async def run(self, progress: Any = None) -> ReplaySummary:
-        consumer = await asyncio.to_thread(self._consumer)
+        consumer = await self._on_consumer_thread(self._consumer)
         started = time.monotonic()
         if not self.options.dry_run:
             await asyncio.to_thread(self._sender.open)
         try:
-            bounds = await asyncio.to_thread(Bounds, consumer, self.options)
+            bounds = await self._on_consumer_thread(Bounds, consumer, self.options)
             if progress is not None:
                 progress.start(bounds.total)
             # Reading runs one batch ahead of the work on the previous one.
@@ -174,6 +180,7 @@ class Replayer:
             reader = asyncio.create_task(self._read(consumer, bounds, batches))
             # The ledger lookup of a batch runs while the previous batch is answered.
             looked_up: tuple[list[Classified], asyncio.Future[None]] | None = None
+            lookups: list[asyncio.Future[None]] = []
             try:
                 while (batch := await batches.get()) is not None:
                     if isinstance(batch, Exception):
@@ -183,6 +190,7 @@ class Replayer:
                     lookup = asyncio.ensure_future(
                         _retrying(lambda items=items: look_up(items, self.app.store))
                     )
+                    lookups = [f for f in lookups if not f.done()] + [lookup]
                     if looked_up is not None:
                         await self._answer(*looked_up, progress)
                     looked_up = (items, lookup)
@@ -190,8 +198,9 @@ class Replayer:
                     await self._answer(*looked_up, progress)
                     looked_up = None
             finally:
-                if looked_up is not None:
-                    looked_up[1].cancel()
+                for pending in lookups:  # a lookup ahead of a batch that failed
+                    if not pending.done():
+                        pending.cancel()
                 if not reader.done():
                     reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
@@ -202,7 +211,10 @@ class Replayer:
                 if left:
                     raise ReplayError(f"{left} replies could not be delivered to Kafka")
         finally:
-            await asyncio.to_thread(consumer.close)
+            # On the consumer's thread: after a consume still running there (librdkafka
+            # does not allow close() beside another call).
+            await self._on_consumer_thread(consumer.close)
+            self._consumer_thread.shutdown(wait=False)
             if not self.options.dry_run:
                 await asyncio.to_thread(self._sender.close)
         self.summary.seconds = time.monotonic() - started
@@ -218,11 +230,13 @@ class Replayer:
         None (or the exception that stopped the reading)."""
         assignment = bounds.assignment()
         if assignment:
-            await asyncio.to_thread(consumer.assign, assignment)
+            await self._on_consumer_thread(consumer.assign, assignment)
         remaining = {tp.partition: bounds.stop[tp.partition] for tp in assignment}
         try:
             while remaining:
-                messages = await asyncio.to_thread(consumer.consume, self.options.batch_size, 0.5)
+                messages = await self._on_consumer_thread(
+                    consumer.consume, self.options.batch_size, 0.5
+                )
                 batch: list[InboundRecord] = []
                 for message in messages:
                     if message.error() is not None:
@@ -247,7 +261,7 @@ class Replayer:
                 if not messages:
                     # Offsets with no record (transaction markers, compaction) end a partition
                     # once the position has passed its stop offset.
-                    positions = await asyncio.to_thread(
+                    positions = await self._on_consumer_thread(
                         consumer.position,
                         [TopicPartition(self.options.topic, p) for p in remaining],
                     )

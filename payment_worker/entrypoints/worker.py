@@ -39,6 +39,7 @@ class Worker:
         reconcile_after_s: float = 60.0,
         replies_topic: str = "payment-replies",
         drain_timeout_s: float = 30.0,
+        pause_after_s: float = 1.0,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -48,6 +49,7 @@ class Worker:
         self.reconcile_after_s = reconcile_after_s
         self.replies_topic = replies_topic
         self.drain_timeout_s = drain_timeout_s
+        self.pause_after_s = pause_after_s
         self.tracker = OffsetTracker()
         self._tails: dict[bytes | str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -207,22 +209,41 @@ class Worker:
         # slower one of their partition to be committed are only offsets: they do not count,
         # but their number (the records redelivered after a crash) is bounded too.
         max_window = self.max_in_flight * WINDOW_FACTOR
+        paused = False
+        full_since: float | None = None
         try:
             while not stop.is_set():
                 running = len(self._tasks)
                 window = self.tracker.unfinished()
                 room = min(500, self.max_in_flight - running, max_window - window)
-                if room <= 0:
-                    # Full: wait for a command to finish. The consumer is not paused: pausing
-                    # drops a partition's prefetched records, and fetching them again after
-                    # resume stalled consumption for ~0.5 s each time. librdkafka keeps
-                    # prefetching into its bounded queue meanwhile.
-                    self._room.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), 0.2)
+                if paused:
+                    if running <= self.max_in_flight // 2 and window <= max_window // 2:
+                        paused, full_since = False, None
+                        await consumer.set_paused(False)
+                        continue
+                    # Paused partitions yield nothing; polling serves the group session and
+                    # rebalances (max.poll.interval.ms) while the worker waits.
+                    for record in await consumer.consume(1, 0.1):
+                        self._dispatch(record)
                     continue
-                for record in await consumer.consume(room, 0.1):
-                    self._dispatch(record)
+                if room > 0:
+                    full_since = None
+                    for record in await consumer.consume(room, 0.1):
+                        self._dispatch(record)
+                    continue
+                # Full: wait for a command to finish, without pausing the consumer (a pause
+                # drops the prefetched records, and fetching them again stalled consumption for
+                # ~0.5 s each time). Full for longer (a dependency down, commands retrying):
+                # pause, so that polling can go on without taking records.
+                now = time.monotonic()
+                full_since = full_since or now
+                if now - full_since >= self.pause_after_s:
+                    paused = True
+                    await consumer.set_paused(True)
+                    continue
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.2)
         finally:
             log.info("worker_stopping", in_flight=len(self._tasks))
             self._stopping.set()

@@ -78,7 +78,8 @@ def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> list[Clas
 async def look_up(items: list[Classified], ledger: BatchLedgerPort) -> None:
     """One ledger query for the batch: valid commands with a final recorded outcome for the
     same request become RECORDED (answered again from the ledger); the others stay NEW."""
-    answers = await ledger.recorded_answers([c.command.command_id for c in items if c.command])
+    # Only valid commands: an invalid one's id may not even be a UUID (and is never recorded).
+    answers = await ledger.recorded_answers([str(c.valid.command_id) for c in items if c.valid])
     for item in items:
         if item.valid is None or item.command is None:
             continue

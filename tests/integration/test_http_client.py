@@ -215,3 +215,39 @@ def test_a_url_that_is_not_http_is_refused() -> None:
     """Only http and https base URLs are accepted, with a clear message."""
     with pytest.raises(ValueError, match="not an http"):
         HttpClient("ftp://example.com")
+
+
+async def test_an_interim_answer_is_skipped_for_the_real_one(serve: Callable) -> None:
+    """A 1xx answer (103 Early Hints) before the real one is not taken as the answer, and the
+    next request on the connection gets its own answer."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    server = await serve(lambda request, n: early + OK.replace(b"1}", str(n).encode() + b"}"))
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+        assert await client.get("/x", 2.0) == (200, b'{"a": 2}')
+    finally:
+        await client.close()
+
+
+async def test_the_timeout_covers_waiting_for_a_free_connection(serve: Callable) -> None:
+    """With its only connection held by a request that gets no answer, a second GET gives up
+    after its own timeout instead of waiting for the first one to end."""
+
+    def answer(request: bytes, n: int) -> bytes:
+        return b"" if b"/hang" in request else OK
+
+    server = await serve(answer)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        hanging = asyncio.ensure_future(client.get("/hang", 3.0))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.get("/x", 0.3)
+        assert loop.time() - started < 1.0
+        with pytest.raises(TimeoutError):
+            await hanging
+    finally:
+        await client.close()

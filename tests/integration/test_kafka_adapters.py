@@ -219,6 +219,29 @@ def test_direct_producer_counts_what_it_could_not_deliver(broker: str, topics: T
     assert left == 1
 
 
+def test_direct_producer_replaced_after_a_fatal_error_loses_nothing(
+    broker: str, topics: Topics
+) -> None:
+    """After a fatal error (a fenced idempotent producer), the producer is replaced and what
+    the old one still held is produced again: every message arrives, none is counted lost."""
+    producer = DirectProducer({"bootstrap.servers": broker, "linger.ms": 200})
+    producer.open()
+    try:
+        sent = [message("reply", topics.replies, value=f"f{i}".encode()) for i in range(30)]
+        producer.send(sent)  # still lingering in the producer's queue
+        old = producer._producer
+        producer._fatal.set()  # as the error callback does on a fatal error
+        producer.poll()
+        assert producer._producer is not old
+        left = producer.drain(timeout_s=20)
+    finally:
+        producer.close()
+
+    assert left == 0
+    received = _read(broker, topics, topics.replies, expect=30)
+    assert sorted(r.value for r in received) == sorted(m.value for m in sent)
+
+
 def test_direct_producer_retries_then_counts_a_timed_out_delivery(topics: Topics) -> None:
     """With no broker to take it, a message times out, is produced again (`attempts`), then
     counted undelivered by drain()."""

@@ -23,6 +23,9 @@ class FakeConsumer:
         ]
         self.commits: list[dict[tuple[str, int], int]] = []
         self.largest_request = 0
+        self.calls = 0
+        self.paused = False
+        self.pauses: list[bool] = []
 
     async def open(self) -> None:
         pass
@@ -30,9 +33,14 @@ class FakeConsumer:
     async def close(self) -> None:
         pass
 
+    async def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.pauses.append(paused)
+
     async def consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        self.calls += 1
         self.largest_request = max(self.largest_request, max_messages)
-        if not self.records:
+        if not self.records or self.paused:
             await asyncio.sleep(min(timeout_s, 0.01))
             return []
         taken, self.records = self.records[:max_messages], self.records[max_messages:]
@@ -73,7 +81,9 @@ class NullRelay:
         pass
 
 
-def _worker(pipeline: BlockingPipeline, consumer: FakeConsumer, max_in_flight: int) -> Worker:
+def _worker(
+    pipeline: BlockingPipeline, consumer: FakeConsumer, max_in_flight: int, **options: Any
+) -> Worker:
     return Worker(
         pipeline=pipeline,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
@@ -81,6 +91,7 @@ def _worker(pipeline: BlockingPipeline, consumer: FakeConsumer, max_in_flight: i
         make_consumer=lambda **_: consumer,
         max_in_flight=max_in_flight,
         reconcile_after_s=3600,
+        **options,
     )
 
 
@@ -145,3 +156,25 @@ async def test_offsets_are_committed_only_behind_finished_records() -> None:
         stop.set()
         await asyncio.wait_for(task, 10)
     assert consumer.commits[-1] == {("commands", 0): 5}
+
+
+async def test_a_worker_full_for_long_pauses_and_keeps_polling() -> None:
+    """No command finishing for a while (a dependency down): the worker pauses its partitions
+    and keeps polling (the group session and rebalances need it) without taking records; once
+    commands finish it resumes and takes the rest."""
+    pipeline, consumer = BlockingPipeline(), FakeConsumer(30)
+    worker = _worker(pipeline, consumer, max_in_flight=5, pause_after_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: consumer.paused)
+        polls = consumer.calls
+        await asyncio.sleep(0.5)
+        assert consumer.calls > polls  # still polling while paused
+        assert pipeline.running == 5 and len(consumer.records) == 25
+        pipeline.release.set()
+        await _until(lambda: pipeline.done == 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert consumer.pauses[:2] == [True, False]
