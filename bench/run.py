@@ -39,7 +39,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 KAFKA_EXTRA = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
 CODEC = AvroCodec(SchemaSet())
 COMMAND_PARTITIONS = 8
-WARM_UP = 500  # commands answered before each measured e2e run
+WARM_UP = 500  # commands answered before each measured e2e run (100 in --quick)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -580,9 +580,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N, under 2 minutes")
     args = parser.parse_args()
+    global WARM_UP
+    if args.quick:
+        WARM_UP = 100
     n = 1000 if args.quick else 5000
-    n_naive = 20 if args.quick else 60
-    n_shim = 400 if args.quick else 2000
+    n_naive = 10 if args.quick else 60
+    n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
     stack = start_stack()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "n": n}
