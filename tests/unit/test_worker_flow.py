@@ -5,6 +5,8 @@ committed only behind finished records."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from payment_worker.domain.model import Outcome
@@ -95,6 +97,19 @@ def _worker(
     )
 
 
+@contextlib.asynccontextmanager
+async def _running(worker: Worker, pipeline: BlockingPipeline) -> AsyncIterator[None]:
+    """The worker's loop running; on the way out, commands released and the loop stopped."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        pipeline.release.set()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 async def _until(check: Any, timeout_s: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not check():
@@ -107,18 +122,12 @@ async def test_never_more_than_max_in_flight_commands_run_at_once() -> None:
     consume call asks for more than there is room for."""
     pipeline, consumer = BlockingPipeline(), FakeConsumer(50)
     worker = _worker(pipeline, consumer, max_in_flight=7)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
+    async with _running(worker, pipeline):
         await _until(lambda: pipeline.running == 7)
         await asyncio.sleep(0.3)  # the loop keeps turning while full
         assert pipeline.running == 7
         assert len(consumer.records) == 43
         assert consumer.largest_request <= 7
-    finally:
-        pipeline.release.set()
-        stop.set()
-        await asyncio.wait_for(task, 10)
     assert pipeline.most == 7
 
 
@@ -127,15 +136,10 @@ async def test_a_finished_command_makes_room_at_once() -> None:
     50 records get processed with never more than 7 at once."""
     pipeline, consumer = BlockingPipeline(), FakeConsumer(50)
     worker = _worker(pipeline, consumer, max_in_flight=7)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
+    async with _running(worker, pipeline):
         await _until(lambda: pipeline.running == 7)
         pipeline.release.set()
         await _until(lambda: pipeline.done == 50, timeout_s=1.0)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
     assert pipeline.most == 7
     assert consumer.commits and consumer.commits[-1] == {("commands", 0): 50}
 
@@ -144,17 +148,12 @@ async def test_offsets_are_committed_only_behind_finished_records() -> None:
     """While the first records are still running, no offset at or past them is committed."""
     pipeline, consumer = BlockingPipeline(), FakeConsumer(5)
     worker = _worker(pipeline, consumer, max_in_flight=10)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
+    async with _running(worker, pipeline):
         await _until(lambda: pipeline.running == 5)
         await asyncio.sleep(0.5)  # a few commit-loop turns
         assert consumer.commits == []
         pipeline.release.set()
         await _until(lambda: pipeline.done == 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
     assert consumer.commits[-1] == {("commands", 0): 5}
 
 
@@ -164,9 +163,7 @@ async def test_a_worker_full_for_long_pauses_and_keeps_polling() -> None:
     commands finish it resumes and takes the rest."""
     pipeline, consumer = BlockingPipeline(), FakeConsumer(30)
     worker = _worker(pipeline, consumer, max_in_flight=5, pause_after_s=0.2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
+    async with _running(worker, pipeline):
         await _until(lambda: consumer.paused)
         polls = consumer.calls
         await asyncio.sleep(0.5)
@@ -174,7 +171,4 @@ async def test_a_worker_full_for_long_pauses_and_keeps_polling() -> None:
         assert pipeline.running == 5 and len(consumer.records) == 25
         pipeline.release.set()
         await _until(lambda: pipeline.done == 30)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
     assert consumer.pauses[:2] == [True, False]
