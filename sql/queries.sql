@@ -1,56 +1,96 @@
 -- Named queries of the PostgreSQL adapter. Each block starts with "-- name: NAME".
--- Parameters are %(name)s placeholders; tables resolve through the connection's search_path.
+-- Parameters are %(name)s placeholders (%(name)b: sent in binary, which for arrays costs a
+-- fraction of the text form's escaping); tables resolve through the connection's search_path.
 
 -- name: ledger_entries
 SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
        payment_id, reply_route
-FROM command_ledger WHERE command_id = ANY(%(command_ids)s);
+FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
 
 -- name: payment_by_id
 SELECT * FROM payments WHERE id = %(id)s;
 
--- name: insert_pending_payment
+-- name: insert_pending_payments
+-- The batch statements take one array per column (unnest): one statement per batch, however
+-- many commands it serves, instead of one statement per row.
 INSERT INTO payments (id, order_id, customer_id, reservation_id, amount, currency,
                       payment_method, status, created_at, is_simulated, command_id)
-VALUES (%(id)s, %(order_id)s, %(customer_id)s, %(reservation_id)s, %(amount)s, %(currency)s,
-        %(payment_method)s, 'pending', %(created_at)s, true, %(command_id)s);
+SELECT id, order_id, customer_id, reservation_id, amount, currency, payment_method,
+       'pending', created_at, true, command_id
+FROM unnest(%(ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
+            %(reservation_ids)b::uuid[], %(amounts)b::numeric[], %(currencies)b::text[],
+            %(payment_methods)b::text[], %(created_ats)b::timestamptz[],
+            %(command_ids)b::uuid[])
+     AS v(id, order_id, customer_id, reservation_id, amount, currency, payment_method,
+          created_at, command_id);
 
--- name: insert_ledger_in_progress
+-- name: insert_ledgers_in_progress
 INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
                             payment_id, reply_route)
-VALUES (%(command_id)s, %(order_id)s, %(customer_id)s, %(amount)s, %(currency)s,
-        'in_progress', %(payment_id)s, %(reply_route)s);
+SELECT command_id, order_id, customer_id, amount, currency, 'in_progress', payment_id,
+       reply_route
+FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
+            %(amounts)b::numeric[], %(currencies)b::text[], %(payment_ids)b::uuid[],
+            %(reply_routes)b::jsonb[])
+     AS v(command_id, order_id, customer_id, amount, currency, payment_id, reply_route);
 
--- name: finalize_payment
-UPDATE payments
-SET status = %(status)s, error_code = %(error_code)s, error_message = %(error_message)s,
-    failure_reason = %(failure_reason)s, transaction_id = %(transaction_id)s,
-    processed_at = %(processed_at)s, simulated_response = %(simulated_response)s
-WHERE id = %(id)s AND status = 'pending'
-RETURNING id;
+-- name: lock_payments
+-- Taken in id order, so that concurrent batches finalizing the same payments cannot deadlock.
+SELECT id FROM payments WHERE id = ANY(%(ids)b::uuid[]) ORDER BY id FOR UPDATE;
 
--- name: finalize_ledger
-UPDATE command_ledger
-SET state = 'final', outcome = %(outcome)s, error_message = %(error_message)s,
-    payment_id = %(payment_id)s, finished_at = now()
-WHERE command_id = %(command_id)s AND state = 'in_progress';
+-- name: finalize_payments
+-- Returns the ids of the payments that were still pending (and are final now).
+UPDATE payments p
+SET status = v.status, error_code = v.error_code, error_message = v.error_message,
+    failure_reason = v.failure_reason, transaction_id = v.transaction_id,
+    processed_at = v.processed_at, simulated_response = v.simulated_response
+FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(error_codes)b::text[],
+            %(error_messages)b::text[], %(failure_reasons)b::text[],
+            %(transaction_ids)b::text[], %(processed_ats)b::timestamptz[],
+            %(simulated_responses)b::text[])
+     AS v(id, status, error_code, error_message, failure_reason, transaction_id, processed_at,
+          simulated_response)
+WHERE p.id = v.id AND p.status = 'pending'
+RETURNING p.id;
 
--- name: insert_ledger_final
+-- name: finalize_ledgers
+UPDATE command_ledger l
+SET state = 'final', outcome = v.outcome, error_message = v.error_message,
+    payment_id = v.payment_id, finished_at = now()
+FROM unnest(%(command_ids)b::uuid[], %(outcomes)b::text[], %(error_messages)b::text[],
+            %(payment_ids)b::uuid[]) AS v(command_id, outcome, error_message, payment_id)
+WHERE l.command_id = v.command_id AND l.state = 'in_progress';
+
+-- name: insert_ledgers_final
+-- Returns the command ids that were new (an entry recorded before is left as it was).
 INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
                             outcome, error_message, payment_id, reply_route, finished_at)
-VALUES (%(command_id)s, %(order_id)s, %(customer_id)s, %(amount)s, %(currency)s, 'final',
-        %(outcome)s, %(error_message)s, %(payment_id)s, %(reply_route)s, now())
+SELECT command_id, order_id, customer_id, amount, currency, 'final', outcome, error_message,
+       payment_id, reply_route, now()
+FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
+            %(amounts)b::numeric[], %(currencies)b::text[], %(outcomes)b::text[],
+            %(error_messages)b::text[], %(payment_ids)b::uuid[], %(reply_routes)b::jsonb[])
+     WITH ORDINALITY
+     AS v(command_id, order_id, customer_id, amount, currency, outcome, error_message,
+          payment_id, reply_route, n)
+ORDER BY n
 ON CONFLICT (command_id) DO NOTHING
 RETURNING command_id;
 
 -- name: insert_outbox
+-- Rows are inserted in input order (ORDER BY n), so their ids, drawn from the sequence as each
+-- row is inserted, ascend in input order: the caller matches sorted ids to its messages.
 INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
-VALUES (%(kind)s, %(topic)s, %(partition)s, %(key)s, %(value)s, %(headers)s, %(event_id)s,
-        %(payment_id)s)
+SELECT kind, topic, partition, key, value, headers, event_id, payment_id
+FROM unnest(%(kinds)b::text[], %(topics)b::text[], %(partitions)b::integer[],
+            %(keys)b::bytea[], %(values)b::bytea[], %(headers)b::jsonb[],
+            %(event_ids)b::uuid[], %(payment_ids)b::uuid[]) WITH ORDINALITY
+     AS v(kind, topic, partition, key, value, headers, event_id, payment_id, n)
+ORDER BY n
 RETURNING id;
 
 -- name: mark_sent
-UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)s) AND sent_at IS NULL;
+UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)b) AND sent_at IS NULL;
 
 -- name: claim_unsent
 SELECT id, kind, topic, partition, key, value, headers
@@ -86,27 +126,20 @@ SELECT l.command_id::text AS l_command_id, l.order_id::text AS l_order_id,
        (extract(epoch FROM p.processed_at) * 1000000)::bigint AS "processedAt",
        p.is_simulated AS "isSimulated", p.simulated_response AS "simulatedResponse"
 FROM command_ledger l LEFT JOIN payments p ON p.id = l.payment_id
-WHERE l.command_id = ANY(%(command_ids)s::uuid[]);
-
--- name: insert_outbox_many
-INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
-SELECT * FROM unnest(%(kinds)s::text[], %(topics)s::text[], %(partitions)s::integer[],
-                     %(keys)s::bytea[], %(values)s::bytea[], %(headers)s::jsonb[],
-                     %(event_ids)s::uuid[], %(payment_ids)s::uuid[])
-RETURNING id, kind, topic, partition, key, value, headers, event_id, payment_id;
+WHERE l.command_id = ANY(%(command_ids)b::uuid[]);
 
 -- name: recorded_events
 SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, headers, event_id
 FROM outbox
-WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)s::uuid[])
+WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)b::uuid[])
 ORDER BY payment_id, id;
 
 -- name: active_payments_for_orders
 SELECT * FROM payments
-WHERE order_id = ANY(%(order_ids)s) AND status IN ('succeeded', 'pending');
+WHERE order_id = ANY(%(order_ids)b) AND status IN ('succeeded', 'pending');
 
 -- name: lock_orders
 -- One advisory lock per order, taken in key order so that concurrent batches cannot deadlock.
 SELECT pg_advisory_xact_lock(k)
 FROM (SELECT DISTINCT hashtextextended(o::text, 7204) AS k
-      FROM unnest(%(order_ids)s::uuid[]) AS o ORDER BY k) AS keys;
+      FROM unnest(%(order_ids)b::uuid[]) AS o ORDER BY k) AS keys;
