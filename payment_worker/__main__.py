@@ -8,7 +8,8 @@ import gc
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 
@@ -17,6 +18,7 @@ from payment_worker.exceptions import ConfigurationError, PaymentWorkerError
 from payment_worker.logs import configure_logging
 
 log = structlog.get_logger("payment_worker")
+T = TypeVar("T")
 
 
 def _stop_event() -> asyncio.Event:
@@ -78,17 +80,18 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
-async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from payment_worker.adapters.postgres import DatabaseUnavailable
-    from payment_worker.bootstrap import open_app
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from payment_worker.entrypoints.replay import (
         Progress,
-        Replayer,
+        ReplayError,
         ReplayOptions,
         parse_timestamp,
         print_summary,
+        replay_in_processes,
     )
 
+    if args.processes < 1:
+        raise ReplayError("--processes must be at least 1")
     options = ReplayOptions(
         topic=args.topic or settings.topic_commands,
         from_timestamp_ms=parse_timestamp(args.from_timestamp) if args.from_timestamp else None,
@@ -96,6 +99,30 @@ async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
         republish_events=args.republish_events,
         dry_run=args.dry_run,
     )
+    progress = Progress()
+    try:
+        if args.processes == 1:
+            summary = _replay_shard(settings, options, progress)
+        else:
+            summary = replay_in_processes(
+                options, args.processes, partial(_replay_shard, settings), progress
+            )
+    finally:
+        progress.stop()
+    print_summary(summary, options, args.processes)
+    return 0
+
+
+def _replay_shard(settings: Settings, options: Any, progress: Any) -> Any:
+    """Replay the partitions `options.shard` selects, in this process (a ReplaySummary)."""
+    return _run(_replay_async(settings, options, progress))
+
+
+async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
+    from payment_worker.adapters.postgres import DatabaseUnavailable
+    from payment_worker.bootstrap import open_app
+    from payment_worker.entrypoints.replay import Replayer
+
     async with open_app(settings, client_id="payment-worker-replay") as app:
         try:
             await app.store.ping()
@@ -105,15 +132,11 @@ async def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
             raise PaymentWorkerError(
                 f"schema {settings.db_schema} is not migrated: run `payment-worker migrate`"
             )
-        progress = Progress()
         await app.relay.start()
         try:
-            summary = await Replayer(app, options).run(progress)
+            return await Replayer(app, options).run(progress)
         finally:
-            progress.stop()
             await app.relay.stop()
-    print_summary(summary, options)
-    return 0
 
 
 def _migrate(settings: Settings) -> int:
@@ -181,10 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--dry-run", action="store_true", help="report what would happen; write nothing"
     )
+    replay.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the partitions across N processes (one per core to spare; default 1)",
+    )
     return parser
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a long-lived command on uvloop (when installed), with the collector tuned for a
     process that allocates many short-lived objects per message: what start-up built is frozen
     out of the collections, and the youngest generation is collected less often."""
@@ -220,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=Path(args.workdir),
             )
         if args.command == "replay":
-            return _run(_run_replay(settings, args))
+            return _replay(settings, args)
         if args.command == "shim":
             from payment_worker.entrypoints.shim import serve
 

@@ -335,15 +335,15 @@ class PostgresStore:
                             "command_ids": [p.command_id for p in payments],
                         },
                     )
-                    fields = [f for _, f, _ in inserts]
+                    rows = [f for _, f, _ in inserts]
                     await conn.execute(
                         self.q["insert_ledgers_in_progress"],
                         {
-                            "command_ids": [f["command_id"] for f in fields],
-                            "order_ids": [f["order_id"] for f in fields],
-                            "customer_ids": [f["customer_id"] for f in fields],
-                            "amounts": [f["amount"] for f in fields],
-                            "currencies": [f["currency"] for f in fields],
+                            "command_ids": [r["command_id"] for r in rows],
+                            "order_ids": [r["order_id"] for r in rows],
+                            "customer_ids": [r["customer_id"] for r in rows],
+                            "amounts": [r["amount"] for r in rows],
+                            "currencies": [r["currency"] for r in rows],
                             "payment_ids": [p.id for p in payments],
                             "reply_routes": [Jsonb(route) for _, _, route in inserts],
                         },

@@ -8,12 +8,16 @@ Recorded outcomes are answered from the ledger in batches; new and ERROR command
 from __future__ import annotations
 
 import asyncio
+import gc
+import multiprocessing
+import multiprocessing.connection
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +60,9 @@ class ReplayOptions:
     dry_run: bool = False
     batch_size: int = 2000
     max_in_flight: int = 500
+    # This process's share of the partitions when the replay is split across processes:
+    # (index, count) takes every count-th partition, starting at the index-th.
+    shard: tuple[int, int] = (0, 1)
 
 
 @dataclass
@@ -109,7 +116,8 @@ class Bounds:
         topic = metadata.topics.get(options.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             raise ReplayError(f"topic {options.topic!r} does not exist")
-        partitions = sorted(topic.partitions)
+        index, count = options.shard
+        partitions = sorted(topic.partitions)[index::count]
         self.start: dict[int, int] = {}
         self.stop: dict[int, int] = {}
         for p in partitions:
@@ -232,11 +240,12 @@ class Replayer:
         if assignment:
             await self._on_consumer_thread(consumer.assign, assignment)
         remaining = {tp.partition: bounds.stop[tp.partition] for tp in assignment}
+        # The first batches are small, so that answering starts while the rest is read.
+        size = min(250, self.options.batch_size)
         try:
             while remaining:
-                messages = await self._on_consumer_thread(
-                    consumer.consume, self.options.batch_size, 0.5
-                )
+                messages = await self._on_consumer_thread(consumer.consume, size, 0.5)
+                size = min(size * 2, self.options.batch_size)
                 batch: list[InboundRecord] = []
                 for message in messages:
                     if message.error() is not None:
@@ -390,12 +399,128 @@ class Progress:
             self._bar.stop()
 
 
-def print_summary(summary: ReplaySummary, options: ReplayOptions) -> None:
+class PipeProgress:
+    """A shard's progress, sent to the process that started it."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+
+    def start(self, total: int) -> None:
+        self.conn.send(("total", total))
+
+    def advance(self, n: int) -> None:
+        self.conn.send(("advance", n))
+
+    def stop(self) -> None:
+        pass
+
+
+ShardRunner = Callable[[ReplayOptions, Any], ReplaySummary]
+
+
+def _shard_main(
+    run_shard: ShardRunner, options: ReplayOptions, conn: multiprocessing.connection.Connection
+) -> None:
+    """A child process: replay one shard, send back its summary (or its error)."""
+    try:
+        summary = run_shard(options, PipeProgress(conn))
+        conn.send(("done", (summary, time.time())))
+    except BaseException as exc:
+        known = isinstance(exc, PaymentWorkerError)
+        conn.send(("error", str(exc) if known else f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    finally:
+        conn.close()
+
+
+def replay_in_processes(
+    options: ReplayOptions, processes: int, run_shard: ShardRunner, progress: Any
+) -> ReplaySummary:
+    """The replay split by partition across `processes` child processes (one Python process
+    answers about 8,000-10,000 records/s here, bound by one core): each reads its share of the
+    partitions with its own consumer, database pool and producer; commands of one order stay
+    in one partition, so their order is kept. The summary adds up the shards'; its seconds run
+    from the first shard's start to the last one's end.
+
+    The children are forked before this process creates any Kafka client, thread or event
+    loop, so they start at once and share nothing that fork would break."""
+    context = multiprocessing.get_context("fork")
+    gc.collect()
+    gc.freeze()  # the children share the start-up objects instead of copying them
+    receivers: list[multiprocessing.connection.Connection] = []
+    children = []
+    for index in range(processes):
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_shard_main,
+            args=(run_shard, replace(options, shard=(index, processes)), sender),
+            name=f"payment-worker-replay-{index}",
+        )
+        child.start()
+        sender.close()
+        receivers.append(receiver)
+        children.append(child)
+    totals: list[int] = []
+    early = 0  # progress reported before every shard gave its total
+    results: list[tuple[ReplaySummary, float]] = []
+    errors: list[str] = []
+    waiting = set(receivers)
+    while waiting:
+        for conn in multiprocessing.connection.wait(list(waiting)):
+            assert isinstance(conn, multiprocessing.connection.Connection)
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                waiting.discard(conn)
+                continue
+            if kind == "total":
+                totals.append(value)
+                if len(totals) == processes:
+                    progress.start(sum(totals))
+                    if early:
+                        progress.advance(early)
+            elif kind == "advance":
+                if len(totals) == processes:
+                    progress.advance(value)
+                else:
+                    early += value
+            elif kind == "done":
+                results.append(value)
+            elif kind == "error":
+                errors.append(value)
+    for child in children:
+        child.join()
+    lost = len(children) - len(results) - len(errors)
+    if lost:
+        errors.append(f"{lost} replay process(es) ended without a result")
+    if errors:
+        raise ReplayError("; ".join(dict.fromkeys(errors)))
+    return merge_summaries(results)
+
+
+def merge_summaries(results: list[tuple[ReplaySummary, float]]) -> ReplaySummary:
+    """The shards' summaries added up; (summary, wall-clock end) each."""
+    merged = ReplaySummary()
+    for summary, _ in results:
+        merged.read += summary.read
+        merged.kinds.update(summary.kinds)
+        merged.outcomes.update(summary.outcomes)
+        merged.dead_letters += summary.dead_letters
+        merged.republished_events += summary.republished_events
+    if results:
+        first_start = min(end - summary.seconds for summary, end in results)
+        merged.seconds = max(end for _, end in results) - first_start
+    return merged
+
+
+def print_summary(summary: ReplaySummary, options: ReplayOptions, processes: int = 1) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"replay of {options.topic}" + (
-        " (dry run: nothing written)" if options.dry_run else ""
+    title = (
+        f"replay of {options.topic}"
+        + (f" ({processes} processes)" if processes > 1 else "")
+        + (" (dry run: nothing written)" if options.dry_run else "")
     )
     table = Table(title=title)
     table.add_column("what")

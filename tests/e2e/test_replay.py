@@ -87,6 +87,38 @@ def test_replaying_processed_commands_changes_nothing_and_answers_the_same(
         assert (reply["payment"] or {}).get("id") == (original["payment"] or {}).get("id")
 
 
+def test_replay_split_across_processes_answers_every_command_once(
+    start_worker, kafka, devserver, db, worker_env
+):
+    """--processes 3 on the 4 partitions (shards of 2, 1 and 1): every command is read by
+    exactly one process and answered once more from the ledger; the summary adds them up."""
+    commands = _orders(devserver, 120)
+    _send_one_per_batch(kafka, commands)
+    worker = start_worker()
+    originals = {r.record["commandId"]: r.record for r in kafka.replies(expect=120)}
+    worker.stop()
+    payments_before = _count(db, "SELECT count(*) FROM payments")
+
+    result = replay(worker_env, "--processes", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(3 processes)" in " ".join(result.stdout.split())
+    rows = {
+        " ".join(cells[:-1]): cells[-1]
+        for cells in (ln.replace("│", " ").split() for ln in result.stdout.splitlines())
+        if len(cells) >= 2
+    }
+    assert rows["records read"] == "120", result.stdout
+    assert rows["answered from ledger"] == "120", result.stdout
+    assert _count(db, "SELECT count(*) FROM payments") == payments_before
+    again = Counter(
+        r.record["commandId"] for r in kafka.replies(expect=240) if r.record["duplicate"]
+    )
+    assert again == Counter(set(originals))  # each command once, none twice, none left out
+    for reply in kafka.replies(expect=240):
+        if reply.record["duplicate"]:
+            assert reply.record["outcome"] == originals[reply.record["commandId"]]["outcome"]
+
+
 def test_replay_after_restoring_an_older_backup_processes_exactly_the_lost_commands(
     start_worker, kafka, devserver, db, worker_env
 ):
@@ -212,6 +244,14 @@ def test_replay_of_a_missing_topic_exits_non_zero_with_a_clear_line(worker_env):
     result = replay(worker_env, "--topic", f"no-such-topic-{uuid.uuid4().hex[:6]}")
     assert result.returncode == 1
     assert "does not exist" in result.stderr
+
+
+def test_split_replay_of_a_missing_topic_reports_it_once(worker_env):
+    """The same with the replay split: every process fails alike, one line says so."""
+    name = f"no-such-topic-{uuid.uuid4().hex[:6]}"
+    result = replay(worker_env, "--topic", name, "--processes", "2")
+    assert result.returncode == 1
+    assert result.stderr.count("does not exist") == 1, result.stderr[-2000:]
 
 
 def test_replay_alongside_a_live_worker_charges_nobody_twice(

@@ -1,0 +1,84 @@
+"""Replay split across processes: the orchestration, with shards that need no services."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from payment_worker.entrypoints.replay import (
+    ReplayError,
+    ReplayOptions,
+    ReplaySummary,
+    merge_summaries,
+    replay_in_processes,
+)
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.done = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def stop(self) -> None:
+        pass
+
+
+def _shard(options: ReplayOptions, progress: Any) -> ReplaySummary:
+    """Shard i of n 'reads' 10 * (i + 1) records, all answered from the ledger."""
+    index, count = options.shard
+    read = 10 * (index + 1)
+    progress.start(read)
+    progress.advance(read)
+    summary = ReplaySummary(read=read, seconds=0.5)
+    summary.kinds["answered from ledger"] = read
+    summary.outcomes[f"shard-{index}-of-{count}"] = 1
+    return summary
+
+
+def test_each_process_gets_its_shard_and_the_summaries_add_up() -> None:
+    progress = RecordingProgress()
+    summary = replay_in_processes(ReplayOptions(topic="t"), 3, _shard, progress)
+    assert summary.read == 10 + 20 + 30
+    assert summary.kinds == Counter({"answered from ledger": 60})
+    assert set(summary.outcomes) == {"shard-0-of-3", "shard-1-of-3", "shard-2-of-3"}
+    assert progress.total == 60 and progress.done == 60
+    assert 0.5 <= summary.seconds < 30
+
+
+def _failing(options: ReplayOptions, progress: Any) -> ReplaySummary:
+    if options.shard[0] == 1:
+        raise ReplayError("topic 't' does not exist")
+    return _shard(options, progress)
+
+
+def test_a_failing_shard_fails_the_replay_with_its_message() -> None:
+    with pytest.raises(ReplayError, match="topic 't' does not exist"):
+        replay_in_processes(ReplayOptions(topic="t"), 2, _failing, RecordingProgress())
+
+
+def _dying(options: ReplayOptions, progress: Any) -> ReplaySummary:
+    if options.shard[0] == 0:
+        os._exit(3)  # killed, say: no summary, no error message
+    return _shard(options, progress)
+
+
+def test_a_shard_that_dies_without_a_word_fails_the_replay() -> None:
+    with pytest.raises(ReplayError, match="ended without a result"):
+        replay_in_processes(ReplayOptions(topic="t"), 2, _dying, RecordingProgress())
+
+
+def test_merged_seconds_run_from_the_first_start_to_the_last_end() -> None:
+    a = ReplaySummary(read=5, seconds=2.0)  # ran from 98 to 100
+    b = ReplaySummary(read=7, seconds=1.0)  # ran from 100.5 to 101.5
+    merged = merge_summaries([(a, 100.0), (b, 101.5)])
+    assert merged.read == 12
+    assert merged.seconds == pytest.approx(3.5)
