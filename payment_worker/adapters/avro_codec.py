@@ -12,6 +12,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from payment_worker.adapters import avro_reply
 from payment_worker.exceptions import PermanentError, RetryableError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -141,6 +142,8 @@ class AvroCodec:
     def __init__(self, schemas: SchemaSet, registry: RegistryPort | None = None) -> None:
         self.schemas = schemas
         self.registry = registry
+        reply = schemas.raw["PaymentReply"]
+        self.reply_encoder = avro_reply.ReplyEncoder(reply) if avro_reply.matches(reply) else None
 
     def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes:
         buf = io.BytesIO()
@@ -149,6 +152,10 @@ class AvroCodec:
             buf.write(CONFLUENT_MAGIC + struct.pack(">I", schema_id))
         else:
             buf.write(SINGLE_OBJECT_MAGIC + self.schemas.fingerprints[name])
+        if name == "PaymentReply" and self.reply_encoder is not None:
+            body = self.reply_encoder.encode(record)
+            if body is not None:
+                return buf.getvalue() + body
         fastavro.schemaless_writer(buf, self.schemas.writers[name], record)
         return buf.getvalue()
 

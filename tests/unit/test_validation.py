@@ -283,3 +283,35 @@ def test_validate_command_raises_only_validation_failed(
     except ValidationFailed:
         return
     assert valid.amount > 0
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda u: str(u),
+        lambda u: str(u).upper(),
+        lambda u: "{" + str(u).upper() + "}",
+        lambda u: u.hex,
+        lambda u: u.hex.upper(),
+    ],
+)
+def test_canonical_ids_are_lower_case_hyphenated_whatever_form_was_sent(form: Any) -> None:
+    """Every form .NET accepts is written (ledger, replies, keys) as str(UUID)."""
+    from payment_worker.service.pipeline import canonical
+
+    ids = [uuid.uuid4() for _ in range(4)]
+    command = Command(
+        command_id=form(ids[0]),
+        order_id=form(ids[1]),
+        customer_id=form(ids[2]),
+        reservation_id=form(ids[3]),
+        amount=Decimal("10.00"),
+        currency="usd",
+        payment_method="card",
+        requested_at=datetime.now(UTC),
+    )
+    result = canonical(command, validate_command(command))
+    assert [result.command_id, result.order_id, result.customer_id, result.reservation_id] == [
+        str(u) for u in ids
+    ]
+    assert result.currency == "USD"

@@ -1,0 +1,191 @@
+"""The hand-written PaymentReply encoder writes exactly fastavro's bytes, or steps aside."""
+
+from __future__ import annotations
+
+import copy
+import io
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payment_worker.adapters import avro_reply
+from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
+from payment_worker.service.messages import PAYMENT_RECORD
+
+SCHEMAS = SchemaSet()
+OUTCOMES = SCHEMAS.raw["PaymentReply"]["fields"][3]["type"]["symbols"]
+
+
+def fastavro_bytes(record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, SCHEMAS.writers["PaymentReply"], record)
+    return buf.getvalue()
+
+
+texts = st.text(max_size=40)  # any unicode: multi-byte UTF-8 lengths included
+optional_texts = st.none() | texts
+ids = st.uuids().map(str)
+micros = st.integers(min_value=-(2**62), max_value=2**62)
+amounts = st.decimals(
+    min_value=Decimal("-9999999999999999.99"),
+    max_value=Decimal("9999999999999999.99"),
+    places=2,
+    allow_nan=False,
+    allow_infinity=False,
+)
+
+
+def payments_with(micros: st.SearchStrategy[int]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "id": ids,
+            "orderId": ids,
+            "customerId": ids,
+            "reservationId": st.none() | ids,
+            "amount": amounts,
+            "currency": st.sampled_from(["USD", "EUR", "JPY"]),
+            "paymentMethod": texts,
+            "status": st.sampled_from(["succeeded", "failed", "pending"]),
+            "errorCode": optional_texts,
+            "errorMessage": optional_texts,
+            "failureReason": optional_texts,
+            "transactionId": optional_texts,
+            "createdAt": micros,
+            "processedAt": st.none() | micros,
+            "isSimulated": st.booleans(),
+            "simulatedResponse": optional_texts,
+        }
+    )
+
+
+def replies_with(micros: st.SearchStrategy[int]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "commandId": ids,
+            "correlationId": texts,
+            "orderId": ids,
+            "outcome": st.sampled_from(OUTCOMES),
+            "success": st.booleans(),
+            "httpStatus": st.integers(min_value=-(2**31), max_value=2**31 - 1),
+            "errorMessage": optional_texts,
+            "duplicate": st.booleans(),
+            "payment": st.none() | payments_with(micros).map(lambda p: (PAYMENT_RECORD, p)),
+        }
+    )
+
+
+replies = replies_with(micros)  # any long: the bytes are compared, not read back
+readable_replies = replies_with(st.integers(0, 4_000_000_000_000_000))  # up to year 2096
+
+
+def test_the_encoder_is_on_for_the_shipped_schema() -> None:
+    """If this fails, payment_reply.avsc changed: update ReplyEncoder and LAYOUT_SHA256."""
+    assert avro_reply.matches(SCHEMAS.raw["PaymentReply"])
+    assert AvroCodec(SCHEMAS).reply_encoder is not None
+
+
+def test_a_changed_schema_switches_the_encoder_off() -> None:
+    changed = copy.deepcopy(SCHEMAS.raw["PaymentReply"])
+    changed["fields"][7]["type"] = "int"  # duplicate: boolean -> int
+    assert not avro_reply.matches(changed)
+
+
+@settings(max_examples=400, deadline=None)
+@given(replies)
+def test_same_bytes_as_fastavro(record: dict[str, Any]) -> None:
+    encoder = avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"])
+    assert encoder.encode(record) == fastavro_bytes(record)
+
+
+@settings(max_examples=100, deadline=None)
+@given(readable_replies)
+def test_the_codec_round_trips_what_the_encoder_wrote(record: dict[str, Any]) -> None:
+    codec = AvroCodec(SCHEMAS)
+    decoded = codec.decode("PaymentReply", codec.encode("PaymentReply", record))
+    assert decoded["commandId"] == record["commandId"]
+    assert decoded["outcome"] == record["outcome"]
+    payment = record["payment"]
+    if payment is None:
+        assert decoded["payment"] is None
+    else:
+        assert decoded["payment"]["amount"] == payment[1]["amount"]
+        assert decoded["payment"]["errorCode"] == payment[1]["errorCode"]
+
+
+def _reply(**changes: Any) -> dict[str, Any]:
+    payment = {
+        "id": str(uuid.uuid4()),
+        "orderId": str(uuid.uuid4()),
+        "customerId": str(uuid.uuid4()),
+        "reservationId": None,
+        "amount": Decimal("25.00"),
+        "currency": "USD",
+        "paymentMethod": "credit_card",
+        "status": "succeeded",
+        "errorCode": None,
+        "errorMessage": None,
+        "failureReason": None,
+        "transactionId": "txn_1",
+        "createdAt": 1_795_000_000_000_000,
+        "processedAt": 1_795_000_000_100_000,
+        "isSimulated": True,
+        "simulatedResponse": None,
+    }
+    record = {
+        "commandId": str(uuid.uuid4()),
+        "correlationId": "c-1",
+        "orderId": payment["orderId"],
+        "outcome": "SUCCEEDED",
+        "success": True,
+        "httpStatus": 200,
+        "errorMessage": None,
+        "duplicate": False,
+        "payment": (PAYMENT_RECORD, payment),
+    }
+    for key, value in changes.items():
+        if key.startswith("payment_"):
+            payment[key.removeprefix("payment_")] = value
+        else:
+            record[key] = value
+    return record
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"outcome": "NOT_AN_OUTCOME"},
+        {"httpStatus": "200"},
+        {"success": 1},
+        {"payment_amount": Decimal("25.001")},  # more decimals than the scale
+        {"payment_amount": 25},
+        {"payment_amount": Decimal("NaN")},
+        {"payment_createdAt": 1.5},
+        {"payment_errorCode": 7},
+    ],
+)
+def test_values_it_does_not_expect_go_to_fastavro(changes: dict[str, Any]) -> None:
+    """The encoder steps aside (None); the codec then gives the record to fastavro, which
+    writes it or raises as it always did."""
+    record = _reply(**changes)
+    encoder = avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"])
+    assert encoder.encode(record) is None
+    codec = AvroCodec(SCHEMAS)
+    try:
+        expected: bytes | type[Exception] = fastavro_bytes(record)
+    except Exception as exc:  # fastavro rejects it: so must the codec
+        with pytest.raises(type(exc)):
+            codec.encode("PaymentReply", record)
+        return
+    assert codec.encode("PaymentReply", record).endswith(expected)
+
+
+def test_a_payment_given_as_a_plain_dict_and_uuid_objects_are_written_too() -> None:
+    record = _reply()
+    plain = {**record, "payment": record["payment"][1], "commandId": uuid.UUID(record["commandId"])}
+    encoder = avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"])
+    assert encoder.encode(plain) == fastavro_bytes(plain)
