@@ -123,7 +123,7 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
     from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.replay import Replayer
 
-    async with open_app(settings, client_id="payment-worker-replay") as app:
+    async with open_app(settings, client_id="payment-worker-replay", min_connections=2) as app:
         try:
             await app.store.ping()
         except DatabaseUnavailable as exc:

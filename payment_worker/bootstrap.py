@@ -54,13 +54,17 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, *, client_id: str = "payment-worker") -> AsyncIterator[App]:
+async def open_app(
+    settings: Settings, *, client_id: str = "payment-worker", min_connections: int = 16
+) -> AsyncIterator[App]:
     pool = make_pool(
         settings.database_url.get_secret_value(),
         settings.db_schema,
         # Up to 4 group-commit steps x 3 batches at once, plus the relay and the reconciler:
         # opened up front, so the first burst of commands does not wait for connections.
-        min_size=16,
+        # (Replay asks for few: its lookups run one at a time, and every connection opened
+        # costs PostgreSQL a backend start while the replay is timed.)
+        min_size=min_connections,
         max_size=max(16, min(40, settings.max_in_flight // 10)),
     )
     redis_client = aioredis.Redis.from_url(
