@@ -113,6 +113,7 @@ LIMIT %(limit)s;
 -- name: recorded_answers
 -- Replay's batch lookup: each ledger entry with its payment in the shape of the reply's
 -- `Payment` record (text ids, timestamp-micros), so that nothing is converted in Python.
+-- Read by position: the nine ledger columns, then the payment's in _REPLY_PAYMENT_KEYS order.
 SELECT l.command_id::text AS l_command_id, l.order_id::text AS l_order_id,
        l.customer_id::text AS l_customer_id, l.amount AS l_amount, l.currency AS l_currency,
        l.state AS l_state, l.outcome AS l_outcome, l.error_message AS l_error_message,

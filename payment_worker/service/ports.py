@@ -137,7 +137,7 @@ class LedgerPort(Protocol):
     ) -> list[StoredMessage] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: replay builds tens of thousands, and frozen costs 3x
 class RecordedAnswer:
     """A ledger entry as replay answers it again: the request it was for (canonical text ids),
     its outcome, and the payment exactly as a reply carries it (`PaymentReply.payment`)."""
