@@ -445,6 +445,8 @@ def replay_in_processes(
     The children are forked before this process creates any Kafka client, thread or event
     loop, so they start at once and share nothing that fork would break."""
     context = multiprocessing.get_context("fork")
+    sys.stdout.flush()  # or a child would write this process's buffered output again
+    sys.stderr.flush()
     gc.collect()
     gc.freeze()  # the children share the start-up objects instead of copying them
     receivers: list[multiprocessing.connection.Connection] = []
