@@ -83,15 +83,12 @@ async def _run_worker(settings: Settings) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from payment_worker.entrypoints.replay import (
         Progress,
-        ReplayError,
         ReplayOptions,
         parse_timestamp,
         print_summary,
         replay_in_processes,
     )
 
-    if args.processes < 1:
-        raise ReplayError("--processes must be at least 1")
     options = ReplayOptions(
         topic=args.topic or settings.topic_commands,
         from_timestamp_ms=parse_timestamp(args.from_timestamp) if args.from_timestamp else None,
@@ -154,6 +151,16 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payment-worker", description=__doc__)
     parser.add_argument(
@@ -206,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--processes",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="split the partitions across N processes (one per core to spare; default 1)",

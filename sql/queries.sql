@@ -36,7 +36,8 @@ FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uu
 
 -- name: lock_payments
 -- Taken in id order, so that concurrent batches finalizing the same payments cannot deadlock.
-SELECT id FROM payments WHERE id = ANY(%(ids)b::uuid[]) ORDER BY id FOR UPDATE;
+SELECT id FROM payments WHERE id = ANY(%(ids)b::uuid[]) AND status = 'pending'
+ORDER BY id FOR UPDATE;
 
 -- name: finalize_payments
 -- Returns the ids of the payments that were still pending (and are final now).

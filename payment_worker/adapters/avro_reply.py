@@ -47,7 +47,12 @@ class _Unsupported(Exception):
     """A value this encoder does not write: fastavro takes the record."""
 
 
+_INT_RANGE = range(-(2**31), 2**31)
+_LONG_RANGE = range(-(2**63), 2**63)
+
+
 def _long(n: int) -> bytes:
+    """Zigzag varint of an int64 (callers check the range)."""
     if 0 <= n < 64:
         return _SMALL[n]
     n = (n << 1) ^ (n >> 63)
@@ -60,17 +65,25 @@ def _long(n: int) -> bytes:
 
 
 def _string(value: Any) -> bytes:
-    if isinstance(value, str):
-        data = value.encode("utf-8")
-    elif isinstance(value, uuid.UUID):
-        data = str(value).encode("ascii")
-    else:
+    if type(value) is not str:
         raise _Unsupported
+    data = value.encode("utf-8")
     return _long(len(data)) + data
+
+
+def _uuid(value: Any) -> bytes:
+    """A string with logicalType uuid: fastavro takes a uuid.UUID there too."""
+    if isinstance(value, uuid.UUID):
+        value = str(value)
+    return _string(value)
 
 
 def _optional_string(value: Any) -> bytes:
     return b"\x00" if value is None else b"\x02" + _string(value)
+
+
+def _optional_uuid(value: Any) -> bytes:
+    return b"\x00" if value is None else b"\x02" + _uuid(value)
 
 
 def _boolean(value: Any) -> bytes:
@@ -81,8 +94,8 @@ def _boolean(value: Any) -> bytes:
     raise _Unsupported
 
 
-def _integer(value: Any) -> bytes:
-    if type(value) is not int:
+def _integer(value: Any, valid: range = _LONG_RANGE) -> bytes:
+    if type(value) is not int or value not in valid:
         raise _Unsupported
     return _long(value)
 
@@ -92,10 +105,12 @@ def _decimal(value: Any, precision: int, scale: int) -> bytes:
     in as few bytes as hold it and its sign."""
     if not isinstance(value, Decimal):
         raise _Unsupported
-    scaled = value.scaleb(scale)
-    unscaled = int(scaled)  # NaN and infinities raise ValueError/OverflowError
-    if unscaled != scaled or abs(unscaled) >= 10**precision:
-        raise _Unsupported  # more decimals than the scale, or too many digits: fastavro says so
+    _, digits, exponent = value.as_tuple()
+    # fastavro's own checks (and its errors): no more places than the scale, even zeros; no
+    # more digits than the precision; no NaN or infinity.
+    if not isinstance(exponent, int) or exponent + scale < 0 or len(digits) > precision:
+        raise _Unsupported
+    unscaled = int(value.scaleb(scale))  # exact: only the exponent moves
     data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
     return _long(len(data)) + data
 
@@ -108,6 +123,8 @@ class ReplyEncoder:
         symbols = fields["outcome"]["type"]["symbols"]
         self._outcomes = {symbol: _long(i) for i, symbol in enumerate(symbols)}
         payment = next(t for t in fields["payment"]["type"] if isinstance(t, dict))
+        namespace = payment.get("namespace") or raw_schema.get("namespace")
+        self._payment_name = f"{namespace}.{payment['name']}" if namespace else payment["name"]
         amount = next(f for f in payment["fields"] if f["name"] == "amount")["type"]
         self._precision = int(amount["precision"])
         self._scale = int(amount.get("scale", 0))
@@ -124,12 +141,12 @@ class ReplyEncoder:
         if outcome is None:
             raise _Unsupported
         parts = [
-            _string(r["commandId"]),
+            _uuid(r["commandId"]),
             _string(r["correlationId"]),
-            _string(r["orderId"]),
+            _uuid(r["orderId"]),
             outcome,
             _boolean(r["success"]),
-            _integer(r["httpStatus"]),
+            _integer(r["httpStatus"], _INT_RANGE),
             _optional_string(r["errorMessage"]),
             _boolean(r["duplicate"]),
         ]
@@ -138,7 +155,7 @@ class ReplyEncoder:
             parts.append(b"\x00")
             return parts
         if isinstance(payment, tuple):  # fastavro's union notation: (branch name, record)
-            if len(payment) != 2 or not payment[0].endswith("Payment"):
+            if len(payment) != 2 or payment[0] != self._payment_name:
                 raise _Unsupported
             payment = payment[1]
         if not isinstance(payment, dict):
@@ -146,10 +163,10 @@ class ReplyEncoder:
         processed = payment["processedAt"]
         parts += [
             b"\x02",
-            _string(payment["id"]),
-            _string(payment["orderId"]),
-            _string(payment["customerId"]),
-            _optional_string(payment["reservationId"]),
+            _uuid(payment["id"]),
+            _uuid(payment["orderId"]),
+            _uuid(payment["customerId"]),
+            _optional_uuid(payment["reservationId"]),
             _decimal(payment["amount"], self._precision, self._scale),
             _string(payment["currency"]),
             _string(payment["paymentMethod"]),

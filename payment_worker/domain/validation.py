@@ -28,7 +28,7 @@ _UUID_TEXT = re.compile(
 def parse_uuid(value: object) -> uuid.UUID | None:
     """A non-nil UUID written 8-4-4-4-12 (any case, optionally braced) or as 32 hex digits,
     as .NET's Guid reads them; None for anything else."""
-    if not isinstance(value, str) or not _UUID_TEXT.match(value):
+    if not isinstance(value, str) or not _UUID_TEXT.fullmatch(value):  # `$` passes a final \n
         return None
     if value.startswith("{") != value.endswith("}"):
         return None

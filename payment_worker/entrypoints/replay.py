@@ -124,7 +124,7 @@ class Bounds:
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(options.topic, p), 10)
             self.start[p], self.stop[p] = low, high
-        if options.from_timestamp_ms is not None:
+        if options.from_timestamp_ms is not None and partitions:  # a shard may have none
             for tp in consumer.offsets_for_times(
                 [TopicPartition(options.topic, p, options.from_timestamp_ms) for p in partitions],
                 10,
@@ -465,6 +465,29 @@ def replay_in_processes(
         sender.close()
         receivers.append(receiver)
         children.append(child)
+    try:
+        results, errors = _collect(receivers, processes, progress)
+    finally:
+        for child in children:
+            if child.is_alive() and not _all_closed(receivers):
+                child.terminate()  # interrupted (Ctrl-C): the shards stop too
+            child.join()
+    lost = len(children) - len(results) - len(errors)
+    if lost:
+        errors.append(f"{lost} replay process(es) ended without a result")
+    if errors:
+        raise ReplayError("; ".join(dict.fromkeys(errors)))
+    return merge_summaries(results)
+
+
+def _all_closed(receivers: list[multiprocessing.connection.Connection]) -> bool:
+    return all(conn.closed for conn in receivers)
+
+
+def _collect(
+    receivers: list[multiprocessing.connection.Connection], processes: int, progress: Any
+) -> tuple[list[tuple[ReplaySummary, float]], list[str]]:
+    """The shards' messages until every pipe is closed: progress, then a result or an error."""
     totals: list[int] = []
     early = 0  # progress reported before every shard gave its total
     results: list[tuple[ReplaySummary, float]] = []
@@ -477,6 +500,7 @@ def replay_in_processes(
                 kind, value = conn.recv()
             except EOFError:
                 waiting.discard(conn)
+                conn.close()
                 continue
             if kind == "total":
                 totals.append(value)
@@ -493,14 +517,7 @@ def replay_in_processes(
                 results.append(value)
             elif kind == "error":
                 errors.append(value)
-    for child in children:
-        child.join()
-    lost = len(children) - len(results) - len(errors)
-    if lost:
-        errors.append(f"{lost} replay process(es) ended without a result")
-    if errors:
-        raise ReplayError("; ".join(dict.fromkeys(errors)))
-    return merge_summaries(results)
+    return results, errors
 
 
 def merge_summaries(results: list[tuple[ReplaySummary, float]]) -> ReplaySummary:

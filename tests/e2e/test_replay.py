@@ -246,6 +246,16 @@ def test_replay_of_a_missing_topic_exits_non_zero_with_a_clear_line(worker_env):
     assert "does not exist" in result.stderr
 
 
+def test_more_processes_than_partitions_with_a_start_timestamp(kafka, devserver, worker_env):
+    """--processes 6 on 4 partitions leaves two processes without a partition: they end at once,
+    also with --from-timestamp (which asks the broker for offsets of no partition at all)."""
+    _send_one_per_batch(kafka, _orders(devserver, 8))
+    result = replay(worker_env, "--processes", "6", "--from-timestamp", "0", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(ln for ln in result.stdout.splitlines() if "records read" in ln)
+    assert line.replace("│", " ").split()[-1] == "8", result.stdout + result.stderr
+
+
 def test_split_replay_of_a_missing_topic_reports_it_once(worker_env):
     """The same with the replay split: every process fails alike, one line says so."""
     name = f"no-such-topic-{uuid.uuid4().hex[:6]}"

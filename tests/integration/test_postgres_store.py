@@ -511,3 +511,64 @@ async def test_unreachable_database_raises_database_unavailable(migrated_schema:
 
     assert not isinstance(raised.value, psycopg.Error)
     assert time.monotonic() - started < 8
+
+
+async def test_finishes_coalesced_into_one_batch_get_their_own_outbox_row_ids(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Many finish_payment calls at once share one statement per step: each caller still gets
+    the row ids of its own messages (a mix-up would publish one payment's event and then mark
+    another's row sent), and one payment finished twice in the batch is finished once."""
+    payments = [pending_payment() for _ in range(12)]
+    for payment in payments:
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    calls = [
+        store.finish_payment(
+            succeeded(p) if i % 3 else declined(p),
+            Outcome.SUCCEEDED if i % 3 else Outcome.DECLINED,
+            None,
+            [
+                message("event", "payment-succeeded", key=f"e{i}".encode(), payment_id=p.id),
+                message("reply", f"replies-{i}", key=f"r{i}".encode(), partition=i % 3),
+            ],
+        )
+        for i, p in enumerate(payments)
+    ]
+    twice = store.finish_payment(
+        succeeded(payments[0]), Outcome.SUCCEEDED, None, [message("reply", key=b"again")]
+    )
+    results = await asyncio.gather(*calls, twice)
+
+    assert store._finishes.batches < len(calls)  # coalesced, or this test proves nothing
+    assert results[-1] is None  # the second finish of payments[0]
+    for i, stored in enumerate(results[:-1]):
+        assert stored is not None and len(stored) == 2
+        for item in stored:
+            row = db.execute(
+                "SELECT kind, topic, key, partition, payment_id FROM outbox WHERE id = %s",
+                (item.id,),
+            ).fetchone()
+            assert row == (
+                item.message.kind,
+                item.message.topic,
+                item.message.key,
+                item.message.partition,
+                item.message.payment_id,
+            ), f"call {i}: row {item.id} holds another message"
+    assert _count(db, "SELECT count(*) FROM outbox") == 2 * len(calls)
+
+
+async def test_one_command_recorded_twice_in_one_batch_is_recorded_once(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Two record() calls with a final ledger entry for the same command, coalesced: the first
+    writes the entry and its reply, the second gets None (recorded before) and writes nothing."""
+    payment = pending_payment()
+    ledger = final_ledger(payment, "ORDER_NOT_FOUND")
+    first, second = await asyncio.gather(
+        store.record([message("reply", key=b"first")], ledger),
+        store.record([message("reply", key=b"second")], dict(ledger)),
+    )
+    assert first is not None and len(first) == 1 and second is None
+    assert db.execute("SELECT key FROM outbox").fetchall() == [(b"first",)]
+    assert _count(db, "SELECT count(*) FROM command_ledger") == 1

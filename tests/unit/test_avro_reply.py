@@ -189,3 +189,45 @@ def test_a_payment_given_as_a_plain_dict_and_uuid_objects_are_written_too() -> N
     plain = {**record, "payment": record["payment"][1], "commandId": uuid.UUID(record["commandId"])}
     encoder = avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"])
     assert encoder.encode(plain) == fastavro_bytes(plain)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"payment_amount": Decimal("25.000")},  # a third place, even a zero: fastavro refuses
+        {"payment_amount": Decimal("0E-5")},
+        {"payment_amount": Decimal("1.00000000000000000000000000001")},
+        {"payment_createdAt": 2**63},  # beyond a long
+        {"httpStatus": 2**31},  # beyond an int
+        {"correlationId": uuid.uuid4()},  # a plain string field: no UUID objects there
+        {"payment_errorCode": uuid.uuid4()},
+    ],
+)
+def test_what_fastavro_refuses_is_left_to_fastavro(changes: dict[str, Any]) -> None:
+    record = _reply(**changes)
+    assert avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"]).encode(record) is None
+
+
+def test_the_union_branch_must_be_named_in_full() -> None:
+    record = _reply()
+    record["payment"] = ("Payment", record["payment"][1])
+    assert avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"]).encode(record) is None
+
+
+def test_the_codec_writes_replies_with_the_hand_written_encoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fastavro is not called for a reply (it is for the other records)."""
+    from payment_worker.adapters import avro_codec
+
+    calls: list[Any] = []
+    real = avro_codec.fastavro.schemaless_writer
+    monkeypatch.setattr(
+        avro_codec.fastavro,
+        "schemaless_writer",
+        lambda *args: calls.append(args) or real(*args),
+    )
+    record = _reply()
+    value = AvroCodec(SCHEMAS).encode("PaymentReply", record)
+    assert calls == []
+    assert value.endswith(fastavro_bytes(record))

@@ -315,3 +315,20 @@ def test_canonical_ids_are_lower_case_hyphenated_whatever_form_was_sent(form: An
         str(u) for u in ids
     ]
     assert result.currency == "USD"
+
+
+def test_an_id_with_a_trailing_newline_is_invalid_not_an_error() -> None:
+    """`$` in a regular expression also matches before a final newline: ids are matched whole,
+    so such an id gets the contract's message instead of crashing the UUID parser."""
+    command = Command(
+        command_id=str(uuid.uuid4()),
+        order_id=str(uuid.uuid4()) + "\n",
+        customer_id=str(uuid.uuid4()),
+        reservation_id=None,
+        amount=Decimal("10.00"),
+        currency="USD",
+        payment_method="card",
+        requested_at=datetime.now(UTC),
+    )
+    with pytest.raises(ValidationFailed, match="Valid OrderId is required"):
+        validate_command(command)
