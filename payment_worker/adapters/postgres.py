@@ -144,6 +144,17 @@ def _outbox_message(row: dict[str, Any], kind: str | None = None) -> OutboxMessa
     )
 
 
+def _request_columns(ledgers: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The request part of ledger rows (rule I1's fields), one array per column."""
+    return {
+        "command_ids": [r["command_id"] for r in ledgers],
+        "order_ids": [r["order_id"] for r in ledgers],
+        "customer_ids": [r["customer_id"] for r in ledgers],
+        "amounts": [r["amount"] for r in ledgers],
+        "currencies": [r["currency"] for r in ledgers],
+    }
+
+
 def _outbox_columns(messages: list[OutboxMessage]) -> dict[str, list[Any]]:
     """The `insert_outbox` parameters: one array per column."""
     return {
@@ -335,15 +346,10 @@ class PostgresStore:
                             "command_ids": [p.command_id for p in payments],
                         },
                     )
-                    rows = [f for _, f, _ in inserts]
                     await conn.execute(
                         self.q["insert_ledgers_in_progress"],
                         {
-                            "command_ids": [r["command_id"] for r in rows],
-                            "order_ids": [r["order_id"] for r in rows],
-                            "customer_ids": [r["customer_id"] for r in rows],
-                            "amounts": [r["amount"] for r in rows],
-                            "currencies": [r["currency"] for r in rows],
+                            **_request_columns([f for _, f, _ in inserts]),
                             "payment_ids": [p.id for p in payments],
                             "reply_routes": [Jsonb(route) for _, _, route in inserts],
                         },
@@ -410,11 +416,7 @@ class PostgresStore:
                     await ledger_cur.execute(
                         self.q["insert_ledgers_final"],
                         {
-                            "command_ids": [r["command_id"] for r in rows],
-                            "order_ids": [r["order_id"] for r in rows],
-                            "customer_ids": [r["customer_id"] for r in rows],
-                            "amounts": [r["amount"] for r in rows],
-                            "currencies": [r["currency"] for r in rows],
+                            **_request_columns(rows),
                             "outcomes": [r["outcome"] for r in rows],
                             "error_messages": [r["error_message"] for r in rows],
                             "payment_ids": [r["payment_id"] for r in rows],
