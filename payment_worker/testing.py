@@ -32,6 +32,31 @@ def command_record(**overrides: Any) -> dict[str, Any]:
     return record
 
 
+def reply_payment(**overrides: Any) -> dict[str, Any]:
+    """A succeeded payment as PaymentReply.payment carries it (text ids, timestamp-micros),
+    new ids, 25.00 USD, with `overrides` applied."""
+    record: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "orderId": str(uuid.uuid4()),
+        "customerId": str(uuid.uuid4()),
+        "reservationId": None,
+        "amount": Decimal("25.00"),
+        "currency": "USD",
+        "paymentMethod": "credit_card",
+        "status": "succeeded",
+        "errorCode": None,
+        "errorMessage": None,
+        "failureReason": None,
+        "transactionId": "txn_0123456789abcdef",
+        "createdAt": 1_795_315_920_882_377,
+        "processedAt": 1_795_315_921_388_378,
+        "isSimulated": True,
+        "simulatedResponse": "Success - TransactionId: txn_0123456789abcdef",
+    }
+    record.update(overrides)
+    return record
+
+
 @dataclass
 class Received:
     topic: str

@@ -14,7 +14,7 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -187,10 +187,12 @@ class PostgresStore:
         self._records = Coalescer(self._record_batch, max_batch=max_batch, parallel=parallel)
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+    async def _tx(
+        self, row_factory: RowFactory[Any] = dict_row
+    ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                async with conn.cursor(row_factory=dict_row) as cur:
+                async with conn.cursor(row_factory=row_factory) as cur:
                     yield cur
         except _Rollback:
             return
@@ -367,8 +369,7 @@ class PostgresStore:
         todo = [items[i][0] for i in first.values()]
         async with self._pipeline() as conn:
             finalized_cur = conn.cursor(row_factory=dict_row)
-            outbox_cur = conn.cursor(row_factory=dict_row)
-            outbox: list[tuple[int, OutboxMessage]] = []
+            stored: dict[int, list[StoredMessage]] = {}
             async with conn.transaction():
                 # Lock the payments (in id order), finalize those still pending.
                 await conn.execute(self.q["lock_payments"], {"ids": [p.id for p in todo]})
@@ -398,8 +399,8 @@ class PostgresStore:
                             "payment_ids": [items[i][0].id for i in done],
                         },
                     )
-                    outbox = await self._queue_outbox(outbox_cur, {i: items[i][3] for i in done})
-                stored = await self._stored_outbox(outbox_cur, outbox, done)
+                    messages = {i: items[i][3] for i in done}
+                    stored = await self._insert_outbox(conn.cursor(), messages)
         return [stored.get(i) for i in range(len(items))]
 
     async def _record_batch(
@@ -409,7 +410,6 @@ class PostgresStore:
         ledgers = [(i, ledger) for i, (_, ledger) in enumerate(items) if ledger is not None]
         async with self._pipeline() as conn:
             ledger_cur = conn.cursor(row_factory=dict_row)
-            outbox_cur = conn.cursor(row_factory=dict_row)
             async with conn.transaction():
                 if ledgers:  # which entries are new
                     rows = [ledger for _, ledger in ledgers]
@@ -429,36 +429,26 @@ class PostgresStore:
                         if ledger["command_id"] in new:
                             new.discard(ledger["command_id"])
                             accepted.append(i)
-                outbox = await self._queue_outbox(outbox_cur, {i: items[i][0] for i in accepted})
-                stored = await self._stored_outbox(outbox_cur, outbox, accepted)
+                messages = {i: items[i][0] for i in accepted}
+                stored = await self._insert_outbox(conn.cursor(), messages)
         return [stored.get(i) for i in range(len(items))]
 
-    async def _queue_outbox(
-        self, cur: psycopg.AsyncCursor[dict[str, Any]], messages: dict[int, list[OutboxMessage]]
-    ) -> list[tuple[int, OutboxMessage]]:
-        """Queue one statement inserting the outbox rows of several items; `_stored_outbox`
-        reads their ids back."""
-        flat = [(i, m) for i, ms in messages.items() for m in ms]
-        if flat:
-            await cur.execute(self.q["insert_outbox"], _outbox_columns([m for _, m in flat]))
-        return flat
-
-    @staticmethod
-    async def _stored_outbox(
-        cur: psycopg.AsyncCursor[dict[str, Any]],
-        flat: list[tuple[int, OutboxMessage]],
-        items: list[int],
+    async def _insert_outbox(
+        self, cur: psycopg.AsyncCursor[Any], messages: dict[int, list[OutboxMessage]]
     ) -> dict[int, list[StoredMessage]]:
-        """The outbox row ids per item, in item order (inside the transaction: a mismatch rolls
-        it back). The rows were inserted in input order, so their ids ascend in that order
-        (see the query)."""
-        stored: dict[int, list[StoredMessage]] = {i: [] for i in items}
-        if flat:
-            ids = sorted(row["id"] for row in await cur.fetchall())
-            if len(ids) != len(flat):
-                raise DatabaseError(f"outbox insert returned {len(ids)} ids for {len(flat)} rows")
-            for row_id, (i, message) in zip(ids, flat, strict=True):
-                stored[i].append(StoredMessage(row_id, message))
+        """The outbox rows of several items in one statement; their row ids per item, in item
+        order. The rows are inserted in input order, so their ids ascend in that order (see
+        the query); called inside the transaction, so a mismatch rolls it back."""
+        stored: dict[int, list[StoredMessage]] = {i: [] for i in messages}
+        flat = [(i, m) for i, ms in messages.items() for m in ms]
+        if not flat:
+            return stored
+        await cur.execute(self.q["insert_outbox"], _outbox_columns([m for _, m in flat]))
+        ids = sorted(row[0] for row in await cur.fetchall())
+        if len(ids) != len(flat):
+            raise DatabaseError(f"outbox insert returned {len(ids)} ids for {len(flat)} rows")
+        for row_id, (i, message) in zip(ids, flat, strict=True):
+            stored[i].append(StoredMessage(row_id, message))
         return stored
 
     # -- batches (replay's fast path) --------------------------------------------------------
@@ -476,14 +466,9 @@ class PostgresStore:
         as tuples (dict rows and popping keys cost twice the fetch itself, 2,000 at a time)."""
         if not command_ids:
             return {}
-        async with self.pool.connection() as conn:
-            try:
-                async with conn.transaction():
-                    query = self.q["recorded_answers"]
-                    cur = await conn.execute(query, {"command_ids": command_ids})
-                    rows = await cur.fetchall()
-            except (psycopg.Error, OSError) as exc:
-                raise translate(exc) from exc
+        async with self._tx(tuple_row) as cur:
+            await cur.execute(self.q["recorded_answers"], {"command_ids": command_ids})
+            rows = await cur.fetchall()
         out: dict[str, RecordedAnswer] = {}
         outcomes = _OUTCOMES
         for row in rows:
@@ -515,10 +500,8 @@ class PostgresStore:
         if not messages:
             return []
         async with self._pipeline() as conn:
-            cur = conn.cursor(row_factory=dict_row)
             async with conn.transaction():
-                flat = await self._queue_outbox(cur, {0: messages})
-                stored = await self._stored_outbox(cur, flat, [0])
+                stored = await self._insert_outbox(conn.cursor(), {0: messages})
         return stored[0]
 
     # -- outbox relay -------------------------------------------------------------------------

@@ -465,11 +465,13 @@ def replay_in_processes(
         sender.close()
         receivers.append(receiver)
         children.append(child)
+    collected = False
     try:
         results, errors = _collect(receivers, processes, progress)
+        collected = True
     finally:
         for child in children:
-            if child.is_alive() and not _all_closed(receivers):
+            if not collected and child.is_alive():
                 child.terminate()  # interrupted (Ctrl-C): the shards stop too
             child.join()
     lost = len(children) - len(results) - len(errors)
@@ -478,10 +480,6 @@ def replay_in_processes(
     if errors:
         raise ReplayError("; ".join(dict.fromkeys(errors)))
     return merge_summaries(results)
-
-
-def _all_closed(receivers: list[multiprocessing.connection.Connection]) -> bool:
-    return all(conn.closed for conn in receivers)
 
 
 def _collect(
@@ -500,7 +498,6 @@ def _collect(
                 kind, value = conn.recv()
             except EOFError:
                 waiting.discard(conn)
-                conn.close()
                 continue
             if kind == "total":
                 totals.append(value)

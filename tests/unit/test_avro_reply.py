@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from payment_worker.adapters import avro_reply
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.service.messages import PAYMENT_RECORD
+from payment_worker.testing import reply_payment
 
 SCHEMAS = SchemaSet()
 OUTCOMES = SCHEMAS.raw["PaymentReply"]["fields"][3]["type"]["symbols"]
@@ -118,24 +119,7 @@ def test_the_codec_round_trips_what_the_encoder_wrote(record: dict[str, Any]) ->
 
 
 def _reply(**changes: Any) -> dict[str, Any]:
-    payment = {
-        "id": str(uuid.uuid4()),
-        "orderId": str(uuid.uuid4()),
-        "customerId": str(uuid.uuid4()),
-        "reservationId": None,
-        "amount": Decimal("25.00"),
-        "currency": "USD",
-        "paymentMethod": "credit_card",
-        "status": "succeeded",
-        "errorCode": None,
-        "errorMessage": None,
-        "failureReason": None,
-        "transactionId": "txn_1",
-        "createdAt": 1_795_000_000_000_000,
-        "processedAt": 1_795_000_000_100_000,
-        "isSimulated": True,
-        "simulatedResponse": None,
-    }
+    payment = reply_payment(simulatedResponse=None)
     record = {
         "commandId": str(uuid.uuid4()),
         "correlationId": "c-1",

@@ -10,27 +10,15 @@ from typing import Any
 from payment_worker.domain.model import Outcome
 from payment_worker.service.ports import RecordedAnswer
 from payment_worker.service.replay import Kind, look_up, prepare_batch, replies_for
-from payment_worker.testing import command_record
+from payment_worker.testing import command_record, reply_payment
 from tests.unit.test_pipeline import World
 
-PAYMENT = {
-    "id": "0b6f2f3e-8a9c-4d2e-9f1a-2b3c4d5e6f70",
-    "orderId": None,  # filled per test
-    "customerId": None,
-    "reservationId": None,
-    "amount": Decimal("10.50"),
-    "currency": "USD",
-    "paymentMethod": "credit_card",
-    "status": "succeeded",
-    "errorCode": None,
-    "errorMessage": None,
-    "failureReason": None,
-    "transactionId": "txn_0123456789abcdef",
-    "createdAt": 1_795_315_920_882_377,
-    "processedAt": 1_795_315_921_388_378,
-    "isSimulated": True,
-    "simulatedResponse": "Success - TransactionId: txn_0123456789abcdef",
-}
+PAYMENT = reply_payment(
+    id="0b6f2f3e-8a9c-4d2e-9f1a-2b3c4d5e6f70",
+    orderId=None,  # filled per test
+    customerId=None,
+    amount=Decimal("10.50"),
+)
 
 
 class FakeBatchLedger:

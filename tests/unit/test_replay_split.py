@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -82,3 +84,26 @@ def test_merged_seconds_run_from_the_first_start_to_the_last_end() -> None:
     merged = merge_summaries([(a, 100.0), (b, 101.5)])
     assert merged.read == 12
     assert merged.seconds == pytest.approx(3.5)
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl-C reaching the parent while the shards run."""
+
+
+class InterruptingProgress(RecordingProgress):
+    def start(self, total: int) -> None:
+        raise Interrupted
+
+
+def _slow(options: ReplayOptions, progress: Any) -> ReplaySummary:
+    progress.start(1)
+    time.sleep(120)  # a long replay; only being stopped ends it early
+    return ReplaySummary(read=1)
+
+
+def test_an_interrupted_split_replay_stops_its_processes() -> None:
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        replay_in_processes(ReplayOptions(topic="t"), 2, _slow, InterruptingProgress())
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - started < 60  # the shards were stopped, not waited for
