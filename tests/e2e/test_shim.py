@@ -177,7 +177,9 @@ def test_past_the_in_flight_limit_the_shim_answers_503_with_retry_after(
 ):
     """More waiting requests than PAYMENT_SHIM_MAX_IN_FLIGHT: 503 + Retry-After, no crash."""
     worker = start_worker()
-    shim = start_shim(PAYMENT_SHIM_MAX_IN_FLIGHT="2", PAYMENT_SHIM_REPLY_TIMEOUT_S="3")
+    # The six requests must all arrive while the first two still wait: with a 3 s timeout a
+    # loaded machine once let a third one in after the first two had timed out (3 x 504).
+    shim = start_shim(PAYMENT_SHIM_MAX_IN_FLIGHT="2", PAYMENT_SHIM_REPLY_TIMEOUT_S="10")
     worker.stop()  # nobody answers: requests wait until their timeout
     orders = [_order(devserver) for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:
