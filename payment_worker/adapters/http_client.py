@@ -28,6 +28,10 @@ class HttpClientError(Exception):
     response. (A timeout raises TimeoutError.)"""
 
 
+class ConnectionWaitTimeout(TimeoutError):
+    """Every connection stayed busy until the deadline: the request was never sent."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection carrying one request at a time."""
 
@@ -145,36 +149,60 @@ class HttpClient:
         self._open.add(connection)
         return connection
 
-    async def get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
-        """(status, body) of GET path; HttpClientError, or TimeoutError past `timeout_s`."""
+    async def get(
+        self, path: str, timeout_s: float, *, deadline: float | None = None
+    ) -> tuple[int, bytes]:
+        """(status, body) of GET path; HttpClientError, or TimeoutError.
+
+        A free connection is waited for until `deadline` (event-loop time; by default
+        `timeout_s` from now); the request itself then has `timeout_s`, never past the deadline.
+        A request that waited in line for a connection has not reached the server: the time
+        it waited is the caller's budget, not a slow answer of the server's."""
         data = self._request_bytes(path)
-        # The deadline covers waiting for a free connection too.
-        async with asyncio.timeout(timeout_s), self._slots:
-            while True:
-                connection = self._take_idle()
-                reused = connection is not None
-                if connection is None:
-                    connection = await self._connect()
-                try:
-                    status, body = await connection.request(data)
-                except HttpClientError:
-                    connection.close()
-                    self._open.discard(connection)
-                    # A kept-alive connection the server closed meanwhile fails before any
-                    # byte of an answer: a GET is safe to send again on a new connection.
-                    if reused and connection.received_nothing:
-                        continue
-                    raise
-                except BaseException:  # timeout or cancellation: the answer is lost
-                    self._open.discard(connection)
-                    connection.close()
-                    raise
-                if connection.keep_alive and not connection.closed:
-                    self._idle.append(connection)
-                else:
-                    self._open.discard(connection)
-                    connection.close()
-                return status, body
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + timeout_s
+        if self._slots.locked():  # all connections busy: wait in line, until the deadline
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise ConnectionWaitTimeout("no free connection before the deadline") from None
+        else:
+            await self._slots.acquire()
+        try:
+            async with asyncio.timeout(max(0.0, min(timeout_s, deadline - loop.time()))):
+                return await self._exchange(data)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, data: bytes) -> tuple[int, bytes]:
+        """One request and its answer over a kept-alive or new connection."""
+        while True:
+            connection = self._take_idle()
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect()
+            try:
+                status, body = await connection.request(data)
+            except HttpClientError:
+                connection.close()
+                self._open.discard(connection)
+                # A kept-alive connection the server closed meanwhile fails before any
+                # byte of an answer: a GET is safe to send again on a new connection.
+                if reused and connection.received_nothing:
+                    continue
+                raise
+            except BaseException:  # timeout or cancellation: the answer is lost
+                self._open.discard(connection)
+                connection.close()
+                raise
+            if connection.keep_alive and not connection.closed:
+                self._idle.append(connection)
+            else:
+                self._open.discard(connection)
+                connection.close()
+            return status, body
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:

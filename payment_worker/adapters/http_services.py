@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from payment_worker.adapters.http_client import HttpClient, HttpClientError
+from payment_worker.adapters.http_client import ConnectionWaitTimeout, HttpClient, HttpClientError
 from payment_worker.exceptions import RetryableError
 from payment_worker.service.pipeline import DependencyUnavailable
 from payment_worker.service.ports import OrderInfo, ReservationInfo
@@ -120,7 +120,7 @@ class JsonService:
             try:
                 # The first try runs outside the retry machinery: nearly every call succeeds
                 # at once, and setting tenacity up cost ~15% of the worker's CPU per command.
-                return await self._get_once(path, min(self.timeout_s, self.retry_budget_s))
+                return await self._get_once(path, self.timeout_s, deadline)
             except _Transient as exc:
                 if self.attempts <= 1:
                     raise
@@ -146,14 +146,21 @@ class JsonService:
                 remaining = deadline - loop.time()
                 if remaining <= 0.01:
                     raise _Transient("retry budget spent")
-                return await self._get_once(path, min(self.timeout_s, remaining))
+                return await self._get_once(path, self.timeout_s, deadline)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _get_once(self, path: str, timeout_s: float) -> dict[str, Any] | None:
+    async def _get_once(
+        self, path: str, timeout_s: float, deadline: float
+    ) -> dict[str, Any] | None:
+        """One try: it may wait for a free connection until the call's deadline (a burst of
+        commands queues there; that is not the service failing), then has `timeout_s` to be
+        answered, never past the deadline."""
         if self._client is None:
             raise RuntimeError(f"{self.name} client used before open()")
         try:
-            status, body = await self._client.get(path, timeout_s)
+            status, body = await self._client.get(path, timeout_s, deadline=deadline)
+        except ConnectionWaitTimeout as exc:
+            raise _Transient("no free connection within the retry budget") from exc
         except TimeoutError as exc:
             raise _Transient(f"timeout after {timeout_s:.2f}s") from exc
         except HttpClientError as exc:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from payment_worker.adapters.http_client import HttpClient, HttpClientError
+from payment_worker.adapters.http_client import ConnectionWaitTimeout, HttpClient, HttpClientError
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +26,7 @@ class Server:
 
     answer: Answer
     close_after: int | None = None
+    delay_s: float = 0.0  # before each answer
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     port: int = 0
@@ -38,6 +39,8 @@ class Server:
                 request = await reader.readuntil(b"\r\n\r\n")
                 self.requests.append(request)
                 n += 1
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 reply = self.answer(request, n)
                 if reply is None:
                     break
@@ -251,3 +254,54 @@ async def test_the_timeout_covers_waiting_for_a_free_connection(serve: Callable)
             await hanging
     finally:
         await client.close()
+
+
+async def test_a_request_waiting_in_line_for_a_connection_may_wait_until_its_deadline(
+    serve: Callable,
+) -> None:
+    """Eight concurrent GETs over one connection, each answered in 0.1 s, with a 0.3 s timeout
+    and a 3 s deadline: all are answered. The later ones waited in line longer than their
+    timeout, but the timeout is for the server's answer; the wait is bounded by the deadline."""
+    server = await serve(lambda request, n: OK)
+    server.delay_s = 0.1
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        deadline = started + 3.0
+        answers = await asyncio.gather(
+            *(client.get("/x", 0.3, deadline=deadline) for _ in range(8))
+        )
+        elapsed = loop.time() - started
+    finally:
+        await client.close()
+
+    assert answers == [(200, b'{"a": 1}')] * 8
+    assert elapsed >= 0.75  # one after another on the one connection: the last waited 0.7 s
+    assert server.connections == 1
+
+
+async def test_waiting_for_a_connection_ends_at_the_deadline(serve: Callable) -> None:
+    """With its only connection held by a request that gets no answer, a GET with a long
+    timeout but a deadline 0.3 s away gives up at the deadline (ConnectionWaitTimeout, a
+    TimeoutError): it was never sent."""
+
+    def answer(request: bytes, n: int) -> bytes:
+        return b"" if b"/hang" in request else OK
+
+    server = await serve(answer)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        hanging = asyncio.ensure_future(client.get("/hang", 3.0))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(ConnectionWaitTimeout):
+            await client.get("/x", 5.0, deadline=started + 0.3)
+        assert loop.time() - started < 1.0
+        with pytest.raises(TimeoutError):
+            await hanging
+    finally:
+        await client.close()
+
+    assert len(server.requests) == 1  # the second GET never reached the server

@@ -3,6 +3,7 @@ server: lenient reads, 404, retries on injected 5xx, the retry budget, connectio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -305,3 +306,27 @@ async def test_retry_budget_bounds_slow_answers_too(dev: DevServer) -> None:
         await service.close()
 
     assert time.monotonic() - started < budget + 1.0
+
+
+async def test_a_burst_waits_in_line_for_connections_within_the_budget(
+    dev: DevServer,
+) -> None:
+    """Eight concurrent lookups over one connection, each answered in 0.1 s, with a 0.3 s
+    timeout, a 2 s budget and two attempts: every one is answered, and the server sees eight
+    requests. Waiting in line for a connection is not a timeout of the service (counted as
+    one, the later lookups failed both their tries in line: a burst of commands became
+    retries, then ERROR outcomes)."""
+    service = await _service(
+        dev.url, timeout_s=0.3, retry_budget_s=2.0, attempts=2, max_connections=1
+    )
+    dev.fault("orders", 0, delay_ms=100)  # status 0: the normal answer, after the delay
+    before = _requests(dev)
+    try:
+        orders = await asyncio.gather(
+            *(HttpOrdering(service).get_order(uuid.uuid4()) for _ in range(8))
+        )
+    finally:
+        await service.close()
+
+    assert orders == [None] * 8  # unknown orders: 404, answered
+    assert _requests(dev) - before == 8
