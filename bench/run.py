@@ -308,10 +308,14 @@ def produce_for_replay(
     produce(bootstrap, topic, tails, one_per_batch=True, partitions=partitions)
 
 
+OUTCOMES: dict[str, int] = {}  # outcome -> replies, of the last collect_replies
+
+
 def collect_replies(
     bootstrap: str, topic: str, expect: int, timeout_s: float
 ) -> list[tuple[int, int]]:
-    """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in."""
+    """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in; the
+    replies' outcomes are counted in OUTCOMES (every bench command is meant to succeed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -325,6 +329,7 @@ def collect_replies(
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
     out: list[tuple[int, int]] = []
     seen: set[str] = set()
+    OUTCOMES.clear()
     deadline = time.monotonic() + timeout_s
     while len(seen) < expect and time.monotonic() < deadline:
         for message in consumer.consume(1000, 0.2):
@@ -334,6 +339,7 @@ def collect_replies(
             if reply["commandId"] in seen:
                 continue
             seen.add(reply["commandId"])
+            OUTCOMES[reply["outcome"]] = OUTCOMES.get(reply["outcome"], 0) + 1
             out.append((message.timestamp()[1], 0))
     consumer.close()
     return out
@@ -354,6 +360,7 @@ def e2e(
         collect_replies(stack.bootstrap, sc.topics["replies"], WARM_UP, timeout_s=120)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies = collect_replies(stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600)
+        outcomes = dict(OUTCOMES)
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
@@ -369,8 +376,15 @@ def e2e(
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
         "peak_rss_mb": rss,
+        # Replies other than SUCCEEDED (ERROR: a dependency timed out...): a run with any is
+        # not a clean measurement, and is flagged (after the table too).
+        "not_succeeded": sum(v for k, v in outcomes.items() if k != "SUCCEEDED"),
     }
     result["scenario"] = sc
+    if result["not_succeeded"]:
+        print(
+            f"  ! {name}: {result['not_succeeded']} replies not SUCCEEDED: {outcomes}", flush=True
+        )
     return result
 
 
@@ -589,6 +603,10 @@ def main() -> None:
     n_replay = 2000 if args.quick else 20000
     stack = start_stack()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "n": n}
+    # Replies that were not SUCCEEDED, by run: every bench command is meant to succeed, so a
+    # run with any (ERROR: a dependency timed out under the load) measured something else.
+    flagged: dict[str, int] = {}
+    results["not_succeeded_replies"] = flagged
     try:
         print(f"bench: N={n} on {os.cpu_count()} cores; logs in {LOGS}", flush=True)
         pipe = raw_pipe(stack, n * 4)
@@ -596,6 +614,7 @@ def main() -> None:
         print(f"  raw broker pipe: {pipe:,.0f} msg/s", flush=True)
 
         lat0 = e2e(stack, "latency0", n)
+        flagged["latency0"] = lat0["not_succeeded"]
         results["e2e_latency0_per_s"] = lat0["per_s"]
         results["reply_p50_ms_latency0_max_rate"] = lat0["p50_ms"]
         results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
@@ -603,6 +622,7 @@ def main() -> None:
         print(f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s", flush=True)
 
         half = e2e(stack, "latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
+        flagged["latency0-half-rate"] = half["not_succeeded"]
         results["reply_p50_ms_latency0"] = half["p50_ms"]
         results["reply_p99_ms_latency0"] = half["p99_ms"]
         results["reply_rate_offered_per_s"] = max(50.0, lat0["per_s"] / 2)
@@ -610,11 +630,13 @@ def main() -> None:
         print(f"  reply p99 at half rate: {half['p99_ms']:.0f} ms", flush=True)
 
         two = e2e(stack, "latency0-2workers", n, workers=2)
+        flagged["latency0-2workers"] = two["not_succeeded"]
         results["e2e_latency0_2workers_per_s"] = two["per_s"]
         drop(two["scenario"])
         print(f"  e2e latency 0, 2 workers: {two['per_s']:,.0f}/s", flush=True)
 
         default = e2e(stack, "default-latency", n, PAYMENT_GATEWAY_LATENCY_MS="100-500")
+        flagged["default-latency"] = default["not_succeeded"]
         results["e2e_default_latency_per_s"] = default["per_s"]
         results["reply_p99_ms_default_latency"] = default["p99_ms"]
         drop(default["scenario"])
@@ -623,6 +645,7 @@ def main() -> None:
         naive = e2e(
             stack, "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500", PAYMENT_MAX_IN_FLIGHT="1"
         )
+        flagged["naive"] = naive["not_succeeded"]
         results["naive_default_latency_per_s"] = naive["per_s"]
         drop(naive["scenario"])
         print(f"  naive baseline (one at a time): {naive['per_s']:,.1f}/s", flush=True)
@@ -634,6 +657,11 @@ def main() -> None:
         procs = start_workers(rsc, 2)
         collect_replies(stack.bootstrap, rsc.topics["replies"], n_replay, timeout_s=1200)
         stop(procs)
+        # Commands that ended in ERROR are processed anew by the first replay (as they should
+        # be), which would then measure something else than answering from the ledger.
+        flagged["replay-topic"] = sum(v for k, v in OUTCOMES.items() if k != "SUCCEEDED")
+        if flagged["replay-topic"]:
+            print(f"  ! replay topic: {flagged['replay-topic']} commands not SUCCEEDED", flush=True)
         results["replay_n"] = n_replay
         # One process is bound by one core; the replay split across the 2 cores is the figure,
         # one process the baseline in the same run.
@@ -687,6 +715,9 @@ def print_table(results: dict[str, Any]) -> None:
         results.get("naive_default_latency_per_s", 1e-9), 1e-9
     )
     print(f"default-latency throughput / naive baseline: {ratio:,.0f}x")
+    flagged = {k: v for k, v in results.get("not_succeeded_replies", {}).items() if v}
+    if flagged:
+        print(f"runs with replies other than SUCCEEDED (not clean measurements): {flagged}")
 
 
 if __name__ == "__main__":
