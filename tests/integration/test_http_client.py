@@ -233,9 +233,17 @@ async def test_an_interim_answer_is_skipped_for_the_real_one(serve: Callable) ->
         await client.close()
 
 
-async def test_the_timeout_covers_waiting_for_a_free_connection(serve: Callable) -> None:
+@pytest.mark.parametrize(
+    ("timeout_s", "deadline_in_s"),
+    [(0.3, None), (5.0, 0.3)],
+    ids=["deadline-is-the-timeout", "deadline-before-the-timeout"],
+)
+async def test_waiting_for_a_free_connection_ends_at_the_deadline(
+    serve: Callable, timeout_s: float, deadline_in_s: float | None
+) -> None:
     """With its only connection held by a request that gets no answer, a second GET gives up
-    after its own timeout instead of waiting for the first one to end."""
+    at its deadline (by default its timeout from now) with ConnectionWaitTimeout, a
+    TimeoutError, instead of waiting for the first one to end: it was never sent."""
 
     def answer(request: bytes, n: int) -> bytes:
         return b"" if b"/hang" in request else OK
@@ -247,13 +255,16 @@ async def test_the_timeout_covers_waiting_for_a_free_connection(serve: Callable)
         hanging = asyncio.ensure_future(client.get("/hang", 3.0))
         await asyncio.sleep(0.05)
         started = loop.time()
-        with pytest.raises(TimeoutError):
-            await client.get("/x", 0.3)
+        deadline = started + deadline_in_s if deadline_in_s is not None else None
+        with pytest.raises(ConnectionWaitTimeout):
+            await client.get("/x", timeout_s, deadline=deadline)
         assert loop.time() - started < 1.0
         with pytest.raises(TimeoutError):
             await hanging
     finally:
         await client.close()
+
+    assert len(server.requests) == 1  # the second GET never reached the server
 
 
 async def test_a_request_waiting_in_line_for_a_connection_may_wait_until_its_deadline(
@@ -279,29 +290,3 @@ async def test_a_request_waiting_in_line_for_a_connection_may_wait_until_its_dea
     assert answers == [(200, b'{"a": 1}')] * 8
     assert elapsed >= 0.75  # one after another on the one connection: the last waited 0.7 s
     assert server.connections == 1
-
-
-async def test_waiting_for_a_connection_ends_at_the_deadline(serve: Callable) -> None:
-    """With its only connection held by a request that gets no answer, a GET with a long
-    timeout but a deadline 0.3 s away gives up at the deadline (ConnectionWaitTimeout, a
-    TimeoutError): it was never sent."""
-
-    def answer(request: bytes, n: int) -> bytes:
-        return b"" if b"/hang" in request else OK
-
-    server = await serve(answer)
-    client = HttpClient(f"http://127.0.0.1:{server.port}", max_connections=1)
-    loop = asyncio.get_running_loop()
-    try:
-        hanging = asyncio.ensure_future(client.get("/hang", 3.0))
-        await asyncio.sleep(0.05)
-        started = loop.time()
-        with pytest.raises(ConnectionWaitTimeout):
-            await client.get("/x", 5.0, deadline=started + 0.3)
-        assert loop.time() - started < 1.0
-        with pytest.raises(TimeoutError):
-            await hanging
-    finally:
-        await client.close()
-
-    assert len(server.requests) == 1  # the second GET never reached the server
