@@ -61,7 +61,7 @@ bench: install services ## Benchmark worker, shim and replay on this machine; wr
 	$(BIN)/python -m bench.run
 
 .PHONY: bench-quick
-bench-quick: install services ## A small benchmark (under 2 minutes here); writes bench/results-quick.json
+bench-quick: install services ## A small benchmark (about 2 minutes here); writes bench/results-quick.json
 	$(BIN)/python -m bench.run --quick
 
 .PHONY: migrate
