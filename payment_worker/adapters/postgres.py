@@ -190,20 +190,17 @@ class PostgresStore:
     async def _tx(
         self, row_factory: RowFactory[Any] = dict_row
     ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                async with conn.cursor(row_factory=row_factory) as cur:
-                    yield cur
-        except _Rollback:
-            return
-        except (psycopg.Error, OSError) as exc:
-            raise translate(exc) from exc
+        """A cursor inside a transaction block."""
+        async with self._conn() as conn, conn.transaction():
+            async with conn.cursor(row_factory=row_factory) as cur:
+                yield cur
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection in autocommit mode: a lone statement is its own transaction,
         with no BEGIN/COMMIT round trips (a read of one SELECT costs about half the CPU of
-        one inside a transaction block here)."""
+        one inside a transaction block here). Its psycopg errors, and those of whatever runs
+        on it, are translated here."""
         try:
             async with self.pool.connection() as conn:
                 yield conn
@@ -217,11 +214,8 @@ class PostgresStore:
         (psycopg syncs there), so a step waits for fewer round trips, each an event-loop
         wake-up. For a lone statement it only adds work (a SELECT: ~610 us of CPU against
         ~170 us in plain autocommit, measured here)."""
-        try:
-            async with self.pool.connection() as conn, conn.pipeline():
-                yield conn
-        except (psycopg.Error, OSError) as exc:
-            raise translate(exc) from exc
+        async with self._conn() as conn, conn.pipeline():
+            yield conn
 
     async def ping(self, timeout_s: float = 3.0) -> None:
         """One round trip, failing within `timeout_s` when the database is not there."""
@@ -576,10 +570,6 @@ _REPLY_PAYMENT_KEYS = (
     "isSimulated",
     "simulatedResponse",
 )
-
-
-class _Rollback(Exception):
-    """Raised inside a transaction block to roll it back quietly."""
 
 
 def make_pool(

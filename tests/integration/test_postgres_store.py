@@ -282,6 +282,20 @@ async def test_record_with_an_existing_ledger_entry_writes_nothing(
     ).fetchone() == ("ORDER_NOT_FOUND",)
 
 
+async def test_record_is_one_transaction(store: PostgresStore, db: Conn) -> None:
+    """When one outbox row cannot be written, record() leaves no ledger entry and no outbox
+    row: an outcome and its reply commit together (the pool is in autocommit, so the step's
+    statements must share one transaction; fails when they do not)."""
+    payment = pending_payment()
+    messages = [message("reply"), message("not-a-kind")]  # the outbox kind CHECK fails
+
+    with pytest.raises(DatabaseError):
+        await store.record(messages, final_ledger(payment, "ORDER_NOT_FOUND"))
+
+    assert _count(db, "SELECT count(*) FROM command_ledger") == 0
+    assert _count(db, "SELECT count(*) FROM outbox") == 0
+
+
 # -- replay's batch lookup ----------------------------------------------------------------------
 
 
