@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -308,14 +309,11 @@ def produce_for_replay(
     produce(bootstrap, topic, tails, one_per_batch=True, partitions=partitions)
 
 
-OUTCOMES: dict[str, int] = {}  # outcome -> replies, of the last collect_replies
-
-
 def collect_replies(
     bootstrap: str, topic: str, expect: int, timeout_s: float
-) -> list[tuple[int, int]]:
-    """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in; the
-    replies' outcomes are counted in OUTCOMES (every bench command is meant to succeed)."""
+) -> tuple[list[tuple[int, int]], Counter[str]]:
+    """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in, and
+    the replies by outcome (every bench command is meant to succeed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -329,7 +327,7 @@ def collect_replies(
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
     out: list[tuple[int, int]] = []
     seen: set[str] = set()
-    OUTCOMES.clear()
+    outcomes: Counter[str] = Counter()
     deadline = time.monotonic() + timeout_s
     while len(seen) < expect and time.monotonic() < deadline:
         for message in consumer.consume(1000, 0.2):
@@ -339,10 +337,14 @@ def collect_replies(
             if reply["commandId"] in seen:
                 continue
             seen.add(reply["commandId"])
-            OUTCOMES[reply["outcome"]] = OUTCOMES.get(reply["outcome"], 0) + 1
+            outcomes[reply["outcome"]] += 1
             out.append((message.timestamp()[1], 0))
     consumer.close()
-    return out
+    return out, outcomes
+
+
+def not_succeeded(outcomes: Counter[str]) -> int:
+    return sum(n for outcome, n in outcomes.items() if outcome != "SUCCEEDED")
 
 
 def e2e(
@@ -359,8 +361,9 @@ def e2e(
         produce(stack.bootstrap, sc.topics["commands"], warm_up)
         collect_replies(stack.bootstrap, sc.topics["replies"], WARM_UP, timeout_s=120)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
-        replies = collect_replies(stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600)
-        outcomes = dict(OUTCOMES)
+        replies, outcomes = collect_replies(
+            stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600
+        )
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
@@ -378,12 +381,13 @@ def e2e(
         "peak_rss_mb": rss,
         # Replies other than SUCCEEDED (ERROR: a dependency timed out...): a run with any is
         # not a clean measurement, and is flagged (after the table too).
-        "not_succeeded": sum(v for k, v in outcomes.items() if k != "SUCCEEDED"),
+        "not_succeeded": not_succeeded(outcomes),
     }
     result["scenario"] = sc
     if result["not_succeeded"]:
         print(
-            f"  ! {name}: {result['not_succeeded']} replies not SUCCEEDED: {outcomes}", flush=True
+            f"  ! {name}: {result['not_succeeded']} replies not SUCCEEDED: {dict(outcomes)}",
+            flush=True,
         )
     return result
 
@@ -607,45 +611,46 @@ def main() -> None:
     # run with any (ERROR: a dependency timed out under the load) measured something else.
     flagged: dict[str, int] = {}
     results["not_succeeded_replies"] = flagged
+
+    def measured(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = e2e(stack, name, *args, **kwargs)
+        flagged[name] = result["not_succeeded"]
+        return result
+
     try:
         print(f"bench: N={n} on {os.cpu_count()} cores; logs in {LOGS}", flush=True)
         pipe = raw_pipe(stack, n * 4)
         results["raw_pipe_per_s"] = pipe
         print(f"  raw broker pipe: {pipe:,.0f} msg/s", flush=True)
 
-        lat0 = e2e(stack, "latency0", n)
-        flagged["latency0"] = lat0["not_succeeded"]
+        lat0 = measured("latency0", n)
         results["e2e_latency0_per_s"] = lat0["per_s"]
         results["reply_p50_ms_latency0_max_rate"] = lat0["p50_ms"]
         results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
         results["worker_peak_rss_mb"] = lat0["peak_rss_mb"]
         print(f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s", flush=True)
 
-        half = e2e(stack, "latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
-        flagged["latency0-half-rate"] = half["not_succeeded"]
+        half = measured("latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
         results["reply_p50_ms_latency0"] = half["p50_ms"]
         results["reply_p99_ms_latency0"] = half["p99_ms"]
         results["reply_rate_offered_per_s"] = max(50.0, lat0["per_s"] / 2)
         drop(half["scenario"])
         print(f"  reply p99 at half rate: {half['p99_ms']:.0f} ms", flush=True)
 
-        two = e2e(stack, "latency0-2workers", n, workers=2)
-        flagged["latency0-2workers"] = two["not_succeeded"]
+        two = measured("latency0-2workers", n, workers=2)
         results["e2e_latency0_2workers_per_s"] = two["per_s"]
         drop(two["scenario"])
         print(f"  e2e latency 0, 2 workers: {two['per_s']:,.0f}/s", flush=True)
 
-        default = e2e(stack, "default-latency", n, PAYMENT_GATEWAY_LATENCY_MS="100-500")
-        flagged["default-latency"] = default["not_succeeded"]
+        default = measured("default-latency", n, PAYMENT_GATEWAY_LATENCY_MS="100-500")
         results["e2e_default_latency_per_s"] = default["per_s"]
         results["reply_p99_ms_default_latency"] = default["p99_ms"]
         drop(default["scenario"])
         print(f"  e2e latency 100-500 ms: {default['per_s']:,.0f}/s", flush=True)
 
-        naive = e2e(
-            stack, "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500", PAYMENT_MAX_IN_FLIGHT="1"
+        naive = measured(
+            "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500", PAYMENT_MAX_IN_FLIGHT="1"
         )
-        flagged["naive"] = naive["not_succeeded"]
         results["naive_default_latency_per_s"] = naive["per_s"]
         drop(naive["scenario"])
         print(f"  naive baseline (one at a time): {naive['per_s']:,.1f}/s", flush=True)
@@ -655,20 +660,20 @@ def main() -> None:
         replay_cmds = preload_orders(stack, n_replay, rsc.group)
         produce_for_replay(stack.bootstrap, rsc.topics["commands"], replay_cmds, COMMAND_PARTITIONS)
         procs = start_workers(rsc, 2)
-        collect_replies(stack.bootstrap, rsc.topics["replies"], n_replay, timeout_s=1200)
+        _, outcomes = collect_replies(
+            stack.bootstrap, rsc.topics["replies"], n_replay, timeout_s=1200
+        )
         stop(procs)
         # Commands that ended in ERROR are processed anew by the first replay (as they should
         # be), which would then measure something else than answering from the ledger.
-        flagged["replay-topic"] = sum(v for k, v in OUTCOMES.items() if k != "SUCCEEDED")
+        flagged["replay-topic"] = not_succeeded(outcomes)
         if flagged["replay-topic"]:
             print(f"  ! replay topic: {flagged['replay-topic']} commands not SUCCEEDED", flush=True)
         results["replay_n"] = n_replay
-        # One process is bound by one core; the replay split across the 2 cores is the figure,
-        # one process the baseline in the same run.
         # A first pass, reported apart: right after the workers' run it also pays PostgreSQL's
         # first visit of the new rows (hint bits, dead row versions), and would process anew
-        # any command that ended in ERROR. The two figures below are replays of a topic
-        # whose every command has a final outcome, in the order 1 process, then 2.
+        # any command that ended in ERROR. Then the figure, the replay split across the 2
+        # cores, and its baseline in the same run, one process (bound by one core).
         results["replay_first_pass_per_s"] = replay_rate(rsc, 2)
         results["replay_1process_per_s"] = replay_rate(rsc, 1)
         results["replay_per_s"] = replay_rate(rsc, 2)
