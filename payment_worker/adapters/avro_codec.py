@@ -146,16 +146,17 @@ class AvroCodec:
         self.reply_encoder = avro_reply.ReplyEncoder(reply) if avro_reply.matches(reply) else None
 
     def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes:
-        buf = io.BytesIO()
         if self.registry is not None and topic is not None:
             schema_id = self.registry.id_for(f"{topic}-value", self.schemas.text[name])
-            buf.write(CONFLUENT_MAGIC + struct.pack(">I", schema_id))
+            header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
         else:
-            buf.write(SINGLE_OBJECT_MAGIC + self.schemas.fingerprints[name])
+            header = SINGLE_OBJECT_MAGIC + self.schemas.fingerprints[name]
         if name == "PaymentReply" and self.reply_encoder is not None:
             body = self.reply_encoder.encode(record)
             if body is not None:
-                return buf.getvalue() + body
+                return header + body
+        buf = io.BytesIO()
+        buf.write(header)
         fastavro.schemaless_writer(buf, self.schemas.writers[name], record)
         return buf.getvalue()
 

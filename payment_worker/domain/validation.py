@@ -11,7 +11,6 @@ from payment_worker.domain.model import Command, ValidCommand
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_PAYMENT_METHOD_LENGTH = 50
-_NIL = uuid.UUID(int=0)
 _DIGIT_RUN = re.compile(r"(?:\d[ -]?){13,19}")
 
 
@@ -28,12 +27,12 @@ _UUID_TEXT = re.compile(
 def parse_uuid(value: object) -> uuid.UUID | None:
     """A non-nil UUID written 8-4-4-4-12 (any case, optionally braced) or as 32 hex digits,
     as .NET's Guid reads them; None for anything else."""
-    if not isinstance(value, str) or not _UUID_TEXT.fullmatch(value):  # `$` passes a final \n
+    if type(value) is not str or not _UUID_TEXT.fullmatch(value):  # `$` passes a final \n
         return None
     if value.startswith("{") != value.endswith("}"):
         return None
     parsed = uuid.UUID(value)
-    return None if parsed == _NIL else parsed
+    return parsed if parsed.int else None  # not the nil UUID
 
 
 def luhn_ok(digits: str) -> bool:
@@ -65,6 +64,15 @@ def _decimals(amount: Decimal) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
+def _too_many_decimals(amount: Decimal, allowed: int) -> bool:
+    """More significant decimals than `allowed` (trailing zeros do not count). Normalising
+    is needed only when the amount is written with more places than allowed, e.g. 25.000."""
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -allowed:
+        return False
+    return _decimals(amount) > allowed
+
+
 def validate_command(command: Command) -> ValidCommand:
     """The command with parsed ids and a normalised currency, or ValidationFailed."""
     order_id = parse_uuid(command.order_id)
@@ -92,7 +100,7 @@ def validate_command(command: Command) -> ValidCommand:
         raise ValidationFailed("Currency must be a supported ISO 4217 code")
     if amount > MAX_AMOUNT:
         raise ValidationFailed("Amount must not exceed 999999999999.99")
-    if _decimals(amount) > min(decimals, 2):
+    if _too_many_decimals(amount, min(decimals, 2)):
         raise ValidationFailed(f"Amount has more decimals than {currency} allows ({decimals})")
     method = command.payment_method
     if not method or not method.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +90,8 @@ def route_from_headers(
     headers: list[tuple[str, bytes]], command_id: str, default_topic: str
 ) -> ReplyRoute:
     """The reply route of a command: our headers first, Spring's request-reply ones second."""
+    if not headers:
+        return ReplyRoute(default_topic, None, command_id)
     found: dict[str, bytes] = {}
     for name, value in headers:
         if value is not None:
@@ -166,18 +169,39 @@ def payment_record(payment: Payment) -> dict[str, Any]:
     }
 
 
+_CE_SOURCE = ("ce_source", CE_SOURCE.encode())
+_CE_SPECVERSION = ("ce_specversion", b"1.0")
+_CONTENT_TYPE = ("content-type", b"application/avro")
+_CE_TYPES = {t: ("ce_type", t.encode()) for t in (CE_TYPE_SUCCEEDED, CE_TYPE_FAILED, CE_TYPE_REPLY)}
+
+
+_formatted_second: tuple[int, str] = (-1, "")  # the last whole second seen, as text
+
+
+def ce_time() -> str:
+    """Now in RFC 3339 UTC with microseconds (2026-11-29T12:00:00.123456Z). The whole seconds
+    are formatted once per second: datetime's isoformat took ~2.5 µs of every message."""
+    global _formatted_second
+    seconds, fraction = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _formatted_second  # one tuple, replaced whole: safe beside other threads
+    if cached[0] != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        cached = _formatted_second = (seconds, text)
+    return f"{cached[1]}.{fraction:06d}Z"
+
+
 def _ce_headers(
     ce_type: str, ce_id: str, subject: str, correlation_id: str, causation_id: str
 ) -> list[tuple[str, bytes]]:
-    now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    now = ce_time()
     return [
-        ("ce_specversion", b"1.0"),
+        _CE_SPECVERSION,
         ("ce_id", ce_id.encode()),
-        ("ce_type", ce_type.encode()),
-        ("ce_source", CE_SOURCE.encode()),
+        _CE_TYPES.get(ce_type) or ("ce_type", ce_type.encode()),
+        _CE_SOURCE,
         ("ce_time", now.encode()),
         ("ce_subject", subject.encode()),
-        ("content-type", b"application/avro"),
+        _CONTENT_TYPE,
         ("correlation-id", correlation_id.encode()),
         ("causation-id", causation_id.encode()),
     ]

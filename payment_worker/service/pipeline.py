@@ -103,7 +103,17 @@ _COMMAND_ID_REUSED = reply(
 
 
 def canonical(command: Command, valid: ValidCommand) -> Command:
-    """The command with its ids in canonical form (lower case, hyphenated) for what we write."""
+    """The command with its ids in canonical form (lower case, hyphenated) for what we write;
+    the command itself when it is already so (the usual case: no copy to build)."""
+    if (
+        command.currency == valid.currency
+        and _is_canonical(command.command_id)
+        and _is_canonical(command.order_id)
+        and _is_canonical(command.customer_id)
+        and (command.reservation_id is None or _is_canonical(command.reservation_id))
+        and (command.reservation_id is None) == (valid.reservation_id is None)
+    ):
+        return command
     return Command(
         command_id=_canonical_id(command.command_id, valid.command_id),
         order_id=_canonical_id(command.order_id, valid.order_id),
@@ -118,6 +128,11 @@ def canonical(command: Command, valid: ValidCommand) -> Command:
         payment_method=command.payment_method,
         requested_at=command.requested_at,
     )
+
+
+def _is_canonical(validated_id: str) -> bool:
+    """A validated id of 36 characters is hyphenated 8-4-4-4-12: canonical in lower case."""
+    return len(validated_id) == 36 and validated_id.lower() == validated_id
 
 
 def _canonical_id(text: str, parsed: uuid.UUID) -> str:

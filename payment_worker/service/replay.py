@@ -79,7 +79,10 @@ async def look_up(items: list[Classified], ledger: BatchLedgerPort) -> None:
     """One ledger query for the batch: valid commands with a final recorded outcome for the
     same request become RECORDED (answered again from the ledger); the others stay NEW."""
     # Only valid commands: an invalid one's id may not even be a UUID (and is never recorded).
-    answers = await ledger.recorded_answers([str(c.valid.command_id) for c in items if c.valid])
+    # The prepared command's ids are canonical text already.
+    answers = await ledger.recorded_answers(
+        [c.command.command_id for c in items if c.valid and c.command]
+    )
     for item in items:
         if item.valid is None or item.command is None:
             continue

@@ -215,3 +215,15 @@ def test_the_codec_writes_replies_with_the_hand_written_encoder(
     value = AvroCodec(SCHEMAS).encode("PaymentReply", record)
     assert calls == []
     assert value.endswith(fastavro_bytes(record))
+
+
+def test_amounts_kept_between_replies_are_told_apart_by_their_text() -> None:
+    """One encoder, many replies: an amount written before is written the same again, and an
+    equal amount with a third place (25.000 == 25.00) is still left to fastavro."""
+    encoder = avro_reply.ReplyEncoder(SCHEMAS.raw["PaymentReply"])
+    for amount in ["25.00", "25.00", "-0.01", "25.00", "9999999999999999.99", "-0.01"]:
+        record = _reply(payment_amount=Decimal(amount))
+        assert encoder.encode(record) == fastavro_bytes(record)
+    assert encoder.encode(_reply(payment_amount=Decimal("25.000"))) is None
+    fewer_places = _reply(payment_amount=Decimal("25.0"))  # fastavro writes it as 25.00
+    assert encoder.encode(fewer_places) == fastavro_bytes(fewer_places)

@@ -26,6 +26,7 @@ from payment_worker.service.messages import (
     ReplyRoute,
     Topics,
     _micros,
+    ce_time,
     random_uuid,
     route_from_headers,
 )
@@ -429,3 +430,24 @@ def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
     assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
     assert [str(p) for p in parsed] == ids
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    "nanos",
+    [
+        1_764_417_599_999_999_000,  # the last microsecond of a second
+        1_764_417_600_000_000_000,  # the next second, exactly
+        1_764_417_600_000_001_999,
+        1_764_417_659_123_456_789,
+        1_767_225_599_999_999_000,  # a year's last microsecond
+        1_767_225_600_000_000_000,
+    ],
+)
+def test_ce_time_is_the_instant_in_rfc3339_utc(monkeypatch: pytest.MonkeyPatch, nanos: int) -> None:
+    """ce_time keeps the formatted whole second between calls: each instant (also across a
+    second, a minute and a year boundary, in this order) reads back exactly, to the µs."""
+    monkeypatch.setattr("payment_worker.service.messages.time.time_ns", lambda: nanos)
+    text = ce_time()
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=nanos // 1000)
+    assert text.endswith("Z") and len(text) == len("2026-11-29T12:00:00.000000Z")
+    assert datetime.fromisoformat(text.replace("Z", "+00:00")) == expected

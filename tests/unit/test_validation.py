@@ -148,6 +148,8 @@ def test_more_decimals_than_the_currency_allows_is_rejected(amount: Decimal, cur
         (Decimal("10.5"), "USD"),
         (Decimal("10.01"), "USD"),
         (Decimal("10.10"), "KWD"),
+        (Decimal("10.000"), "USD"),
+        (Decimal("1E+3"), "JPY"),
     ],
 )
 def test_amount_within_the_currency_decimals_is_accepted(amount: Decimal, currency: str) -> None:
@@ -332,3 +334,37 @@ def test_an_id_with_a_trailing_newline_is_invalid_not_an_error() -> None:
     )
     with pytest.raises(ValidationFailed, match="Valid OrderId is required"):
         validate_command(command)
+
+
+_ID = "0b5e5a3c-6f2d-4d7e-9a41-2f0c7d9e8b6a"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, {}),
+        ({"order_id": _ID.upper()}, {"order_id": _ID}),
+        ({"customer_id": "{" + _ID + "}"}, {"customer_id": _ID}),
+        ({"command_id": _ID.replace("-", "")}, {"command_id": _ID}),
+        ({"reservation_id": _ID.upper()}, {"reservation_id": _ID}),
+        ({"reservation_id": None}, {"reservation_id": None}),
+        ({"currency": " usd"}, {"currency": "USD"}),
+        # no letter in it: str.islower() is False, and the id is still canonical
+        ({"order_id": "01234567-8901-4234-8567-890123456789"}, {}),
+    ],
+)
+def test_canonical_writes_ids_and_currency_as_stored(
+    changes: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """canonical() gives lower-case hyphenated ids and the normalised currency whatever the
+    command's spelling, and hands back the command itself when nothing needs changing."""
+    from dataclasses import replace
+
+    from payment_worker.service.pipeline import canonical
+
+    base = Command(_ID, _ID, _ID, _ID, Decimal("25.00"), "USD", "card", datetime.now(UTC))
+    command = replace(base, **changes)
+    result = canonical(command, validate_command(command))
+    assert result == replace(command, **expected)
+    if not expected:
+        assert result is command
