@@ -10,57 +10,31 @@ FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
 -- name: payment_by_id
 SELECT * FROM payments WHERE id = %(id)s;
 
--- name: insert_pending_payments
--- The batch statements take one array per column (unnest): one statement per batch, however
--- many commands it serves, instead of one statement per row.
-INSERT INTO payments (id, order_id, customer_id, reservation_id, amount, currency,
-                      payment_method, status, created_at, is_simulated, command_id)
-SELECT id, order_id, customer_id, reservation_id, amount, currency, payment_method,
-       'pending', created_at, true, command_id
-FROM unnest(%(ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
-            %(reservation_ids)b::uuid[], %(amounts)b::numeric[], %(currencies)b::text[],
-            %(payment_methods)b::text[], %(created_ats)b::timestamptz[],
-            %(command_ids)b::uuid[])
-     AS v(id, order_id, customer_id, reservation_id, amount, currency, payment_method,
-          created_at, command_id);
+-- name: begin_payments
+-- The begin step in one statement (sql/002_step_functions.sql): the orders' locks, each
+-- candidate's verdict and the new pending payments with their ledger entries. The batch
+-- statements take one array per column (unnest): one statement per batch, however many
+-- commands it serves, instead of one statement per row.
+SELECT *
+FROM begin_payments(
+    %(ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
+    %(reservation_ids)b::uuid[], %(amounts)b::numeric[], %(currencies)b::text[],
+    %(payment_methods)b::text[], %(created_ats)b::timestamptz[], %(command_ids)b::uuid[],
+    %(ledger_order_ids)b::uuid[], %(ledger_customer_ids)b::uuid[], %(ledger_amounts)b::numeric[],
+    %(ledger_currencies)b::text[], %(reply_routes)b::jsonb[]);
 
--- name: insert_ledgers_in_progress
-INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
-                            payment_id, reply_route)
-SELECT command_id, order_id, customer_id, amount, currency, 'in_progress', payment_id,
-       reply_route
-FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
-            %(amounts)b::numeric[], %(currencies)b::text[], %(payment_ids)b::uuid[],
-            %(reply_routes)b::jsonb[])
-     AS v(command_id, order_id, customer_id, amount, currency, payment_id, reply_route);
-
--- name: lock_payments
--- Taken in id order, so that concurrent batches finalizing the same payments cannot deadlock.
-SELECT id FROM payments WHERE id = ANY(%(ids)b::uuid[]) AND status = 'pending'
-ORDER BY id FOR UPDATE;
-
--- name: finalize_payments
--- Returns the ids of the payments that were still pending (and are final now).
-UPDATE payments p
-SET status = v.status, error_code = v.error_code, error_message = v.error_message,
-    failure_reason = v.failure_reason, transaction_id = v.transaction_id,
-    processed_at = v.processed_at, simulated_response = v.simulated_response
-FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(error_codes)b::text[],
-            %(error_messages)b::text[], %(failure_reasons)b::text[],
-            %(transaction_ids)b::text[], %(processed_ats)b::timestamptz[],
-            %(simulated_responses)b::text[])
-     AS v(id, status, error_code, error_message, failure_reason, transaction_id, processed_at,
-          simulated_response)
-WHERE p.id = v.id AND p.status = 'pending'
-RETURNING p.id;
-
--- name: finalize_ledgers
-UPDATE command_ledger l
-SET state = 'final', outcome = v.outcome, error_message = v.error_message,
-    payment_id = v.payment_id, finished_at = now()
-FROM unnest(%(command_ids)b::uuid[], %(outcomes)b::text[], %(error_messages)b::text[],
-            %(payment_ids)b::uuid[]) AS v(command_id, outcome, error_message, payment_id)
-WHERE l.command_id = v.command_id AND l.state = 'in_progress';
+-- name: finish_payments
+-- The finish step in one statement (sql/002_step_functions.sql): final states, ledger entries
+-- and outbox rows of the payments still pending.
+SELECT done, outbox_ids
+FROM finish_payments(
+    %(ids)b::uuid[], %(statuses)b::text[], %(error_codes)b::text[], %(error_messages)b::text[],
+    %(failure_reasons)b::text[], %(transaction_ids)b::text[], %(processed_ats)b::timestamptz[],
+    %(simulated_responses)b::text[],
+    %(command_ids)b::uuid[], %(outcomes)b::text[], %(ledger_error_messages)b::text[],
+    %(items)b::integer[], %(kinds)b::text[], %(topics)b::text[], %(partitions)b::integer[],
+    %(keys)b::bytea[], %(values)b::bytea[], %(headers)b::jsonb[], %(event_ids)b::uuid[],
+    %(payment_ids)b::uuid[]);
 
 -- name: insert_ledgers_final
 -- Returns the command ids that were new (an entry recorded before is left as it was).

@@ -299,115 +299,103 @@ class PostgresStore:
     async def _begin_batch(
         self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
     ) -> list[Began | BaseException]:
+        """One call of begin_payments (sql/002_step_functions.sql): the locks, the checks and
+        the inserts of the whole batch in one statement, hence one transaction."""
+        payments = [p for p, _, _ in items]
+        fields = [f for _, f, _ in items]
+        params = {
+            "ids": [p.id for p in payments],
+            "order_ids": [p.order_id for p in payments],
+            "customer_ids": [p.customer_id for p in payments],
+            "reservation_ids": [p.reservation_id for p in payments],
+            "amounts": [p.amount for p in payments],
+            "currencies": [p.currency for p in payments],
+            "payment_methods": [p.payment_method for p in payments],
+            "created_ats": [p.created_at for p in payments],
+            "command_ids": [p.command_id for p in payments],
+            "ledger_order_ids": [f["order_id"] for f in fields],
+            "ledger_customer_ids": [f["customer_id"] for f in fields],
+            "ledger_amounts": [f["amount"] for f in fields],
+            "ledger_currencies": [f["currency"] for f in fields],
+            "reply_routes": [Jsonb(route) for _, _, route in items],
+        }
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(self.q["begin_payments"], params)
+            rows = await cur.fetchall()
         results: list[Began | BaseException] = []
-        inserts: list[tuple[Payment, dict[str, Any], dict[str, Any]]] = []
-        async with self._pipeline() as conn:
-            entries_cur = conn.cursor(row_factory=dict_row)
-            payments_cur = conn.cursor(row_factory=dict_row)
-            async with conn.transaction():
-                order_ids = list({p.order_id for p, _, _ in items})
-                # The order locks, then what the ledger and payments say (sent together).
-                await conn.execute(self.q["lock_orders"], {"order_ids": order_ids})
-                await entries_cur.execute(
-                    self.q["ledger_entries"],
-                    {"command_ids": list({p.command_id for p, _, _ in items})},
+        for row in rows:  # one per item, in item order
+            n, verdict, first_n = row[0], row[1], row[2]
+            payment = payments[n - 1]
+            if verdict == "inserted":
+                results.append(Began(pending=payment))
+            elif verdict == "ledger":
+                results.append(
+                    Began(ledger=_ledger(dict(zip(_LEDGER_KEYS, row[3:13], strict=True))))
                 )
-                await payments_cur.execute(
-                    self.q["active_payments_for_orders"], {"order_ids": order_ids}
+            elif verdict == "succeeded":
+                results.append(Began(succeeded=_payment_at(row)))
+            elif verdict == "pending":
+                results.append(Began(pending=_payment_at(row)))
+            elif verdict == "busy":
+                results.append(Began(busy=_payment_at(row)))
+            elif verdict == "pending_in_batch":
+                results.append(Began(pending=payments[first_n - 1]))
+            elif verdict == "busy_in_batch":
+                results.append(Began(busy=payments[first_n - 1]))
+            else:
+                results.append(
+                    DatabaseError(
+                        f"ledger entry {payment.command_id} is in progress "
+                        "but its payment is not pending"
+                    )
                 )
-                entries = {r["command_id"]: _ledger(r) for r in await entries_cur.fetchall()}
-                succeeded, pending = _by_order(await payments_cur.fetchall())
-                for payment, fields, route in items:
-                    entry = entries.get(payment.command_id) if payment.command_id else None
-                    current = pending.get(payment.order_id)
-                    if entry is not None and entry.final:
-                        results.append(Began(ledger=entry))
-                    elif payment.order_id in succeeded:
-                        results.append(Began(succeeded=succeeded[payment.order_id]))
-                    elif current is not None:
-                        same = current.command_id == payment.command_id
-                        results.append(Began(pending=current) if same else Began(busy=current))
-                    elif entry is not None:
-                        results.append(
-                            DatabaseError(
-                                f"ledger entry {payment.command_id} is in progress "
-                                "but its payment is not pending"
-                            )
-                        )
-                    else:
-                        pending[payment.order_id] = payment  # a later item for this order waits
-                        inserts.append((payment, fields, route))
-                        results.append(Began(pending=payment))
-                # The inserts.
-                if inserts:
-                    payments = [p for p, _, _ in inserts]
-                    await conn.execute(
-                        self.q["insert_pending_payments"],
-                        {
-                            "ids": [p.id for p in payments],
-                            "order_ids": [p.order_id for p in payments],
-                            "customer_ids": [p.customer_id for p in payments],
-                            "reservation_ids": [p.reservation_id for p in payments],
-                            "amounts": [p.amount for p in payments],
-                            "currencies": [p.currency for p in payments],
-                            "payment_methods": [p.payment_method for p in payments],
-                            "created_ats": [p.created_at for p in payments],
-                            "command_ids": [p.command_id for p in payments],
-                        },
-                    )
-                    await conn.execute(
-                        self.q["insert_ledgers_in_progress"],
-                        {
-                            **_request_columns([f for _, f, _ in inserts]),
-                            "payment_ids": [p.id for p in payments],
-                            "reply_routes": [Jsonb(route) for _, _, route in inserts],
-                        },
-                    )
+        if len(results) != len(items):
+            raise DatabaseError(f"begin_payments answered {len(results)} of {len(items)} items")
         return results
 
     async def _finish_batch(
         self, items: list[tuple[Payment, Outcome, str | None, list[OutboxMessage]]]
     ) -> list[list[StoredMessage] | BaseException | None]:
+        """One call of finish_payments (sql/002_step_functions.sql): one statement, hence one
+        transaction and one round trip, for the whole batch."""
         # One item per payment: a second finalization of the same payment in this batch finds
         # it no longer pending, as it would in the next batch.
         first: dict[uuid.UUID, int] = {}
         for i, (payment, _, _, _) in enumerate(items):
             first.setdefault(payment.id, i)
-        todo = [items[i][0] for i in first.values()]
-        async with self._pipeline() as conn:
-            finalized_cur = conn.cursor(row_factory=dict_row)
-            stored: dict[int, list[StoredMessage]] = {}
-            async with conn.transaction():
-                # Lock the payments (in id order), finalize those still pending.
-                await conn.execute(self.q["lock_payments"], {"ids": [p.id for p in todo]})
-                await finalized_cur.execute(
-                    self.q["finalize_payments"],
-                    {
-                        "ids": [p.id for p in todo],
-                        "statuses": [str(p.status) for p in todo],
-                        "error_codes": [p.error_code for p in todo],
-                        "error_messages": [p.error_message for p in todo],
-                        "failure_reasons": [p.failure_reason for p in todo],
-                        "transaction_ids": [p.transaction_id for p in todo],
-                        "processed_ats": [p.processed_at for p in todo],
-                        "simulated_responses": [p.simulated_response for p in todo],
-                    },
-                )
-                finalized = {row["id"] for row in await finalized_cur.fetchall()}
-                done = [i for i in first.values() if items[i][0].id in finalized]
-                # Their ledger entries and outbox rows.
-                if done:
-                    await conn.execute(
-                        self.q["finalize_ledgers"],
-                        {
-                            "command_ids": [items[i][0].command_id for i in done],
-                            "outcomes": [str(items[i][1]) for i in done],
-                            "error_messages": [items[i][2] for i in done],
-                            "payment_ids": [items[i][0].id for i in done],
-                        },
-                    )
-                    messages = {i: items[i][3] for i in done}
-                    stored = await self._insert_outbox(conn.cursor(), messages)
+        todo = list(first.values())  # item indexes; position k + 1 in the call
+        flat = [(k + 1, m) for k, i in enumerate(todo) for m in items[i][3]]
+        payments = [items[i][0] for i in todo]
+        params = {
+            "ids": [p.id for p in payments],
+            "statuses": [str(p.status) for p in payments],
+            "error_codes": [p.error_code for p in payments],
+            "error_messages": [p.error_message for p in payments],
+            "failure_reasons": [p.failure_reason for p in payments],
+            "transaction_ids": [p.transaction_id for p in payments],
+            "processed_ats": [p.processed_at for p in payments],
+            "simulated_responses": [p.simulated_response for p in payments],
+            "command_ids": [p.command_id for p in payments],
+            "outcomes": [str(items[i][1]) for i in todo],
+            "ledger_error_messages": [items[i][2] for i in todo],
+            "items": [k for k, _ in flat],
+            **_outbox_columns([m for _, m in flat]),
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["finish_payments"], params)
+            row = await cur.fetchone()
+        assert row is not None  # the function returns one row
+        done_positions, outbox_ids = row
+        done = set(done_positions)
+        written = [(todo[k - 1], m) for k, m in flat if k in done]
+        if len(outbox_ids) != len(written):
+            raise DatabaseError(
+                f"outbox insert returned {len(outbox_ids)} ids for {len(written)} rows"
+            )
+        stored: dict[int, list[StoredMessage]] = {todo[k - 1]: [] for k in done}
+        for row_id, (i, message) in zip(outbox_ids, written, strict=True):
+            stored[i].append(StoredMessage(row_id, message))
         return [stored.get(i) for i in range(len(items))]
 
     async def _record_batch(
@@ -549,6 +537,45 @@ class PostgresStore:
 
 
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
+
+# The columns begin_payments returns after (n, verdict, first_n): a ledger entry, a payment.
+_LEDGER_KEYS = (
+    "command_id",
+    "order_id",
+    "customer_id",
+    "amount",
+    "currency",
+    "state",
+    "outcome",
+    "error_message",
+    "payment_id",
+    "reply_route",
+)
+_PAYMENT_KEYS = (
+    "id",
+    "order_id",
+    "customer_id",
+    "reservation_id",
+    "amount",
+    "currency",
+    "payment_method",
+    "status",
+    "error_code",
+    "error_message",
+    "failure_reason",
+    "transaction_id",
+    "created_at",
+    "processed_at",
+    "is_simulated",
+    "simulated_response",
+    "command_id",
+)
+
+
+def _payment_at(row: tuple[Any, ...]) -> Payment:
+    """The payment columns of a begin_payments row."""
+    return _payment(dict(zip(_PAYMENT_KEYS, row[13:], strict=True)))
+
 
 # The `Payment` fields of a reply, in the order `recorded_answers` selects them after the
 # nine ledger columns.

@@ -168,6 +168,70 @@ async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
     assert _count(db, "SELECT count(*) FROM command_ledger WHERE order_id = %s", order_id) == 1
 
 
+async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time(
+    store: PostgresStore, db: Conn
+) -> None:
+    """One batch holding every case: each candidate gets the answer it would get alone, in
+    batch order (an earlier candidate's new payment counts for the later ones of its order),
+    and only the new payments and their ledger entries are written."""
+    # What the database holds before the batch.
+    paid = pending_payment()
+    await store.begin_payment(paid, ledger_fields(paid), ROUTE)
+    await store.finish_payment(succeeded(paid), Outcome.SUCCEEDED, None, [message()])
+    waiting = pending_payment()
+    await store.begin_payment(waiting, ledger_fields(waiting), ROUTE)
+    recorded = pending_payment()
+    await store.record([message()], final_ledger(recorded, "ORDER_NOT_FOUND"))
+    stranded = pending_payment()  # in progress, but its payment is no longer pending
+    await store.begin_payment(stranded, ledger_fields(stranded), ROUTE)
+    db.execute("UPDATE payments SET status = 'failed' WHERE id = %s", (stranded.id,))
+    stranded_too = pending_payment()
+    await store.begin_payment(stranded_too, ledger_fields(stranded_too), ROUTE)
+    db.execute("UPDATE payments SET status = 'failed' WHERE id = %s", (stranded_too.id,))
+
+    new = pending_payment()
+    candidates = [
+        new,
+        pending_payment(order_id=new.order_id),  # another command for that order
+        pending_payment(order_id=new.order_id, command_id=new.command_id),  # the same command
+        pending_payment(order_id=paid.order_id),
+        pending_payment(order_id=waiting.order_id),
+        pending_payment(order_id=waiting.order_id, command_id=waiting.command_id),
+        pending_payment(command_id=recorded.command_id),
+        pending_payment(order_id=stranded.order_id, command_id=stranded.command_id),
+        # a new command first, then the stranded one of the same order: it finds that new
+        # payment pending, as it would one call later
+        pending_payment(order_id=stranded_too.order_id),
+        pending_payment(order_id=stranded_too.order_id, command_id=stranded_too.command_id),
+    ]
+    answers = await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in candidates])
+
+    assert answers[0] == Began(pending=candidates[0])
+    assert answers[1] == Began(busy=candidates[0])
+    assert answers[2] == Began(pending=candidates[0])
+    assert isinstance(answers[3], Began) and answers[3].succeeded is not None
+    assert answers[3].succeeded.id == paid.id
+    assert isinstance(answers[4], Began) and answers[4].busy is not None
+    assert answers[4].busy.id == waiting.id
+    assert isinstance(answers[5], Began) and answers[5].pending is not None
+    assert answers[5].pending.id == waiting.id
+    assert isinstance(answers[6], Began) and answers[6].ledger is not None
+    assert answers[6].ledger.outcome is Outcome.ORDER_NOT_FOUND
+    assert isinstance(answers[7], DatabaseError)
+    assert answers[8] == Began(pending=candidates[8])
+    assert answers[9] == Began(busy=candidates[8])
+    written = {r[0] for r in db.execute("SELECT id FROM payments").fetchall()}
+    assert {c.id for c in candidates} & written == {candidates[0].id, candidates[8].id}
+    assert (
+        _count(
+            db,
+            "SELECT count(*) FROM command_ledger WHERE payment_id = ANY(%s)",
+            [candidates[0].id, candidates[8].id],
+        )
+        == 2
+    )
+
+
 # -- finish_payment and record ----------------------------------------------------------------
 
 
