@@ -7,6 +7,28 @@ SELECT command_id, order_id, customer_id, amount, currency, state, outcome, erro
        payment_id, reply_route
 FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
 
+-- name: snapshots
+-- The pipeline's first read, one row per (command id, order id) in input order: the command's
+-- ledger entry, the order's succeeded payment and its pending one (each all NULL when absent).
+-- One statement with no transaction block: it reads committed data, and begin_payments checks
+-- everything again under the order's lock.
+SELECT l.command_id, l.order_id, l.customer_id, l.amount, l.currency, l.state, l.outcome,
+       l.error_message, l.payment_id, l.reply_route,
+       s.id, s.order_id, s.customer_id, s.reservation_id, s.amount, s.currency,
+       s.payment_method, s.status, s.error_code, s.error_message, s.failure_reason,
+       s.transaction_id, s.created_at, s.processed_at, s.is_simulated, s.simulated_response,
+       s.command_id,
+       p.id, p.order_id, p.customer_id, p.reservation_id, p.amount, p.currency,
+       p.payment_method, p.status, p.error_code, p.error_message, p.failure_reason,
+       p.transaction_id, p.created_at, p.processed_at, p.is_simulated, p.simulated_response,
+       p.command_id
+FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[]) WITH ORDINALITY
+     AS v(command_id, order_id, n)
+LEFT JOIN command_ledger l ON l.command_id = v.command_id
+LEFT JOIN payments s ON s.order_id = v.order_id AND s.status = 'succeeded'
+LEFT JOIN payments p ON p.order_id = v.order_id AND p.status = 'pending'
+ORDER BY v.n;
+
 -- name: payment_by_id
 SELECT * FROM payments WHERE id = %(id)s;
 
@@ -109,10 +131,6 @@ SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, header
 FROM outbox
 WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)b::uuid[])
 ORDER BY payment_id, id;
-
--- name: active_payments_for_orders
-SELECT * FROM payments
-WHERE order_id = ANY(%(order_ids)b) AND status IN ('succeeded', 'pending');
 
 -- name: lock_orders
 -- One advisory lock per order, taken in key order so that concurrent batches cannot deadlock.

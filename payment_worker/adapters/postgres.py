@@ -112,20 +112,6 @@ def _ledger(row: dict[str, Any]) -> LedgerEntry:
     )
 
 
-def _by_order(
-    rows: list[dict[str, Any]],
-) -> tuple[dict[uuid.UUID, Payment], dict[uuid.UUID, Payment]]:
-    """Succeeded and pending payments by order id."""
-    succeeded: dict[uuid.UUID, Payment] = {}
-    pending: dict[uuid.UUID, Payment] = {}
-    for row in rows:
-        payment = _payment(row)
-        (succeeded if payment.status is PaymentStatus.SUCCEEDED else pending)[payment.order_id] = (
-            payment
-        )
-    return succeeded, pending
-
-
 def _headers_json(headers: list[tuple[str, bytes]]) -> Jsonb:
     return Jsonb([[name, value.hex() if value is not None else None] for name, value in headers])
 
@@ -280,21 +266,24 @@ class PostgresStore:
     async def _snapshot_batch(
         self, items: list[tuple[uuid.UUID, uuid.UUID]]
     ) -> list[Snapshot | BaseException]:
-        # Two statements, no transaction block: each reads committed data (as it would inside
-        # a READ COMMITTED block), and begin_payment checks everything again under the lock.
+        """One statement for the batch (the `snapshots` query): one row per item, in order."""
         async with self._conn() as conn:
-            entries_cur = conn.cursor(row_factory=dict_row)
-            payments_cur = conn.cursor(row_factory=dict_row)
-            await entries_cur.execute(
-                self.q["ledger_entries"], {"command_ids": list({c for c, _ in items})}
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(
+                self.q["snapshots"],
+                {"command_ids": [c for c, _ in items], "order_ids": [o for _, o in items]},
             )
-            await payments_cur.execute(
-                self.q["active_payments_for_orders"],
-                {"order_ids": list({o for _, o in items})},
+            rows = await cur.fetchall()
+        if len(rows) != len(items):
+            raise DatabaseError(f"snapshots answered {len(rows)} rows for {len(items)} items")
+        return [
+            Snapshot(
+                _ledger(dict(zip(_LEDGER_KEYS, row[:10], strict=True))) if row[0] else None,
+                _payment(dict(zip(_PAYMENT_KEYS, row[10:27], strict=True))) if row[10] else None,
+                _payment(dict(zip(_PAYMENT_KEYS, row[27:], strict=True))) if row[27] else None,
             )
-            entries = {r["command_id"]: _ledger(r) for r in await entries_cur.fetchall()}
-            succeeded, pending = _by_order(await payments_cur.fetchall())
-        return [Snapshot(entries.get(c), succeeded.get(o), pending.get(o)) for c, o in items]
+            for row in rows
+        ]
 
     async def _begin_batch(
         self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]

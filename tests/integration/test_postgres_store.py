@@ -21,7 +21,7 @@ from payment_worker.adapters.postgres import (
 from payment_worker.devstack.broker import free_port
 from payment_worker.domain.model import Outcome, PaymentStatus
 from payment_worker.service.messages import payment_record
-from payment_worker.service.ports import Began
+from payment_worker.service.ports import Began, Snapshot
 from tests.integration.support import (
     ROUTE,
     declined,
@@ -230,6 +230,41 @@ async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time
         )
         == 2
     )
+
+
+async def test_snapshots_of_one_batch_each_read_their_own_command_and_order(
+    store: PostgresStore,
+) -> None:
+    """One snapshot batch: each item gets its command's ledger entry and its order's succeeded
+    and pending payments, whatever the other items hold (one item repeated, one unknown)."""
+    paid = pending_payment()
+    await store.begin_payment(paid, ledger_fields(paid), ROUTE)
+    await store.finish_payment(succeeded(paid), Outcome.SUCCEEDED, None, [message()])
+    waiting = pending_payment()
+    await store.begin_payment(waiting, ledger_fields(waiting), ROUTE)
+    unknown = pending_payment()
+    items = [
+        (paid.command_id, paid.order_id),
+        (waiting.command_id, waiting.order_id),
+        (unknown.command_id, unknown.order_id),
+        (waiting.command_id, paid.order_id),  # a command and an order of different items
+        (paid.command_id, paid.order_id),
+    ]
+    snapshots = await store._snapshot_batch([(c, o) for c, o in items if c is not None])
+
+    first, second, third, mixed, again = snapshots
+    assert isinstance(first, Snapshot) and first.ledger is not None and first.pending is None
+    assert first.ledger.final and first.ledger.outcome is Outcome.SUCCEEDED
+    assert first.succeeded is not None and first.succeeded.id == paid.id
+    assert first.succeeded.status is PaymentStatus.SUCCEEDED
+    assert isinstance(second, Snapshot) and second.succeeded is None
+    assert second.ledger is not None and not second.ledger.final
+    assert second.pending == waiting
+    assert third == Snapshot(None, None, None)
+    assert isinstance(mixed, Snapshot) and mixed.pending is None
+    assert mixed.ledger is not None and mixed.ledger.command_id == waiting.command_id
+    assert mixed.succeeded is not None and mixed.succeeded.id == paid.id
+    assert again == first
 
 
 # -- finish_payment and record ----------------------------------------------------------------
