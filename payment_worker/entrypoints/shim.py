@@ -29,6 +29,7 @@ from payment_worker.adapters.reply_listener import CommandProducer, ReplyListene
 from payment_worker.config import Settings
 from payment_worker.domain.model import Command
 from payment_worker.domain.validation import ValidationFailed, validate_command
+from payment_worker.service.messages import random_uuid
 
 log = structlog.get_logger("payment_worker.shim")
 
@@ -200,7 +201,7 @@ def render_json(body: Any) -> str:
         if isinstance(value, list):
             return [prepare(v) for v in value]
         if isinstance(value, Decimal):
-            marker = f"__decimal_{len(numbers)}_{uuid.uuid4().hex}__"
+            marker = f"__decimal_{len(numbers)}_{random_uuid()}__"
             numbers[marker] = format(value, "f")
             return marker
         if isinstance(value, datetime):
@@ -271,7 +272,7 @@ class Shim:
         key = request.headers.get("idempotency-key")
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH):
             return _error(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
-        command_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)) if key else str(uuid.uuid4())
+        command_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)) if key else random_uuid()
         try:
             command = parse_payment_request(body, command_id)
         except (BadRequest, ValidationFailed) as exc:
@@ -285,7 +286,7 @@ class Shim:
             IN_FLIGHT.dec()
 
     async def _request_reply(self, command: Command) -> Response:
-        correlation = str(uuid.uuid4())
+        correlation = random_uuid()
         partition = self.listener.next_partition()
         headers = [
             ("correlation-id", correlation.encode()),

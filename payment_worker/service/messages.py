@@ -121,12 +121,19 @@ _VERSION_4 = (0x4 << 76) | (0x2 << 62)
 
 
 def random_uuid() -> str:
-    """A random (version 4) UUID as text, for message ids (one per reply on replay's fast
-    path): from the process's random generator rather than an os.urandom system call each
-    (uuid.uuid4), which cost ~10% of replay's time in this VM. Ids must be unique, not
-    unpredictable; `random` is seeded from os.urandom and reseeded in forked children."""
+    """A random (version 4) UUID as text, for ids that must be unique but need not be
+    unpredictable (message, event, payment, correlation ids): from the process's random
+    generator rather than uuid.uuid4's os.urandom call, which releases the interpreter lock:
+    under load the calling thread then waits for it behind the Kafka client threads (~10% of
+    replay's time, and of the shim's, in this VM). `random` is seeded from os.urandom and
+    reseeded in forked children."""
     h = f"{(random.getrandbits(128) & _VERSION_BITS) | _VERSION_4:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_uuid() -> uuid.UUID:
+    """random_uuid() as a uuid.UUID."""
+    return uuid.UUID(int=(random.getrandbits(128) & _VERSION_BITS) | _VERSION_4)
 
 
 PAYMENT_RECORD = "ticketing.payment.v1.Payment"  # the reply's union branch, by full name
@@ -267,7 +274,7 @@ class MessageFactory:
         self, payment: Payment, route: ReplyRoute, event_id: uuid.UUID | None = None
     ) -> OutboxMessage:
         """payment-succeeded or payment-failed for a finalized payment."""
-        event_id = event_id or uuid.uuid4()
+        event_id = event_id or new_uuid()
         common: dict[str, Any] = {
             "eventId": str(event_id),
             "commandId": str(payment.command_id),

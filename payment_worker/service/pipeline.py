@@ -28,7 +28,12 @@ from payment_worker.domain.model import (
 )
 from payment_worker.domain.validation import ValidationFailed, validate_command
 from payment_worker.exceptions import PermanentError, RetryableError
-from payment_worker.service.messages import MessageFactory, ReplyRoute, route_from_headers
+from payment_worker.service.messages import (
+    MessageFactory,
+    ReplyRoute,
+    new_uuid,
+    route_from_headers,
+)
 from payment_worker.service.ports import (
     GatewayPort,
     InboundRecord,
@@ -322,7 +327,7 @@ class Pipeline:
         delay = 0.05
         while True:
             candidate = Payment(
-                id=uuid.uuid4(),
+                id=new_uuid(),
                 order_id=valid.order_id,
                 customer_id=valid.customer_id,
                 reservation_id=valid.reservation_id,

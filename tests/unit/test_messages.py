@@ -27,6 +27,7 @@ from payment_worker.service.messages import (
     Topics,
     _micros,
     ce_time,
+    new_uuid,
     random_uuid,
     route_from_headers,
 )
@@ -430,6 +431,30 @@ def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
     assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
     assert [str(p) for p in parsed] == ids
     assert len(set(ids)) == len(ids)
+
+
+def test_new_uuid_is_a_random_version_4_uuid() -> None:
+    """Payment and event ids: version-4 UUIDs, all different."""
+    ids = [new_uuid() for _ in range(2000)]
+
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_random_ids_differ_in_a_forked_child() -> None:
+    """A forked process (replay's shards, a worker started by fork) draws other ids than its
+    parent: the generator is reseeded in the child."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then exit at once
+        os.write(write, random_uuid().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert child != random_uuid()
 
 
 @pytest.mark.parametrize(
