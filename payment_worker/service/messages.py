@@ -33,7 +33,7 @@ class Topics:
     dlq: str = "process-payment-dlq"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class ReplyRoute:
     """Where and how to answer one command, read from its headers (contract section 2)."""
 

@@ -69,7 +69,7 @@ class Handled:
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class Prepared:
     """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
 

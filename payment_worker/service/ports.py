@@ -27,7 +27,7 @@ class ReservationInfo:
     expires_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class InboundRecord:
     """One Kafka record as consumed."""
 
@@ -40,7 +40,7 @@ class InboundRecord:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class OutboxMessage:
     """A message to publish, written to the outbox in the same transaction as its cause."""
 
