@@ -205,6 +205,33 @@ def test_direct_producer_delivers_what_it_sends(broker: str, topics: Topics) -> 
     assert all(r.headers.get("correlation-id") == b"c-1" for r in received)
 
 
+def test_direct_producer_keeps_answers_in_order_without_idempotence(
+    broker: str, topics: Topics
+) -> None:
+    """Replay's answers need no idempotent producer (a duplicate answer changes nothing), but
+    keep their order: one request in flight. PAYMENT_KAFKA_CONFIG still decides over both;
+    200 answers to one partition arrive in the order sent."""
+    assert DirectProducer({}).config["enable.idempotence"] is False
+    assert DirectProducer({}).config["max.in.flight.requests.per.connection"] == 1
+    assert DirectProducer({"enable.idempotence": True}).config["enable.idempotence"] is True
+    producer = DirectProducer({"bootstrap.servers": broker, "linger.ms": 1})
+    producer.open()
+    try:
+        sent = [
+            message("reply", topics.replies, partition=0, value=f"{i:04d}".encode())
+            for i in range(200)
+        ]
+        for start in range(0, 200, 10):
+            producer.send(sent[start : start + 10])
+        left = producer.drain(timeout_s=20)
+    finally:
+        producer.close()
+
+    assert left == 0
+    received = _read(broker, topics, topics.replies, expect=200)
+    assert [r.value for r in received if r.partition == 0] == [m.value for m in sent]
+
+
 def test_direct_producer_counts_what_it_could_not_deliver(broker: str, topics: Topics) -> None:
     """A message that cannot be delivered (a partition the topic does not have) is retried,
     then counted: drain() returns it, so replay can fail instead of claiming success."""
