@@ -83,6 +83,47 @@ def test_first_migrate_applies_every_available_version(database_url: str, db_sch
     assert applied, "no migration files found"
 
 
+def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
+    database_url: str, migrated_schema: str
+) -> None:
+    """begin_payments and finish_payments live in the configured schema and resolve its
+    tables themselves: called from a session whose search_path is only `public`, they read and
+    write that schema's tables."""
+    order_id, payment_id, command_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    schema = sql.Identifier(migrated_schema)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET search_path TO public")
+        begun = conn.execute(
+            sql.SQL(
+                "SELECT n, verdict FROM {}.begin_payments("
+                "ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[NULL]::uuid[],"
+                " ARRAY[10.00]::numeric[], ARRAY['USD'], ARRAY['card'], ARRAY[now()],"
+                " ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[10.00]::numeric[],"
+                " ARRAY['USD'], ARRAY['{{}}']::jsonb[])"
+            ).format(schema),
+            (payment_id, order_id, command_id, command_id, order_id, command_id),
+        ).fetchall()
+        finished = conn.execute(
+            sql.SQL(
+                "SELECT done, outbox_ids FROM {}.finish_payments("
+                "ARRAY[%s]::uuid[], ARRAY['succeeded'], ARRAY[NULL], ARRAY[NULL], ARRAY[NULL],"
+                " ARRAY['txn_1'], ARRAY[now()], ARRAY[NULL], ARRAY[%s]::uuid[],"
+                " ARRAY['SUCCEEDED'], ARRAY[NULL], ARRAY[1], ARRAY['reply'],"
+                " ARRAY['payment-replies'], ARRAY[NULL]::integer[], ARRAY[NULL]::bytea[],"
+                " ARRAY[NULL]::bytea[], ARRAY['[]']::jsonb[], ARRAY[NULL]::uuid[],"
+                " ARRAY[NULL]::uuid[])"
+            ).format(schema),
+            (payment_id, command_id),
+        ).fetchone()
+        status = conn.execute(
+            sql.SQL("SELECT status FROM {}.payments WHERE id = %s").format(schema), (payment_id,)
+        ).fetchone()
+
+    assert begun == [(1, "inserted")]
+    assert finished is not None and finished[0] == [1] and len(finished[1]) == 1
+    assert status == ("succeeded",)
+
+
 def test_creates_exactly_the_tables_of_the_implementation(
     database_url: str, migrated_schema: str
 ) -> None:
