@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -79,7 +79,9 @@ class RedisOrderLock:
 
     async def acquire(self, order_id: uuid.UUID) -> str | None:
         """A token once the lock is held; None when Redis is unreachable or the wait ran out."""
-        token = secrets.token_hex(16)
+        # Unique, not secret (it only tells our lock from another holder's): from the random
+        # generator, not secrets/os.urandom, which releases the interpreter lock per call.
+        token = f"{random.getrandbits(128):032x}"
         key = self.prefix + str(order_id)
         deadline = time.monotonic() + self.wait_s
         delay = 0.01
