@@ -131,9 +131,3 @@ SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, header
 FROM outbox
 WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)b::uuid[])
 ORDER BY payment_id, id;
-
--- name: lock_orders
--- One advisory lock per order, taken in key order so that concurrent batches cannot deadlock.
-SELECT pg_advisory_xact_lock(k)
-FROM (SELECT DISTINCT hashtextextended(o::text, 7204) AS k
-      FROM unnest(%(order_ids)b::uuid[]) AS o ORDER BY k) AS keys;

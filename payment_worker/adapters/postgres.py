@@ -278,9 +278,9 @@ class PostgresStore:
             raise DatabaseError(f"snapshots answered {len(rows)} rows for {len(items)} items")
         return [
             Snapshot(
-                _ledger(dict(zip(_LEDGER_KEYS, row[:10], strict=True))) if row[0] else None,
-                _payment(dict(zip(_PAYMENT_KEYS, row[10:27], strict=True))) if row[10] else None,
-                _payment(dict(zip(_PAYMENT_KEYS, row[27:], strict=True))) if row[27] else None,
+                _ledger_from(row[:10]) if row[0] else None,
+                _payment_from(row[10:27]) if row[10] else None,
+                _payment_from(row[27:]) if row[27] else None,
             )
             for row in rows
         ]
@@ -319,15 +319,13 @@ class PostgresStore:
             if verdict == "inserted":
                 results.append(Began(pending=payment))
             elif verdict == "ledger":
-                results.append(
-                    Began(ledger=_ledger(dict(zip(_LEDGER_KEYS, row[3:13], strict=True))))
-                )
+                results.append(Began(ledger=_ledger_from(row[3:13])))
             elif verdict == "succeeded":
-                results.append(Began(succeeded=_payment_at(row)))
+                results.append(Began(succeeded=_payment_from(row[13:])))
             elif verdict == "pending":
-                results.append(Began(pending=_payment_at(row)))
+                results.append(Began(pending=_payment_from(row[13:])))
             elif verdict == "busy":
-                results.append(Began(busy=_payment_at(row)))
+                results.append(Began(busy=_payment_from(row[13:])))
             elif verdict == "pending_in_batch":
                 results.append(Began(pending=payments[first_n - 1]))
             elif verdict == "busy_in_batch":
@@ -527,7 +525,8 @@ class PostgresStore:
 
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 
-# The columns begin_payments returns after (n, verdict, first_n): a ledger entry, a payment.
+# A ledger entry's and a payment's columns, in the order the snapshots query and
+# begin_payments return them.
 _LEDGER_KEYS = (
     "command_id",
     "order_id",
@@ -561,9 +560,14 @@ _PAYMENT_KEYS = (
 )
 
 
-def _payment_at(row: tuple[Any, ...]) -> Payment:
-    """The payment columns of a begin_payments row."""
-    return _payment(dict(zip(_PAYMENT_KEYS, row[13:], strict=True)))
+def _ledger_from(values: tuple[Any, ...]) -> LedgerEntry:
+    """A ledger entry from its columns in _LEDGER_KEYS order."""
+    return _ledger(dict(zip(_LEDGER_KEYS, values, strict=True)))
+
+
+def _payment_from(values: tuple[Any, ...]) -> Payment:
+    """A payment from its columns in _PAYMENT_KEYS order."""
+    return _payment(dict(zip(_PAYMENT_KEYS, values, strict=True)))
 
 
 # The `Payment` fields of a reply, in the order `recorded_answers` selects them after the
