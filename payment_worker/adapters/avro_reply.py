@@ -77,8 +77,7 @@ def _string(value: Any) -> bytes:
     if type(value) is not str:
         raise _Unsupported
     data = value.encode("utf-8")
-    n = len(data)
-    return (_VARINTS[n] if n < _TABLE_END else _long(n)) + data
+    return _long(len(data)) + data
 
 
 def _uuid(value: Any) -> bytes:

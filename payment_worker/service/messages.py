@@ -127,13 +127,18 @@ def random_uuid() -> str:
     under load the calling thread then waits for it behind the Kafka client threads (~10% of
     replay's time, and of the shim's, in this VM). `random` is seeded from os.urandom and
     reseeded in forked children."""
-    h = f"{(random.getrandbits(128) & _VERSION_BITS) | _VERSION_4:032x}"
+    h = f"{_random_uuid_int():032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_uuid() -> uuid.UUID:
     """random_uuid() as a uuid.UUID."""
-    return uuid.UUID(int=(random.getrandbits(128) & _VERSION_BITS) | _VERSION_4)
+    return uuid.UUID(int=_random_uuid_int())
+
+
+def _random_uuid_int() -> int:
+    """128 random bits with the version-4 and RFC 4122 variant bits set."""
+    return (random.getrandbits(128) & _VERSION_BITS) | _VERSION_4
 
 
 PAYMENT_RECORD = "ticketing.payment.v1.Payment"  # the reply's union branch, by full name

@@ -116,7 +116,6 @@ def canonical(command: Command, valid: ValidCommand) -> Command:
         and _is_canonical(command.order_id)
         and _is_canonical(command.customer_id)
         and (command.reservation_id is None or _is_canonical(command.reservation_id))
-        and (command.reservation_id is None) == (valid.reservation_id is None)
     ):
         return command
     return Command(

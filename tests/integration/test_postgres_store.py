@@ -168,6 +168,21 @@ async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
     assert _count(db, "SELECT count(*) FROM command_ledger WHERE order_id = %s", order_id) == 1
 
 
+async def test_a_begin_batch_that_fails_writes_nothing(store: PostgresStore, db: Conn) -> None:
+    """The begin step is one transaction: when one ledger entry cannot be inserted (two
+    candidates of one command id for two orders), neither candidate's pending payment nor
+    any ledger entry stays written, and the error is raised for the batch to be retried item
+    by item."""
+    first = pending_payment()
+    second = pending_payment(command_id=first.command_id)  # another order, same command id
+
+    with pytest.raises(DatabaseError):
+        await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in (first, second)])
+
+    assert _count(db, "SELECT count(*) FROM payments") == 0
+    assert _count(db, "SELECT count(*) FROM command_ledger") == 0
+
+
 async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time(
     store: PostgresStore, db: Conn
 ) -> None:
