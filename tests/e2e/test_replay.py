@@ -292,3 +292,52 @@ def test_replay_alongside_a_live_worker_charges_nobody_twice(
         ).fetchall()
     }
     assert got == paid
+
+
+def _summary(result: subprocess.CompletedProcess[str], row: str) -> int:
+    """The count of one row of replay's summary table."""
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│") if c.strip()]
+        if len(cells) == 2 and cells[0] == row:
+            return int(cells[1])
+    raise AssertionError(f"no row {row!r} in:\n{result.stdout}\n{result.stderr[-2000:]}")
+
+
+def test_dry_run_writes_nothing_and_undecodable_records_are_counted_not_dead_lettered(
+    kafka, devserver, db, worker_env, topics
+):
+    """A topic with an undecodable record among commands: --dry-run reports them and writes
+    nothing (no reply, dead letter, payment or ledger entry); the real replay then answers the
+    commands and counts the undecodable record without dead-lettering it again."""
+    commands = _orders(devserver, 4)
+    _send_one_per_batch(kafka, commands[:2])
+    kafka.send(value=b"\xc3\x01 not an Avro command", key=b"garbage")
+    _send_one_per_batch(kafka, commands[2:])
+
+    dry = replay(worker_env, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert _summary(dry, "records read") == 5
+    assert _summary(dry, "undecodable") == 1
+    assert _summary(dry, "processed anew") == 4
+    assert kafka.read(topics.replies, idle_s=1.0) == []
+    assert kafka.read(topics.dlq, idle_s=0.5) == []
+    assert _count(db, "SELECT count(*) FROM payments") == 0
+    assert _count(db, "SELECT count(*) FROM command_ledger") == 0
+
+    real = replay(worker_env)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert _summary(real, "undecodable") == 1
+    assert _summary(real, "dead letters written") == 0
+    assert len(kafka.replies(expect=4, timeout_s=60)) == 4
+    assert kafka.read(topics.dlq, idle_s=0.5) == []
+
+
+def test_replay_without_a_broker_exits_non_zero_with_a_clear_line(worker_env):
+    """No broker at the configured address: exit code 1 and one line saying it cannot be
+    reached, instead of waiting forever."""
+    from payment_worker.devstack.broker import free_port
+
+    env = {**worker_env, "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = replay(env, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    assert "cannot reach the broker" in result.stderr, result.stderr[-2000:]
