@@ -43,7 +43,9 @@ LATENCY = Histogram(
     "POST /payments latency.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 15, 30),
 )
-IN_FLIGHT = Gauge("payment_shim_in_flight", "POST /payments waiting for a reply.")
+IN_FLIGHT = Gauge(
+    "payment_shim_in_flight", "POST /payments being handled (body read or reply awaited)."
+)
 TIMEOUTS = Counter("payment_shim_reply_timeouts_total", "Requests answered 504.")
 WAITING = Gauge("payment_shim_waiting_replies", "Correlation ids waiting for a reply.")
 DROPPED = Gauge("payment_shim_dropped_replies", "Replies received that nobody waited for.")
@@ -261,6 +263,17 @@ class Shim:
             )
         if self.in_flight >= self.max_in_flight:
             return _error(503, "Too many payments in flight; retry shortly", {"Retry-After": "1"})
+        # The slot is taken before the first await (reading the body): checking here and counting
+        # later let every request that arrived together pass the check before any was counted.
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        try:
+            return await self._admitted(request)
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+
+    async def _admitted(self, request: Request) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return _error(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
@@ -277,13 +290,7 @@ class Shim:
             command = parse_payment_request(body, command_id)
         except (BadRequest, ValidationFailed) as exc:
             return _error(getattr(exc, "status", 400), str(exc))
-        self.in_flight += 1
-        IN_FLIGHT.inc()
-        try:
-            return await self._request_reply(command)
-        finally:
-            self.in_flight -= 1
-            IN_FLIGHT.dec()
+        return await self._request_reply(command)
 
     async def _request_reply(self, command: Command) -> Response:
         correlation = random_uuid()
