@@ -4,7 +4,6 @@ process on the reply partitions the group gives it."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +49,7 @@ class ReplyListener:
         self.topic = topic
         self.decode = decode
         self.partitions: list[int] = []
-        self._cycle: itertools.cycle[int] | None = None
+        self._reply_partition: int | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -83,12 +82,12 @@ class ReplyListener:
             positioned.append(TopicPartition(tp.topic, tp.partition, high))
         consumer.assign(positioned)
         self.partitions = sorted(p.partition for p in partitions)
-        self._cycle = itertools.cycle(self.partitions) if self.partitions else None
+        self._reply_partition = self.partitions[0] if self.partitions else None
         log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.partitions = []
-        self._cycle = None
+        self._reply_partition = None
         log.info("reply_partitions_revoked", topic=self.topic)
 
     def _run(self) -> None:
@@ -120,9 +119,11 @@ class ReplyListener:
             return
         self._loop.call_soon_threadsafe(_resolve, future, reply)
 
-    def next_partition(self) -> int | None:
-        cycle = self._cycle
-        return next(cycle) if cycle is not None else None
+    def reply_partition(self) -> int | None:
+        """The partition this shim asks the worker to answer on: the lowest one it owns. One
+        partition for all its replies, because the worker then produces them as one batch
+        instead of one small batch per partition (cheaper for the broker and both clients)."""
+        return self._reply_partition
 
     def expect(self, correlation_id: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -294,7 +294,7 @@ class Shim:
 
     async def _request_reply(self, command: Command) -> Response:
         correlation = random_uuid()
-        partition = self.listener.next_partition()
+        partition = self.listener.reply_partition()
         headers = [
             ("correlation-id", correlation.encode()),
             ("reply-to", self.settings.topic_replies.encode()),
