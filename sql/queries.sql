@@ -8,32 +8,22 @@ SELECT command_id, order_id, customer_id, amount, currency, state, outcome, erro
 FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
 
 -- name: snapshots
--- The pipeline's first read, one row per (command id, order id) in input order: the command's
--- ledger entry, the order's succeeded payment and its pending one (each all NULL when absent).
--- One statement with no transaction block: it reads committed data, and begin_payments checks
--- everything again under the order's lock.
-SELECT l.command_id, l.order_id, l.customer_id, l.amount, l.currency, l.state, l.outcome,
-       l.error_message, l.payment_id, l.reply_route,
-       s.id, s.order_id, s.customer_id, s.reservation_id, s.amount, s.currency,
-       s.payment_method, s.status, s.error_code, s.error_message, s.failure_reason,
-       s.transaction_id, s.created_at, s.processed_at, s.is_simulated, s.simulated_response,
-       s.command_id,
-       p.id, p.order_id, p.customer_id, p.reservation_id, p.amount, p.currency,
-       p.payment_method, p.status, p.error_code, p.error_message, p.failure_reason,
-       p.transaction_id, p.created_at, p.processed_at, p.is_simulated, p.simulated_response,
-       p.command_id
-FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[]) WITH ORDINALITY
-     AS v(command_id, order_id, n)
-LEFT JOIN command_ledger l ON l.command_id = v.command_id
-LEFT JOIN payments s ON s.order_id = v.order_id AND s.status = 'succeeded'
-LEFT JOIN payments p ON p.order_id = v.order_id AND p.status = 'pending'
-ORDER BY v.n;
+-- The pipeline's first read (sql/003_key_lookup_plans.sql), one row per (command id, order id)
+-- in input order: the command's ledger entry, the order's succeeded payment and its pending one
+-- (each all NULL when absent). One statement with no transaction block: it reads committed
+-- data, and begin_payments checks everything again under the order's lock.
+SELECT (ledger).command_id, (ledger).order_id, (ledger).customer_id, (ledger).amount,
+       (ledger).currency, (ledger).state, (ledger).outcome, (ledger).error_message,
+       (ledger).payment_id, (ledger).reply_route,
+       (succeeded).*,
+       (pending).*
+FROM snapshots(%(command_ids)b::uuid[], %(order_ids)b::uuid[]);
 
 -- name: payment_by_id
 SELECT * FROM payments WHERE id = %(id)s;
 
 -- name: begin_payments
--- The begin step in one statement (sql/002_step_functions.sql): the orders' locks, each
+-- The begin step in one statement (sql/003_key_lookup_plans.sql): the orders' locks, each
 -- candidate's verdict and the new pending payments with their ledger entries. The batch
 -- statements take one array per column (unnest): one statement per batch, however many
 -- commands it serves, instead of one statement per row.
