@@ -36,7 +36,7 @@ FROM begin_payments(
     %(ledger_currencies)b::text[], %(reply_routes)b::jsonb[]);
 
 -- name: finish_payments
--- The finish step in one statement (sql/002_step_functions.sql): final states, ledger entries
+-- The finish step in one statement (sql/002_step_functions.sql, settings in 003): final states, ledger entries
 -- and outbox rows of the payments still pending.
 SELECT done, outbox_ids
 FROM finish_payments(

@@ -96,3 +96,19 @@ async def test_a_batch_reads_one_row_per_key_after_the_tables_grew_under_cached_
     # Four payments: a few probes each (snapshot, begin, finish), nowhere near the 3,000 rows
     # each table holds.
     assert read < 100, f"one batch of 4 read {read} rows of payments and command_ledger"
+
+
+def test_the_step_functions_plan_once_per_connection_and_only_by_key(
+    db: psycopg.Connection[Any],
+) -> None:
+    """Each step function carries the settings of sql/003_key_lookup_plans.sql: generic plans
+    (under the default plan_cache_mode begin_payments was planned anew on every call) and no
+    sequential scans."""
+    rows = db.execute(
+        "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = current_schema()::regnamespace"
+        " AND proname IN ('snapshots', 'begin_payments', 'finish_payments')"
+    ).fetchall()
+    assert sorted(name for name, _ in rows) == ["begin_payments", "finish_payments", "snapshots"]
+    for name, config in rows:
+        assert "plan_cache_mode=force_generic_plan" in config, (name, config)
+        assert "enable_seqscan=off" in config, (name, config)
