@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from payment_worker.adapters.coalesce import Coalescer
 
@@ -39,7 +39,7 @@ class RedisOrderLock:
         self.wait_s = wait_s
         self.prefix = prefix
         self.on_degraded = on_degraded
-        self._release = client.register_script(_RELEASE)
+        self._release_sha = client.register_script(_RELEASE).sha
         self._last_warning = 0.0
         # Many commands lock and unlock at once: one pipelined round trip serves them all.
         self._sets = Coalescer(self._set_batch, max_batch=512, parallel=2)
@@ -56,14 +56,23 @@ class RedisOrderLock:
         return [bool(r) for r in results]
 
     async def _release_batch(self, items: list[tuple[str, str]]) -> list[BaseException | None]:
+        # EVALSHA straight away: a registered script run in a pipeline first asks Redis
+        # whether it knows the script (SCRIPT EXISTS), one more round trip per batch. Redis
+        # forgets scripts when it restarts: then it is loaded and the batch sent again.
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key, token in items:
-                    await self._release(keys=[key], args=[token], client=pipe)
-                await pipe.execute()
+            results = await self._evalsha_release(items)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(_RELEASE)
+                results = await self._evalsha_release(items)
         except (RedisError, OSError) as exc:
             return [exc] * len(items)
-        return [None] * len(items)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def _evalsha_release(self, items: list[tuple[str, str]]) -> list[object]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, token in items:
+                pipe.evalsha(self._release_sha, 1, key, token)
+            return list(await pipe.execute(raise_on_error=False))
 
     def _degraded(self, exc: BaseException) -> None:
         if self.on_degraded:

@@ -165,3 +165,16 @@ async def test_release_against_unreachable_redis_reports_degraded() -> None:
         await unreachable.aclose()
 
     assert degraded == [1]
+
+
+async def test_release_works_after_redis_forgot_its_scripts(
+    client: aioredis.Redis, lock: RedisOrderLock, prefix: str
+) -> None:
+    """A restarted Redis has no scripts (SCRIPT FLUSH here): the release loads its script again
+    and frees the lock, instead of failing into degraded mode and leaving it until its expiry."""
+    order = uuid.uuid4()
+    token = await lock.acquire(order)
+    assert token is not None
+    await client.script_flush()
+    await lock.release(order, token)
+    assert await client.exists(prefix + str(order)) == 0
