@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
 from payment_worker.adapters.reply_listener import CommandProducer, ReplyListener
@@ -403,11 +404,7 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
         },
     )
     async def post_payment(request: Request) -> Response:
-        started = time.perf_counter()
-        response = await shim.handle(request)
-        REQUESTS.labels(str(response.status_code)).inc()
-        LATENCY.observe(time.perf_counter() - started)
-        return response
+        return await _answer(shim, request)
 
     @app.get("/health")
     async def health() -> Response:
@@ -425,6 +422,34 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
     return app
 
 
+async def _answer(shim: Shim, request: Request) -> Response:
+    started = time.perf_counter()
+    try:
+        response = await shim.handle(request)
+    except Exception as exc:  # a bug: a clear 500 in the contract's shape, the shim keeps going
+        log.exception("shim_request_failed")
+        response = _error(500, f"Payment processing error: unexpected {type(exc).__name__}")
+    REQUESTS.labels(str(response.status_code)).inc()
+    LATENCY.observe(time.perf_counter() - started)
+    return response
+
+
+def with_fast_path(app: FastAPI) -> ASGIApp:
+    """POST /payments straight to the shim; everything else (health, metrics, the OpenAPI
+    document, lifespan) through FastAPI. FastAPI's middleware stack and routing cost about a
+    third of the shim's CPU per request; the route stays declared there for the document."""
+    shim: Shim = app.state.shim
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/payments" and scope["method"] == "POST":
+            response = await _answer(shim, Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return asgi
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -432,7 +457,7 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings, codec(settings))
     uvicorn.run(
-        app,
+        with_fast_path(app),
         host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
         port=settings.shim_port,
         log_level="warning",
