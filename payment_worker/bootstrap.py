@@ -60,7 +60,7 @@ async def open_app(
     pool = make_pool(
         settings.database_url.get_secret_value(),
         settings.db_schema,
-        # Up to 4 group-commit steps x 3 batches at once, plus the relay and the reconciler:
+        # The 4 group-commit steps (a batch of each at once), the relay, the reconciler:
         # opened up front, so the first burst of commands does not wait for connections.
         # (Replay asks for few: its lookups run one at a time, and every connection opened
         # costs PostgreSQL a backend start while the replay is timed.)
