@@ -41,9 +41,10 @@ class RedisOrderLock:
         self.on_degraded = on_degraded
         self._release_sha = client.register_script(_RELEASE).sha
         self._last_warning = 0.0
-        # Many commands lock and unlock at once: one pipelined round trip serves them all.
-        self._sets = Coalescer(self._set_batch, max_batch=512, parallel=2)
-        self._releases = Coalescer(self._release_batch, max_batch=512, parallel=2)
+        # Many commands lock and unlock at once: one pipelined round trip serves them all, one
+        # at a time, so that the batches grow with the load (as the database steps do).
+        self._sets = Coalescer(self._set_batch, max_batch=512, parallel=1)
+        self._releases = Coalescer(self._release_batch, max_batch=512, parallel=1)
 
     async def _set_batch(self, items: list[tuple[str, str]]) -> list[bool | BaseException]:
         try:
