@@ -270,7 +270,8 @@ class PostgresStore:
     async def _snapshot_batch(
         self, items: list[tuple[uuid.UUID, uuid.UUID]]
     ) -> list[Snapshot | BaseException]:
-        """One statement for the batch (the `snapshots` query): one row per item, in order."""
+        """One call of the snapshots function (sql/003_key_lookup_plans.sql): one row per item,
+        in order."""
         async with self._conn() as conn:
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(
@@ -292,7 +293,7 @@ class PostgresStore:
     async def _begin_batch(
         self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
     ) -> list[Began | BaseException]:
-        """One call of begin_payments (sql/002_step_functions.sql): the locks, the checks and
+        """One call of begin_payments (sql/003_key_lookup_plans.sql): the locks, the checks and
         the inserts of the whole batch in one statement, hence one transaction."""
         payments = [p for p, _, _ in items]
         fields = [f for _, f, _ in items]
