@@ -36,22 +36,11 @@ ALTER FUNCTION finish_payments(
     uuid[], text[], text[], text[], text[], text[], timestamptz[], text[],
     uuid[], text[], text[],
     integer[], text[], text[], integer[], bytea[], bytea[], jsonb[], uuid[], uuid[]
-) SET enable_seqscan = off;
-ALTER FUNCTION finish_payments(
-    uuid[], text[], text[], text[], text[], text[], timestamptz[], text[],
-    uuid[], text[], text[],
-    integer[], text[], text[], integer[], bytea[], bytea[], jsonb[], uuid[], uuid[]
-) SET enable_hashjoin = off;
-ALTER FUNCTION finish_payments(
-    uuid[], text[], text[], text[], text[], text[], timestamptz[], text[],
-    uuid[], text[], text[],
-    integer[], text[], text[], integer[], bytea[], bytea[], jsonb[], uuid[], uuid[]
-) SET enable_mergejoin = off;
-ALTER FUNCTION finish_payments(
-    uuid[], text[], text[], text[], text[], text[], timestamptz[], text[],
-    uuid[], text[], text[],
-    integer[], text[], text[], integer[], bytea[], bytea[], jsonb[], uuid[], uuid[]
-) SET plan_cache_mode = force_generic_plan;
+)
+    SET enable_seqscan = off
+    SET enable_hashjoin = off
+    SET enable_mergejoin = off
+    SET plan_cache_mode = force_generic_plan;
 
 -- begin_payments: as in 002 (same arguments, same rows, same verdicts), with the reads done
 -- by key and the candidates carried through the steps instead of joined back to them.
