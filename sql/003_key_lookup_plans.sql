@@ -1,6 +1,6 @@
 -- 003: the batch steps look rows up by key, whatever the tables' statistics say.
--- Each step matches a batch of keys (unnest of array parameters) against payments,
--- command_ledger and outbox, with a plan cached per connection. On a database that fills up
+-- Each step matches a batch of keys (unnest of array parameters) against payments and
+-- command_ledger, with a plan cached per connection. On a database that fills up
 -- faster than autovacuum analyzes it (a new deployment, the benchmark), the planner, told the
 -- tables were tiny, had chosen hash joins and nested loops over whole-table scans: cheap for
 -- the few rows it was told of, but growing with the table (PostgreSQL CPU per payment went
