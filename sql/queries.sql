@@ -12,11 +12,21 @@ FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
 -- in input order: the command's ledger entry, the order's succeeded payment and its pending one
 -- (each all NULL when absent). One statement with no transaction block: it reads committed
 -- data, and begin_payments checks everything again under the order's lock.
+-- Columns named one by one (not `(succeeded).*`): a column added to payments later must not
+-- shift the ones the store reads by position.
 SELECT (ledger).command_id, (ledger).order_id, (ledger).customer_id, (ledger).amount,
        (ledger).currency, (ledger).state, (ledger).outcome, (ledger).error_message,
        (ledger).payment_id, (ledger).reply_route,
-       (succeeded).*,
-       (pending).*
+       (succeeded).id, (succeeded).order_id, (succeeded).customer_id, (succeeded).reservation_id,
+       (succeeded).amount, (succeeded).currency, (succeeded).payment_method, (succeeded).status,
+       (succeeded).error_code, (succeeded).error_message, (succeeded).failure_reason,
+       (succeeded).transaction_id, (succeeded).created_at, (succeeded).processed_at,
+       (succeeded).is_simulated, (succeeded).simulated_response, (succeeded).command_id,
+       (pending).id, (pending).order_id, (pending).customer_id, (pending).reservation_id,
+       (pending).amount, (pending).currency, (pending).payment_method, (pending).status,
+       (pending).error_code, (pending).error_message, (pending).failure_reason,
+       (pending).transaction_id, (pending).created_at, (pending).processed_at,
+       (pending).is_simulated, (pending).simulated_response, (pending).command_id
 FROM snapshots(%(command_ids)b::uuid[], %(order_ids)b::uuid[]);
 
 -- name: payment_by_id
@@ -36,8 +46,8 @@ FROM begin_payments(
     %(ledger_currencies)b::text[], %(reply_routes)b::jsonb[]);
 
 -- name: finish_payments
--- The finish step in one statement (sql/002_step_functions.sql, settings in 003): final states, ledger entries
--- and outbox rows of the payments still pending.
+-- The finish step in one statement (sql/002_step_functions.sql, its settings in 003): final
+-- states, ledger entries and outbox rows of the payments still pending.
 SELECT done, outbox_ids
 FROM finish_payments(
     %(ids)b::uuid[], %(statuses)b::text[], %(error_codes)b::text[], %(error_messages)b::text[],

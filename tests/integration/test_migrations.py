@@ -86,9 +86,9 @@ def test_first_migrate_applies_every_available_version(database_url: str, db_sch
 def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
     database_url: str, migrated_schema: str
 ) -> None:
-    """begin_payments and finish_payments live in the configured schema and resolve its
-    tables themselves: called from a session whose search_path is only `public`, they read and
-    write that schema's tables."""
+    """The step functions (begin_payments, finish_payments, snapshots) live in the configured
+    schema and resolve its tables themselves: called from a session whose search_path is only
+    `public`, they read and write that schema's tables."""
     order_id, payment_id, command_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     schema = sql.Identifier(migrated_schema)
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -118,10 +118,18 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
         status = conn.execute(
             sql.SQL("SELECT status FROM {}.payments WHERE id = %s").format(schema), (payment_id,)
         ).fetchone()
+        seen = conn.execute(
+            sql.SQL(
+                "SELECT (ledger).state, (succeeded).id, (pending).id"
+                " FROM {}.snapshots(ARRAY[%s]::uuid[], ARRAY[%s]::uuid[])"
+            ).format(schema),
+            (command_id, order_id),
+        ).fetchall()
 
     assert begun == [(1, "inserted")]
     assert finished is not None and finished[0] == [1] and len(finished[1]) == 1
     assert status == ("succeeded",)
+    assert seen == [("final", payment_id, None)]
 
 
 def test_creates_exactly_the_tables_of_the_implementation(
