@@ -321,27 +321,25 @@ class PostgresStore:
         for row in rows:  # one per item, in item order
             n, verdict, first_n = row[0], row[1], row[2]
             payment = payments[n - 1]
+            # The command id's ledger entry, whatever its state, comes with every verdict: the
+            # pipeline answers CONFLICT when it was written for another request (rule I1).
+            entry = _ledger_from(row[3:13]) if row[3] is not None else None
             if verdict == "inserted":
                 results.append(Began(pending=payment))
-            elif verdict == "ledger":
-                results.append(Began(ledger=_ledger_from(row[3:13])))
+            elif verdict in ("ledger", "error"):  # error: in progress, its payment not pending
+                results.append(Began(ledger=entry))
             elif verdict == "succeeded":
-                results.append(Began(succeeded=_payment_from(row[13:])))
+                results.append(Began(succeeded=_payment_from(row[13:]), ledger=entry))
             elif verdict == "pending":
-                results.append(Began(pending=_payment_from(row[13:])))
+                results.append(Began(pending=_payment_from(row[13:]), ledger=entry))
             elif verdict == "busy":
-                results.append(Began(busy=_payment_from(row[13:])))
+                results.append(Began(busy=_payment_from(row[13:]), ledger=entry))
             elif verdict == "pending_in_batch":
-                results.append(Began(pending=payments[first_n - 1]))
+                results.append(Began(pending=payments[first_n - 1], ledger=entry))
             elif verdict == "busy_in_batch":
-                results.append(Began(busy=payments[first_n - 1]))
+                results.append(Began(busy=payments[first_n - 1], ledger=entry))
             else:
-                results.append(
-                    DatabaseError(
-                        f"ledger entry {payment.command_id} is in progress "
-                        "but its payment is not pending"
-                    )
-                )
+                results.append(DatabaseError(f"begin_payments answered verdict {verdict!r}"))
         if len(results) != len(items):
             raise DatabaseError(f"begin_payments answered {len(results)} of {len(items)} items")
         return results

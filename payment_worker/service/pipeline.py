@@ -55,6 +55,10 @@ class DependencyUnavailable(RetryableError):
     """Ordering or Inventory did not answer within the retry budget."""
 
 
+class InconsistentLedger(PermanentError):
+    """The ledger holds a command in progress whose payment is no longer pending."""
+
+
 class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
@@ -269,11 +273,23 @@ class Pipeline:
     async def _process(
         self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
     ) -> Handled:
-        # The order and reservation are fetched while the ledger is read: most commands are
-        # new and need them. They are only looked at (and their errors only count) when the
-        # ledger says the command has to be processed; otherwise they are dropped.
+        # Most commands are new. Their order and reservation are fetched and their order lock
+        # asked for at once, and begin_payments makes the idempotency checks (rules I1, I2,
+        # I5) in the statement that inserts the pending payment: no read of the ledger first.
+        # The checks' answers come first in the contract's order: when the order or the
+        # reservation rejects the command, or cannot be checked, the ledger is read, and what
+        # it records (an outcome, a paid order, our own pending payment) decides instead.
         lookups = _Lookups(self, valid)
+        lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
         try:
+            unavailable: DependencyUnavailable | None = None
+            try:
+                rejection = await self._check_order_and_reservation(valid, lookups)
+            except DependencyUnavailable as exc:
+                rejection, unavailable = None, exc
+            if rejection is None and unavailable is None:
+                await lock  # held (or Redis is down: degraded) until the outcome is recorded
+                return await self._pay(command, valid, route, bound)
             snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
             entry = snapshot.ledger
             if entry is not None:
@@ -283,19 +299,19 @@ class Pipeline:
                     return await self._answer_recorded(command, route, entry)
             if snapshot.succeeded is not None:
                 return await self._order_already_paid(command, valid, route, snapshot.succeeded)
-            lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
-            try:
-                resumable = snapshot.pending
-                if resumable is None or resumable.command_id != valid.command_id:
-                    rejection = await self._check_order_and_reservation(valid, lookups)
-                    if rejection is not None:
-                        bound.info("command_rejected", outcome=str(rejection.outcome))
-                        return await self._answer(command, route, rejection, record=valid)
-                await lock  # held (or Redis is down: degraded) until the outcome is recorded
+            resumable = snapshot.pending
+            if resumable is not None and resumable.command_id == valid.command_id:
+                # Rule I5: our own payment, pending since a crash, is finished whatever the
+                # order and the reservation say now.
+                await lock
                 return await self._pay(command, valid, route, bound)
-            finally:
-                self._release_later(valid.order_id, lock)
+            if unavailable is not None:
+                raise unavailable
+            assert rejection is not None
+            bound.info("command_rejected", outcome=str(rejection.outcome))
+            return await self._answer(command, route, rejection, record=valid)
         finally:
+            self._release_later(valid.order_id, lock)
             lookups.drop()
 
     def _release_later(self, order_id: uuid.UUID, lock: asyncio.Future[str | None]) -> None:
@@ -340,19 +356,26 @@ class Pipeline:
             began = await self.ledger.begin_payment(
                 candidate, _ledger_fields(valid), route.to_json()
             )
-            if began.ledger is not None:
-                if not same_request(began.ledger, valid):
+            entry = began.ledger
+            if entry is not None:
+                if not same_request(entry, valid):
                     return await self._answer(command, route, _COMMAND_ID_REUSED)
-                return await self._answer_recorded(command, route, began.ledger)
+                if entry.final:
+                    return await self._answer_recorded(command, route, entry)
             if began.succeeded is not None:
                 return await self._order_already_paid(command, valid, route, began.succeeded)
             if began.pending is not None:
                 if began.pending.id != candidate.id:
                     bound.info("payment_resumed", payment_id=str(began.pending.id))
                 return await self._charge(command, route, began.pending, bound)
+            if began.busy is None:
+                raise InconsistentLedger(
+                    f"ledger entry {valid.command_id} is in progress "
+                    "but its payment is not pending"
+                )
             # Another command's payment for this order is pending: wait for it to finish.
             if loop.time() >= give_up_at:
-                bound.warning("order_busy", payment_id=str(began.busy.id if began.busy else ""))
+                bound.warning("order_busy", payment_id=str(began.busy.id))
                 return await self._answer(
                     command,
                     route,

@@ -87,12 +87,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Began:
-    """begin_payment's answer: exactly one of the fields says what happened."""
+    """begin_payment's answer: the command id's ledger entry, if it has one, and at most one
+    of the payment fields. A final entry decides alone (rule I1); so does an entry written for
+    another request (a CONFLICT), whatever the payment fields say. An entry in progress with
+    no payment field is an inconsistency: its payment should be pending."""
 
     pending: Payment | None = None  # a new (or our own resumed) pending payment: charge it
     succeeded: Payment | None = None  # the order was paid meanwhile
     busy: Payment | None = None  # another command's payment for this order is pending
-    ledger: LedgerEntry | None = None  # this command id was finalized meanwhile
+    ledger: LedgerEntry | None = None  # this command id's entry (final: recorded meanwhile)
 
 
 class OrderingPort(Protocol):

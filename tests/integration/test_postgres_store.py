@@ -140,6 +140,37 @@ async def test_begin_payment_of_a_finalized_command_returns_its_ledger_entry(
     assert began.ledger.payment_id == first.id
 
 
+async def test_begin_payment_returns_the_commands_ledger_entry_with_every_verdict(
+    store: PostgresStore,
+) -> None:
+    """A command id in progress for one order, begun again for another order (free, or already
+    paid): the answer carries that in-progress entry beside the verdict, so that the pipeline
+    can tell a reused command id (rule I1) from a new command, and nothing is inserted."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    paid = pending_payment()
+    await store.begin_payment(paid, ledger_fields(paid), ROUTE)
+    await store.finish_payment(succeeded(paid), Outcome.SUCCEEDED, None, [])
+
+    free = await store.begin_payment(
+        reused := pending_payment(command_id=first.command_id), ledger_fields(reused), ROUTE
+    )
+    on_paid = await store.begin_payment(
+        again := pending_payment(order_id=paid.order_id, command_id=first.command_id),
+        ledger_fields(again),
+        ROUTE,
+    )
+
+    for began in (free, on_paid):
+        assert began.ledger is not None
+        assert (began.ledger.order_id, began.ledger.final) == (first.order_id, False)
+    assert (free.pending, free.succeeded, free.busy) == (None, None, None)
+    assert on_paid.succeeded is not None and on_paid.succeeded.id == paid.id
+    assert await store.snapshot(reused.command_id, reused.order_id) == Snapshot(
+        free.ledger, None, None
+    )
+
+
 async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
     database_url: str, migrated_schema: str, db: Conn
 ) -> None:
@@ -232,9 +263,13 @@ async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time
     assert answers[5].pending.id == waiting.id
     assert isinstance(answers[6], Began) and answers[6].ledger is not None
     assert answers[6].ledger.outcome is Outcome.ORDER_NOT_FOUND
-    assert isinstance(answers[7], DatabaseError)
+    # In progress, its payment no longer pending: the entry alone (the pipeline raises).
+    assert isinstance(answers[7], Began) and answers[7].ledger is not None
+    assert (answers[7].ledger.command_id, answers[7].ledger.final) == (stranded.command_id, False)
+    assert (answers[7].pending, answers[7].succeeded, answers[7].busy) == (None, None, None)
     assert answers[8] == Began(pending=candidates[8])
-    assert answers[9] == Began(busy=candidates[8])
+    assert isinstance(answers[9], Began) and answers[9].busy == candidates[8]
+    assert answers[9].ledger is not None and answers[9].ledger.command_id == stranded_too.command_id
     written = {r[0] for r in db.execute("SELECT id FROM payments").fetchall()}
     assert {c.id for c in candidates} & written == {candidates[0].id, candidates[8].id}
     assert (

@@ -20,6 +20,7 @@ from payment_worker.service.messages import MessageFactory, ReplyRoute, Topics
 from payment_worker.service.pipeline import (
     DependencyUnavailable,
     Handled,
+    InconsistentLedger,
     Pipeline,
     PipelineConfig,
 )
@@ -99,13 +100,14 @@ class FakeLedger:
             return Began(ledger=entry)
         succeeded = self._for_order(payment.order_id, PaymentStatus.SUCCEEDED)
         if succeeded is not None:
-            return Began(succeeded=succeeded)
+            return Began(succeeded=succeeded, ledger=entry)
         pending = self._for_order(payment.order_id, PaymentStatus.PENDING)
         if pending is not None:
             if pending.command_id == payment.command_id:
-                return Began(pending=pending)
-            return Began(busy=pending)
-        assert entry is None, "in-progress ledger entry without a pending payment"
+                return Began(pending=pending, ledger=entry)
+            return Began(busy=pending, ledger=entry)
+        if entry is not None:  # in progress, and its payment is not pending
+            return Began(ledger=entry)
         assert payment.status is PaymentStatus.PENDING
         self._check_payment(payment)
         self.payments[payment.id] = payment
@@ -618,15 +620,19 @@ async def test_same_command_again_charges_nothing_and_emits_nothing(world: World
     assert len(world.events()) == 1
 
 
-async def test_recorded_rejection_is_answered_again_without_asking_ordering(world: World) -> None:
-    """A command that ended ORDER_NOT_FOUND gets that answer again, even if the order now exists."""
+async def test_recorded_rejection_is_answered_again_even_if_the_order_now_exists(
+    world: World,
+) -> None:
+    """A command that ended ORDER_NOT_FOUND gets that answer again, even if the order now exists
+    and is payable: nothing is charged and no payment is started."""
     command = command_record()
     await world.send(command)
     world.order(command)
     await world.send(command)
     again = world.last_reply()
     assert (again["outcome"], again["duplicate"]) == ("ORDER_NOT_FOUND", True)
-    assert world.ordering.calls == 1
+    assert world.gateway.calls == 0
+    assert world.ledger.order_payments(command["orderId"]) == []
 
 
 async def test_delivery_that_loses_the_race_answers_the_recorded_outcome(world: World) -> None:
@@ -663,6 +669,48 @@ async def test_same_command_id_from_another_customer_is_a_conflict(world: World)
     await world.send({**command, "customerId": str(uuid.uuid4())})
     reply = world.last_reply()
     assert (reply["outcome"], reply["payment"]) == ("CONFLICT", None)
+
+
+async def test_command_id_in_progress_reused_for_another_order_is_a_conflict(
+    world: World,
+) -> None:
+    """A command id whose payment is still pending (a crash mid-charge), sent again for another
+    payable order, is a CONFLICT: that order gets no payment and nothing is charged."""
+    first = world.payable()
+    await _crash_mid_charge(world, first)
+    other = world.order({**first, "orderId": str(uuid.uuid4())})
+    await world.send(other)
+    reply = world.last_reply()
+    assert (reply["outcome"], reply["httpStatus"], reply["payment"]) == ("CONFLICT", 409, None)
+    assert "already used" in reply["errorMessage"]
+    assert world.ledger.order_payments(other["orderId"]) == []
+    assert world.gateway.calls == 0
+
+
+async def test_command_id_in_progress_reused_for_a_paid_order_is_a_conflict(
+    world: World,
+) -> None:
+    """The same, for an order another command already paid with the same customer and amount:
+    a CONFLICT, not that payment handed out as a duplicate of a command it does not answer."""
+    paid = world.payable()
+    await world.send(paid)
+    first = world.payable(customerId=paid["customerId"], amount=paid["amount"])
+    await _crash_mid_charge(world, first)
+    await world.send(world.order({**first, "orderId": paid["orderId"]}))
+    reply = world.last_reply()
+    assert (reply["outcome"], reply["payment"]) == ("CONFLICT", None)
+    assert world.gateway.calls == 1
+
+
+async def test_ledger_in_progress_without_a_pending_payment_is_an_error(world: World) -> None:
+    """An in-progress ledger entry whose payment is no longer pending (the database edited by
+    hand) is not charged again: it is raised, for the worker to answer ERROR and dead-letter."""
+    command = world.payable()
+    pending = await _crash_mid_charge(world, command)
+    world.ledger.payments[pending.id] = replace(pending, status=PaymentStatus.FAILED)
+    with pytest.raises(InconsistentLedger):
+        await world.send(command)
+    assert world.gateway.calls == 0
 
 
 # -- I2: the order key -------------------------------------------------------------------------
