@@ -276,18 +276,19 @@ class Pipeline:
         # Most commands are new. Their order and reservation are fetched and their order lock
         # asked for at once, and begin_payments makes the idempotency checks (rules I1, I2,
         # I5) in the statement that inserts the pending payment: no read of the ledger first.
-        # The checks' answers come first in the contract's order: when the order or the
-        # reservation rejects the command, or cannot be checked, the ledger is read, and what
-        # it records (an outcome, a paid order, our own pending payment) decides instead.
+        # What the ledger records comes first in the contract's order: when the order or the
+        # reservation rejects the command, or cannot be checked (unavailable, or any other
+        # error), the ledger is read, and what it records (an outcome, a paid order, our own
+        # pending payment) decides instead.
         lookups = _Lookups(self, valid)
         lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
         try:
-            unavailable: DependencyUnavailable | None = None
+            failed: Exception | None = None
             try:
                 rejection = await self._check_order_and_reservation(valid, lookups)
-            except DependencyUnavailable as exc:
-                rejection, unavailable = None, exc
-            if rejection is None and unavailable is None:
+            except Exception as exc:
+                rejection, failed = None, exc
+            if rejection is None and failed is None:
                 await lock  # held (or Redis is down: degraded) until the outcome is recorded
                 return await self._pay(command, valid, route, bound)
             snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
@@ -305,8 +306,8 @@ class Pipeline:
                 # order and the reservation say now.
                 await lock
                 return await self._pay(command, valid, route, bound)
-            if unavailable is not None:
-                raise unavailable
+            if failed is not None:
+                raise failed
             assert rejection is not None
             bound.info("command_rejected", outcome=str(rejection.outcome))
             return await self._answer(command, route, rejection, record=valid)

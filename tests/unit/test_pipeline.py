@@ -828,6 +828,21 @@ async def test_a_recorded_command_is_answered_while_ordering_is_down(world: Worl
     assert world.last_reply()["duplicate"] is True
 
 
+async def test_a_recorded_command_is_answered_when_the_order_lookup_breaks(world: World) -> None:
+    """Any error of the lookups (here an unexpected one) leaves the answer to the ledger; a new
+    command whose lookup breaks gets the error raised, for the worker to answer ERROR."""
+    command = world.payable()
+    await world.send(command)
+    world.ordering.orders[command["orderId"]] = RuntimeError("bug in a lookup")
+    await world.send(command)
+    assert (world.last_reply()["outcome"], world.last_reply()["duplicate"]) == ("SUCCEEDED", True)
+    fresh = command_record()
+    world.ordering.orders[fresh["orderId"]] = RuntimeError("bug in a lookup")
+    with pytest.raises(RuntimeError):
+        await world.send(fresh)
+    assert world.gateway.calls == 1
+
+
 async def test_another_commands_pending_payment_makes_the_order_busy(world: World) -> None:
     """While another command's payment for the order is pending, a new command is not charged:
     after the busy budget it replies CONFLICT and leaves one pending payment."""
