@@ -292,6 +292,10 @@ class Pipeline:
                 await lock  # held (or Redis is down: degraded) until the outcome is recorded
                 return await self._pay(command, valid, route, bound)
             snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
+            if failed is not None and not isinstance(failed, DependencyUnavailable):
+                # Logged even when the ledger answers: a broken lookup must not hide behind
+                # duplicates (an unavailable service is logged by its retries).
+                bound.warning("order_check_failed", error=f"{type(failed).__name__}: {failed}")
             entry = snapshot.ledger
             if entry is not None:
                 if not same_request(entry, valid):
@@ -306,6 +310,11 @@ class Pipeline:
                 # order and the reservation say now.
                 await lock
                 return await self._pay(command, valid, route, bound)
+            if entry is not None:  # in progress, yet its payment is not pending
+                raise InconsistentLedger(
+                    f"ledger entry {valid.command_id} is in progress "
+                    "but its payment is not pending"
+                )
             if failed is not None:
                 raise failed
             assert rejection is not None

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
 from payment_worker.adapters.redis_lock import NoLock
@@ -834,13 +835,31 @@ async def test_a_recorded_command_is_answered_when_the_order_lookup_breaks(world
     command = world.payable()
     await world.send(command)
     world.ordering.orders[command["orderId"]] = RuntimeError("bug in a lookup")
-    await world.send(command)
+    with structlog.testing.capture_logs() as logs:
+        await world.send(command)
     assert (world.last_reply()["outcome"], world.last_reply()["duplicate"]) == ("SUCCEEDED", True)
+    assert [e["error"] for e in logs if e["event"] == "order_check_failed"] == [
+        "RuntimeError: bug in a lookup"
+    ]
     fresh = command_record()
     world.ordering.orders[fresh["orderId"]] = RuntimeError("bug in a lookup")
     with pytest.raises(RuntimeError):
         await world.send(fresh)
     assert world.gateway.calls == 1
+
+
+async def test_ledger_in_progress_without_a_pending_payment_is_an_error_when_rejected_too(
+    world: World,
+) -> None:
+    """The same inconsistency when the order check now rejects the command: raised (ERROR and a
+    dead letter), not retried forever behind a rejection that cannot be recorded."""
+    command = world.payable()
+    pending = await _crash_mid_charge(world, command)
+    world.ledger.payments[pending.id] = replace(pending, status=PaymentStatus.FAILED)
+    world.order(command, status="Paid")
+    with pytest.raises(InconsistentLedger):
+        await world.send(command)
+    assert world.gateway.calls == 0
 
 
 async def test_another_commands_pending_payment_makes_the_order_busy(world: World) -> None:
