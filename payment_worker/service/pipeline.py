@@ -58,6 +58,10 @@ class DependencyUnavailable(RetryableError):
 class InconsistentLedger(PermanentError):
     """The ledger holds a command in progress whose payment is no longer pending."""
 
+    @classmethod
+    def of(cls, command_id: uuid.UUID) -> InconsistentLedger:
+        return cls(f"ledger entry {command_id} is in progress but its payment is not pending")
+
 
 class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
@@ -311,10 +315,7 @@ class Pipeline:
                 await lock
                 return await self._pay(command, valid, route, bound)
             if entry is not None:  # in progress, yet its payment is not pending
-                raise InconsistentLedger(
-                    f"ledger entry {valid.command_id} is in progress "
-                    "but its payment is not pending"
-                )
+                raise InconsistentLedger.of(valid.command_id)
             if failed is not None:
                 raise failed
             assert rejection is not None
@@ -378,11 +379,8 @@ class Pipeline:
                 if began.pending.id != candidate.id:
                     bound.info("payment_resumed", payment_id=str(began.pending.id))
                 return await self._charge(command, route, began.pending, bound)
-            if began.busy is None:
-                raise InconsistentLedger(
-                    f"ledger entry {valid.command_id} is in progress "
-                    "but its payment is not pending"
-                )
+            if began.busy is None:  # only our entry, in progress, its payment not pending
+                raise InconsistentLedger.of(valid.command_id)
             # Another command's payment for this order is pending: wait for it to finish.
             if loop.time() >= give_up_at:
                 bound.warning("order_busy", payment_id=str(began.busy.id))
