@@ -3,6 +3,7 @@ contract section 4 and the idempotency rules I1, I2, I4 and I5 of section 5."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from dataclasses import replace
@@ -773,6 +774,63 @@ async def test_declined_order_can_be_paid_by_a_new_command(world: World) -> None
     assert world.last_reply()["outcome"] == "SUCCEEDED"
     statuses = sorted(p.status for p in world.ledger.order_payments(first["orderId"]))
     assert statuses == [PaymentStatus.FAILED, PaymentStatus.SUCCEEDED]
+
+
+# -- the order lock ----------------------------------------------------------------------------
+
+
+class RecordingLock:
+    """OrderLockPort that remembers who holds what, and how many replies were recorded when each
+    lock was released. Acquiring takes a few turns of the loop, as a Redis round trip does."""
+
+    def __init__(self, ledger: FakeLedger) -> None:
+        self.ledger = ledger
+        self.held: dict[uuid.UUID, str] = {}
+        self.replies_at_release: list[int] = []
+
+    async def acquire(self, order_id: uuid.UUID) -> str | None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert order_id not in self.held, "two holders of one order's lock"
+        token = uuid.uuid4().hex
+        self.held[order_id] = token
+        return token
+
+    async def release(self, order_id: uuid.UUID, token: str | None) -> None:
+        assert self.held.pop(order_id) == token
+        self.replies_at_release.append(len(self.ledger.messages("reply")))
+
+
+async def test_the_order_lock_is_held_through_the_charge_and_released_after_the_answer(
+    world: World,
+) -> None:
+    """Whatever a command comes to (charged, duplicate, rejected, a lookup that breaks), its
+    order lock is released exactly once, after its reply is recorded; the gateway is only
+    called while the order's lock is held."""
+    lock = RecordingLock(world.ledger)
+    world.pipeline.locks = lock
+    charge = world.gateway.charge
+
+    async def charge_under_lock(payment: Payment) -> GatewayResult:
+        assert payment.order_id in lock.held, "charged without the order lock"
+        return await charge(payment)
+
+    world.gateway.charge = charge_under_lock  # type: ignore[method-assign]
+    paid = world.payable()
+    rejected = world.order(command_record(), status="Paid")
+    broken = command_record()
+    world.ordering.orders[broken["orderId"]] = RuntimeError("bug in a lookup")
+
+    for number, command in enumerate([paid, paid, rejected], start=1):
+        await world.send(command)
+        await asyncio.gather(*world.pipeline._releases)
+        assert lock.held == {}
+        assert lock.replies_at_release[-1] == number == len(world.replies())
+    with pytest.raises(RuntimeError):
+        await world.send(broken)
+    await asyncio.gather(*world.pipeline._releases)
+    assert lock.held == {} and len(lock.replies_at_release) == 4
+    assert world.gateway.calls == 1
 
 
 # -- I5: crash recovery ------------------------------------------------------------------------
