@@ -259,6 +259,13 @@ def _producer(bootstrap: str, one_per_batch: bool) -> Producer:
     return _PRODUCERS[key]
 
 
+def close_producers() -> None:
+    """Flushed and destroyed before the broker stops (a live producer logs its lost connection)."""
+    for producer in _PRODUCERS.values():
+        producer.flush(10)
+    _PRODUCERS.clear()
+
+
 def produce(
     bootstrap: str,
     topic: str,
@@ -703,6 +710,7 @@ def main() -> None:
             flush=True,
         )
     finally:
+        close_producers()
         stack.close()
     for value in results.values():
         if isinstance(value, dict):
