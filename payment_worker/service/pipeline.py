@@ -301,13 +301,9 @@ class Pipeline:
                 # duplicates (an unavailable service is logged by its retries).
                 bound.warning("order_check_failed", error=f"{type(failed).__name__}: {failed}")
             entry = snapshot.ledger
-            if entry is not None:
-                if not same_request(entry, valid):
-                    return await self._answer(command, route, _COMMAND_ID_REUSED)
-                if entry.final:
-                    return await self._answer_recorded(command, route, entry)
-            if snapshot.succeeded is not None:
-                return await self._order_already_paid(command, valid, route, snapshot.succeeded)
+            recorded = await self._recorded(command, valid, route, entry, snapshot.succeeded)
+            if recorded is not None:
+                return recorded
             resumable = snapshot.pending
             if resumable is not None and resumable.command_id == valid.command_id:
                 # Rule I5: our own payment, pending since a crash, is finished whatever the
@@ -367,14 +363,9 @@ class Pipeline:
             began = await self.ledger.begin_payment(
                 candidate, _ledger_fields(valid), route.to_json()
             )
-            entry = began.ledger
-            if entry is not None:
-                if not same_request(entry, valid):
-                    return await self._answer(command, route, _COMMAND_ID_REUSED)
-                if entry.final:
-                    return await self._answer_recorded(command, route, entry)
-            if began.succeeded is not None:
-                return await self._order_already_paid(command, valid, route, began.succeeded)
+            recorded = await self._recorded(command, valid, route, began.ledger, began.succeeded)
+            if recorded is not None:
+                return recorded
             if began.pending is not None:
                 if began.pending.id != candidate.id:
                     bound.info("payment_resumed", payment_id=str(began.pending.id))
@@ -419,6 +410,26 @@ class Pipeline:
                 return await self._answer_recorded(command, route, snapshot.ledger)
             raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
         return Handled(answer.outcome, stored)
+
+    async def _recorded(
+        self,
+        command: Command,
+        valid: ValidCommand,
+        route: ReplyRoute,
+        entry: LedgerEntry | None,
+        succeeded: Payment | None,
+    ) -> Handled | None:
+        """The answer when what the ledger records decides it: the command id reused for
+        another request (CONFLICT) or its recorded outcome (rule I1), then a paid order (rule
+        I2); None when the command is to be processed."""
+        if entry is not None:
+            if not same_request(entry, valid):
+                return await self._answer(command, route, _COMMAND_ID_REUSED)
+            if entry.final:
+                return await self._answer_recorded(command, route, entry)
+        if succeeded is not None:
+            return await self._order_already_paid(command, valid, route, succeeded)
+        return None
 
     async def _order_already_paid(
         self, command: Command, valid: ValidCommand, route: ReplyRoute, paid: Payment
