@@ -6,12 +6,12 @@ import re
 import uuid
 from decimal import Decimal, InvalidOperation
 
+from payment_worker.domain.cards import contains_card_number
 from payment_worker.domain.currencies import minor_units
 from payment_worker.domain.model import Command, ValidCommand
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_PAYMENT_METHOD_LENGTH = 50
-_DIGIT_RUN = re.compile(r"(?:\d[ -]?){13,19}")
 
 
 class ValidationFailed(ValueError):
@@ -33,30 +33,6 @@ def parse_uuid(value: object) -> uuid.UUID | None:
         return None
     parsed = uuid.UUID(value)
     return parsed if parsed.int else None  # not the nil UUID
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def contains_card_number(text: str) -> bool:
-    """True when `text` holds 13-19 digits (spaces or dashes between them allowed) passing Luhn."""
-    for match in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        # Any 13..19 long window of a longer digit run may be the card number.
-        for length in range(13, min(19, len(digits)) + 1):
-            for start in range(0, len(digits) - length + 1):
-                if luhn_ok(digits[start : start + length]):
-                    return True
-    return False
 
 
 def _decimals(amount: Decimal) -> int:

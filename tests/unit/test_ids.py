@@ -1,0 +1,71 @@
+"""Ids and tokens (domain/ids.py): random version-4 UUIDs from the operating system's CSPRNG,
+never repeated, not even across a fork."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+
+import pytest
+
+from payment_worker.domain import ids
+from payment_worker.domain.ids import new_uuid, random_uuid, token_hex
+
+
+def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
+    """Message ids are random RFC 4122 version-4 UUIDs in canonical text, all different."""
+    drawn = [random_uuid() for _ in range(5000)]
+
+    parsed = [uuid.UUID(i) for i in drawn]
+    assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert [str(p) for p in parsed] == drawn
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_new_uuid_is_a_random_version_4_uuid() -> None:
+    """Payment and event ids: version-4 UUIDs, all different."""
+    drawn = [new_uuid() for _ in range(5000)]
+
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in drawn)
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_ids_do_not_come_from_the_random_module() -> None:
+    """Seeding Python's `random` (Mersenne Twister, predictable from its output) changes
+    nothing: the same seed twice gives two different ids."""
+    random.seed(42)
+    first = random_uuid()
+    random.seed(42)
+    assert random_uuid() != first
+
+
+def test_ids_are_read_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes behind an id are os.urandom's: with os.urandom replaced, the ids follow it."""
+    monkeypatch.setattr(ids.os, "urandom", lambda n: b"\xab" * n)
+    monkeypatch.setattr(ids, "_blocks", ids._Blocks())
+    assert token_hex(4) == "abababab"
+    assert new_uuid() == uuid.UUID("abababab-abab-4bab-abab-abababababab")
+
+
+def test_tokens_are_hex_of_the_asked_length_and_all_different() -> None:
+    """Lock tokens: 16 random bytes as 32 hex digits, never the same twice."""
+    tokens = {token_hex(16) for _ in range(5000)}
+    assert len(tokens) == 5000
+    assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+
+
+def test_random_ids_differ_in_a_forked_child() -> None:
+    """A forked process (replay's shards) draws other ids than its parent: the child starts
+    without the parent's block of random bytes."""
+    random_uuid()  # the parent holds a block
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then exit at once
+        os.write(write, "".join(random_uuid() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 8 * 36).decode()
+    os.waitpid(pid, 0)
+    parent = "".join(random_uuid() for _ in range(8))
+    assert child != parent
