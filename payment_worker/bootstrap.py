@@ -14,10 +14,11 @@ from payment_worker import metrics
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet, registry_client
 from payment_worker.adapters.gateway import SimulatedGateway
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
-from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer
+from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer, TopicDirectory
 from payment_worker.adapters.postgres import PostgresStore, make_pool
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
+from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.worker import Worker
 from payment_worker.service.messages import MessageFactory, Topics
@@ -31,6 +32,22 @@ def topics(settings: Settings) -> Topics:
         failed=settings.topic_failed,
         replies=settings.topic_replies,
         dlq=settings.topic_dlq,
+    )
+
+
+def route_rules(settings: Settings) -> RouteRules:
+    """Where replies may go: never to the worker's own topics (contract section 2)."""
+    return RouteRules(
+        default_topic=settings.topic_replies,
+        own_topics=frozenset(
+            {
+                settings.topic_commands,
+                settings.topic_succeeded,
+                settings.topic_failed,
+                settings.topic_dlq,
+            }
+        ),
+        topic_pattern=settings.reply_topic_pattern,
     )
 
 
@@ -92,6 +109,7 @@ async def open_app(
         store = PostgresStore(pool)
         the_codec = codec(settings)
         gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
+        common: dict[str, Any] = settings.kafka_common()
         pipeline = Pipeline(
             decoder=the_codec,
             decode_error=DecodeError,
@@ -101,10 +119,14 @@ async def open_app(
             inventory=HttpInventory(inventory),
             gateway=gateway,
             locks=RedisOrderLock(redis_client, on_degraded=metrics.REDIS_DEGRADED.inc),
-            config=PipelineConfig(replies_topic=settings.topic_replies),
+            topics=TopicDirectory({**common, "client.id": f"{client_id}-metadata"}),
+            config=PipelineConfig(routes=route_rules(settings)),
         )
-        common: dict[str, Any] = settings.kafka_common()
-        relay = OutboxRelay(store, OutboxProducer({**common, "client.id": f"{client_id}-relay"}))
+        relay = OutboxRelay(
+            store,
+            OutboxProducer({**common, "client.id": f"{client_id}-relay"}),
+            max_attempts=settings.outbox_max_attempts,
+        )
         consumer_config = {
             **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
             **common,
@@ -118,7 +140,6 @@ async def open_app(
             make_consumer=partial(ThreadedConsumer, consumer_config, [settings.topic_commands]),
             max_in_flight=settings.max_in_flight,
             reconcile_after_s=settings.reconcile_after_s,
-            replies_topic=settings.topic_replies,
         )
         yield App(settings, store, pipeline, relay, worker, gateway)
     finally:

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     shim_port: int = Field(default=5004, ge=1, le=65535)
     shim_reply_timeout_s: float = Field(default=15.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    reply_topic_pattern: Annotated[re.Pattern[str], NoDecode] = re.compile(".+")
+    outbox_max_attempts: int = Field(default=20, ge=1, le=1000)
     # Not in the contract's list: tuning knobs with safe defaults.
     log_level: str = Field(default="INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     shim_group: str = "payment-shim"
@@ -76,6 +78,16 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             raise ValueError("expected a JSON object of librdkafka properties")
         return value
+
+    @field_validator("reply_topic_pattern", mode="before")
+    @classmethod
+    def _regex(cls, value: object) -> re.Pattern[str]:
+        if isinstance(value, re.Pattern):
+            return value
+        try:
+            return re.compile(str(value))
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
 
     @field_validator("db_schema")
     @classmethod

@@ -13,5 +13,10 @@ class RetryableError(PaymentWorkerError):
     """A transient failure (timeout, 5xx, lost connection, serialization failure): try again."""
 
 
+class InfrastructureUnavailable(RetryableError):
+    """A dependency every record needs (the database, the broker, the schema registry) is
+    down: records wait for it, however long, rather than being answered or given up on."""
+
+
 class PermanentError(PaymentWorkerError):
     """A failure that will not go away by trying again (undecodable input, broken rule)."""

@@ -18,6 +18,14 @@ OUTBOX_PUBLISHED = Counter("payment_worker_outbox_published_total", "Outbox rows
 OUTBOX_FAILED = Counter(
     "payment_worker_outbox_delivery_failures_total", "Outbox deliveries that failed (retried)."
 )
+OUTBOX_PARKED = Counter(
+    "payment_worker_outbox_parked_total",
+    "Outbox rows parked after too many refused deliveries, by kind.",
+    ["kind"],
+)
+OUTBOX_PARKED_ROWS = Gauge(
+    "payment_worker_outbox_parked_records", "Outbox rows parked (kept, never published)."
+)
 REDIS_DEGRADED = Counter(
     "payment_worker_redis_degraded_total",
     "Times the order lock could not use Redis (the database guarantees still hold).",
@@ -25,3 +33,11 @@ REDIS_DEGRADED = Counter(
 IN_FLIGHT = Gauge("payment_worker_in_flight", "Commands being processed.")
 RETRIES = Counter("payment_worker_retries_total", "Retryable failures of whole commands.", ["kind"])
 RECONCILED = Counter("payment_worker_reconciled_total", "Stale pending payments finished.")
+RECONCILE_SKIPPED = Counter(
+    "payment_worker_reconcile_skipped_total",
+    "Stale pending payments the reconciler could not finish on a pass (tried again later).",
+)
+SKIPPED_RECORDS = Counter(
+    "payment_worker_records_skipped_total",
+    "Records given up on after every way of answering them failed (offset moved on).",
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -64,9 +64,10 @@ class Received:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict[str, bytes]
+    headers: dict[str, bytes | None]
     record: dict[str, Any] | None
     timestamp_ms: int = 0
+    header_list: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 class KafkaHarness:
@@ -149,6 +150,7 @@ class KafkaHarness:
                             record = self.codec.decode(decode, message.value())
                         except Exception:
                             record = None
+                    headers = to_record(message).headers
                     out.append(
                         Received(
                             message.topic() or "",
@@ -156,9 +158,10 @@ class KafkaHarness:
                             message.offset() or 0,
                             message.key(),
                             message.value(),
-                            dict(to_record(message).headers),
+                            dict(headers),
                             record,
                             message.timestamp()[1],
+                            headers,
                         )
                     )
                     last_new = time.monotonic()
@@ -168,6 +171,16 @@ class KafkaHarness:
                 if expect is None and waited >= idle_s:
                     break
             return out
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The offsets `group` has committed on each partition of `topic` (-1001: none)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, **self.extra})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            found = consumer.committed([TopicPartition(topic, p) for p in partitions], 10)
+            return {tp.partition: tp.offset for tp in found}
         finally:
             consumer.close()
 

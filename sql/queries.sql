@@ -90,22 +90,77 @@ RETURNING id;
 UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)b) AND sent_at IS NULL;
 
 -- name: claim_unsent
-SELECT id, kind, topic, partition, key, value, headers
-FROM outbox
-WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => %(older_than_s)s)
-ORDER BY id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+-- The sweeper's share: unsent rows older than the fast path's, due for a try, the longest
+-- due first (a row tried again waits behind the rows that were due before it),
+-- leased until %(lease_s)s from now (a delivery report marks them sent or failed before then;
+-- a process that died leaves them to the next lease). Rows waiting or parked are skipped.
+UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => %(lease_s)s)
+WHERE o.id IN (
+    SELECT id FROM outbox
+    WHERE sent_at IS NULL AND parked_at IS NULL
+      AND created_at < now() - make_interval(secs => %(older_than_s)s)
+      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    ORDER BY coalesce(next_attempt_at, created_at), id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING o.id, o.kind, o.topic, o.partition, o.key, o.value, o.headers;
+
+-- name: mark_failed
+-- Rows the broker refused: the next try after a growing, jittered wait (0.5 s doubling to
+-- 60 s), parked once %(max_attempts)s refusals are counted. A failure that says nothing about
+-- the row (the broker unreachable) is not counted and is tried again in 5 s.
+UPDATE outbox o
+SET attempts = o.attempts + CASE WHEN f.counted THEN 1 ELSE 0 END,
+    last_error = f.error,
+    next_attempt_at = now() + make_interval(secs => CASE
+        WHEN f.counted THEN least(60, 0.5 * 2 ^ least(o.attempts, 10)) * (0.5 + random() / 2)
+        ELSE 5 END),
+    parked_at = CASE WHEN f.counted AND o.attempts + 1 >= %(max_attempts)s THEN now() END
+FROM unnest(%(ids)b::bigint[], %(errors)b::text[], %(counted)b::boolean[])
+     AS f(id, error, counted)
+WHERE o.id = f.id AND o.sent_at IS NULL AND o.parked_at IS NULL
+RETURNING o.id, o.kind, o.topic, o.partition, o.attempts, o.parked_at IS NOT NULL AS parked;
 
 -- name: outbox_backlog
-SELECT count(*) AS backlog FROM outbox WHERE sent_at IS NULL;
+SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+FROM outbox WHERE sent_at IS NULL;
 
--- name: stale_pending_payments
+-- name: claim_stale_payments
+-- The reconciler's share: payments pending for longer than %(age_s)s on the database's
+-- clock (the age of the in-progress ledger entry, which the database stamped in the
+-- statement that inserted the payment; created_at for a payment without one), not claimed
+-- by a live claim, oldest first; each claimed for %(lease_s)s. Two reconcilers never get the
+-- same payment: the payment rows are locked while claimed (SKIP LOCKED), and a claim made
+-- meanwhile is seen by the insert's conflict check.
+WITH stale AS (
+    SELECT p.id
+    FROM payments p LEFT JOIN command_ledger l ON l.command_id = p.command_id
+    WHERE p.status = 'pending'
+      AND coalesce(l.created_at, p.created_at) < now() - make_interval(secs => %(age_s)s)
+      AND NOT EXISTS (SELECT 1 FROM reconciler_claims c
+                      WHERE c.payment_id = p.id AND c.claimed_until > now())
+    ORDER BY coalesce(l.created_at, p.created_at)
+    LIMIT %(limit)s
+    FOR UPDATE OF p SKIP LOCKED
+), claimed AS (
+    INSERT INTO reconciler_claims (payment_id, claimed_by, claimed_until)
+    SELECT id, %(owner)s, now() + make_interval(secs => %(lease_s)s) FROM stale
+    ON CONFLICT (payment_id) DO UPDATE
+        SET claimed_by = excluded.claimed_by, claimed_until = excluded.claimed_until,
+            claims = reconciler_claims.claims + 1
+        WHERE reconciler_claims.claimed_until <= now()
+    RETURNING payment_id
+)
 SELECT p.*, l.reply_route
-FROM payments p LEFT JOIN command_ledger l ON l.command_id = p.command_id
-WHERE p.status = 'pending' AND p.created_at < now() - make_interval(secs => %(age_s)s)
-ORDER BY p.created_at
-LIMIT %(limit)s;
+FROM claimed c JOIN payments p ON p.id = c.payment_id
+     LEFT JOIN command_ledger l ON l.command_id = p.command_id
+ORDER BY p.created_at;
+
+-- name: release_claims
+-- Claims of payments no longer pending have done their work.
+DELETE FROM reconciler_claims c
+WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = c.payment_id AND p.status = 'pending');
 
 -- name: recorded_answers
 -- Replay's batch lookup: each ledger entry with its payment in the shape of the reply's

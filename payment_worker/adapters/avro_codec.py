@@ -13,7 +13,7 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 from payment_worker.adapters import avro_reply
-from payment_worker.exceptions import PermanentError, RetryableError
+from payment_worker.exceptions import InfrastructureUnavailable, PermanentError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -132,7 +132,7 @@ class RegistryPort:
         return self._writers[schema_id]
 
 
-class RegistryUnavailable(RetryableError):
+class RegistryUnavailable(InfrastructureUnavailable):
     """The schema registry could not be reached: the worker waits and tries again."""
 
 

@@ -8,13 +8,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from payment_worker.exceptions import RetryableError
+from payment_worker.exceptions import InfrastructureUnavailable
 from payment_worker.service.ports import InboundRecord, OutboxMessage, StoredMessage
 
 log = structlog.get_logger("payment_worker.kafka")
@@ -86,7 +87,7 @@ def for_consumer(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith(_PRODUCER_ONLY)}
 
 
-class BrokerUnavailable(RetryableError):
+class BrokerUnavailable(InfrastructureUnavailable):
     """The broker could not be reached or refused the request."""
 
 
@@ -102,9 +103,9 @@ def ready_messages(consumer: Consumer, max_messages: int, timeout_s: float) -> l
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def _header_bytes(value: str | bytes | None) -> bytes:
+def _header_bytes(value: str | bytes | None) -> bytes | None:
     if value is None:
-        return b""
+        return None  # a header without a value stays one (dead letters keep headers as sent)
     return value.encode() if isinstance(value, str) else value
 
 
@@ -239,15 +240,50 @@ class ThreadedConsumer:
         self._executor.shutdown(wait=True)
 
 
+# Delivery failures that say nothing about the record itself: the broker (or the way to it)
+# was unavailable. They are retried without counting towards parking the row.
+_BROKER_WIDE = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError._FATAL,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.PRODUCER_FENCED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """An outbox row the broker did not take: why, and whether it said anything about the row
+    (`broker_wide`: the broker was unavailable; the row itself may be fine)."""
+
+    row_id: int
+    error: str
+    broker_wide: bool
+
+
+def _failure(row_id: int, error: KafkaError | None, text: str) -> DeliveryFailure:
+    return DeliveryFailure(row_id, text, error is not None and error.code() in _BROKER_WIDE)
+
+
 class OutboxProducer:
     """The relay's idempotent producer. Delivery reports arrive on a polling thread and are
-    collected for the relay to mark sent; a failed delivery leaves the row for the sweeper."""
+    collected for the relay to mark sent or failed."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = {**PRODUCER_DEFAULTS, **for_producer(config)}
         self._producer: Producer | None = None
         self._delivered: deque[int] = deque()
-        self._failed: deque[tuple[int, str]] = deque()
+        self._failed: deque[DeliveryFailure] = deque()
         self._stop = threading.Event()
         self._fatal = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,7 +335,7 @@ class OutboxProducer:
             else:
                 if error.fatal() or error.code() == KafkaError.PRODUCER_FENCED:
                     self._fatal.set()
-                self._failed.append((row_id, str(error)))
+                self._failed.append(_failure(row_id, error, str(error)))
             if self.wakeup is not None:
                 self.wakeup()
 
@@ -324,13 +360,16 @@ class OutboxProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)
-            except KafkaException as exc:
+            except KafkaException as exc:  # refused at once: unknown partition, too large...
                 with self._lock:
                     self.in_flight.discard(stored.id)
-                self._failed.append((stored.id, str(exc)))
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                self._failed.append(_failure(stored.id, error, str(exc)))
+                if self.wakeup is not None:
+                    self.wakeup()
                 return
 
-    def take_reports(self) -> tuple[list[int], list[tuple[int, str]]]:
+    def take_reports(self) -> tuple[list[int], list[DeliveryFailure]]:
         delivered = [self._delivered.popleft() for _ in range(len(self._delivered))]
         failed = [self._failed.popleft() for _ in range(len(self._failed))]
         return delivered, failed
@@ -512,6 +551,75 @@ def ensure_topics(
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise BrokerUnavailable(f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+class TopicDirectory:
+    """TopicDirectoryPort over the cluster's metadata, cached. Always the whole cluster's, never
+    a request for one topic: a broker that creates topics on demand (Tansu; Apache Kafka with
+    auto.create.topics.enable) would create the topic a hostile header names. A stale cache
+    still answers while a refresh runs behind it; a miss waits for a refresh, at most one per
+    `min_refresh_s`, so an attacker's unknown topics cost one metadata request a second."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        max_age_s: float = 30.0,
+        min_refresh_s: float = 1.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.config = for_producer(config)
+        self.max_age_s = max_age_s
+        self.min_refresh_s = min_refresh_s
+        self.timeout_s = timeout_s
+        self._admin: AdminClient | None = None
+        self._partitions: dict[str, int] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at = -1e18
+        self._refresh: asyncio.Future[None] | None = None
+
+    def _fetch(self) -> dict[str, int]:
+        if self._admin is None:
+            self._admin = AdminClient(self.config)
+        try:
+            metadata = self._admin.list_topics(timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"cannot read the cluster's topics: {exc}") from exc
+        return {
+            name: len(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if topic.error is None and topic.partitions
+        }
+
+    async def _refreshed(self) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._attempted_at = time.monotonic()
+            self._refresh = asyncio.ensure_future(self._do_refresh())
+        await asyncio.shield(self._refresh)
+
+    async def _do_refresh(self) -> None:
+        self._partitions = await asyncio.to_thread(self._fetch)
+        self._fetched_at = time.monotonic()
+
+    async def partitions(self, topic: str) -> int | None:
+        now = time.monotonic()
+        if self._fetched_at is None:
+            await self._refreshed()
+        elif now - self._fetched_at > self.max_age_s and (
+            self._refresh is None or self._refresh.done()
+        ):
+            refresh = asyncio.ensure_future(self._refreshed())
+            refresh.add_done_callback(_consume_error)
+        count = self._partitions.get(topic)
+        if count is None and now - self._attempted_at >= self.min_refresh_s:
+            await self._refreshed()
+            count = self._partitions.get(topic)
+        return count
+
+
+def _consume_error(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("topic_metadata_refresh_failed", error=str(future.exception()))
 
 
 def broker_reachable(config: dict[str, Any], timeout_s: float = 3.0) -> bool:

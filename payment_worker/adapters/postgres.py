@@ -6,6 +6,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.domain.model import Outcome, Payment, PaymentStatus
-from payment_worker.exceptions import PaymentWorkerError, RetryableError
+from payment_worker.exceptions import InfrastructureUnavailable, PaymentWorkerError
 from payment_worker.service.ports import (
     Began,
     LedgerEntry,
@@ -33,7 +34,7 @@ from payment_worker.service.ports import (
 log = structlog.get_logger("payment_worker.postgres")
 
 
-class DatabaseUnavailable(RetryableError):
+class DatabaseUnavailable(InfrastructureUnavailable):
     """The database could not be reached, or a transaction must be retried."""
 
 
@@ -112,7 +113,7 @@ def _ledger(row: dict[str, Any]) -> LedgerEntry:
     )
 
 
-def _headers_json(headers: list[tuple[str, bytes]]) -> Jsonb:
+def _headers_json(headers: list[tuple[str, bytes | None]]) -> Jsonb:
     return Jsonb([[name, value.hex() if value is not None else None] for name, value in headers])
 
 
@@ -155,8 +156,8 @@ def _outbox_columns(messages: list[OutboxMessage]) -> dict[str, list[Any]]:
     }
 
 
-def headers_from_json(data: list[list[Any]]) -> list[tuple[str, bytes]]:
-    return [(name, bytes.fromhex(value) if value is not None else b"") for name, value in data]
+def headers_from_json(data: list[list[Any]]) -> list[tuple[str, bytes | None]]:
+    return [(name, bytes.fromhex(value) if value is not None else None) for name, value in data]
 
 
 class PostgresStore:
@@ -496,34 +497,89 @@ class PostgresStore:
             async with self._conn() as conn:  # one statement: its own transaction
                 await conn.execute(self.q["mark_sent"], {"ids": ids})
 
-    @asynccontextmanager
     async def claim_unsent(
-        self, older_than_s: float, limit: int
-    ) -> AsyncIterator[tuple[list[StoredMessage], psycopg.AsyncCursor[dict[str, Any]]]]:
-        """Unsent rows locked for this transaction (other relays skip them)."""
-        async with self._tx() as cur:
+        self, older_than_s: float, limit: int, lease_s: float = 60.0
+    ) -> list[StoredMessage]:
+        """Unsent rows due for a try, oldest first, leased for `lease_s` (other relays skip
+        them meanwhile; a delivery report marks them sent or failed)."""
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                self.q["claim_unsent"], {"older_than_s": older_than_s, "limit": limit}
+                self.q["claim_unsent"],
+                {"older_than_s": older_than_s, "limit": limit, "lease_s": lease_s},
             )
             rows = await cur.fetchall()
-            yield [StoredMessage(r["id"], _outbox_message(r)) for r in rows], cur
+        rows.sort(key=lambda r: r["id"])
+        return [StoredMessage(r["id"], _outbox_message(r)) for r in rows]
 
-    async def mark_sent_in(self, cur: psycopg.AsyncCursor[dict[str, Any]], ids: list[int]) -> None:
-        await cur.execute(self.q["mark_sent"], {"ids": ids})
+    async def mark_failed(
+        self, failures: list[tuple[int, str, bool]], max_attempts: int
+    ) -> list[ParkedRow]:
+        """Record refused deliveries (row id, error, whether it counts as a try); returns the
+        rows that have now been parked."""
+        latest: dict[int, tuple[str, bool]] = {}
+        for row_id, error, counted in failures:
+            previous = latest.get(row_id)
+            latest[row_id] = (error[:1000], counted or (previous is not None and previous[1]))
+        if not latest:
+            return []
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                self.q["mark_failed"],
+                {
+                    "ids": list(latest),
+                    "errors": [e for e, _ in latest.values()],
+                    "counted": [c for _, c in latest.values()],
+                    "max_attempts": max_attempts,
+                },
+            )
+            rows = await cur.fetchall()
+        return [
+            ParkedRow(
+                r["id"], r["kind"], r["topic"], r["partition"], r["attempts"], latest[r["id"]][0]
+            )
+            for r in rows
+            if r["parked"]
+        ]
 
     async def outbox_backlog(self) -> int:
-        async with self._tx() as cur:
-            await cur.execute(self.q["outbox_backlog"])
-            row = await cur.fetchone()
-        return int(row["backlog"]) if row else 0
+        return (await self.outbox_counts())[0]
 
-    async def stale_pending(
-        self, age_s: float, limit: int = 100
+    async def outbox_counts(self) -> tuple[int, int]:
+        """(rows waiting to be published, rows parked)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["outbox_backlog"])
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def claim_stale(
+        self, age_s: float, owner: str, *, lease_s: float = 120.0, limit: int = 100
     ) -> list[tuple[Payment, dict[str, Any] | None]]:
-        async with self._tx() as cur:
-            await cur.execute(self.q["stale_pending_payments"], {"age_s": age_s, "limit": limit})
+        """Payments pending longer than `age_s` (database clock), each claimed for this
+        reconciler alone for `lease_s`."""
+        params = {"age_s": age_s, "owner": owner, "lease_s": lease_s, "limit": limit}
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(self.q["claim_stale_payments"], params)
             rows = await cur.fetchall()
         return [(_payment(r), r["reply_route"]) for r in rows]
+
+    async def release_claims(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self.q["release_claims"])
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    """An outbox row given up on after too many refusals (kept, never published)."""
+
+    id: int
+    kind: str
+    topic: str
+    partition: int | None
+    attempts: int
+    error: str
 
 
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}

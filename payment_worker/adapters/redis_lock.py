@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import structlog
 from redis.exceptions import NoScriptError, RedisError
 
 from payment_worker.adapters.coalesce import Coalescer
+from payment_worker.domain.ids import token_hex
 
 log = structlog.get_logger("payment_worker.redis")
 
@@ -89,9 +89,7 @@ class RedisOrderLock:
 
     async def acquire(self, order_id: uuid.UUID) -> str | None:
         """A token once the lock is held; None when Redis is unreachable or the wait ran out."""
-        # Unique, not secret (it only tells our lock from another holder's): from the random
-        # generator, not secrets/os.urandom, which releases the interpreter lock per call.
-        token = f"{random.getrandbits(128):032x}"
+        token = token_hex(16)  # unguessable: nobody else can release our lock
         key = self.prefix + str(order_id)
         deadline = time.monotonic() + self.wait_s
         delay = 0.01

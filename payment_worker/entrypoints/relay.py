@@ -1,8 +1,11 @@
 """The outbox relay: publishes committed outbox rows and marks them sent.
 
 Fast path: rows written by this process are handed over right after their commit. Sweeper:
-rows left unsent (a crash, a broker outage, another process) are claimed with SKIP LOCKED and
-published again. Delivery is at least once; consumers deduplicate on the event id.
+rows left unsent (a crash, a broker outage, another process, a refused delivery whose wait is
+over) are leased with SKIP LOCKED and handed over again. Delivery reports mark rows sent, or
+failed: a refused row waits longer each time and is parked after `max_attempts` refusals, so
+that no row holds back the others. Delivery is at least once; consumers deduplicate on the
+event id.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 import structlog
 
@@ -21,6 +25,10 @@ from payment_worker.service.ports import StoredMessage
 
 log = structlog.get_logger("payment_worker.relay")
 
+# A broker-wide failure (timeout, no connection) counts against the row only while other
+# rows are being delivered: then the broker is up and the trouble is the row's.
+BROKER_UP_WINDOW_S = 30.0
+
 
 class OutboxRelay:
     def __init__(
@@ -28,17 +36,25 @@ class OutboxRelay:
         store: PostgresStore,
         producer: OutboxProducer,
         *,
+        max_attempts: int = 20,
         sweep_every_s: float = 2.0,
         sweep_older_than_s: float = 5.0,
+        sweep_batch: int = 500,
+        lease_s: float = 60.0,
+        max_queued: int = 20_000,
     ) -> None:
         self.store = store
         self.producer = producer
+        self.max_attempts = max_attempts
         self.sweep_every_s = sweep_every_s
         self.sweep_older_than_s = sweep_older_than_s
+        self.sweep_batch = sweep_batch
+        self.lease_s = lease_s
+        self.max_queued = max_queued
         self._tasks: list[asyncio.Task[None]] = []
         self._reports = asyncio.Event()
         self._armed = threading.Event()
-        self._stopping = False
+        self._last_delivery = -1e18
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -67,12 +83,36 @@ class OutboxRelay:
     async def _mark_once(self) -> None:
         self.producer.reset_if_fatal()
         delivered, failed = self.producer.take_reports()
-        for row_id, error in failed:
-            metrics.OUTBOX_FAILED.inc()
-            log.warning("outbox_delivery_failed", row_id=row_id, error=error)
         if delivered:
+            self._last_delivery = time.monotonic()
             await self.store.mark_sent(delivered)
             metrics.OUTBOX_PUBLISHED.inc(len(delivered))
+        if failed:
+            broker_up = time.monotonic() - self._last_delivery < BROKER_UP_WINDOW_S
+            metrics.OUTBOX_FAILED.inc(len(failed))
+            for failure in failed:
+                log.warning(
+                    "outbox_delivery_failed",
+                    row_id=failure.row_id,
+                    error=failure.error,
+                    broker_wide=failure.broker_wide,
+                )
+            parked = await self.store.mark_failed(
+                [(f.row_id, f.error, broker_up or not f.broker_wide) for f in failed],
+                self.max_attempts,
+            )
+            for row in parked:
+                metrics.OUTBOX_PARKED.labels(row.kind).inc()
+                log.error(
+                    "outbox_record_parked",
+                    row_id=row.id,
+                    kind=row.kind,
+                    topic=row.topic,
+                    partition=row.partition,
+                    attempts=row.attempts,
+                    error=row.error,
+                    detail="refused by the broker too often; kept in the outbox, not retried",
+                )
 
     async def _mark_loop(self) -> None:
         while True:
@@ -86,39 +126,33 @@ class OutboxRelay:
                 log.warning("outbox_mark_failed", error=str(exc))
                 await asyncio.sleep(1)
                 self._reports.set()
+            except Exception:
+                log.exception("outbox_mark_crashed")
+                await asyncio.sleep(1)
 
     async def sweep_once(self, older_than_s: float | None = None) -> int:
-        """Publish unsent rows older than the given age; returns how many were published."""
+        """Hand unsent rows older than the given age, and due for a try, to the producer;
+        returns how many. Their delivery reports mark them as the fast path's do."""
         older = self.sweep_older_than_s if older_than_s is None else older_than_s
         self.producer.reset_if_fatal()
-        published = 0
-        async with self.store.claim_unsent(older, 500) as (claimed, cur):
-            todo = [s for s in claimed if s.id not in self.producer.in_flight]
-            if not todo:
-                return 0
-            for item in todo:
-                self.producer.produce(item)
-            left = await asyncio.to_thread(self.producer.flush, 10.0)
-            delivered, failed = self.producer.take_reports()
-            for row_id, error in failed:
-                metrics.OUTBOX_FAILED.inc()
-                log.warning("outbox_delivery_failed", row_id=row_id, error=error)
-            if delivered:
-                await self.store.mark_sent_in(cur, delivered)
-                published = len(delivered)
-                metrics.OUTBOX_PUBLISHED.inc(published)
-            if left:
-                log.warning("outbox_sweep_incomplete", unsent=left)
-        if published:
-            log.info("outbox_swept", published=published)
-        return published
+        if len(self.producer.in_flight) >= self.max_queued:
+            return 0  # the producer has enough to deliver already (the broker is slow or away)
+        claimed = await self.store.claim_unsent(older, self.sweep_batch, self.lease_s)
+        todo = [s for s in claimed if s.id not in self.producer.in_flight]
+        for item in todo:
+            self.producer.produce(item)
+        if todo:
+            log.info("outbox_swept", handed_over=len(todo))
+        return len(todo)
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_every_s)
             try:
                 await self.sweep_once()
-                metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog())
+                backlog, parked = await self.store.outbox_counts()
+                metrics.OUTBOX_BACKLOG.set(backlog)
+                metrics.OUTBOX_PARKED_ROWS.set(parked)
             except RetryableError as exc:
                 log.warning("outbox_sweep_failed", error=str(exc))
             except Exception:

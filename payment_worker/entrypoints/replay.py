@@ -195,7 +195,9 @@ class Replayer:
                     if isinstance(batch, Exception):
                         raise batch
                     self.summary.read += len(batch)
-                    items = prepare_batch(self.app.pipeline, batch)
+                    items = await _retrying(
+                        lambda batch=batch: prepare_batch(self.app.pipeline, batch)
+                    )
                     lookup = asyncio.ensure_future(
                         _retrying(lambda items=items: look_up(items, self.app.store))
                     )
@@ -317,7 +319,7 @@ class Replayer:
                 self.summary.outcomes[str(item.entry.outcome)] += 1
             elif item.kind is Kind.INVALID:
                 self.summary.outcomes["INVALID_REQUEST"] += 1
-            elif item.kind is Kind.NEW:
+            elif item.kind in (Kind.NEW, Kind.FAILED):
                 await self._slots.acquire()
                 self._start(item.record)
 
@@ -337,14 +339,32 @@ class Replayer:
         task.add_done_callback(done)
 
     async def _process(self, record: InboundRecord, previous: asyncio.Task[None] | None) -> None:
+        """One record through the pipeline, as the worker does it; whatever goes wrong is
+        this record's (answered ERROR and dead-lettered where possible), never the replay's."""
         if previous is not None:
             await asyncio.wait([previous])
+        pipeline = self.app.pipeline
         try:
-            handled: Handled = await _retrying(lambda: self.app.pipeline.handle(record))
-        except Exception as exc:  # a bug: answer ERROR and dead-letter, like the worker
-            log.exception("replay_record_failed", offset=record.offset)
+            handled: Handled = await _retrying(lambda: pipeline.handle(record))
+        except Exception as exc:
+            log.error(
+                "replay_record_failed",
+                partition=record.partition,
+                offset=record.offset,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             error = exc
-            handled = await _retrying(lambda: self.app.pipeline.handle_failure(record, error))
+            try:
+                handled = await _retrying(lambda: pipeline.handle_failure(record, error))
+            except Exception as second:
+                log.error(
+                    "replay_record_skipped",
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=f"{type(second).__name__}: {second}",
+                )
+                self.summary.outcomes["skipped (see the log)"] += 1
+                return
         self.app.relay.publish(handled.stored)
         if handled.outcome is not None:
             self.summary.outcomes[str(handled.outcome)] += 1

@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
 from payment_worker.adapters.reply_listener import CommandProducer, ReplyListener
 from payment_worker.config import Settings
+from payment_worker.domain.ids import random_uuid
 from payment_worker.domain.model import Command
 from payment_worker.domain.validation import ValidationFailed, validate_command
-from payment_worker.service.messages import random_uuid
 
 log = structlog.get_logger("payment_worker.shim")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,10 +16,11 @@ import structlog
 from payment_worker import metrics
 from payment_worker.adapters.kafka import ThreadedConsumer
 from payment_worker.adapters.postgres import PostgresStore
+from payment_worker.domain.ids import token_hex
+from payment_worker.domain.routing import checked_route
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.tracking import OffsetTracker
-from payment_worker.exceptions import RetryableError
-from payment_worker.service.messages import ReplyRoute
+from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
 from payment_worker.service.pipeline import Handled, Pipeline
 from payment_worker.service.ports import InboundRecord
 
@@ -37,9 +40,10 @@ class Worker:
         make_consumer: Callable[..., ThreadedConsumer],
         max_in_flight: int = 2000,
         reconcile_after_s: float = 60.0,
-        replies_topic: str = "payment-replies",
         drain_timeout_s: float = 30.0,
         pause_after_s: float = 1.0,
+        record_attempts: int = 8,
+        claim_lease_s: float = 120.0,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -47,9 +51,11 @@ class Worker:
         self.make_consumer = make_consumer
         self.max_in_flight = max_in_flight
         self.reconcile_after_s = reconcile_after_s
-        self.replies_topic = replies_topic
         self.drain_timeout_s = drain_timeout_s
         self.pause_after_s = pause_after_s
+        self.record_attempts = record_attempts
+        self.claim_lease_s = claim_lease_s
+        self.reconciler_id = f"{socket.gethostname()}:{os.getpid()}:{token_hex(4)}"
         self.tracker = OffsetTracker()
         self._tails: dict[bytes | str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,19 +114,36 @@ class Worker:
         self.tracker.finished(record.topic, record.partition, record.offset)
 
     async def _with_retries(self, record: InboundRecord) -> Handled | None:
-        """Retryable failures (database down, ...) are retried until they pass or we stop;
-        anything else is answered ERROR and dead-lettered, so the partition keeps flowing."""
-        attempt = 0
+        """The record's answer, whatever happens. A dependency every record needs (the
+        database, the broker, the registry) is waited for until it is back or we stop. Any
+        other failure of the record alone is tried a few times, then answered ERROR and
+        dead-lettered; if even that fails, the record is dead-lettered alone, and if that
+        fails too it is given up on (logged, counted) so that its partition moves on."""
+        stage = 0  # 0: process it; 1: answer ERROR and dead-letter; 2: dead-letter; 3: give up
+        tries = 0
         failure: BaseException | None = None
         while True:
-            attempt += 1
+            tries += 1
             try:
-                if failure is None:
+                if stage == 0:
                     return await self.pipeline.handle(record)
-                return await self.pipeline.handle_failure(record, failure)
-            except RetryableError as exc:
-                metrics.RETRIES.labels(type(exc).__name__).inc()
-                if self._stopping.is_set() and attempt > 1:
+                assert failure is not None
+                if stage == 1:
+                    return await self.pipeline.handle_failure(record, failure)
+                if stage == 2:
+                    return await self.pipeline.dead_letter_only(record, failure)
+                metrics.SKIPPED_RECORDS.inc()
+                log.error(
+                    "record_skipped",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=f"{type(failure).__name__}: {failure}",
+                    detail="neither answered nor dead-lettered; its offset is committed",
+                )
+                return Handled(None)
+            except InfrastructureUnavailable as exc:
+                if self._stopping.is_set() and tries > 1:
                     log.warning(
                         "record_abandoned_at_stop",
                         partition=record.partition,
@@ -128,25 +151,39 @@ class Worker:
                         error=str(exc),
                     )
                     return None
-                wait = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
-                log.warning(
-                    "record_retry",
-                    partition=record.partition,
-                    offset=record.offset,
-                    attempt=attempt,
-                    error=str(exc),
-                    wait_s=round(wait, 2),
-                )
-                await asyncio.sleep(wait)
+                await self._backoff(record, tries, exc)
             except Exception as exc:
-                if failure is not None:
-                    log.exception("record_failure_handling_failed", offset=record.offset)
-                    await asyncio.sleep(1)
+                retryable = isinstance(exc, RetryableError)
+                if retryable and tries < self.record_attempts:
+                    await self._backoff(record, tries, exc)
                     continue
-                log.exception(
-                    "record_processing_failed", partition=record.partition, offset=record.offset
-                )
-                failure = exc
+                if stage == 0:
+                    log.error(
+                        "record_processing_failed",
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=f"{type(exc).__name__}: {exc}",
+                        exc_info=not retryable,
+                    )
+                    failure = exc
+                else:
+                    log.exception(
+                        "record_failure_handling_failed", stage=stage, offset=record.offset
+                    )
+                stage, tries = stage + 1, 0
+
+    async def _backoff(self, record: InboundRecord, attempt: int, exc: BaseException) -> None:
+        metrics.RETRIES.labels(type(exc).__name__).inc()
+        wait = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+        log.warning(
+            "record_retry",
+            partition=record.partition,
+            offset=record.offset,
+            attempt=attempt,
+            error=str(exc),
+            wait_s=round(wait, 2),
+        )
+        await asyncio.sleep(wait)
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -166,23 +203,37 @@ class Worker:
             log.warning("offset_commit_failed", error=str(exc))
 
     async def reconcile_once(self) -> int:
-        """Finish payments left pending longer than the reconcile age (rule I5)."""
+        """Finish payments left pending longer than the reconcile age (rule I5). Each is
+        claimed in the database first, so exactly one worker finishes it; one that cannot be
+        finished now is skipped (its claim lapses and a later pass tries again)."""
         finished = 0
-        for payment, route_json in await self.store.stale_pending(self.reconcile_after_s):
-            route = (
-                ReplyRoute.from_json(route_json)
-                if route_json
-                else ReplyRoute(self.replies_topic, None, str(payment.command_id))
-            )
+        stale = await self.store.claim_stale(
+            self.reconcile_after_s, self.reconciler_id, lease_s=self.claim_lease_s
+        )
+        for payment, route_json in stale:
+            route = checked_route(route_json, str(payment.command_id), self.pipeline.config.routes)
             log.info(
                 "reconciling_pending_payment",
                 payment_id=str(payment.id),
                 order_id=str(payment.order_id),
             )
-            handled = await self.pipeline.finish_stale(payment, route)
+            try:
+                handled = await self.pipeline.finish_stale(payment, route)
+            except Exception as exc:
+                metrics.RECONCILE_SKIPPED.inc()
+                log.warning(
+                    "reconcile_payment_failed",
+                    payment_id=str(payment.id),
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="skipped; tried again once its claim lapses",
+                )
+                continue
             self.relay.publish(handled.stored)
-            metrics.RECONCILED.inc()
-            finished += 1
+            if handled.outcome is not None:
+                metrics.RECONCILED.inc()
+                finished += 1
+        if stale:
+            await self.store.release_claims()
         return finished
 
     async def _reconcile_loop(self) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,7 +9,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from payment_worker.domain.cards import mask_card_numbers, mask_card_numbers_in_bytes
+from payment_worker.domain.ids import new_uuid, random_uuid
 from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
+from payment_worker.domain.routing import ReplyRoute
 from payment_worker.service.ports import InboundRecord, OutboxMessage
 
 CE_SOURCE = "payment-worker"
@@ -31,114 +32,6 @@ class Topics:
     failed: str = "payment-failed"
     replies: str = "payment-replies"
     dlq: str = "process-payment-dlq"
-
-
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
-class ReplyRoute:
-    """Where and how to answer one command, read from its headers (contract section 2)."""
-
-    topic: str
-    partition: int | None
-    correlation_id: str
-    spring_correlation_id: bytes | None = None
-    spring_reply_topic: bytes | None = None
-    spring_reply_partition: bytes | None = None
-    traceparent: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "correlation_id": self.correlation_id,
-            "spring_correlation_id": _hex(self.spring_correlation_id),
-            "spring_reply_topic": _hex(self.spring_reply_topic),
-            "spring_reply_partition": _hex(self.spring_reply_partition),
-            "traceparent": self.traceparent,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ReplyRoute:
-        return cls(
-            topic=data["topic"],
-            partition=data.get("partition"),
-            correlation_id=data["correlation_id"],
-            spring_correlation_id=_unhex(data.get("spring_correlation_id")),
-            spring_reply_topic=_unhex(data.get("spring_reply_topic")),
-            spring_reply_partition=_unhex(data.get("spring_reply_partition")),
-            traceparent=data.get("traceparent"),
-        )
-
-
-def _hex(value: bytes | None) -> str | None:
-    return value.hex() if value is not None else None
-
-
-def _unhex(value: str | None) -> bytes | None:
-    return bytes.fromhex(value) if value is not None else None
-
-
-def _text(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return value.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return None
-
-
-def route_from_headers(
-    headers: list[tuple[str, bytes]], command_id: str, default_topic: str
-) -> ReplyRoute:
-    """The reply route of a command: our headers first, Spring's request-reply ones second."""
-    if not headers:
-        return ReplyRoute(default_topic, None, command_id)
-    found: dict[str, bytes] = {}
-    for name, value in headers:
-        if value is not None:
-            found.setdefault(name, value)
-    topic = _text(found.get("reply-to")) or _text(found.get("kafka_replyTopic")) or default_topic
-    partition: int | None = None
-    raw_partition = _text(found.get("reply-partition"))
-    if raw_partition is not None and raw_partition.isdigit():
-        partition = int(raw_partition)
-    elif len(found.get("kafka_replyPartition", b"")) == 4:
-        partition = struct.unpack(">i", found["kafka_replyPartition"])[0]
-        partition = partition if partition >= 0 else None
-    correlation = _text(found.get("correlation-id")) or command_id
-    return ReplyRoute(
-        topic=topic,
-        partition=partition,
-        correlation_id=correlation,
-        spring_correlation_id=found.get("kafka_correlationId"),
-        spring_reply_topic=found.get("kafka_replyTopic"),
-        spring_reply_partition=found.get("kafka_replyPartition"),
-        traceparent=_text(found.get("traceparent")),
-    )
-
-
-_VERSION_BITS = ~((0xF << 76) | (0x3 << 62))
-_VERSION_4 = (0x4 << 76) | (0x2 << 62)
-
-
-def random_uuid() -> str:
-    """A random (version 4) UUID as text, for ids that must be unique but need not be
-    unpredictable (message, event, payment, correlation ids): from the process's random
-    generator rather than uuid.uuid4's os.urandom call, which releases the interpreter lock:
-    under load the calling thread then waits for it behind the Kafka client threads (~10% of
-    replay's time, and of the shim's, in this VM). `random` is seeded from os.urandom and
-    reseeded in forked children."""
-    h = f"{_random_uuid_int():032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def new_uuid() -> uuid.UUID:
-    """random_uuid() as a uuid.UUID."""
-    return uuid.UUID(int=_random_uuid_int())
-
-
-def _random_uuid_int() -> int:
-    """128 random bits with the version-4 and RFC 4122 variant bits set."""
-    return (random.getrandbits(128) & _VERSION_BITS) | _VERSION_4
 
 
 PAYMENT_RECORD = "ticketing.payment.v1.Payment"  # the reply's union branch, by full name
@@ -204,7 +97,7 @@ def ce_time() -> str:
 
 def _ce_headers(
     ce_type: str, ce_id: str, subject: str, correlation_id: str, causation_id: str
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes | None]]:
     now = ce_time()
     return [
         _CE_SPECVERSION,
@@ -333,20 +226,37 @@ class MessageFactory:
         )
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> OutboxMessage:
-        """The record as received, plus why it could not be processed."""
-        headers = [
-            *record.headers,
+        """The record as received, plus why it could not be processed; every card number in
+        its key, value and headers masked (and `dlq-redacted: card-number` said so)."""
+        key, masked_key = _masked(record.key)
+        value, masked_value = _masked(record.value)
+        headers: list[tuple[str, bytes | None]] = []
+        masked_headers = False
+        for name, header_value in record.headers:
+            safe_name, masked_name = mask_card_numbers(name)
+            safe_value, masked = _masked(header_value)
+            masked_headers = masked_headers or masked_name or masked
+            headers.append((safe_name, safe_value))
+        headers += [
             ("dlq-error", error[:1000].encode("utf-8", "replace")),
             ("dlq-reason", reason.encode()),
             ("dlq-topic", record.topic.encode()),
             ("dlq-partition", str(record.partition).encode()),
             ("dlq-offset", str(record.offset).encode()),
         ]
+        if masked_key or masked_value or masked_headers:
+            headers.append(("dlq-redacted", b"card-number"))
         return OutboxMessage(
             kind="dead_letter",
             topic=self.topics.dlq,
             partition=None,
-            key=record.key,
-            value=record.value,
+            key=key,
+            value=value,
             headers=headers,
         )
+
+
+def _masked(data: bytes | None) -> tuple[bytes | None, bool]:
+    if not data:
+        return data, False
+    return mask_card_numbers_in_bytes(data)

@@ -10,13 +10,15 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
 
+from payment_worker.domain.cards import redacted
+from payment_worker.domain.ids import new_uuid
 from payment_worker.domain.model import (
     Command,
     Outcome,
@@ -26,14 +28,17 @@ from payment_worker.domain.model import (
     ValidCommand,
     reply,
 )
-from payment_worker.domain.validation import ValidationFailed, validate_command
-from payment_worker.exceptions import PermanentError, RetryableError
-from payment_worker.service.messages import (
-    MessageFactory,
+from payment_worker.domain.routing import (
+    InvalidHeader,
     ReplyRoute,
-    new_uuid,
+    RouteRules,
+    needs_broker_check,
     route_from_headers,
+    unknown_route,
 )
+from payment_worker.domain.validation import ValidationFailed, parse_uuid, validate_command
+from payment_worker.exceptions import PermanentError, RetryableError
+from payment_worker.service.messages import MessageFactory
 from payment_worker.service.ports import (
     GatewayPort,
     InboundRecord,
@@ -46,6 +51,7 @@ from payment_worker.service.ports import (
     OutboxMessage,
     ReservationInfo,
     StoredMessage,
+    TopicDirectoryPort,
 )
 
 log = structlog.get_logger("payment_worker.pipeline")
@@ -89,8 +95,12 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    replies_topic: str = "payment-replies"
+    routes: RouteRules = field(default_factory=RouteRules)
     busy_retry_budget_s: float = 15.0
+
+    @property
+    def replies_topic(self) -> str:
+        return self.routes.default_topic
 
 
 def command_from_record(raw: dict[str, Any]) -> Command:
@@ -178,6 +188,7 @@ class Pipeline:
         inventory: InventoryPort,
         gateway: GatewayPort,
         locks: OrderLockPort,
+        topics: TopicDirectoryPort,
         config: PipelineConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -189,6 +200,7 @@ class Pipeline:
         self.inventory = inventory
         self.gateway = gateway
         self.locks = locks
+        self.topics = topics
         self.config = config or PipelineConfig()
         self.clock = clock
         self._releases: set[asyncio.Future[None]] = set()
@@ -210,17 +222,27 @@ class Pipeline:
             )
             stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
             return Handled(None, stored or [], dead_letter_reason=reason)
-        prepared = self.prepare(raw, record)
-        command, route, valid = prepared.command, prepared.route, prepared.valid
+        command = command_from_record(raw)
+        route = await self.resolve_route(record.headers, command.command_id)
+        prepared = self.prepare(command, route)
+        valid = prepared.valid
+        if valid is None:
+            # Raw field values are not logged: they are input, and may hold a card number.
+            log.info(
+                "command_invalid",
+                error=prepared.invalid,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            answer = reply(Outcome.INVALID_REQUEST, prepared.invalid or "invalid")
+            return await self._answer(prepared.command, prepared.route, answer)
+        command, route = prepared.command, prepared.route
         bound = log.bind(
             command_id=command.command_id,
             order_id=command.order_id,
             correlation_id=route.correlation_id,
         )
-        if valid is None:
-            bound.info("command_invalid", error=prepared.invalid)
-            answer = reply(Outcome.INVALID_REQUEST, prepared.invalid or "invalid")
-            return await self._answer(command, route, answer)
         try:
             return await self._process(command, valid, route, bound)
         except DependencyUnavailable as exc:
@@ -229,15 +251,33 @@ class Pipeline:
             extra = [self.messages.dead_letter(record, "retries-exhausted", str(exc))]
             return await self._answer(command, route, answer, extra=extra)
 
-    def prepare(self, raw: dict[str, Any], record: InboundRecord) -> Prepared:
-        """Steps after decoding, shared with replay: the command, its reply route, and its
-        validation (ids made canonical when valid)."""
-        command = command_from_record(raw)
-        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+    async def resolve_route(
+        self, headers: list[tuple[str, bytes | None]], command_id: str
+    ) -> ReplyRoute | InvalidHeader:
+        """Where the command's headers ask for its reply, checked against the contract's
+        rules and against what the broker has (a topic, a partition); or the header that
+        cannot be honoured. The fallback correlation id is the command id, card numbers
+        masked (an invalid command's id is raw input)."""
+        rules = self.config.routes
+        route = route_from_headers(headers, _echoed(command_id), rules)
+        if isinstance(route, ReplyRoute) and needs_broker_check(route, rules):
+            partitions = await self.topics.partitions(route.topic)
+            bad = unknown_route(route, partitions, headers, rules)
+            if bad is not None:
+                return bad
+        return route
+
+    def prepare(self, command: Command, route: ReplyRoute | InvalidHeader) -> Prepared:
+        """Steps after decoding and routing, shared with replay: the command validated (ids
+        made canonical), or why it is invalid, with the route to answer on. A bad header is
+        answered before any field is looked at. An invalid command is answered with its ids
+        as received, card numbers masked."""
+        if isinstance(route, InvalidHeader):
+            return Prepared(_public(command), route.fallback, None, route.message)
         try:
             valid = validate_command(command)
         except ValidationFailed as exc:
-            return Prepared(command, route, None, str(exc))
+            return Prepared(_public(command), route, None, str(exc))
         return Prepared(canonical(command, valid), route, valid)
 
     async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
@@ -248,10 +288,20 @@ class Pipeline:
         except self.decode_error:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")
-        command = command_from_record(raw)
-        route = route_from_headers(record.headers, command.command_id, self.config.replies_topic)
+        command = _public(command_from_record(raw))
+        route = await self.resolve_route(record.headers, command.command_id)
+        if isinstance(route, InvalidHeader):
+            route = route.fallback
         answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
-        return await self._answer(command, route, answer, extra=extra)
+        handled = await self._answer(command, route, answer, extra=extra)
+        handled.dead_letter_reason = "processing-error"
+        return handled
+
+    async def dead_letter_only(self, record: InboundRecord, error: BaseException) -> Handled:
+        """The last resort when even answering ERROR failed: the record to the dead letters."""
+        message = self.messages.dead_letter(record, "processing-error", type(error).__name__)
+        stored = await self.ledger.record([message])
+        return Handled(None, stored or [], dead_letter_reason="processing-error")
 
     async def finish_stale(self, payment: Payment, route: ReplyRoute) -> Handled:
         """The reconciler's step (rule I5): charge a pending payment whose command went away."""
@@ -268,7 +318,7 @@ class Pipeline:
         bound = log.bind(command_id=command.command_id, order_id=command.order_id)
         token = await self.locks.acquire(payment.order_id)
         try:
-            return await self._charge(command, route, payment, bound)
+            return await self._charge(command, None, route, payment, bound)
         finally:
             await self.locks.release(payment.order_id, token)
 
@@ -369,7 +419,7 @@ class Pipeline:
             if began.pending is not None:
                 if began.pending.id != candidate.id:
                     bound.info("payment_resumed", payment_id=str(began.pending.id))
-                return await self._charge(command, route, began.pending, bound)
+                return await self._charge(command, valid, route, began.pending, bound)
             if began.busy is None:  # only our entry, in progress, its payment not pending
                 raise InconsistentLedger.of(valid.command_id)
             # Another command's payment for this order is pending: wait for it to finish.
@@ -387,8 +437,15 @@ class Pipeline:
             delay = min(delay * 2, 1.0)
 
     async def _charge(
-        self, command: Command, route: ReplyRoute, payment: Payment, bound: Any
+        self,
+        command: Command,
+        valid: ValidCommand | None,
+        route: ReplyRoute,
+        payment: Payment,
+        bound: Any,
     ) -> Handled:
+        """Charge a pending payment and record its outcome. `valid` is the command being
+        answered; None for the reconciler, whose command went away."""
         result = await self.gateway.charge(payment)
         final = payment.finalized(result, self.clock())
         if result.success:
@@ -401,15 +458,16 @@ class Pipeline:
         stored = await self.ledger.finish_payment(
             final, answer.outcome, answer.error_message, messages
         )
-        if stored is None:
-            # Finalized meanwhile (by the reconciler or a redelivery): answer what was recorded.
-            snapshot = await self.ledger.snapshot(
-                final.command_id or uuid.UUID(int=0), final.order_id
-            )
-            if snapshot.ledger is not None and snapshot.ledger.final:
-                return await self._answer_recorded(command, route, snapshot.ledger)
-            raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
-        return Handled(answer.outcome, stored)
+        if stored is not None:
+            return Handled(answer.outcome, stored)
+        # Finalized meanwhile, by a redelivery of the command or by the reconciler.
+        if valid is None:
+            bound.info("stale_payment_finished_elsewhere", payment_id=str(final.id))
+            return Handled(None, [])  # its command was (or will be) answered by whoever did
+        snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
+        if snapshot.ledger is not None and snapshot.ledger.final:
+            return await self._answer_recorded(command, valid, route, snapshot.ledger)
+        raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
 
     async def _recorded(
         self,
@@ -426,7 +484,7 @@ class Pipeline:
             if not same_request(entry, valid):
                 return await self._answer(command, route, _COMMAND_ID_REUSED)
             if entry.final:
-                return await self._answer_recorded(command, route, entry)
+                return await self._answer_recorded(command, valid, route, entry)
         if succeeded is not None:
             return await self._order_already_paid(command, valid, route, succeeded)
         return None
@@ -496,10 +554,19 @@ class Pipeline:
     # -- answers ------------------------------------------------------------------------------
 
     async def _answer_recorded(
-        self, command: Command, route: ReplyRoute, entry: LedgerEntry
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, entry: LedgerEntry
     ) -> Handled:
-        """Rule I1: the recorded outcome again, marked duplicate, with no new work."""
+        """Rule I1: the recorded outcome again, marked duplicate, with no new work; given only
+        to the same request (rule I7): another one under the same command id is a CONFLICT."""
+        if not same_request(entry, valid):
+            return await self._answer(command, route, _COMMAND_ID_REUSED)
         payment = await self.ledger.payment(entry.payment_id) if entry.payment_id else None
+        if payment is not None and (
+            payment.order_id != valid.order_id or payment.customer_id != valid.customer_id
+        ):
+            raise InconsistentLedger(
+                f"ledger entry {valid.command_id} names a payment of another order or customer"
+            )
         outcome = entry.outcome or Outcome.ERROR
         answer = Reply(outcome, entry.error_message, payment, duplicate=True)
         stored = await self.ledger.record([self.messages.reply(command, route, answer)])
@@ -531,10 +598,11 @@ class Pipeline:
             }
         stored = await self.ledger.record(messages, ledger)
         if stored is None and record is not None:
-            # Another delivery of this command recorded an outcome first: answer that one.
+            # Another command under this command id recorded an outcome first: its answer,
+            # if it was the same request; a CONFLICT otherwise (rule I7).
             snapshot = await self.ledger.snapshot(record.command_id, record.order_id)
             if snapshot.ledger is not None and snapshot.ledger.final:
-                return await self._answer_recorded(command, route, snapshot.ledger)
+                return await self._answer_recorded(command, record, route, snapshot.ledger)
             raise RetryableError("ledger entry vanished while recording an outcome")
         return Handled(answer.outcome, stored or [], duplicate=answer.duplicate)
 
@@ -570,6 +638,20 @@ class _Lookups:
 def _swallow(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _public(command: Command) -> Command:
+    """An invalid command as its reply echoes it: an id that is a UUID in canonical form, any
+    other as received with its card numbers masked."""
+    command_id, order_id = _echoed(command.command_id), _echoed(command.order_id)
+    if command_id == command.command_id and order_id == command.order_id:
+        return command
+    return replace(command, command_id=command_id, order_id=order_id)
+
+
+def _echoed(text: str) -> str:
+    parsed = parse_uuid(text)
+    return str(parsed) if parsed is not None else redacted(text)
 
 
 def _ledger_fields(valid: ValidCommand) -> dict[str, Any]:

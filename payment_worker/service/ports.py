@@ -36,7 +36,7 @@ class InboundRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     timestamp_ms: int | None = None
 
 
@@ -49,7 +49,7 @@ class OutboxMessage:
     partition: int | None
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     event_id: uuid.UUID | None = None
     payment_id: uuid.UUID | None = None
 
@@ -114,6 +114,12 @@ class OrderLockPort(Protocol):
     async def acquire(self, order_id: uuid.UUID) -> str | None: ...
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None: ...
+
+
+class TopicDirectoryPort(Protocol):
+    """What the broker has: a topic's partition count, None when it has no such topic."""
+
+    async def partitions(self, topic: str) -> int | None: ...
 
 
 class LedgerPort(Protocol):

@@ -7,8 +7,9 @@ import enum
 from dataclasses import dataclass
 
 from payment_worker.domain.model import Command, Outcome, Reply, ValidCommand, reply
-from payment_worker.service.messages import ReplyRoute
-from payment_worker.service.pipeline import Pipeline
+from payment_worker.domain.routing import ReplyRoute
+from payment_worker.exceptions import RetryableError
+from payment_worker.service.pipeline import Pipeline, command_from_record
 from payment_worker.service.ports import (
     BatchLedgerPort,
     InboundRecord,
@@ -16,7 +17,14 @@ from payment_worker.service.ports import (
     RecordedAnswer,
 )
 
-DLQ_HEADERS = ("dlq-error", "dlq-reason", "dlq-topic", "dlq-partition", "dlq-offset")
+DLQ_HEADERS = (
+    "dlq-error",
+    "dlq-reason",
+    "dlq-topic",
+    "dlq-partition",
+    "dlq-offset",
+    "dlq-redacted",
+)
 
 
 class Kind(enum.StrEnum):
@@ -24,6 +32,7 @@ class Kind(enum.StrEnum):
     INVALID = "invalid"
     RECORDED = "answered from ledger"
     NEW = "processed anew"
+    FAILED = "failed (logged, dead-lettered)"
 
 
 @dataclass(slots=True)
@@ -51,8 +60,9 @@ def without_dlq_headers(record: InboundRecord) -> InboundRecord:
     )
 
 
-def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> list[Classified]:
-    """Decode and validate each record (CPU only; the ledger is asked by `look_up`)."""
+async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> list[Classified]:
+    """Decode, route and validate each record (the ledger is asked by `look_up`). Whatever a
+    record holds, it is classified: one that breaks preparing it is FAILED, not the replay."""
     out: list[Classified] = []
     for record in records:
         try:
@@ -60,7 +70,15 @@ def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> list[Clas
         except pipeline.decode_error as exc:
             out.append(Classified(record, Kind.UNDECODABLE, error=str(exc)))
             continue
-        prepared = pipeline.prepare(raw, record)
+        try:
+            command = command_from_record(raw)
+            route = await pipeline.resolve_route(record.headers, command.command_id)
+            prepared = pipeline.prepare(command, route)
+        except RetryableError:
+            raise  # the broker's metadata unreachable: the replay waits for it, as a whole
+        except Exception as exc:
+            out.append(Classified(record, Kind.FAILED, error=f"{type(exc).__name__}: {exc}"))
+            continue
         kind = Kind.NEW if prepared.valid is not None else Kind.INVALID
         out.append(
             Classified(

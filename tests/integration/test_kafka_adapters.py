@@ -15,9 +15,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from payment_worker.adapters.kafka import (
+    BrokerUnavailable,
     DirectProducer,
     OutboxProducer,
     ThreadedConsumer,
+    TopicDirectory,
     ensure_topics,
 )
 from payment_worker.adapters.postgres import PostgresStore
@@ -179,7 +181,8 @@ def test_outbox_producer_reports_a_failed_delivery(broker: str, topics: Topics) 
         producer.close()
 
     assert delivered == []
-    assert [row_id for row_id, _error in failed] == [7]
+    assert [f.row_id for f in failed] == [7]
+    assert not failed[0].broker_wide, "an unknown partition is the record's trouble"
     assert producer.in_flight == set()
 
 
@@ -492,7 +495,7 @@ async def test_relay_sweep_publishes_rows_left_unsent(
     published = await relay.sweep_once(older_than_s=0)
 
     assert published == 2
-    assert db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    await _wait_all_sent(db)
     assert [r.value for r in _read(broker, topics, topics.succeeded, 1)] == [b"event-1"]
     assert [r.value for r in _read(broker, topics, topics.replies, 1)] == [b"reply-1"]
 
@@ -500,6 +503,7 @@ async def test_relay_sweep_publishes_rows_left_unsent(
 async def test_relay_sweep_leaves_sent_rows_alone(
     relay: OutboxRelay,
     store: PostgresStore,
+    db: psycopg.Connection[Any],
     broker: str,
     topics: Topics,
 ) -> None:
@@ -507,7 +511,115 @@ async def test_relay_sweep_leaves_sent_rows_alone(
     stored = await store.record(_messages(topics))
     assert stored is not None
     assert await relay.sweep_once(older_than_s=0) == 2
+    await _wait_all_sent(db)
 
     assert await relay.sweep_once(older_than_s=0) == 0
 
     assert len(_read(broker, topics, topics.succeeded, 1)) == 1
+
+
+async def test_a_row_the_broker_refuses_is_retried_then_parked_and_never_holds_back_others(
+    store: PostgresStore, db: psycopg.Connection[Any], broker: str, topics: Topics
+) -> None:
+    """A few hundred replies to a partition the topic does not have sit at the head of the
+    outbox: an event written after them is published by the sweeper before any of them is
+    given up on; each is tried `max_attempts` times with a growing wait, then parked."""
+    relay = OutboxRelay(
+        store,
+        OutboxProducer({"bootstrap.servers": broker}),
+        max_attempts=3,
+        sweep_every_s=3600,
+        sweep_older_than_s=0,
+        sweep_batch=50,
+    )
+    await relay.start()
+    try:
+        refused = [message("reply", topics.replies, partition=9) for _ in range(200)]
+        assert await store.record(refused) is not None
+        assert await store.record([message("event", topics.succeeded, value=b"late")])
+        db.execute("UPDATE outbox SET created_at = now() - interval '1 minute'")
+        parked_when_sent = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            await relay.sweep_once()
+            await asyncio.sleep(0.3)
+            sent = db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
+            parked = db.execute(
+                "SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL"
+            ).fetchone()
+            if sent == (1,) and parked_when_sent is None:
+                parked_when_sent = parked[0]
+            if sent == (1,) and parked == (200,):
+                break
+    finally:
+        await relay.stop()
+    assert parked_when_sent == 0, "the event waited for the refused rows to be given up on"
+    rows = db.execute(
+        "SELECT attempts, last_error IS NOT NULL, parked_at IS NOT NULL, sent_at IS NOT NULL"
+        " FROM outbox ORDER BY id"
+    ).fetchall()
+    assert rows[:200] == [(3, True, True, False)] * 200
+    assert rows[200] == (0, False, False, True)
+    assert [r.value for r in _read(broker, topics, topics.succeeded, 1)] == [b"late"]
+    assert await store.outbox_counts() == (0, 200)
+
+
+async def test_a_refusal_while_the_broker_is_away_is_not_counted(
+    store: PostgresStore, db: psycopg.Connection[Any]
+) -> None:
+    """A broker-wide failure (no broker at all) is tried again without counting towards
+    parking: a long outage parks nothing."""
+    relay = OutboxRelay(
+        store,
+        OutboxProducer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 500}),
+        max_attempts=1,
+        sweep_every_s=3600,
+    )
+    await relay.start()
+    try:
+        stored = await store.record([message("event", "payment-succeeded")])
+        assert stored is not None
+        relay.publish(stored)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            row = db.execute("SELECT last_error FROM outbox").fetchone()
+            if row is not None and row[0] is not None:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await relay.stop(timeout_s=1)
+    assert db.execute("SELECT attempts, parked_at FROM outbox").fetchone() == (0, None)
+
+
+async def test_topic_directory_knows_the_brokers_topics_and_creates_none(
+    broker: str, topics: Topics
+) -> None:
+    """The directory answers a topic's partition count from the cluster's metadata, None for
+    a topic the broker does not have, and asking never creates that topic (Tansu creates a
+    topic named in a metadata request for it)."""
+    directory = TopicDirectory({"bootstrap.servers": broker}, min_refresh_s=0)
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+
+    assert await directory.partitions(topics.commands) == 4
+    assert await directory.partitions(missing) is None
+    assert await directory.partitions(missing) is None
+
+    names = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10).topics
+    assert missing not in names
+
+
+async def test_topic_directory_sees_a_topic_created_later(broker: str) -> None:
+    """A miss refreshes the metadata (at most once per min_refresh_s): a reply topic created
+    after the worker started is known at once."""
+    directory = TopicDirectory({"bootstrap.servers": broker}, min_refresh_s=0)
+    late = f"late-replies-{uuid.uuid4().hex[:8]}"
+    assert await directory.partitions(late) is None
+    ensure_topics({"bootstrap.servers": broker}, {late: 3})
+    assert await directory.partitions(late) == 3
+
+
+async def test_topic_directory_without_a_broker_is_unavailable() -> None:
+    """No broker: BrokerUnavailable (the record waits), not an answer that the topic is absent."""
+    directory = TopicDirectory({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, timeout_s=1)
+    with pytest.raises(BrokerUnavailable):
+        await directory.partitions("anything")

@@ -135,7 +135,8 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
 def test_creates_exactly_the_tables_of_the_implementation(
     database_url: str, migrated_schema: str
 ) -> None:
-    """The schema holds payments, command_ledger, outbox and schema_migrations, nothing else."""
+    """The schema holds payments, command_ledger, outbox, reconciler_claims and
+    schema_migrations, nothing else."""
     with psycopg.connect(database_url) as conn:
         tables = {
             row[0]
@@ -145,7 +146,13 @@ def test_creates_exactly_the_tables_of_the_implementation(
             )
         }
 
-    assert tables == {"payments", "command_ledger", "outbox", "schema_migrations"}
+    assert tables == {
+        "payments",
+        "command_ledger",
+        "outbox",
+        "reconciler_claims",
+        "schema_migrations",
+    }
 
 
 def test_payments_table_has_exactly_the_contract_columns(

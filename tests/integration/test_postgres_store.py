@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -518,7 +520,7 @@ async def test_mark_sent_stamps_sent_at_once(store: PostgresStore, db: Conn) -> 
 
 async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore) -> None:
     """claim_unsent(0, ...) returns every unsent row in id order with topic, partition, key,
-    value and headers as written; rows already sent are left out."""
+    value and headers as written (a header without a value stays one); sent rows are left out."""
     written = [
         message(
             "event",
@@ -526,7 +528,7 @@ async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore)
             partition=1,
             key=b"k1",
             value=b"\x00\xff",
-            headers=[("ce_id", b"abc"), ("empty", b"")],
+            headers=[("ce_id", b"abc"), ("empty", b""), ("null", None)],
             payment_id=uuid.uuid4(),
         ),
         message("reply", "payment-replies", key=None, value=None, headers=[]),
@@ -536,18 +538,18 @@ async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore)
     assert stored is not None
     await store.mark_sent([stored[2].id])
 
-    async with store.claim_unsent(0, 100) as (claimed, _cur):
-        got = [
-            (
-                s.id,
-                s.message.topic,
-                s.message.partition,
-                s.message.key,
-                s.message.value,
-                s.message.headers,
-            )
-            for s in claimed
-        ]
+    claimed = await store.claim_unsent(0, 100)
+    got = [
+        (
+            s.id,
+            s.message.topic,
+            s.message.partition,
+            s.message.key,
+            s.message.value,
+            s.message.headers,
+        )
+        for s in claimed
+    ]
 
     assert got == [
         (
@@ -556,7 +558,7 @@ async def test_claim_unsent_returns_unsent_rows_as_written(store: PostgresStore)
             1,
             b"k1",
             b"\x00\xff",
-            [("ce_id", b"abc"), ("empty", b"")],
+            [("ce_id", b"abc"), ("empty", b""), ("null", None)],
         ),
         (stored[1].id, "payment-replies", None, None, None, []),
     ]
@@ -572,61 +574,79 @@ async def test_claim_unsent_leaves_out_rows_younger_than_the_age(
         "UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s", (stored[0].id,)
     )
 
-    async with store.claim_unsent(30, 100) as (claimed, _cur):
-        ids = [s.id for s in claimed]
-
-    assert ids == [stored[0].id]
+    assert [s.id for s in await store.claim_unsent(30, 100)] == [stored[0].id]
 
 
 async def test_claim_unsent_honours_the_limit(store: PostgresStore) -> None:
-    """claim_unsent returns at most `limit` rows, the oldest ids first."""
+    """claim_unsent returns at most `limit` rows, the oldest first."""
     stored = await store.record([message() for _ in range(5)])
     assert stored is not None
 
-    async with store.claim_unsent(0, 2) as (claimed, _cur):
-        ids = [s.id for s in claimed]
-
-    assert ids == [stored[0].id, stored[1].id]
+    assert [s.id for s in await store.claim_unsent(0, 2)] == [stored[0].id, stored[1].id]
 
 
-async def test_claimed_rows_are_skipped_by_another_claimer(store: PostgresStore) -> None:
-    """Rows claimed by one transaction are invisible to a concurrent claim (SKIP LOCKED), so
-    two relays never publish the same row at the same time."""
+async def test_claimed_rows_are_leased_and_skipped_by_the_next_claim(
+    store: PostgresStore,
+) -> None:
+    """A claimed row is leased: another claim (another relay, the next sweep) skips it until
+    the lease ends, so two relays never hand the same row to a producer at once."""
     stored = await store.record([message(), message()])
     assert stored is not None
 
-    async def claim_all() -> list[int]:
-        async with store.claim_unsent(0, 100) as (claimed, _cur):
-            return [s.id for s in claimed]
-
-    async with store.claim_unsent(0, 1) as (first, _cur):
-        # Bounded: without SKIP LOCKED the second claim would wait on the first for ever.
-        second_ids = await asyncio.wait_for(claim_all(), 5)
+    first = await store.claim_unsent(0, 1)
+    second = await store.claim_unsent(0, 100)
+    third = await store.claim_unsent(0, 100)
 
     assert [s.id for s in first] == [stored[0].id]
-    assert second_ids == [stored[1].id]
+    assert [s.id for s in second] == [stored[1].id]
+    assert third == []
 
 
-async def test_mark_sent_in_commits_with_the_claim(store: PostgresStore, db: Conn) -> None:
-    """mark_sent_in marks rows inside the claim's transaction; they are sent once it ends."""
+async def test_a_claim_whose_lease_ended_is_claimed_again(store: PostgresStore, db: Conn) -> None:
+    """A relay that died after claiming leaves its rows to the next claim once the lease ends."""
     stored = await store.record([message()])
     assert stored is not None
+    assert len(await store.claim_unsent(0, 100, lease_s=60)) == 1
+    db.execute("UPDATE outbox SET next_attempt_at = now() - interval '1 second'")
+    assert [s.id for s in await store.claim_unsent(0, 100)] == [stored[0].id]
 
-    async with store.claim_unsent(0, 100) as (claimed, cur):
-        await store.mark_sent_in(cur, [s.id for s in claimed])
 
-    assert await store.outbox_backlog() == 0
-    assert db.execute("SELECT sent_at IS NOT NULL FROM outbox").fetchall() == [(True,)]
+async def test_mark_failed_waits_longer_each_time_then_parks(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Each counted refusal adds a try and pushes the next one further away; at the limit the
+    row is parked (and returned as such); a refusal that is not counted only waits."""
+    stored = await store.record([message()])
+    assert stored is not None
+    row_id = stored[0].id
+
+    waits = []
+    for _ in range(3):
+        assert await store.mark_failed([(row_id, "refused", True)], 4) == []
+        waits.append(
+            db.execute("SELECT extract(epoch FROM next_attempt_at - now()) FROM outbox").fetchone()[
+                0
+            ]
+        )
+    assert await store.mark_failed([(row_id, "away", False)], 4) == []
+    assert db.execute("SELECT attempts, parked_at FROM outbox").fetchone() == (3, None)
+    [parked] = await store.mark_failed([(row_id, "refused again", True)], 4)
+
+    assert waits[0] < waits[2]
+    assert (parked.id, parked.attempts, parked.error) == (row_id, 4, "refused again")
+    assert await store.claim_unsent(0, 100) == []
+    assert await store.outbox_counts() == (0, 1)
 
 
 # -- stale pending payments -----------------------------------------------------------------
 
 
-async def test_stale_pending_returns_only_pending_payments_older_than_the_age(
+async def test_claim_stale_returns_only_pending_payments_older_than_the_age(
     store: PostgresStore, db: Conn
 ) -> None:
-    """stale_pending(age) returns pending payments created more than `age` seconds ago, with
-    their command's reply route; young pending and old finished payments are left out."""
+    """claim_stale(age) returns pending payments started more than `age` seconds ago (on the
+    database's clock), with their command's reply route; young pending and old finished
+    payments are left out."""
     old = pending_payment()
     young = pending_payment()
     old_finished = pending_payment()
@@ -634,25 +654,71 @@ async def test_stale_pending_returns_only_pending_payments_older_than_the_age(
         await store.begin_payment(payment, ledger_fields(payment), ROUTE)
     await store.finish_payment(succeeded(old_finished), Outcome.SUCCEEDED, None, [])
     db.execute(
-        "UPDATE payments SET created_at = now() - interval '10 minutes' WHERE id = ANY(%s)",
+        "UPDATE command_ledger SET created_at = now() - interval '10 minutes'"
+        " WHERE payment_id = ANY(%s)",
         ([old.id, old_finished.id],),
     )
 
-    stale = await store.stale_pending(60)
+    stale = await store.claim_stale(60, "r1")
 
     assert [(p.id, p.status, route) for p, route in stale] == [
         (old.id, PaymentStatus.PENDING, ROUTE)
     ]
 
 
-async def test_stale_pending_ages_are_seconds(store: PostgresStore, db: Conn) -> None:
-    """A payment 90 s old is stale at age 60 and not at age 120."""
+async def test_the_age_of_a_pending_payment_is_read_on_the_database_clock(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A worker whose clock runs an hour ahead writes created_at an hour early: the payment
+    is not stale for that, only for what the database saw."""
     payment = pending_payment()
+    payment = replace(payment, created_at=payment.created_at - timedelta(hours=1))
     await store.begin_payment(payment, ledger_fields(payment), ROUTE)
-    db.execute("UPDATE payments SET created_at = now() - interval '90 seconds'")
 
-    assert [p.id for p, _ in await store.stale_pending(60)] == [payment.id]
-    assert await store.stale_pending(120) == []
+    assert await store.claim_stale(60, "r1") == []
+    db.execute("UPDATE command_ledger SET created_at = now() - interval '90 seconds'")
+    assert [p.id for p, _ in await store.claim_stale(60, "r1")] == [payment.id]
+
+
+async def test_two_reconcilers_never_claim_the_same_payment(
+    store: PostgresStore, db: Conn, database_url: str, migrated_schema: str
+) -> None:
+    """While one reconciler's claim is still being made (its transaction open, the payments
+    locked), another claims the other stale payments without waiting and never gets the first
+    one's; once that claim is in, nobody gets those payments until it lapses."""
+    payments = [pending_payment() for _ in range(10)]
+    for payment in payments:
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    db.execute("UPDATE command_ledger SET created_at = now() - interval '10 minutes'")
+    query = store.q["claim_stale_payments"]
+    params = {"age_s": 60, "owner": "first", "lease_s": 120, "limit": 5}
+
+    with psycopg.connect(database_url) as first:
+        first.execute(f"SET search_path TO {migrated_schema}")
+        mine = {row[0] for row in first.execute(query, params).fetchall()}  # not committed yet
+        theirs = {p.id for p, _ in await asyncio.wait_for(store.claim_stale(60, "second"), 5)}
+        first.commit()
+
+    assert len(mine) == 5 and len(theirs) == 5 and not mine & theirs
+    assert await store.claim_stale(60, "third") == []
+    db.execute("UPDATE reconciler_claims SET claimed_until = now() - interval '1 second'")
+    assert len(await store.claim_stale(60, "late", limit=100)) == 10
+
+
+async def test_release_claims_forgets_claims_of_finished_payments(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Once a claimed payment is final, its claim is removed; a pending one keeps its claim."""
+    done, still = pending_payment(), pending_payment()
+    for payment in (done, still):
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    db.execute("UPDATE command_ledger SET created_at = now() - interval '10 minutes'")
+    assert len(await store.claim_stale(60, "r1")) == 2
+    await store.finish_payment(succeeded(done), Outcome.SUCCEEDED, None, [])
+
+    await store.release_claims()
+
+    assert db.execute("SELECT payment_id FROM reconciler_claims").fetchall() == [(still.id,)]
 
 
 # -- connection failures --------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Outgoing messages (service/messages.py): reply routing from command headers, the CloudEvents
-and correlation headers on replies and events, and dead letters."""
+"""Outgoing messages (service/messages.py): the CloudEvents and correlation headers on replies
+and events, and dead letters."""
 
 from __future__ import annotations
 
@@ -21,16 +21,8 @@ from payment_worker.domain.model import (
     Reply,
     reply,
 )
-from payment_worker.service.messages import (
-    MessageFactory,
-    ReplyRoute,
-    Topics,
-    _micros,
-    ce_time,
-    new_uuid,
-    random_uuid,
-    route_from_headers,
-)
+from payment_worker.domain.routing import ReplyRoute, RouteRules, route_from_headers
+from payment_worker.service.messages import MessageFactory, Topics, _micros, ce_time
 from payment_worker.service.ports import InboundRecord, OutboxMessage
 
 COMMAND_ID = "5b6a9b7e-3c1d-4e2f-9a8b-7c6d5e4f3a2b"
@@ -112,91 +104,6 @@ def default_route(**overrides: object) -> ReplyRoute:
     return ReplyRoute(**fields)  # type: ignore[arg-type]
 
 
-# -- route_from_headers ------------------------------------------------------------------------
-
-
-def test_route_defaults_to_replies_topic_and_command_id() -> None:
-    """Without headers the reply goes to the replies topic, any partition, correlated by
-    command id."""
-    route = route_from_headers([], COMMAND_ID, "payment-replies")
-    assert (route.topic, route.partition, route.correlation_id) == (
-        "payment-replies",
-        None,
-        COMMAND_ID,
-    )
-
-
-def test_route_follows_reply_to_and_correlation_id() -> None:
-    """`reply-to` names the reply topic and `correlation-id` the reply's correlation id."""
-    route = route_from_headers(
-        [("reply-to", b"shim-replies"), ("correlation-id", b"corr-77")], COMMAND_ID, "r"
-    )
-    assert (route.topic, route.correlation_id) == ("shim-replies", "corr-77")
-
-
-def test_route_reads_decimal_reply_partition() -> None:
-    """`reply-partition` is a decimal partition number."""
-    assert route_from_headers([("reply-partition", b"7")], COMMAND_ID, "r").partition == 7
-
-
-def test_route_ignores_a_non_numeric_reply_partition() -> None:
-    """A `reply-partition` that is not a number leaves the partition to the producer."""
-    assert route_from_headers([("reply-partition", b"seven")], COMMAND_ID, "r").partition is None
-
-
-def test_route_reads_spring_reply_topic_and_big_endian_partition() -> None:
-    """Spring's kafka_replyTopic and 4-byte big-endian kafka_replyPartition route the reply."""
-    route = route_from_headers(
-        [("kafka_replyTopic", b"spring-replies"), ("kafka_replyPartition", struct.pack(">i", 3))],
-        COMMAND_ID,
-        "payment-replies",
-    )
-    assert (route.topic, route.partition) == ("spring-replies", 3)
-
-
-def test_route_prefers_our_headers_over_springs() -> None:
-    """`reply-to`/`reply-partition` win over Spring's headers when both are present."""
-    route = route_from_headers(
-        [
-            ("kafka_replyTopic", b"spring"),
-            ("kafka_replyPartition", struct.pack(">i", 3)),
-            ("reply-to", b"ours"),
-            ("reply-partition", b"1"),
-        ],
-        COMMAND_ID,
-        "r",
-    )
-    assert (route.topic, route.partition) == ("ours", 1)
-
-
-def test_route_carries_traceparent() -> None:
-    """The command's traceparent is kept on the route."""
-    route = route_from_headers([("traceparent", TRACEPARENT.encode())], COMMAND_ID, "r")
-    assert route.traceparent == TRACEPARENT
-
-
-@pytest.mark.parametrize(
-    "route",
-    [
-        ReplyRoute("replies", None, COMMAND_ID),
-        ReplyRoute(
-            "replies",
-            2,
-            "corr",
-            b"\x01\x02\xff",
-            b"spring-replies",
-            struct.pack(">i", 2),
-            TRACEPARENT,
-        ),
-    ],
-)
-def test_reply_route_json_round_trip(route: ReplyRoute) -> None:
-    """A ReplyRoute (Spring's raw bytes included) survives to_json/from_json unchanged."""
-    import json
-
-    assert ReplyRoute.from_json(json.loads(json.dumps(route.to_json()))) == route
-
-
 # -- replies -----------------------------------------------------------------------------------
 
 
@@ -249,7 +156,8 @@ def test_reply_echoes_spring_headers(factory: MessageFactory) -> None:
         "kafka_replyTopic": b"spring",
         "kafka_replyPartition": struct.pack(">i", 5),
     }
-    route = route_from_headers(list(spring.items()), COMMAND_ID, "payment-replies")
+    route = route_from_headers(list(spring.items()), COMMAND_ID, RouteRules())
+    assert isinstance(route, ReplyRoute)
     headers = headers_of(factory.reply(a_command(), route, reply(Outcome.ERROR, "x")))
     assert {name: headers.get(name) for name in spring} == spring
 
@@ -421,40 +329,6 @@ def test_micros_is_exact_microseconds_since_the_epoch(at: datetime) -> None:
     expected = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
     assert _micros(at) == expected
-
-
-def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
-    """Message ids are random RFC 4122 version-4 UUIDs in canonical text, all different."""
-    ids = [random_uuid() for _ in range(2000)]
-
-    parsed = [uuid.UUID(i) for i in ids]
-    assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
-    assert [str(p) for p in parsed] == ids
-    assert len(set(ids)) == len(ids)
-
-
-def test_new_uuid_is_a_random_version_4_uuid() -> None:
-    """Payment and event ids: version-4 UUIDs, all different."""
-    ids = [new_uuid() for _ in range(2000)]
-
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
-    assert len(set(ids)) == len(ids)
-
-
-def test_random_ids_differ_in_a_forked_child() -> None:
-    """A forked process (replay's shards, a worker started by fork) draws other ids than its
-    parent: the generator is reseeded in the child."""
-    import os
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next id, then exit at once
-        os.write(write, random_uuid().encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 64).decode()
-    os.waitpid(pid, 0)
-    assert child != random_uuid()
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
 from payment_worker.adapters.redis_lock import NoLock
 from payment_worker.domain.gateway_rules import decide
 from payment_worker.domain.model import GatewayResult, Outcome, Payment, PaymentStatus
-from payment_worker.service.messages import MessageFactory, ReplyRoute, Topics
+from payment_worker.domain.routing import ReplyRoute, RouteRules
+from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import (
     DependencyUnavailable,
     Handled,
@@ -40,6 +41,10 @@ from payment_worker.testing import command_record
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TOPICS = Topics()
+ROUTES = RouteRules(
+    default_topic=TOPICS.replies,
+    own_topics=frozenset({TOPICS.commands, TOPICS.succeeded, TOPICS.failed, TOPICS.dlq}),
+)
 
 
 # -- fakes of the ports ------------------------------------------------------------------------
@@ -59,6 +64,7 @@ class FakeLedger:
         self.payments: dict[uuid.UUID, Payment] = {}
         self.outbox: list[StoredMessage] = []
         self._ids = itertools.count(1)
+        self.before_record: Any = None  # an async callable run once, before a ledger insert
 
     # queries
 
@@ -151,6 +157,9 @@ class FakeLedger:
     async def record(
         self, messages: list[OutboxMessage], ledger: dict[str, Any] | None = None
     ) -> list[StoredMessage] | None:
+        if ledger is not None and self.before_record is not None:
+            hook, self.before_record = self.before_record, None
+            await hook()
         if ledger is not None:
             if ledger["command_id"] in self.entries:
                 return None
@@ -241,6 +250,18 @@ class FakeGateway:
         return decide(payment.id, payment.amount, rate)
 
 
+class FakeTopics:
+    """TopicDirectoryPort: the topics the broker has, by partition count; counts lookups."""
+
+    def __init__(self, topics: dict[str, int] | None = None) -> None:
+        self.topics = dict(topics or {})
+        self.lookups = 0
+
+    async def partitions(self, topic: str) -> int | None:
+        self.lookups += 1
+        return self.topics.get(topic)
+
+
 # -- the world a test runs in ------------------------------------------------------------------
 
 
@@ -253,6 +274,7 @@ class World:
         self.ordering = FakeOrdering()
         self.inventory = FakeInventory()
         self.gateway = FakeGateway()
+        self.topics = FakeTopics({TOPICS.replies: 2, "shim-replies": 4})
         self.offsets = itertools.count()
         self.pipeline = Pipeline(
             decoder=self.codec,
@@ -263,7 +285,8 @@ class World:
             inventory=self.inventory,
             gateway=self.gateway,
             locks=NoLock(),
-            config=PipelineConfig(busy_retry_budget_s=0.2),
+            topics=self.topics,
+            config=PipelineConfig(routes=ROUTES, busy_retry_budget_s=0.2),
             clock=lambda: NOW,
         )
 

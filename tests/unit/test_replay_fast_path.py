@@ -71,7 +71,7 @@ async def test_batch_is_sorted_by_what_the_ledger_knows() -> None:
     ledger = FakeBatchLedger({recorded["commandId"]: _recorded(recorded)})
     records = [world.inbound(c) for c in (recorded, invalid, new)]
 
-    items = prepare_batch(world.pipeline, records)
+    items = await prepare_batch(world.pipeline, records)
     await look_up(items, ledger)
 
     assert [i.kind for i in items] == [Kind.RECORDED, Kind.INVALID, Kind.NEW]
@@ -89,7 +89,9 @@ async def test_not_final_or_other_request_is_processed_anew() -> None:
             other_amount["commandId"]: _recorded(other_amount, amount=Decimal("99.00")),
         }
     )
-    items = prepare_batch(world.pipeline, [world.inbound(in_progress), world.inbound(other_amount)])
+    items = await prepare_batch(
+        world.pipeline, [world.inbound(in_progress), world.inbound(other_amount)]
+    )
 
     await look_up(items, ledger)
 
@@ -102,7 +104,7 @@ async def test_recorded_answer_is_the_recorded_outcome_marked_duplicate() -> Non
     world = World()
     recorded = command_record()
     ledger = FakeBatchLedger({recorded["commandId"]: _recorded(recorded)})
-    items = prepare_batch(world.pipeline, [world.inbound(recorded)])
+    items = await prepare_batch(world.pipeline, [world.inbound(recorded)])
     await look_up(items, ledger)
 
     [message] = replies_for(world.pipeline, items)

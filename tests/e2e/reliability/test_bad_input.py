@@ -76,8 +76,9 @@ def test_sql_looking_and_control_character_strings_are_stored_verbatim(
 def test_card_numbers_are_rejected_and_appear_nowhere(
     start_worker, start_shim, kafka, devserver, db, topics, report, database_url
 ):
-    """A card number in the payment method (Kafka or HTTP) is INVALID_REQUEST; it is in no
-    table, no log line, no reply, no dead letter header and no metric."""
+    """A card number in the payment method (Kafka or HTTP; spaces, dots, underscores) is
+    INVALID_REQUEST; an undecodable record holding one is dead-lettered with it masked; it is
+    in no table, no log line, no reply, no dead letter and no metric."""
     worker = start_worker(PAYMENT_LOG_LEVEL="DEBUG")
     shim = start_shim()
     customer = str(uuid.uuid4())
@@ -85,6 +86,11 @@ def test_card_numbers_are_rejected_and_appear_nowhere(
     cmd = command_record(customerId=customer, paymentMethod=f"visa {spaced}")
     devserver.add_order(cmd["orderId"], customer, "10.50")
     kafka.send(cmd)
+    dotted = command_record(customerId=customer, paymentMethod="visa 4111.1111.1111.1111")
+    kafka.send(dotted)
+    underscored = command_record(customerId=customer, paymentMethod="4111__1111__1111__1111")
+    kafka.send(underscored)
+    kafka.send(value=b"\xff not avro, card 4111-1111-1111-1111", key=b"k")
     response = httpx.post(
         shim.url + "/payments",
         timeout=30,
@@ -97,14 +103,17 @@ def test_card_numbers_are_rejected_and_appear_nowhere(
     )
     assert response.status_code == 400
     assert response.json()["errorMessage"] == "PaymentMethod must not contain a card number"
-    [reply] = kafka.replies(expect=1)
-    report.sent, report.replies = 2, 2
-    assert reply.record["outcome"] == "INVALID_REQUEST"
+    replies = kafka.replies(expect=3)
+    report.sent, report.replies = 5, 4
+    assert [r.record["outcome"] for r in replies] == ["INVALID_REQUEST"] * 3
+    [dead] = kafka.read(topics.dlq, expect=1)
+    assert dead.value == b"\xff not avro, card 4111-11**-****-1111"
+    assert dead.headers["dlq-redacted"] == b"card-number"
     haystacks = {
         "worker log": worker.logs(),
         "shim log": shim.logs(),
         "replies": b"".join(r.value or b"" for r in kafka.replies()).decode("latin-1"),
-        "dead letter headers": str([d.headers for d in kafka.read(topics.dlq, idle_s=0.5)]),
+        "dead letters": str([(d.headers, d.value) for d in kafka.read(topics.dlq, idle_s=0.5)]),
         "worker metrics": "",
         "shim metrics": httpx.get(shim.url + "/metrics").text,
     }
@@ -115,5 +124,5 @@ def test_card_numbers_are_rejected_and_appear_nowhere(
     ).fetchone()[0]
     haystacks["database"] = dump
     for where, text in haystacks.items():
-        for needle in (CARD, spaced, "4111-1111"):
+        for needle in (CARD, spaced, "4111-1111", "4111.1111", "4111__1111"):
             assert needle not in text, f"card number found in {where}"
