@@ -89,13 +89,13 @@ class _Connection(asyncio.Protocol):
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         if self.closed or self.transport is None:
             raise HttpClientError("connection lost: closed before the request was sent")
-        self._answer = asyncio.get_running_loop().create_future()
+        answer = self._answer = asyncio.get_running_loop().create_future()
         self._status, self._body, self._received = 0, [], False
         try:
             self.transport.write(data)
         except (OSError, RuntimeError) as exc:  # closing underneath us (uvloop raises)
-            self._fail(HttpClientError(f"connection lost: {exc}"))
-        return self._answer
+            self._fail(HttpClientError(f"connection lost: {exc}"))  # sets `answer`'s error
+        return answer
 
     @property
     def received_nothing(self) -> bool:

@@ -290,3 +290,56 @@ async def test_a_request_waiting_in_line_for_a_connection_may_wait_until_its_dea
     assert answers == [(200, b'{"a": 1}')] * 8
     assert elapsed >= 0.75  # one after another on the one connection: the last waited 0.7 s
     assert server.connections == 1
+
+
+class _BrokenTransport:
+    """A transport whose writes fail, as one closing underneath the client does."""
+
+    def __init__(self, real: asyncio.BaseTransport) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> None:
+        raise OSError("broken pipe")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+async def test_a_request_whose_write_fails_is_sent_again_on_a_new_connection(
+    serve: Callable,
+) -> None:
+    """A kept-alive connection whose write fails: the GET is a connection error (retryable),
+    sent once more on a new connection, never a TypeError from a missing answer."""
+    server = await serve(lambda request, n: OK)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert (await client.get("/x", 2.0))[0] == 200
+        [idle] = client._idle
+        idle.transport = _BrokenTransport(idle.transport)  # type: ignore[assignment]
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_a_write_failure_on_a_new_connection_raises_http_client_error(
+    serve: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write of a fresh connection fails: HttpClientError (the caller retries within its
+    budget), not a TypeError."""
+    from payment_worker.adapters import http_client
+
+    server = await serve(lambda request, n: OK)
+    original = http_client._Connection.connection_made
+
+    def broken(self: http_client._Connection, transport: asyncio.BaseTransport) -> None:
+        original(self, transport)
+        self.transport = _BrokenTransport(transport)  # type: ignore[assignment]
+
+    monkeypatch.setattr(http_client._Connection, "connection_made", broken)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(HttpClientError, match="broken pipe"):
+            await client.get("/x", 2.0)
+    finally:
+        await client.close()
