@@ -68,3 +68,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             row["seconds"],
         )
         write("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
+    for row in ROWS:
+        if row["notes"]:
+            write("")
+            write(f"{row['scenario']}:")
+            for name, value in row["notes"].items():
+                write(f"  {name}: {value}")
