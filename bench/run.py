@@ -240,6 +240,15 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (from /proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 _PRODUCERS: dict[tuple[str, bool], Producer] = {}
 
 
@@ -367,10 +376,12 @@ def e2e(
         # a small warm-up batch is answered before the measured run starts.
         produce(stack.bootstrap, sc.topics["commands"], warm_up)
         collect_replies(stack.bootstrap, sc.topics["replies"], WARM_UP, timeout_s=120)
+        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies, outcomes = collect_replies(
             stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600
         )
+        cpu_used = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
@@ -386,6 +397,8 @@ def e2e(
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
         "peak_rss_mb": rss,
+        # The workers' CPU (user + system) per command answered in the measured run.
+        "cpu_ms_per_command": cpu_used * 1000 / max(1, answered),
         # Replies other than SUCCEEDED (ERROR: a dependency timed out...): a run with any is
         # not a clean measurement, and is flagged (after the table too).
         "not_succeeded": not_succeeded(outcomes),
@@ -638,12 +651,14 @@ def main() -> None:
         results["reply_p50_ms_latency0_max_rate"] = lat0["p50_ms"]
         results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
         results["worker_peak_rss_mb"] = lat0["peak_rss_mb"]
+        results["worker_cpu_ms_per_command"] = lat0["cpu_ms_per_command"]
         print(f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s", flush=True)
 
         half = measured("latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
         results["reply_p50_ms_latency0"] = half["p50_ms"]
         results["reply_p99_ms_latency0"] = half["p99_ms"]
         results["reply_rate_offered_per_s"] = max(50.0, lat0["per_s"] / 2)
+        results["worker_cpu_ms_per_command_half_rate"] = half["cpu_ms_per_command"]
         drop(half["scenario"])
         print(f"  reply p99 at half rate: {half['p99_ms']:.0f} ms", flush=True)
 
