@@ -42,10 +42,17 @@ class ReplyRoute:
     traceparent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The route as JSON for the ledger. A correlation id holding NUL (valid UTF-8, but
+        not storable in jsonb) is kept as hex."""
+        correlation: dict[str, str] = (
+            {"correlation_id_hex": self.correlation_id.encode().hex()}
+            if "\x00" in self.correlation_id
+            else {"correlation_id": self.correlation_id}
+        )
         return {
             "topic": self.topic,
             "partition": self.partition,
-            "correlation_id": self.correlation_id,
+            **correlation,
             "spring_correlation_id": _hex(self.spring_correlation_id),
             "spring_reply_topic": _hex(self.spring_reply_topic),
             "spring_reply_partition": _hex(self.spring_reply_partition),
@@ -57,7 +64,11 @@ class ReplyRoute:
         return cls(
             topic=data["topic"],
             partition=data.get("partition"),
-            correlation_id=data["correlation_id"],
+            correlation_id=(
+                data["correlation_id"]
+                if "correlation_id" in data
+                else bytes.fromhex(data["correlation_id_hex"]).decode()
+            ),
             spring_correlation_id=_unhex(data.get("spring_correlation_id")),
             spring_reply_topic=_unhex(data.get("spring_reply_topic")),
             spring_reply_partition=_unhex(data.get("spring_reply_partition")),

@@ -83,6 +83,8 @@ def validate_command(command: Command) -> ValidCommand:
         raise ValidationFailed("PaymentMethod is required")
     if len(method) > MAX_PAYMENT_METHOD_LENGTH:
         raise ValidationFailed("PaymentMethod must be at most 50 characters")
+    if "\x00" in method:
+        raise ValidationFailed("PaymentMethod must not contain NUL characters")
     if contains_card_number(method):
         raise ValidationFailed("PaymentMethod must not contain a card number")
     command_id = parse_uuid(command.command_id)

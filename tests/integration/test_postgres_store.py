@@ -801,3 +801,18 @@ async def test_one_command_recorded_twice_in_one_batch_is_recorded_once(
     assert first is not None and len(first) == 1 and second is None
     assert db.execute("SELECT key FROM outbox").fetchall() == [(b"first",)]
     assert _count(db, "SELECT count(*) FROM command_ledger") == 1
+
+
+async def test_a_route_with_a_nul_correlation_id_is_stored_and_read_back(
+    store: PostgresStore,
+) -> None:
+    """The reply route of a command whose correlation id holds a NUL is written to the ledger
+    (jsonb refuses \\u0000 in a string) and read back unchanged by the reconciler."""
+    from payment_worker.domain.routing import ReplyRoute
+
+    route = ReplyRoute("payment-replies", None, "corr\x00elation")
+    payment = pending_payment()
+    began = await store.begin_payment(payment, ledger_fields(payment), route.to_json())
+    assert began.pending is not None
+    [(_, stored)] = await store.claim_stale(-1, "r")
+    assert ReplyRoute.from_json(stored) == route

@@ -244,3 +244,12 @@ def test_a_stored_route_that_keeps_the_rules_is_used() -> None:
     """A good stored route comes back as it was stored."""
     original = ReplyRoute("shim-a", 3, "corr")
     assert checked_route(original.to_json(), COMMAND_ID, RULES) == original
+
+
+def test_a_correlation_id_with_nul_survives_the_ledger_as_hex() -> None:
+    """A NUL is valid UTF-8 (so a valid correlation id), but jsonb cannot hold it: the route's
+    JSON keeps such an id as hex, and reads back the same id."""
+    original = route([("correlation-id", b"a\x00b")])
+    stored = original.to_json()
+    assert "\x00" not in json.dumps(stored) and "correlation_id" not in stored
+    assert ReplyRoute.from_json(json.loads(json.dumps(stored))) == original

@@ -216,6 +216,14 @@ def test_payment_method_with_a_card_number_is_rejected(method: str) -> None:
     assert "card number" in rejection(command(payment_method=method))
 
 
+def test_payment_method_with_a_nul_character_is_rejected() -> None:
+    """A NUL cannot be stored in a PostgreSQL text column: refused with a clear message, not
+    an ERROR from the database."""
+    assert rejection(command(payment_method="card\x00")) == (
+        "PaymentMethod must not contain NUL characters"
+    )
+
+
 def test_card_number_rejection_does_not_echo_the_digits() -> None:
     """The error message (which becomes the reply and log line) never carries the card number."""
     message = rejection(command(payment_method="card 4111 1111 1111 1111"))
