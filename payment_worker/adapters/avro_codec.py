@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import struct
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,8 @@ def crc64_avro(data: bytes) -> int:
 
 
 def schemas_dir() -> Path:
-    """The `schemas/` folder of the contract, beside the package (source tree or image)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "schemas"
-        if (candidate / "process_payment.avsc").is_file():
-            return candidate
-    raise FileNotFoundError("schemas/process_payment.avsc not found beside the package")
+    """The contract's Avro schemas, shipped inside the package (wheel, sdist or source tree)."""
+    return Path(str(resources.files("payment_worker") / "schemas"))
 
 
 def _strip_uuid_logical_type(node: Any) -> Any:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,13 @@ class DatabaseError(PaymentWorkerError):
 
 
 def sql_dir() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "sql" / "queries.sql").is_file():
-            return parent / "sql"
-    raise FileNotFoundError("sql/queries.sql not found beside the package")
+    """The migrations and queries, shipped inside the package (wheel, sdist or source tree)."""
+    return Path(str(resources.files("payment_worker") / "sql"))
 
 
 @cache
 def queries() -> dict[str, str]:
-    """The named blocks of sql/queries.sql."""
+    """The named blocks of payment_worker/sql/queries.sql."""
     text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
     blocks: dict[str, str] = {}
     for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", text, re.S | re.M):
