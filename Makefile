@@ -12,16 +12,29 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+LOCK_ARGS := --upgrade --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command "make lock"
+
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is required (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 .PHONY: install
-install: $(STAMP) ## Create .venv and install the package with its dev tools
+install: $(STAMP) ## Create .venv and install the locked dependencies and the package (editable)
+
+.PHONY: lock
+lock: ## Resolve pyproject.toml again into requirements.lock and requirements-dev.lock (hashed)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_ARGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra dev -c $(LOCK) $(LOCK_ARGS) -o $(DEV_LOCK)
 
 .PHONY: demo
 demo: install services ## Start everything on this machine and send sample payments (Ctrl-C stops it)
