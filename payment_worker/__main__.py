@@ -31,6 +31,7 @@ def _stop_event() -> asyncio.Event:
 
 async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_reachable
+    from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
     from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.http_status import serve_status
@@ -51,13 +52,9 @@ async def _run_worker(settings: Settings) -> int:
 
         if not await wait_for("postgresql", database_up, stop):
             return 0
-        if not await app.store.schema_ready():
-            log.error(
-                "schema_not_migrated",
-                schema=settings.db_schema,
-                detail="run `payment-worker migrate` first",
-            )
-            return 1
+        problem = schema_problem(settings.db_schema, await app.store.applied_migrations())
+        if problem:
+            raise PaymentWorkerError(problem)
         if not await wait_for("kafka", broker_up, stop):
             return 0
         server = None
@@ -116,6 +113,7 @@ def _replay_shard(settings: Settings, options: Any, progress: Any) -> Any:
 
 
 async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
+    from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
     from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.replay import Replayer
@@ -125,10 +123,9 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
             await app.store.ping()
         except DatabaseUnavailable as exc:
             raise PaymentWorkerError(f"PostgreSQL is not reachable: {exc}") from exc
-        if not await app.store.schema_ready():
-            raise PaymentWorkerError(
-                f"schema {settings.db_schema} is not migrated: run `payment-worker migrate`"
-            )
+        problem = schema_problem(settings.db_schema, await app.store.applied_migrations())
+        if problem:
+            raise PaymentWorkerError(problem)
         await app.relay.start()
         try:
             return await Replayer(app, options).run(progress)
@@ -136,10 +133,14 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
             await app.relay.stop()
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from payment_worker.adapters.migrations import migrate
 
-    applied = migrate(settings.database_url.get_secret_value(), settings.db_schema)
+    applied = migrate(
+        settings.database_url.get_secret_value(),
+        settings.db_schema,
+        accept_changed=args.accept_changed_migrations,
+    )
     print(
         f"schema {settings.db_schema}: "
         + (
@@ -170,7 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
-    sub.add_parser("migrate", help="create or upgrade the database schema (safe to rerun)")
+    migrate = sub.add_parser(
+        "migrate", help="create or upgrade the database schema (safe to rerun)"
+    )
+    migrate.add_argument(
+        "--accept-changed-migrations",
+        action="store_true",
+        help="record the new checksum of an applied migration whose file changed (repairs only)",
+    )
     sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
     demo = sub.add_parser("demo", help="start everything on this machine and send sample payments")
     demo.add_argument(
@@ -245,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(_run_worker(settings))
         if args.command == "migrate":
-            return _migrate(settings)
+            return _migrate(settings, args)
         if args.command == "demo":
             from pathlib import Path
 

@@ -12,6 +12,7 @@ import structlog
 from psycopg import sql
 
 from payment_worker.adapters.postgres import sql_dir, translate
+from payment_worker.exceptions import PaymentWorkerError
 
 log = structlog.get_logger("payment_worker.migrate")
 
@@ -40,8 +41,33 @@ def available(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def migrate(url: str, schema: str) -> list[int]:
-    """Apply what is missing; returns the versions applied (empty when up to date)."""
+class SchemaMismatch(PaymentWorkerError):
+    """The database schema and this code disagree; the message says what to do."""
+
+
+def latest_version() -> int:
+    return max(migration.version for migration in available())
+
+
+def schema_problem(schema: str, applied: set[int]) -> str | None:
+    """Why `run` or `replay` must not start on this schema (None when it is current)."""
+    needed = latest_version()
+    missing = sorted(set(range(1, needed + 1)) - applied)
+    if not missing:
+        return None
+    at = max(applied, default=0)
+    return (
+        f"schema {schema} is at version {at:03d}, this code needs {needed:03d} "
+        f"(missing {', '.join(f'{v:03d}' for v in missing)}): run `payment-worker migrate` first"
+    )
+
+
+def migrate(url: str, schema: str, *, accept_changed: bool = False) -> list[int]:
+    """Apply what is missing; returns the versions applied (empty when up to date).
+
+    SchemaMismatch when the schema is newer than this code (migrations never go backwards) or
+    an applied migration's file changed since (unless `accept_changed`: then the new checksum
+    is recorded, for a deliberate repair)."""
     applied_now: list[int] = []
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -62,11 +88,32 @@ def migrate(url: str, schema: str) -> list[int]:
                         sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(ident)
                     )
                 }
-                for migration in available():
+                known = available()
+                newest = max(m.version for m in known)
+                if done and max(done) > newest:
+                    raise SchemaMismatch(
+                        f"schema {schema} is at version {max(done):03d}, newer than this code's "
+                        f"{newest:03d}: run the payment-worker release that wrote it"
+                    )
+                for migration in known:
                     if migration.version in done:
                         if done[migration.version] != migration.checksum:
+                            if not accept_changed:
+                                raise SchemaMismatch(
+                                    f"migration {migration.version:03d} ({migration.name}) "
+                                    "changed since it was applied; restore the file, or after a "
+                                    "deliberate repair run `payment-worker migrate "
+                                    "--accept-changed-migrations` to record its new checksum"
+                                )
+                            conn.execute(
+                                sql.SQL(
+                                    "UPDATE {}.schema_migrations SET checksum = %s"
+                                    " WHERE version = %s"
+                                ).format(ident),
+                                (migration.checksum, migration.version),
+                            )
                             log.warning(
-                                "migration_changed_after_apply",
+                                "migration_checksum_accepted",
                                 version=migration.version,
                                 name=migration.name,
                             )

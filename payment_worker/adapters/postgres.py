@@ -214,15 +214,15 @@ class PostgresStore:
         except (psycopg.Error, OSError) as exc:
             raise translate(exc) from exc
 
-    async def schema_ready(self) -> bool:
-        """True once `payment-worker migrate` has created the tables."""
+    async def applied_migrations(self) -> set[int]:
+        """The migration versions `payment-worker migrate` has applied (empty before the first)."""
         async with self._tx() as cur:
-            await cur.execute(
-                "SELECT to_regclass('payments') IS NOT NULL AND "
-                "to_regclass('outbox') IS NOT NULL AS ready"
-            )
+            await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS present")
             row = await cur.fetchone()
-        return bool(row and row["ready"])
+            if not (row and row["present"]):
+                return set()
+            await cur.execute("SELECT version FROM schema_migrations")
+            return {int(r["version"]) for r in await cur.fetchall()}
 
     # -- the pipeline's four steps, group-committed ---------------------------------------------
     # Each call joins the next batch of its kind: one transaction and a few round trips serve

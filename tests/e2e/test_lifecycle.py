@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -111,3 +114,29 @@ def test_a_payment_left_pending_by_a_lost_command_is_finished_by_the_reconciler(
         "SELECT state, outcome FROM command_ledger WHERE command_id = %s", (command_id,)
     ).fetchone()
     assert state == ("final", "SUCCEEDED")
+
+
+@pytest.mark.parametrize("command", [["run"], ["replay", "--dry-run"]])
+def test_run_and_replay_refuse_a_schema_older_than_the_code(
+    worker_env: dict[str, str], database_url: str, migrated_schema: str, command: list[str]
+) -> None:
+    """One line naming `payment-worker migrate`, exit 1, before any record is read."""
+    import psycopg
+
+    from payment_worker.adapters.migrations import latest_version
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f'DELETE FROM "{migrated_schema}".schema_migrations WHERE version = %s',
+            (latest_version(),),
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "payment_worker", *command],
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "migrate" in line]
+    assert len(lines) == 1 and "run `payment-worker migrate` first" in lines[0], result.stderr

@@ -13,7 +13,13 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from payment_worker.adapters.migrations import available, migrate
+from payment_worker.adapters.migrations import (
+    SchemaMismatch,
+    available,
+    latest_version,
+    migrate,
+    schema_problem,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -275,3 +281,51 @@ def test_several_failed_payments_for_an_order_are_allowed(db: psycopg.Connection
 
     count = db.execute("SELECT count(*) FROM payments WHERE order_id = %s", (order_id,)).fetchone()
     assert count == (5,)
+
+
+def _applied(database_url: str, schema: str) -> set[int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations').fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def test_a_schema_older_than_the_code_is_named_with_the_command_that_fixes_it(
+    database_url: str, migrated_schema: str
+) -> None:
+    assert schema_problem(migrated_schema, _applied(database_url, migrated_schema)) is None
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f'DELETE FROM "{migrated_schema}".schema_migrations WHERE version = %s',
+            (latest_version(),),
+        )
+    problem = schema_problem(migrated_schema, _applied(database_url, migrated_schema))
+    assert problem is not None
+    assert f"needs {latest_version():03d}" in problem and "payment-worker migrate" in problem
+    assert schema_problem("fresh", set()) is not None
+
+
+def test_migrate_refuses_a_schema_newer_than_the_code(
+    database_url: str, migrated_schema: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f'INSERT INTO "{migrated_schema}".schema_migrations (version, name, checksum)'
+            " VALUES (%s, 'from_the_future', 'x')",
+            (latest_version() + 1,),
+        )
+    with pytest.raises(SchemaMismatch, match="newer than this code"):
+        migrate(database_url, migrated_schema)
+
+
+def test_a_changed_applied_migration_is_an_error_unless_accepted(
+    database_url: str, migrated_schema: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f'UPDATE "{migrated_schema}".schema_migrations SET checksum = %s WHERE version = 2',
+            ("0" * 64,),
+        )
+    with pytest.raises(SchemaMismatch, match=r"migration 002 .* changed since it was applied"):
+        migrate(database_url, migrated_schema)
+    assert migrate(database_url, migrated_schema, accept_changed=True) == []
+    assert migrate(database_url, migrated_schema) == []
