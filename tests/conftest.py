@@ -94,7 +94,11 @@ def topics(broker: str) -> Topics:
 class DevServer:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = httpx.Client(base_url=url, timeout=5)
+        # Idle connections expire before the server's keep-alive timeout (uvicorn: 5 s), so a
+        # request never goes out on a connection the server is closing at that moment.
+        self.client = httpx.Client(
+            base_url=url, timeout=5, limits=httpx.Limits(keepalive_expiry=2.0)
+        )
 
     def add_order(
         self,
