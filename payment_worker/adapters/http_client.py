@@ -4,7 +4,7 @@ for the Ordering and Inventory lookups.
 Why not a general-purpose client: the worker makes two GETs per command, and their client CPU
 was the largest share of a command's cost. Client CPU per GET at 16 concurrent requests on the
 dev server, on this machine: httpx with one shared pool ~1.4 ms, aiohttp ~60 µs, this client
-~24 µs (uvloop for the last two; see the README's Performance section).
+~24 µs (uvloop for the last two; see docs/performance.md).
 
 It does only what the lookups need: GET, keep-alive connections in a bounded pool,
 Content-Length and chunked bodies (parsed by httptools, the C parser uvicorn uses), http and

@@ -167,7 +167,7 @@ class PostgresStore:
         # One batch of each step at a time: the commands that arrive meanwhile make the next
         # batch, so batches grow with the load instead of the load being spread over several
         # small ones. With the steps' statements as cheap as they are now (sql/003), 1 beat 3
-        # at every rate measured (see the README's Performance section).
+        # at every rate measured (see docs/performance.md).
         self.pool = pool
         self.q = queries()
         self._snapshots = Coalescer(self._snapshot_batch, max_batch=max_batch, parallel=parallel)
