@@ -45,8 +45,8 @@ class SchemaMismatch(PaymentWorkerError):
     """The database schema and this code disagree; the message says what to do."""
 
 
-def latest_version() -> int:
-    return max(migration.version for migration in available())
+def latest_version(known: list[Migration] | None = None) -> int:
+    return max(migration.version for migration in known or available())
 
 
 def schema_problem(schema: str, applied: set[int]) -> str | None:
@@ -89,7 +89,7 @@ def migrate(url: str, schema: str, *, accept_changed: bool = False) -> list[int]
                     )
                 }
                 known = available()
-                newest = max(m.version for m in known)
+                newest = latest_version(known)
                 if done and max(done) > newest:
                     raise SchemaMismatch(
                         f"schema {schema} is at version {max(done):03d}, newer than this code's "

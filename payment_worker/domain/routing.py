@@ -44,8 +44,8 @@ class ReplyRoute:
     def to_json(self) -> dict[str, Any]:
         """The route as JSON for the ledger. A correlation id holding NUL (valid UTF-8, but
         not storable in jsonb) is kept as hex."""
-        correlation: dict[str, str] = (
-            {"correlation_id_hex": self.correlation_id.encode().hex()}
+        correlation = (
+            {"correlation_id_hex": _hex(self.correlation_id.encode())}
             if "\x00" in self.correlation_id
             else {"correlation_id": self.correlation_id}
         )
@@ -67,7 +67,7 @@ class ReplyRoute:
             correlation_id=(
                 data["correlation_id"]
                 if "correlation_id" in data
-                else bytes.fromhex(data["correlation_id_hex"]).decode()
+                else bytes.fromhex(data["correlation_id_hex"]).decode()  # written by _hex
             ),
             spring_correlation_id=_unhex(data.get("spring_correlation_id")),
             spring_reply_topic=_unhex(data.get("spring_reply_topic")),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +21,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from payment_worker.devstack.broker import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -87,12 +88,6 @@ def run_in(
         text=True,
         timeout=120,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(port: int, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
