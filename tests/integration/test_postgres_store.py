@@ -705,6 +705,27 @@ async def test_two_reconcilers_never_claim_the_same_payment(
     assert len(await store.claim_stale(60, "late", limit=100)) == 10
 
 
+async def test_claimed_payments_never_take_the_places_of_unclaimed_ones(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A reconciler asking for 5 gets the 5 oldest stale payments nobody holds, not the older
+    ones another reconciler has claimed (which it could not take): the pass goes on."""
+    payments = [pending_payment() for _ in range(10)]
+    for age, payment in enumerate(payments):
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+        db.execute(
+            "UPDATE command_ledger SET created_at = now() - make_interval(mins => %s)"
+            " WHERE command_id = %s",
+            (100 - age, payment.command_id),
+        )
+    first = {p.id for p, _ in await store.claim_stale(60, "first", limit=5)}
+    assert first == {p.id for p in payments[:5]}
+
+    second = {p.id for p, _ in await store.claim_stale(60, "second", limit=5)}
+
+    assert second == {p.id for p in payments[5:]}
+
+
 async def test_release_claims_forgets_claims_of_finished_payments(
     store: PostgresStore, db: Conn
 ) -> None:
