@@ -33,7 +33,7 @@ async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_reachable
     from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
-    from payment_worker.bootstrap import open_app
+    from payment_worker.bootstrap import load_schemas, open_app
     from payment_worker.entrypoints.http_status import serve_status
     from payment_worker.entrypoints.worker import wait_for
 
@@ -56,6 +56,8 @@ async def _run_worker(settings: Settings) -> int:
         if problem:
             raise PaymentWorkerError(problem)
         if not await wait_for("kafka", broker_up, stop):
+            return 0
+        if not await load_schemas(app.pipeline.messages.load, stop):
             return 0
         server = None
         if settings.metrics_port is not None:
@@ -115,7 +117,7 @@ def _replay_shard(settings: Settings, options: Any, progress: Any) -> Any:
 async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
     from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
-    from payment_worker.bootstrap import open_app
+    from payment_worker.bootstrap import load_schemas, open_app
     from payment_worker.entrypoints.replay import Replayer
 
     async with open_app(settings, client_id="payment-worker-replay", min_connections=2) as app:
@@ -126,6 +128,7 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
         problem = schema_problem(settings.db_schema, await app.store.applied_migrations())
         if problem:
             raise PaymentWorkerError(problem)
+        await load_schemas(app.pipeline.messages.load)
         await app.relay.start()
         try:
             return await Replayer(app, options).run(progress)
@@ -269,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "shim":
             from payment_worker.entrypoints.shim import serve
 
-            serve(settings)
+            _run(serve(settings))
             return 0
     except ConfigurationError as exc:
         print(f"payment-worker: configuration error: {exc}", file=sys.stderr)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 
 from payment_worker import metrics
-from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet, registry_client
+from payment_worker.adapters.avro_codec import (
+    AvroCodec,
+    DecodeError,
+    RegistryUnavailable,
+    SchemaSet,
+    registry_client,
+)
 from payment_worker.adapters.gateway import SimulatedGateway
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
 from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer, TopicDirectory
@@ -20,9 +29,12 @@ from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.relay import OutboxRelay
-from payment_worker.entrypoints.worker import Worker
+from payment_worker.entrypoints.worker import Worker, wait_for
+from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
+
+log = structlog.get_logger("payment_worker.bootstrap")
 
 
 def topics(settings: Settings) -> Topics:
@@ -52,10 +64,68 @@ def route_rules(settings: Settings) -> RouteRules:
 
 
 def codec(settings: Settings) -> AvroCodec:
-    registry = (
-        registry_client(settings.schema_registry_url) if settings.schema_registry_url else None
-    )
+    registry = None
+    if settings.schema_registry_url:
+        user_info = settings.schema_registry_user_info
+        token = settings.schema_registry_bearer_token
+        registry = registry_client(
+            settings.schema_registry_url,
+            user_info=user_info.get_secret_value() if user_info else None,
+            bearer_token=token.get_secret_value() if token else None,
+            logical_cluster=settings.schema_registry_logical_cluster,
+            ca_file=str(settings.schema_registry_ca_file or "") or None,
+            auto_register=settings.schema_registry_auto_register,
+        )
     return AvroCodec(SchemaSet(), registry)
+
+
+async def load_schemas(
+    load: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
+) -> bool:
+    """Run `load` (the schema registry's ids for our subjects) until the registry answers; a
+    RegistryRefused (credentials, a subject not registered) stops start-up with its line.
+    False if asked to stop meanwhile."""
+
+    async def ready() -> bool:
+        try:
+            await load()
+        except RegistryUnavailable as exc:
+            log.warning("schema_registry_unreachable", error=str(exc))
+            return False
+        return True
+
+    return await wait_for("schema registry", ready, stop or asyncio.Event())
+
+
+def http_client_options(settings: Settings, service: str) -> dict[str, Any]:
+    """HttpClient options for `service` ('ordering' or 'inventory'): its TLS context (CA,
+    client certificate), its Authorization header, the idle expiry and the size cap."""
+    prefix = f"PAYMENT_{service.upper()}"
+    ca = getattr(settings, f"{service}_ca_file")
+    cert = getattr(settings, f"{service}_cert_file")
+    key = getattr(settings, f"{service}_key_file")
+    authorization = getattr(settings, f"{service}_authorization")
+    options: dict[str, Any] = {
+        "idle_timeout_s": settings.http_idle_timeout_s,
+        "max_response_bytes": settings.http_max_response_bytes,
+        "headers": [("Authorization", authorization.get_secret_value())] if authorization else [],
+    }
+    if ca is None and cert is None:
+        return options
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"{prefix}_CA_FILE: not a PEM CA certificate ({exc})") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(
+                f"{prefix}_CERT_FILE / {prefix}_KEY_FILE: not a PEM certificate and its"
+                f" private key ({exc})"
+            ) from None
+    options["ssl_context"] = context
+    return options
 
 
 @dataclass
@@ -64,6 +134,7 @@ class App:
 
     settings: Settings
     store: PostgresStore
+    codec: AvroCodec
     pipeline: Pipeline
     relay: OutboxRelay
     worker: Worker
@@ -95,19 +166,21 @@ async def open_app(
         settings.ordering_url,
         timeout_s=settings.http_timeout_s,
         retry_budget_s=settings.http_retry_budget_s,
+        **http_client_options(settings, "ordering"),
     )
     inventory = JsonService(
         "Inventory",
         settings.inventory_url,
         timeout_s=settings.http_timeout_s,
         retry_budget_s=settings.http_retry_budget_s,
+        **http_client_options(settings, "inventory"),
     )
     await pool.open(wait=False)
     await ordering.open()
     await inventory.open()
+    the_codec = codec(settings)
     try:
         store = PostgresStore(pool)
-        the_codec = codec(settings)
         gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
         common: dict[str, Any] = settings.kafka_common()
         pipeline = Pipeline(
@@ -141,8 +214,9 @@ async def open_app(
             max_in_flight=settings.max_in_flight,
             reconcile_after_s=settings.reconcile_after_s,
         )
-        yield App(settings, store, pipeline, relay, worker, gateway)
+        yield App(settings, store, the_codec, pipeline, relay, worker, gateway)
     finally:
+        await the_codec.close()
         await ordering.close()
         await inventory.close()
         await redis_client.aclose()

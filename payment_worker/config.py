@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -14,6 +22,8 @@ from payment_worker.exceptions import ConfigurationError
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+_API_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
 
 class Settings(BaseSettings):
@@ -50,6 +60,26 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=2000, ge=1)
     http_timeout_s: float = Field(default=2.0, gt=0)
     http_retry_budget_s: float = Field(default=5.0, gt=0)
+    # Production connections: TLS, credentials and limits (docs/operations.md).
+    ordering_ca_file: FilePath | None = None
+    ordering_cert_file: FilePath | None = None
+    ordering_key_file: FilePath | None = None
+    ordering_authorization: SecretStr | None = None
+    inventory_ca_file: FilePath | None = None
+    inventory_cert_file: FilePath | None = None
+    inventory_key_file: FilePath | None = None
+    inventory_authorization: SecretStr | None = None
+    http_idle_timeout_s: float = Field(default=15.0, gt=0)
+    http_max_response_bytes: int = Field(default=1 << 20, ge=1024)
+    schema_registry_user_info: SecretStr | None = None
+    schema_registry_bearer_token: SecretStr | None = None
+    schema_registry_logical_cluster: str = ""
+    schema_registry_ca_file: FilePath | None = None
+    schema_registry_auto_register: bool = True
+    shim_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    shim_metrics_public: bool = False
+    shim_tls_cert_file: FilePath | None = None
+    shim_tls_key_file: FilePath | None = None
 
     @field_validator("gateway_latency_ms", mode="before")
     @classmethod
@@ -105,10 +135,82 @@ class Settings(BaseSettings):
             raise ValueError("expected a Kafka topic name ([A-Za-z0-9._-], 1-249 characters)")
         return value
 
-    @field_validator("schema_registry_url", "metrics_port", mode="before")
+    @field_validator(
+        "schema_registry_url",
+        "metrics_port",
+        "ordering_ca_file",
+        "ordering_cert_file",
+        "ordering_key_file",
+        "ordering_authorization",
+        "inventory_ca_file",
+        "inventory_cert_file",
+        "inventory_key_file",
+        "inventory_authorization",
+        "schema_registry_user_info",
+        "schema_registry_bearer_token",
+        "schema_registry_ca_file",
+        "shim_tls_cert_file",
+        "shim_tls_key_file",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ordering_authorization", "inventory_authorization")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _HEADER_VALUE.fullmatch(value.get_secret_value()):
+            raise ValueError("expected one header value of printable ASCII (e.g. 'Bearer abc')")
+        return value
+
+    @field_validator("schema_registry_user_info")
+    @classmethod
+    def _user_info(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("expected 'user:password'")
+        return value
+
+    @field_validator("shim_api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, value: object) -> tuple[SecretStr, ...]:
+        if isinstance(value, tuple | list):
+            keys = [k.get_secret_value() if isinstance(k, SecretStr) else str(k) for k in value]
+        else:
+            keys = [k.strip() for k in str(value or "").split(",") if k.strip()]
+        for number, key in enumerate(keys, 1):
+            if not _API_KEY.fullmatch(key):
+                raise ValueError(
+                    f"key {number}: expected 16-256 characters of [A-Za-z0-9._~+/=-],"
+                    " keys separated by commas"
+                )
+        return tuple(SecretStr(k) for k in keys)
+
+    @model_validator(mode="after")
+    def _connections(self) -> Settings:
+        for service in ("ordering", "inventory"):
+            tls = [
+                f"PAYMENT_{service.upper()}_{part.upper()}_FILE"
+                for part in ("ca", "cert", "key")
+                if getattr(self, f"{service}_{part}_file") is not None
+            ]
+            url = getattr(self, f"{service}_url")
+            if tls and not url.startswith("https://"):
+                raise ValueError(
+                    f"{tls[0]} is set but PAYMENT_{service.upper()}_URL is not https://"
+                )
+            _pair(self, f"{service}_cert_file", f"{service}_key_file")
+        _pair(self, "shim_tls_cert_file", "shim_tls_key_file")
+        if self.schema_registry_user_info and self.schema_registry_bearer_token:
+            raise ValueError(
+                "PAYMENT_SCHEMA_REGISTRY_USER_INFO and PAYMENT_SCHEMA_REGISTRY_BEARER_TOKEN"
+                " are both set: choose one"
+            )
+        return self
+
+    def api_key_digests(self) -> list[bytes]:
+        """SHA-256 of each shim API key: what the shim compares, in constant time."""
+        return [hashlib.sha256(k.get_secret_value().encode()).digest() for k in self.shim_api_keys]
 
     @field_validator("database_url", "redis_url", "ordering_url", "inventory_url", mode="after")
     @classmethod
@@ -123,6 +225,13 @@ class Settings(BaseSettings):
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_config}
 
 
+def _pair(settings: Settings, cert: str, key: str) -> None:
+    if (getattr(settings, cert) is None) != (getattr(settings, key) is None):
+        raise ValueError(
+            f"PAYMENT_{cert.upper()} and PAYMENT_{key.upper()} go together: set both or neither"
+        )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment; ConfigurationError names the variable that is wrong."""
     try:
@@ -131,6 +240,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError(str(exc)) from None
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across variables: the message names them
+            raise ConfigurationError(message) from None
+        field = str(error["loc"][0])
         raise ConfigurationError(f"PAYMENT_{field.upper()}: {message}") from None

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import structlog
 from fastavro.schema import to_parsing_canonical_form
 
 from payment_worker.adapters import avro_reply
 from payment_worker.exceptions import InfrastructureUnavailable, PermanentError
+
+log = structlog.get_logger("payment_worker.registry")
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -91,45 +94,128 @@ class SchemaSet:
         self.by_fingerprint = {fp: name for name, fp in self.fingerprints.items()}
 
 
-class RegistryPort:
-    """The slice of confluent-kafka's SchemaRegistryClient the codec uses."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._ids: dict[str, int] = {}
-        self._writers: dict[int, Any] = {}
-
-    def id_for(self, subject: str, schema_text: str) -> int:
-        if subject not in self._ids:
-            from confluent_kafka.schema_registry import Schema
-
-            try:
-                self._ids[subject] = self._client.register_schema(
-                    subject, Schema(schema_text, "AVRO")
-                )
-            except Exception as exc:  # the registry client raises many types
-                raise RegistryUnavailable(f"cannot register {subject}: {exc}") from exc
-        return self._ids[subject]
-
-    def writer(self, schema_id: int) -> Any:
-        if schema_id not in self._writers:
-            try:
-                schema = self._client.get_schema(schema_id)
-            except Exception as exc:
-                message = str(exc)
-                if "40403" in message or "not found" in message.lower():
-                    raise DecodeError("unknown-schema", f"schema id {schema_id} unknown") from exc
-                raise RegistryUnavailable(f"cannot fetch schema {schema_id}: {exc}") from exc
-            try:
-                parsed = json.loads(schema.schema_str)
-                self._writers[schema_id] = fastavro.parse_schema(_strip_uuid_logical_type(parsed))
-            except Exception as exc:
-                raise DecodeError("unknown-schema", f"schema id {schema_id}: {exc}") from exc
-        return self._writers[schema_id]
-
-
 class RegistryUnavailable(InfrastructureUnavailable):
     """The schema registry could not be reached: the worker waits and tries again."""
+
+
+class RegistryRefused(PermanentError):
+    """The registry answered, and the answer will not change by asking again: our credentials
+    refused, a subject with no registered version while auto-registration is off, our schema
+    refused as incompatible. Start-up stops with this line."""
+
+
+# Schema Registry error codes (the REST API's `error_code`).
+SUBJECT_NOT_FOUND, VERSION_NOT_FOUND, SCHEMA_NOT_FOUND = 40401, 40402, 40403
+_MAX_UNKNOWN_IDS = 10_000
+
+
+class RegistryPort:
+    """Schema ids and writer schemas from a Confluent Schema Registry, on confluent-kafka's
+    AsyncSchemaRegistryClient: `load_*` ask the registry (awaited, never blocking the event
+    loop), and encode/decode then read what they loaded, in memory.
+
+    With `auto_register`, our schema is registered under each subject (the registry answers
+    with its id; registering an existing schema is idempotent). Without it, the subject's
+    latest registered version is used, and records are written with that schema."""
+
+    def __init__(self, client: Any, *, auto_register: bool = True) -> None:
+        self._client = client
+        self.auto_register = auto_register
+        self._subjects: dict[str, tuple[int, Any]] = {}  # subject -> (id, writer or None: ours)
+        self._writers: dict[int, Any] = {}
+        self._unknown: set[int] = set()
+
+    def subject(self, subject: str) -> tuple[int, Any] | None:
+        """(schema id, writer schema or None for ours) of a loaded subject."""
+        return self._subjects.get(subject)
+
+    async def load_subject(self, subject: str, schema_text: str) -> None:
+        if subject in self._subjects:
+            return
+        from confluent_kafka.schema_registry import Schema
+
+        ours = fastavro.parse_schema(json.loads(schema_text))
+        try:
+            if self.auto_register:
+                schema_id = await self._client.register_schema(subject, Schema(schema_text, "AVRO"))
+                self._subjects[subject] = (schema_id, None)
+                return
+            latest = await self._client.get_latest_version(subject)
+        except Exception as exc:  # the registry client raises many types
+            code = _error_code(exc)
+            if code in (SUBJECT_NOT_FOUND, VERSION_NOT_FOUND):
+                raise RegistryRefused(
+                    f"schema registry: subject {subject} has no registered version; register"
+                    " the contract's schema, or set PAYMENT_SCHEMA_REGISTRY_AUTO_REGISTER=true"
+                ) from None
+            raise _refused_or_unavailable(exc, f"cannot register {subject}") from exc
+        registered = json.loads(latest.schema.schema_str)
+        writer = fastavro.parse_schema(registered)
+        same = to_parsing_canonical_form(writer) == to_parsing_canonical_form(ours)
+        self._subjects[subject] = (latest.schema_id, None if same else writer)
+        if not same:
+            log.warning(
+                "registered_schema_differs",
+                subject=subject,
+                schema_id=latest.schema_id,
+                detail="records are written with the registered schema",
+            )
+
+    def needs_writer(self, schema_id: int) -> bool:
+        return schema_id not in self._writers and schema_id not in self._unknown
+
+    async def load_writer(self, schema_id: int) -> None:
+        if not self.needs_writer(schema_id):
+            return
+        try:
+            schema = await self._client.get_schema(schema_id)
+            parsed = json.loads(schema.schema_str)
+        except Exception as exc:
+            # 40403; confluent-kafka's in-memory mock says 404 with a code of its own.
+            if _error_code(exc) == SCHEMA_NOT_FOUND or _status(exc) == 404:
+                if len(self._unknown) >= _MAX_UNKNOWN_IDS:  # hostile ids: memory stays bounded
+                    self._unknown.clear()
+                self._unknown.add(schema_id)
+                return
+            raise RegistryUnavailable(f"cannot fetch schema {schema_id}: {exc}") from exc
+        try:
+            self._writers[schema_id] = fastavro.parse_schema(_strip_uuid_logical_type(parsed))
+        except Exception:  # a registered schema that is not Avro we can read
+            self._unknown.add(schema_id)
+
+    def writer(self, schema_id: int) -> Any:
+        if schema_id in self._writers:
+            return self._writers[schema_id]
+        if schema_id in self._unknown:
+            raise DecodeError("unknown-schema", f"schema id {schema_id} unknown to the registry")
+        raise RuntimeError(f"schema id {schema_id} decoded before load()")
+
+    async def close(self) -> None:
+        close = getattr(self._client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "error_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "http_status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _refused_or_unavailable(exc: BaseException, what: str) -> Exception:
+    status = _status(exc)
+    if status in (401, 403):
+        return RegistryRefused(
+            f"schema registry refused our credentials (HTTP {status}): check"
+            " PAYMENT_SCHEMA_REGISTRY_USER_INFO or PAYMENT_SCHEMA_REGISTRY_BEARER_TOKEN"
+        )
+    if status is not None and 400 <= status < 500 and status != 429:
+        return RegistryRefused(f"schema registry: {what}: {exc}")
+    return RegistryUnavailable(f"{what}: {exc}")
 
 
 class AvroCodec:
@@ -141,19 +227,55 @@ class AvroCodec:
         reply = schemas.raw["PaymentReply"]
         self.reply_encoder = avro_reply.ReplyEncoder(reply) if avro_reply.matches(reply) else None
 
+    async def close(self) -> None:
+        if self.registry is not None:
+            await self.registry.close()
+
+    async def load(self, name: str, topic: str) -> None:
+        """What encoding `name` for `topic` needs from the registry (nothing without one)."""
+        if self.registry is not None:
+            await self.registry.load_subject(f"{topic}-value", self.schemas.text[name])
+
+    def writer_id(self, value: bytes | None) -> int | None:
+        """The registry schema id decoding `value` still needs, if any."""
+        if (
+            self.registry is not None
+            and value is not None
+            and len(value) >= 5
+            and value[:1] == CONFLUENT_MAGIC
+        ):
+            schema_id: int = struct.unpack(">I", value[1:5])[0]
+            return schema_id if self.registry.needs_writer(schema_id) else None
+        return None
+
+    async def load_value(self, value: bytes | None) -> None:
+        """What decoding `value` needs from the registry (a writer schema not seen before)."""
+        schema_id = self.writer_id(value)
+        if schema_id is not None and self.registry is not None:
+            await self.registry.load_writer(schema_id)
+
     def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes:
+        """`record` as bytes; with a registry and a topic, in Confluent framing under the
+        subject `load(name, topic)` loaded."""
+        writer = self.schemas.writers[name]
+        fast = name == "PaymentReply" and self.reply_encoder is not None
         if self.registry is not None and topic is not None:
-            schema_id = self.registry.id_for(f"{topic}-value", self.schemas.text[name])
+            loaded = self.registry.subject(f"{topic}-value")
+            if loaded is None:
+                raise RuntimeError(f"subject {topic}-value encoded before load()")
+            schema_id, registered = loaded
             header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
+            if registered is not None:
+                writer, fast = registered, False
         else:
             header = SINGLE_OBJECT_MAGIC + self.schemas.fingerprints[name]
-        if name == "PaymentReply" and self.reply_encoder is not None:
+        if fast and self.reply_encoder is not None:
             body = self.reply_encoder.encode(record)
             if body is not None:
                 return header + body
         buf = io.BytesIO()
         buf.write(header)
-        fastavro.schemaless_writer(buf, self.schemas.writers[name], record)
+        fastavro.schemaless_writer(buf, writer, record)
         return buf.getvalue()
 
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]:
@@ -197,8 +319,28 @@ def _read(value: bytes, offset: int, writer: Any, reader: Any) -> dict[str, Any]
     return record
 
 
-def registry_client(url: str) -> RegistryPort:
-    """A registry port for PAYMENT_SCHEMA_REGISTRY_URL (`mock://...` works for tests)."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+def registry_client(
+    url: str,
+    *,
+    user_info: str | None = None,
+    bearer_token: str | None = None,
+    logical_cluster: str = "",
+    ca_file: str | None = None,
+    auto_register: bool = True,
+) -> RegistryPort:
+    """A registry port for PAYMENT_SCHEMA_REGISTRY_URL (`mock://...` works for tests), with
+    basic auth (`user:password`) or a bearer token, and a CA file for its TLS."""
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
-    return RegistryPort(SchemaRegistryClient.new_client({"url": url}))
+    config: dict[str, Any] = {"url": url}
+    if user_info:
+        config["basic.auth.user.info"] = user_info
+    if bearer_token:
+        # confluent-kafka sends the logical cluster as `target-sr-cluster` (Confluent Cloud's
+        # routing header); other registries ignore it.
+        config["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+        config["bearer.auth.token"] = bearer_token
+        config["bearer.auth.logical.cluster"] = logical_cluster
+    if ca_file:
+        config["ssl.ca.location"] = ca_file
+    return RegistryPort(AsyncSchemaRegistryClient.new_client(config), auto_register=auto_register)

@@ -6,26 +6,38 @@ was the largest share of a command's cost. Client CPU per GET at 16 concurrent r
 dev server, on this machine: httpx with one shared pool ~1.4 ms, aiohttp ~60 µs, this client
 ~24 µs (uvloop for the last two; see docs/performance.md).
 
-It does only what the lookups need: GET, keep-alive connections in a bounded pool,
-Content-Length and chunked bodies (parsed by httptools, the C parser uvicorn uses), http and
-https, a deadline per request. No redirects, proxies, cookies or compression, and no body
-delimited only by the server closing the connection (an HTTP/1.0 habit).
+It does only what the lookups need: GET, keep-alive connections in a bounded pool that are
+let go after an idle time (a load balancer may drop them silently), Content-Length and chunked
+bodies (parsed by httptools, the C parser uvicorn uses) up to a size cap, http and https (a
+custom CA, a client certificate), fixed extra headers (credentials), a deadline per request.
+No redirects, proxies, cookies or compression, and no body delimited only by the server
+closing the connection (an HTTP/1.0 habit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
+from collections.abc import Sequence
+from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
 
 class HttpClientError(Exception):
     """A request that got no complete answer: connection refused or lost, or a malformed
     response. (A timeout raises TimeoutError.)"""
+
+
+class ResponseTooLarge(HttpClientError):
+    """The answer grew past the client's size cap: it was cut off and the connection closed."""
 
 
 class ConnectionWaitTimeout(TimeoutError):
@@ -35,9 +47,12 @@ class ConnectionWaitTimeout(TimeoutError):
 class _Connection(asyncio.Protocol):
     """One TCP connection carrying one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_response_bytes: int) -> None:
         self.transport: asyncio.WriteTransport | None = None
         self.closed = False
+        self.idle_since = 0.0
+        self._max_bytes = max_response_bytes
+        self._size = 0
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._status = 0
@@ -52,6 +67,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            self._fail(ResponseTooLarge(f"response larger than {self._max_bytes} bytes"))
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - we never ask to upgrade
@@ -90,7 +109,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             raise HttpClientError("connection lost: closed before the request was sent")
         answer = self._answer = asyncio.get_running_loop().create_future()
-        self._status, self._body, self._received = 0, [], False
+        self._status, self._body, self._received, self._size = 0, [], False, 0
         try:
             self.transport.write(data)
         except (OSError, RuntimeError) as exc:  # closing underneath us (uvloop raises)
@@ -108,17 +127,39 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpClient:
-    """GET `base_url + path` over at most `max_connections` keep-alive connections."""
+    """GET `base_url + path` over at most `max_connections` keep-alive connections.
 
-    def __init__(self, base_url: str, *, max_connections: int = 100) -> None:
+    `ssl_context` (https only; the system's trust store by default) carries a custom CA and a
+    client certificate; `headers` are sent with every request (e.g. Authorization); a
+    connection idle for `idle_timeout_s` is closed instead of reused; an answer longer than
+    `max_response_bytes` (status line, headers and body) fails with ResponseTooLarge."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        idle_timeout_s: float = 15.0,
+        max_response_bytes: int = 1 << 20,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
+        if ssl_context is not None and parts.scheme != "https":
+            raise ValueError(f"TLS settings given for a plain http URL: {base_url!r}")
+        for name, value in headers:
+            if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+                raise ValueError(f"header {name!r} is not a valid HTTP header")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if parts.scheme == "https" else None
+            (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         )
+        self.idle_timeout_s = idle_timeout_s
+        self.max_response_bytes = max_response_bytes
+        self._extra_headers = "".join(f"{name}: {value}\r\n" for name, value in headers)
         self.base_path = parts.path.rstrip("/")
         default_port = self.port == (443 if self.ssl else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -133,7 +174,8 @@ class HttpClient:
             f"GET {self.base_path}{path} HTTP/1.1\r\n"
             f"Host: {self._host_header}\r\n"
             "Accept: application/json\r\n"
-            "User-Agent: payment-worker\r\n\r\n"
+            "User-Agent: payment-worker\r\n"
+            f"{self._extra_headers}\r\n"
         ).encode("latin-1")
 
     async def _connect(self) -> _Connection:
@@ -142,9 +184,9 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self.ssl
+                partial(_Connection, self.max_response_bytes), self.host, self.port, ssl=self.ssl
             )
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError (a certificate refused) is an OSError too
             raise HttpClientError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         self._open.add(connection)
         return connection
@@ -198,6 +240,7 @@ class HttpClient:
                 connection.close()
                 raise
             if connection.keep_alive and not connection.closed:
+                connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.append(connection)
             else:
                 self._open.discard(connection)
@@ -205,6 +248,13 @@ class HttpClient:
             return status, body
 
     def _take_idle(self) -> _Connection | None:
+        """The most recently used live connection; those idle too long are closed (the oldest
+        sit at the left)."""
+        expired = asyncio.get_running_loop().time() - self.idle_timeout_s
+        while self._idle and self._idle[0].idle_since < expired:
+            stale = self._idle.popleft()
+            stale.close()
+            self._open.discard(stale)
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:

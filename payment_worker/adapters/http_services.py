@@ -25,7 +25,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from payment_worker.adapters.http_client import ConnectionWaitTimeout, HttpClient, HttpClientError
+from payment_worker.adapters.http_client import (
+    ConnectionWaitTimeout,
+    HttpClient,
+    HttpClientError,
+    ResponseTooLarge,
+)
 from payment_worker.exceptions import RetryableError
 from payment_worker.service.pipeline import DependencyUnavailable
 from payment_worker.service.ports import OrderInfo, ReservationInfo
@@ -81,18 +86,24 @@ class JsonService:
         retry_budget_s: float = 5.0,
         attempts: int = 4,
         max_connections: int = 100,
+        **client_options: Any,
     ) -> None:
+        """`client_options` go to HttpClient: ssl_context, headers, idle_timeout_s,
+        max_response_bytes."""
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retry_budget_s = retry_budget_s
         self.attempts = attempts
         self.max_connections = max_connections
+        self.client_options = client_options
         self._client: HttpClient | None = None
 
     async def open(self) -> None:
         if self._client is None:
-            self._client = HttpClient(self.base_url, max_connections=self.max_connections)
+            self._client = HttpClient(
+                self.base_url, max_connections=self.max_connections, **self.client_options
+            )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -163,14 +174,18 @@ class JsonService:
             raise _Transient("no free connection within the retry budget") from exc
         except TimeoutError as exc:
             raise _Transient(f"timeout after {timeout_s:.2f}s") from exc
+        except ResponseTooLarge as exc:
+            raise _Refused(str(exc)) from exc  # it will not shrink on another try
         except HttpClientError as exc:
             raise _Transient(str(exc)) from exc
         if status == 404:
             return None
         if status >= 500 or status in (408, 429):
             raise _Transient(f"HTTP {status}")
+        if status in (401, 403):
+            raise _Refused(f"HTTP {status}: our credentials were refused")
         if status != 200:
-            # 400/401/403...: our request or credentials are wrong; retrying won't help.
+            # 400...: our request is wrong; retrying won't help.
             raise _Refused(f"HTTP {status}")
         try:
             data = json.loads(body, parse_float=Decimal)

@@ -264,19 +264,29 @@ def unknown_route(
             return None
     elif route.partition is None or route.partition < partitions:
         return None
+    if partitions is None:
+        return refused_route(route, "the reply topic does not exist", headers, rules)
     names = {name for name, _ in headers}
-    fallback = ReplyRoute(
+    name = "reply-partition" if "reply-partition" in names else "kafka_replyPartition"
+    why = f"the reply topic has no partition {route.partition}"
+    return InvalidHeader(name, why, _fallback(route, rules))
+
+
+def refused_route(
+    route: ReplyRoute, why: str, headers: list[tuple[str, bytes | None]], rules: RouteRules
+) -> InvalidHeader:
+    """The reply topic the headers named cannot be answered on, for `why`."""
+    name = "reply-to" if any(n == "reply-to" for n, _ in headers) else "kafka_replyTopic"
+    return InvalidHeader(name, why, _fallback(route, rules))
+
+
+def _fallback(route: ReplyRoute, rules: RouteRules) -> ReplyRoute:
+    return ReplyRoute(
         rules.default_topic,
         None,
         route.correlation_id,
         spring_correlation_id=route.spring_correlation_id,
     )
-    if partitions is None:
-        name = "reply-to" if "reply-to" in names else "kafka_replyTopic"
-        return InvalidHeader(name, "the reply topic does not exist", fallback)
-    name = "reply-partition" if "reply-partition" in names else "kafka_replyPartition"
-    why = f"the reply topic has no partition {route.partition}"
-    return InvalidHeader(name, why, fallback)
 
 
 def needs_broker_check(route: ReplyRoute, rules: RouteRules) -> bool:

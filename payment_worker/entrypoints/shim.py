@@ -8,7 +8,10 @@ partitions it owns (header reply-partition), so each shim reads only its own par
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +34,7 @@ from payment_worker.config import Settings
 from payment_worker.domain.ids import random_uuid
 from payment_worker.domain.model import Command
 from payment_worker.domain.validation import ValidationFailed, validate_command
+from payment_worker.exceptions import ConfigurationError
 
 log = structlog.get_logger("payment_worker.shim")
 
@@ -235,6 +239,7 @@ class Shim:
     def __init__(self, settings: Settings, codec: AvroCodec, *, max_in_flight: int = 2000) -> None:
         self.settings = settings
         self.codec = codec
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         common = settings.kafka_common()
@@ -252,9 +257,17 @@ class Shim:
         )
 
     def _decode_reply(self, value: bytes | None) -> dict[str, Any] | None:
+        """On the listener's thread: a writer schema not seen yet is fetched by the event
+        loop's registry client, this thread waiting for it."""
         try:
+            if self.codec.writer_id(value) is not None and self.loop is not None:
+                load = asyncio.run_coroutine_threadsafe(self.codec.load_value(value), self.loop)
+                load.result(timeout=10)
             return self.codec.decode("PaymentReply", value)
         except DecodeError:
+            return None
+        except Exception as exc:  # the registry unreachable: the caller gets a 504 and retries
+            log.warning("reply_undecoded", error=f"{type(exc).__name__}: {exc}")
             return None
 
     async def handle(self, request: Request) -> Response:
@@ -363,6 +376,7 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shim.loop = asyncio.get_running_loop()
         shim.producer.start()
         shim.listener.start()
         log.info("shim_started", port=settings.shim_port, reply_topic=settings.topic_replies)
@@ -450,17 +464,92 @@ def with_fast_path(app: FastAPI) -> ASGIApp:
     return asgi
 
 
-def serve(settings: Settings) -> None:
+def with_api_keys(app: ASGIApp, digests: list[bytes], *, metrics_public: bool) -> ASGIApp:
+    """Callers must send one of the keys as `Authorization: Bearer <key>`, except on /health
+    (and /metrics when it is public). Keys are compared as SHA-256 digests, each with
+    hmac.compare_digest and all of them every time, so the time taken says nothing of a key."""
+    if not digests:
+        return app
+    open_paths = {"/health", "/metrics"} if metrics_public else {"/health"}
+    refusal = _error(
+        401,
+        "Unauthorized: send an API key as 'Authorization: Bearer <key>'",
+        {"WWW-Authenticate": 'Bearer realm="payment-shim"'},
+    )
+
+    def authorized(scope: Scope) -> bool:
+        presented = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+        digest = hashlib.sha256(presented).digest()
+        matched = False
+        for known in digests:
+            matched |= hmac.compare_digest(digest, known)
+        return matched and bool(presented)
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in open_paths or authorized(scope):
+            await app(scope, receive, send)
+            return
+        if scope["path"] == "/payments":
+            REQUESTS.labels("401").inc()
+        await refusal(scope, receive, send)
+
+    return asgi
+
+
+def tls_files(settings: Settings) -> tuple[str, str] | None:
+    """The shim's certificate and key files, checked now: a bad pair is one start-up line."""
+    if settings.shim_tls_cert_file is None or settings.shim_tls_key_file is None:
+        return None
+    cert, key = str(settings.shim_tls_cert_file), str(settings.shim_tls_key_file)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            "PAYMENT_SHIM_TLS_CERT_FILE / PAYMENT_SHIM_TLS_KEY_FILE: not a PEM certificate"
+            f" and its private key ({exc})"
+        ) from None
+    return cert, key
+
+
+async def serve(settings: Settings) -> None:
+    """The shim until SIGTERM: the registry's schema for commands loaded (waited for), then
+    uvicorn on PAYMENT_SHIM_PORT, over TLS when certificate files are set."""
     import uvicorn
 
-    from payment_worker.bootstrap import codec
+    from payment_worker.bootstrap import codec, load_schemas
 
-    app = create_app(settings, codec(settings))
-    uvicorn.run(
-        with_fast_path(app),
-        host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
-        port=settings.shim_port,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=75,  # callers' pools keep connections; do not cut them at 5 s
-    )
+    tls = tls_files(settings)
+    the_codec = codec(settings)
+    try:
+        if not await load_schemas(
+            lambda: the_codec.load("ProcessPayment", settings.topic_commands)
+        ):
+            return
+        app = create_app(settings, the_codec)
+        guarded = with_api_keys(
+            with_fast_path(app),
+            settings.api_key_digests(),
+            metrics_public=settings.shim_metrics_public,
+        )
+        config = uvicorn.Config(
+            guarded,
+            host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
+            port=settings.shim_port,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=75,  # callers' pools keep connections; do not cut them at 5 s
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
+        )
+        log.info(
+            "shim_listening",
+            port=settings.shim_port,
+            tls=bool(tls),
+            api_keys=len(settings.shim_api_keys),
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await the_codec.close()

@@ -9,11 +9,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+import structlog
+
 from payment_worker.domain.cards import mask_card_numbers, mask_card_numbers_in_bytes
 from payment_worker.domain.ids import new_uuid, random_uuid
 from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
 from payment_worker.domain.routing import ReplyRoute
+from payment_worker.exceptions import PermanentError
 from payment_worker.service.ports import InboundRecord, OutboxMessage
+
+log = structlog.get_logger("payment_worker.messages")
 
 CE_SOURCE = "payment-worker"
 CE_TYPE_SUCCEEDED = "ticketing.payment.succeeded.v1"
@@ -22,6 +27,10 @@ CE_TYPE_REPLY = "ticketing.payment.reply.v1"
 
 
 class Encoder(Protocol):
+    async def load(self, name: str, topic: str) -> None:
+        """Fetch what encoding `name` for `topic` needs (a registry's schema id); a
+        PermanentError when that will never be there."""
+
     def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes: ...
 
 
@@ -118,6 +127,22 @@ class MessageFactory:
     def __init__(self, encoder: Encoder, topics: Topics) -> None:
         self.encoder = encoder
         self.topics = topics
+
+    async def load(self) -> None:
+        """What the worker's own topics need before anything is encoded: start-up calls this,
+        and a PermanentError here stops it."""
+        await self.encoder.load("PaymentReply", self.topics.replies)
+        await self.encoder.load("PaymentSucceeded", self.topics.succeeded)
+        await self.encoder.load("PaymentFailed", self.topics.failed)
+
+    async def load_reply(self, topic: str) -> str | None:
+        """Load what replying on `topic` needs; why it cannot be, if it cannot."""
+        try:
+            await self.encoder.load("PaymentReply", topic)
+        except PermanentError as exc:
+            log.warning("reply_topic_refused", topic=topic, error=str(exc))
+            return "the schema registry has no schema for the reply topic"
+        return None
 
     def reply(
         self,

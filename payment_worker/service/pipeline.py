@@ -33,6 +33,7 @@ from payment_worker.domain.routing import (
     ReplyRoute,
     RouteRules,
     needs_broker_check,
+    refused_route,
     route_from_headers,
     unknown_route,
 )
@@ -70,6 +71,9 @@ class InconsistentLedger(PermanentError):
 
 
 class Decoder(Protocol):
+    async def load_value(self, value: bytes | None) -> None:
+        """Fetch what decoding `value` needs (a registry's writer schema)."""
+
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
 
@@ -207,9 +211,14 @@ class Pipeline:
 
     # -- entry points -------------------------------------------------------------------------
 
+    async def decode(self, record: InboundRecord) -> dict[str, Any]:
+        """The record's command as decoded; `decode_error` when it cannot be."""
+        await self.decoder.load_value(record.value)
+        return self.decoder.decode("ProcessPayment", record.value)
+
     async def handle(self, record: InboundRecord) -> Handled:
         try:
-            raw = self.decoder.decode("ProcessPayment", record.value)
+            raw = await self.decode(record)
         except self.decode_error as exc:
             reason = getattr(exc, "reason", "undecodable")
             log.warning(
@@ -265,6 +274,10 @@ class Pipeline:
             bad = unknown_route(route, partitions, headers, rules)
             if bad is not None:
                 return bad
+        if isinstance(route, ReplyRoute) and route.topic != rules.default_topic:
+            refused = await self.messages.load_reply(route.topic)
+            if refused is not None:
+                return refused_route(route, refused, headers, rules)
         return route
 
     def prepare(self, command: Command, route: ReplyRoute | InvalidHeader) -> Prepared:
@@ -284,7 +297,7 @@ class Pipeline:
         """An unexpected error: answer ERROR (if the command decodes) and dead-letter it."""
         extra = [self.messages.dead_letter(record, "processing-error", type(error).__name__)]
         try:
-            raw = self.decoder.decode("ProcessPayment", record.value)
+            raw = await self.decode(record)
         except self.decode_error:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")

@@ -66,7 +66,7 @@ async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> lis
     out: list[Classified] = []
     for record in records:
         try:
-            raw = pipeline.decoder.decode("ProcessPayment", record.value)
+            raw = await pipeline.decode(record)
         except pipeline.decode_error as exc:
             out.append(Classified(record, Kind.UNDECODABLE, error=str(exc)))
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -85,17 +86,20 @@ def start_worker(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ign
 
 
 class ShimProcess(WorkerProcess):
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], verify: ssl.SSLContext | bool = True) -> None:
         self.port = free_port()
         super().__init__({**env, "PAYMENT_SHIM_PORT": str(self.port)}, "shim", "shim")
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if env.get("PAYMENT_SHIM_TLS_CERT_FILE") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify  # a CA file for a shim serving TLS
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, self.logs()[-3000:]
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                answer = httpx.get(self.url + "/health", timeout=1, verify=self.verify)
+                if answer.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -108,8 +112,10 @@ def start_shim(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ignor
     started: list[ShimProcess] = []
     group = f"payment-shim-{uuid.uuid4().hex[:8]}"
 
-    def start(wait: bool = True, **overrides: str) -> ShimProcess:
-        shim = ShimProcess({**worker_env, "PAYMENT_SHIM_GROUP": group, **overrides})
+    def start(
+        wait: bool = True, verify: ssl.SSLContext | bool = True, **overrides: str
+    ) -> ShimProcess:
+        shim = ShimProcess({**worker_env, "PAYMENT_SHIM_GROUP": group, **overrides}, verify)
         shim.start()
         started.append(shim)
         if wait:

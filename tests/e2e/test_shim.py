@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -219,3 +220,47 @@ def test_an_ordering_outage_is_a_500_and_the_retry_with_the_same_key_succeeds(st
     assert response.json()["errorMessage"].startswith("Payment processing error: ")
     retried = _post(stack, _raw(order), key)
     assert retried.status_code == 200, retried.text
+
+
+def test_a_shim_with_api_keys_and_tls_answers_only_callers_with_a_key(
+    start_worker, start_shim, devserver, db, tmp_path
+):
+    """PAYMENT_SHIM_TLS_* and PAYMENT_SHIM_API_KEYS on a real shim process: it serves https
+    with a certificate our test CA signed; /health stays open; POST /payments without a key,
+    or with a wrong one, is 401 with WWW-Authenticate and never becomes a command; /metrics is
+    closed too (not public); either configured key gets the payment through."""
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    trust = ssl.create_default_context(cafile=pki.ca_file)
+    keys = ["k-" + uuid.uuid4().hex, "k-" + uuid.uuid4().hex]
+    start_worker()
+    shim = start_shim(
+        verify=trust,
+        PAYMENT_SHIM_TLS_CERT_FILE=str(pki.server_cert),
+        PAYMENT_SHIM_TLS_KEY_FILE=str(pki.server_key),
+        PAYMENT_SHIM_API_KEYS=",".join(keys),
+    )
+    assert shim.url.startswith("https://")
+    with httpx.Client(base_url=shim.url, verify=trust, timeout=30) as client:
+        assert client.get("/health").status_code == 200
+        order = _order(devserver)
+        for headers in ({}, {"Authorization": "Bearer wrong-key-of-some-length"}):
+            refused = client.post("/payments", json=order, headers=headers)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == 'Bearer realm="payment-shim"'
+            assert refused.json()["errorMessage"].startswith("Unauthorized")
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/openapi.json").status_code == 401
+        for key in keys:
+            answer = client.post(
+                "/payments", json=_order(devserver), headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["payment"]["status"] == "succeeded"
+    refused_rows = db.execute(
+        "SELECT count(*) FROM payments WHERE order_id = %s", (order["orderId"],)
+    ).fetchone()
+    assert refused_rows == (0,)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(shim.url + "/health", verify=ssl.create_default_context(cafile=pki.other_ca_file))

@@ -5,12 +5,23 @@ server dropped, malformed answers, timeouts."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from payment_worker.adapters.http_client import ConnectionWaitTimeout, HttpClient, HttpClientError
+from payment_worker.adapters.http_client import (
+    ConnectionWaitTimeout,
+    HttpClient,
+    HttpClientError,
+    ResponseTooLarge,
+)
+from payment_worker.adapters.http_services import JsonService
+from payment_worker.bootstrap import http_client_options
+from payment_worker.config import load_settings
+from payment_worker.service.pipeline import DependencyUnavailable
+from tests.pki import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +69,11 @@ class Server:
 async def serve() -> AsyncIterator[Callable[..., asyncio.Future[Server]]]:
     servers: list[asyncio.Server] = []
 
-    async def start(answer: Answer, close_after: int | None = None) -> Server:
+    async def start(
+        answer: Answer, close_after: int | None = None, tls: ssl.SSLContext | None = None
+    ) -> Server:
         state = Server(answer, close_after)
-        server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
         state.port = server.sockets[0].getsockname()[1]
         servers.append(server)
         return state
@@ -343,3 +356,129 @@ async def test_a_write_failure_on_a_new_connection_raises_http_client_error(
             await client.get("/x", 2.0)
     finally:
         await client.close()
+
+
+# -- production settings: TLS, credentials, idle expiry, size cap -------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def ordering_client(port: int, **variables: object) -> HttpClient:
+    """The client bootstrap builds for Ordering from PAYMENT_ORDERING_* settings."""
+    settings = load_settings(ordering_url=f"https://127.0.0.1:{port}", **variables)
+    return HttpClient(settings.ordering_url, **http_client_options(settings, "ordering"))
+
+
+async def test_https_with_a_custom_ca_file_is_trusted(serve: Callable, pki: Pki) -> None:
+    """A server whose certificate our CA signed is reached over TLS with
+    PAYMENT_ORDERING_CA_FILE; its answers come back as over plain http."""
+    server = await serve(lambda request, n: OK, tls=pki.server_context())
+    client = ordering_client(server.port, ordering_ca_file=pki.ca_file)
+    try:
+        assert await client.get("/orders/1", 2.0) == (200, b'{"a": 1}')
+        assert await client.get("/orders/2", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 1  # kept alive over TLS too
+
+
+@pytest.mark.parametrize("trust", ["system store", "another CA"])
+async def test_a_server_certificate_our_ca_did_not_sign_is_refused(
+    serve: Callable, pki: Pki, trust: str
+) -> None:
+    """Without our CA (the system's trust store, or a CA that signed something else) the
+    server's certificate fails verification: an error, and no request is sent."""
+    server = await serve(lambda request, n: OK, tls=pki.server_context())
+    variables = {"ordering_ca_file": pki.other_ca_file} if trust == "another CA" else {}
+    client = ordering_client(server.port, **variables)
+    try:
+        with pytest.raises(HttpClientError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.get("/orders/1", 2.0)
+    finally:
+        await client.close()
+    assert server.requests == []
+
+
+async def test_a_client_certificate_is_presented_when_the_server_demands_one(
+    serve: Callable, pki: Pki
+) -> None:
+    """Mutual TLS: with PAYMENT_ORDERING_CERT_FILE/KEY_FILE the server accepts us; without
+    them the same server refuses the connection."""
+    server = await serve(lambda request, n: OK, tls=pki.server_context(require_client_cert=True))
+    with_cert = ordering_client(
+        server.port,
+        ordering_ca_file=pki.ca_file,
+        ordering_cert_file=pki.client_cert,
+        ordering_key_file=pki.client_key,
+    )
+    without = ordering_client(server.port, ordering_ca_file=pki.ca_file)
+    try:
+        assert await with_cert.get("/orders/1", 2.0) == (200, b'{"a": 1}')
+        with pytest.raises(HttpClientError):
+            await without.get("/orders/1", 2.0)
+    finally:
+        await with_cert.close()
+        await without.close()
+    assert len(server.requests) == 1
+
+
+async def test_the_credential_header_is_sent_with_every_request(serve: Callable) -> None:
+    """PAYMENT_ORDERING_AUTHORIZATION goes out as the Authorization header of each GET."""
+    server = await serve(lambda request, n: OK)
+    settings = load_settings(
+        ordering_url=f"http://127.0.0.1:{server.port}", ordering_authorization="Bearer s3cr3t-t0ken"
+    )
+    client = HttpClient(settings.ordering_url, **http_client_options(settings, "ordering"))
+    try:
+        await client.get("/orders/1", 2.0)
+        await client.get("/orders/2", 2.0)
+    finally:
+        await client.close()
+    assert [b"\r\nAuthorization: Bearer s3cr3t-t0ken\r\n" in r for r in server.requests] == [
+        True,
+        True,
+    ]
+
+
+@pytest.mark.parametrize(("idle_timeout_s", "connections"), [(0.2, 2), (30.0, 1)])
+async def test_a_connection_idle_past_the_expiry_is_not_reused(
+    serve: Callable, idle_timeout_s: float, connections: int
+) -> None:
+    """A kept-alive connection left idle longer than the expiry is closed and a new one
+    opened (a load balancer may have dropped it silently); within the expiry it is reused."""
+    server = await serve(lambda request, n: OK)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", idle_timeout_s=idle_timeout_s)
+    try:
+        await client.get("/x", 2.0)
+        await asyncio.sleep(0.5)
+        await client.get("/x", 2.0)
+    finally:
+        await client.close()
+    assert server.connections == connections
+
+
+async def test_an_answer_past_the_size_cap_fails_and_is_not_asked_again(serve: Callable) -> None:
+    """A body larger than PAYMENT_HTTP_MAX_RESPONSE_BYTES is cut off (ResponseTooLarge); the
+    service call fails at once (a bigger answer will not shrink on another try)."""
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+    server = await serve(lambda request, n: big)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_response_bytes=2048)
+    try:
+        with pytest.raises(ResponseTooLarge, match="2048 bytes"):
+            await client.get("/x", 2.0)
+        uncapped = HttpClient(f"http://127.0.0.1:{server.port}")
+        assert await uncapped.get("/x", 2.0) == (200, b"x" * 5000)
+        await uncapped.close()
+    finally:
+        await client.close()
+    service = JsonService("Ordering", f"http://127.0.0.1:{server.port}", max_response_bytes=2048)
+    await service.open()
+    try:
+        with pytest.raises(DependencyUnavailable, match="larger than 2048 bytes"):
+            await service.get_json("/orders/1")
+    finally:
+        await service.close()
+    assert len(server.requests) == 3  # one each: the capped try was not repeated

@@ -3,6 +3,7 @@ registry, and DecodeError with the dead letter's reason for everything else."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import uuid
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,9 +110,21 @@ def codec(schemas: SchemaSet) -> AvroCodec:
 
 def mock_registry() -> RegistryPort:
     """A RegistryPort on confluent-kafka's in-memory mock registry of its own."""
-    client = SchemaRegistryClient.new_client({"url": f"mock://unit-{uuid.uuid4()}"})
-    assert type(client).__name__ == "MockSchemaRegistryClient"
+    client = AsyncSchemaRegistryClient.new_client({"url": f"mock://unit-{uuid.uuid4()}"})
+    assert type(client).__name__ == "AsyncMockSchemaRegistryClient"
     return RegistryPort(client)
+
+
+def loaded(codec: AvroCodec, name: str = "ProcessPayment", topic: str = "t") -> AvroCodec:
+    """`codec` with the registry's id for `topic`'s subject loaded, as start-up does."""
+    asyncio.run(codec.load(name, topic))
+    return codec
+
+
+def decoded(codec: AvroCodec, name: str, value: bytes | None) -> dict[str, Any]:
+    """Decode as the pipeline does: what the value needs from the registry first."""
+    asyncio.run(codec.load_value(value))
+    return codec.decode(name, value)
 
 
 # -- single-object encoding --------------------------------------------------------------------
@@ -180,27 +193,35 @@ def test_nested_reply_payment_amount_is_a_decimal(codec: AvroCodec) -> None:
 # fails with RegistryUnavailable ("unsupported protocol 'mock://'") on the first encode.
 def test_registry_client_accepts_a_mock_url(schemas: SchemaSet) -> None:
     """registry_client("mock://...") gives a working in-memory registry for tests."""
-    registry = registry_client(f"mock://unit-{uuid.uuid4()}")
-    codec = AvroCodec(schemas, registry)
+    codec = loaded(AvroCodec(schemas, registry_client(f"mock://unit-{uuid.uuid4()}")))
     record = command_record()
-    assert codec.decode("ProcessPayment", codec.encode("ProcessPayment", record, "t")) == record
+    assert decoded(codec, "ProcessPayment", codec.encode("ProcessPayment", record, "t")) == record
 
 
 def test_confluent_framing_is_zero_and_the_registered_schema_id(schemas: SchemaSet) -> None:
     """With a registry, encode writes 0x00 then the subject's schema id, big-endian."""
     registry = mock_registry()
-    value = AvroCodec(schemas, registry).encode("ProcessPayment", command_record(), "cmds")
-    schema_id = registry.id_for("cmds-value", schemas.text["ProcessPayment"])
+    codec = loaded(AvroCodec(schemas, registry), topic="cmds")
+    value = codec.encode("ProcessPayment", command_record(), "cmds")
+    subject = registry.subject("cmds-value")
+    assert subject is not None and subject[1] is None  # our schema, registered
     assert value[:1] == b"\x00"
-    assert value[1:5] == struct.pack(">I", schema_id)
+    assert value[1:5] == struct.pack(">I", subject[0])
+
+
+def test_encoding_for_a_subject_not_loaded_is_a_bug_caught_loudly(schemas: SchemaSet) -> None:
+    """encode never calls the registry itself (that would block the event loop): a subject
+    nobody loaded is a programming error, not a silent network call."""
+    with pytest.raises(RuntimeError, match="before load"):
+        AvroCodec(schemas, mock_registry()).encode("ProcessPayment", command_record(), "x")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_confluent_round_trip(schemas: SchemaSet, name: str) -> None:
     """A record in Confluent framing decodes back equal through the registry."""
-    codec = AvroCodec(schemas, mock_registry())
+    codec = loaded(AvroCodec(schemas, mock_registry()), name, "topic-x")
     record = sample(name)
-    assert codec.decode(name, codec.encode(name, record, "topic-x")) == record
+    assert decoded(codec, name, codec.encode(name, record, "topic-x")) == record
 
 
 def test_codec_with_registry_still_reads_single_object(schemas: SchemaSet) -> None:
@@ -219,10 +240,10 @@ def test_encode_without_topic_uses_single_object_even_with_registry(schemas: Sch
 class UnreachableRegistry:
     """A registry client whose every call fails as a network outage would."""
 
-    def register_schema(self, subject: str, schema: object) -> int:
+    async def register_schema(self, subject: str, schema: object) -> int:
         raise ConnectionError("registry unreachable")
 
-    def get_schema(self, schema_id: int) -> object:
+    async def get_schema(self, schema_id: int) -> object:
         raise ConnectionError("registry unreachable")
 
 
@@ -230,10 +251,12 @@ class UnreachableRegistry:
 # and answers the command ERROR and dead-letters it (processing-error) instead of processing it.
 def test_unreachable_registry_is_a_retryable_error(schemas: SchemaSet) -> None:
     """A registry outage while decoding is retryable (the worker waits), not a decode failure."""
-    value = AvroCodec(schemas, mock_registry()).encode("ProcessPayment", command_record(), "t")
+    value = loaded(AvroCodec(schemas, mock_registry())).encode(
+        "ProcessPayment", command_record(), "t"
+    )
     codec = AvroCodec(schemas, RegistryPort(UnreachableRegistry()))
     with pytest.raises(Exception) as info:
-        codec.decode("ProcessPayment", value)
+        decoded(codec, "ProcessPayment", value)
     assert not isinstance(info.value, DecodeError)
     assert isinstance(info.value, RetryableError)
 
@@ -243,7 +266,7 @@ def test_unreachable_registry_is_a_retryable_error(schemas: SchemaSet) -> None:
 
 def reason_of(codec: AvroCodec, value: bytes | None, name: str = "ProcessPayment") -> str:
     with pytest.raises(DecodeError) as info:
-        codec.decode(name, value)
+        decoded(codec, name, value)
     return info.value.reason
 
 
@@ -279,13 +302,17 @@ def test_another_schemas_fingerprint_is_unknown_schema(codec: AvroCodec) -> None
 
 def test_confluent_framing_without_registry_is_unknown_schema(schemas: SchemaSet) -> None:
     """Confluent-framed bytes reaching a codec with no registry are `unknown-schema`."""
-    value = AvroCodec(schemas, mock_registry()).encode("ProcessPayment", command_record(), "t")
+    value = loaded(AvroCodec(schemas, mock_registry())).encode(
+        "ProcessPayment", command_record(), "t"
+    )
     assert reason_of(AvroCodec(schemas), value) == "unknown-schema"
 
 
 def test_unknown_schema_id_on_the_registry_is_unknown_schema(schemas: SchemaSet) -> None:
     """A schema id the registry does not know is `unknown-schema`."""
-    value = AvroCodec(schemas, mock_registry()).encode("ProcessPayment", command_record(), "t")
+    value = loaded(AvroCodec(schemas, mock_registry())).encode(
+        "ProcessPayment", command_record(), "t"
+    )
     forged = b"\x00" + struct.pack(">I", 4242) + value[5:]
     assert reason_of(AvroCodec(schemas, mock_registry()), forged) == "unknown-schema"
 
@@ -304,7 +331,7 @@ def test_unknown_first_byte_is_undecodable(codec: AvroCodec, first: bytes) -> No
 
 _SCHEMAS = SchemaSet()
 _PLAIN = AvroCodec(_SCHEMAS)
-_REGISTERED = AvroCodec(_SCHEMAS, mock_registry())
+_REGISTERED = loaded(AvroCodec(_SCHEMAS, mock_registry()), topic="fuzz")
 _REGISTERED_ID = _REGISTERED.encode("ProcessPayment", command_record(), "fuzz")[1:5]
 _HEADS = {
     "none": b"",
@@ -332,7 +359,7 @@ def test_decode_raises_only_decode_error(prefix: str, body: bytes) -> None:
     """On random bytes (sometimes behind a correct header) decode returns or raises DecodeError."""
     for codec in (_PLAIN, _REGISTERED):
         try:
-            record = codec.decode("ProcessPayment", _HEADS[prefix] + body)
+            record = decoded(codec, "ProcessPayment", _HEADS[prefix] + body)
         except DecodeError:
             continue
         assert isinstance(record, dict)

@@ -128,3 +128,94 @@ def test_bad_database_url_error_does_not_echo_the_secret(monkeypatch: pytest.Mon
     """The error for a malformed database URL does not print the value (it may hold a password)."""
     message = error_for(monkeypatch, "PAYMENT_DATABASE_URL", "user:hunter2@db")
     assert "hunter2" not in message
+
+
+# -- production connections --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"PAYMENT_ORDERING_CA_FILE": "/no/such/ca.pem"}, "PAYMENT_ORDERING_CA_FILE: "),
+        (
+            {"PAYMENT_INVENTORY_CA_FILE": "/etc/hostname"},
+            "PAYMENT_INVENTORY_CA_FILE is set but PAYMENT_INVENTORY_URL is not https://",
+        ),
+        (
+            {"PAYMENT_ORDERING_URL": "https://o", "PAYMENT_ORDERING_CERT_FILE": "/etc/hostname"},
+            "PAYMENT_ORDERING_CERT_FILE and PAYMENT_ORDERING_KEY_FILE go together",
+        ),
+        (
+            {"PAYMENT_SHIM_TLS_KEY_FILE": "/etc/hostname"},
+            "PAYMENT_SHIM_TLS_CERT_FILE and PAYMENT_SHIM_TLS_KEY_FILE go together",
+        ),
+        (
+            {"PAYMENT_ORDERING_AUTHORIZATION": "Bearer a\r\nX-Evil: 1"},
+            "PAYMENT_ORDERING_AUTHORIZATION: ",
+        ),
+        ({"PAYMENT_HTTP_IDLE_TIMEOUT_S": "0"}, "PAYMENT_HTTP_IDLE_TIMEOUT_S: "),
+        ({"PAYMENT_HTTP_MAX_RESPONSE_BYTES": "10"}, "PAYMENT_HTTP_MAX_RESPONSE_BYTES: "),
+        (
+            {"PAYMENT_SCHEMA_REGISTRY_USER_INFO": "no-colon-here"},
+            "PAYMENT_SCHEMA_REGISTRY_USER_INFO: ",
+        ),
+        (
+            {
+                "PAYMENT_SCHEMA_REGISTRY_USER_INFO": "u:p",
+                "PAYMENT_SCHEMA_REGISTRY_BEARER_TOKEN": "t",
+            },
+            "are both set: choose one",
+        ),
+        (
+            {"PAYMENT_SCHEMA_REGISTRY_AUTO_REGISTER": "sometimes"},
+            "PAYMENT_SCHEMA_REGISTRY_AUTO_REGISTER: ",
+        ),
+        ({"PAYMENT_SHIM_API_KEYS": "short"}, "PAYMENT_SHIM_API_KEYS: key 1: "),
+        ({"PAYMENT_SHIM_API_KEYS": "long-enough-key-0001,bad key with spaces"}, "key 2: "),
+        ({"PAYMENT_SHIM_METRICS_PUBLIC": "perhaps"}, "PAYMENT_SHIM_METRICS_PUBLIC: "),
+    ],
+)
+def test_a_bad_connection_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    """Each production setting is checked at start-up, alone and with the ones it goes with."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_secrets_never_appear_in_settings_reprs_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials are SecretStr: printed or logged settings show stars, and a bad key's
+    error names its position, not its value."""
+    monkeypatch.setenv("PAYMENT_ORDERING_AUTHORIZATION", "Bearer ordering-secret-1")
+    monkeypatch.setenv("PAYMENT_SCHEMA_REGISTRY_USER_INFO", "svc:registry-secret-2")
+    monkeypatch.setenv("PAYMENT_SHIM_API_KEYS", "shim-secret-key-000003")
+    text = repr(load_settings()) + str(load_settings().model_dump())
+    for secret in ("ordering-secret-1", "registry-secret-2", "shim-secret-key-000003"):
+        assert secret not in text
+    message = error_for(monkeypatch, "PAYMENT_SHIM_API_KEYS", "good-secret-key-00004,tiny-secret")
+    assert "tiny-secret" not in message and "good-secret-key-00004" not in message
+
+
+def test_connection_defaults() -> None:
+    s = load_settings()
+    assert (s.http_idle_timeout_s, s.http_max_response_bytes) == (15.0, 1 << 20)
+    assert (s.schema_registry_auto_register, s.shim_metrics_public, s.shim_api_keys) == (
+        True,
+        False,
+        (),
+    )
+
+
+def test_a_ca_file_that_is_not_a_certificate_stops_start_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The file exists but holds no PEM certificate: bootstrap says so, naming the variable."""
+    from payment_worker.bootstrap import http_client_options
+
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    settings = load_settings(ordering_url="https://o", ordering_ca_file=junk)
+    with pytest.raises(ConfigurationError, match=r"^PAYMENT_ORDERING_CA_FILE: not a PEM CA"):
+        http_client_options(settings, "ordering")

@@ -81,6 +81,29 @@ async def test_good_headers_route_the_reply_where_asked(world: World) -> None:
     assert (message.topic, message.partition, reply["outcome"]) == ("shim-replies", 3, "SUCCEEDED")
 
 
+async def test_a_reply_topic_the_schema_registry_refuses_is_answered_on_the_default_topic(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registration locked down and no schema for the asked reply topic's subject: the reply
+    cannot be written there, so the command is answered INVALID_REQUEST on the default topic
+    (`Invalid header reply-to: ...`), before any work, instead of failing over and over."""
+    from payment_worker.adapters.avro_codec import RegistryRefused
+
+    async def load(name: str, topic: str) -> None:
+        if topic == "shim-replies":
+            raise RegistryRefused(f"subject {topic}-value has no registered version")
+
+    monkeypatch.setattr(world.codec, "load", load)
+    handled = await world.send(world.payable(), headers=[("reply-to", b"shim-replies")])
+    message, reply = _only_reply(world)
+    assert handled.outcome is Outcome.INVALID_REQUEST
+    assert message.topic == TOPICS.replies
+    assert reply["errorMessage"] == (
+        "Invalid header reply-to: the schema registry has no schema for the reply topic"
+    )
+    assert world.gateway.calls == 0
+
+
 async def test_spring_routing_headers_are_checked_and_honoured(world: World) -> None:
     """Spring's kafka_replyTopic and 4-byte kafka_replyPartition route the reply."""
     command = world.payable()
