@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or "INFO")
     try:
         settings = load_settings()
-        configure_logging(args.log_level or settings.log_level)
+        configure_logging(args.log_level or settings.log_level, settings.log_format)
         if args.command == "run":
             return _run(_run_worker(settings))
         if args.command == "migrate":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from payment_worker.exceptions import ConfigurationError
+from payment_worker.logs import LIBRDKAFKA
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(default=20, ge=1, le=1000)
     # Not in the contract's list: tuning knobs with safe defaults.
     log_level: str = Field(default="INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["json", "console"] | None = None  # None: JSON unless on a terminal
     shim_group: str = "payment-shim"
     shim_max_in_flight: int = Field(default=2000, ge=1)
     max_in_flight: int = Field(default=2000, ge=1)
@@ -138,6 +140,7 @@ class Settings(BaseSettings):
     @field_validator(
         "schema_registry_url",
         "metrics_port",
+        "log_format",
         "ordering_ca_file",
         "ordering_cert_file",
         "ordering_key_file",
@@ -221,8 +224,13 @@ class Settings(BaseSettings):
         return value if isinstance(value, SecretStr) else text.rstrip("/")
 
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins)."""
-        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_config}
+        """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins), and the
+        logger librdkafka's lines go to (logs.py renders them as ours)."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            **self.kafka_config,
+            "logger": LIBRDKAFKA,
+        }
 
 
 def _pair(settings: Settings, cert: str, key: str) -> None:

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from payment_worker.exceptions import InfrastructureUnavailable
+from payment_worker.logs import LIBRDKAFKA
 from payment_worker.service.ports import InboundRecord, OutboxMessage, StoredMessage
 
 log = structlog.get_logger("payment_worker.kafka")
@@ -59,7 +60,10 @@ _CONSUMER_ONLY = (
 def for_producer(config: dict[str, Any]) -> dict[str, Any]:
     """PAYMENT_KAFKA_CONFIG applies to every client; a producer skips the consumer-only keys
     (librdkafka would warn about each)."""
-    return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)}
+    return {
+        "logger": LIBRDKAFKA,
+        **{k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)},
+    }
 
 
 _PRODUCER_ONLY = (
@@ -84,7 +88,10 @@ _PRODUCER_ONLY = (
 
 def for_consumer(config: dict[str, Any]) -> dict[str, Any]:
     """PAYMENT_KAFKA_CONFIG without the producer-only keys (librdkafka would warn)."""
-    return {k: v for k, v in config.items() if not k.startswith(_PRODUCER_ONLY)}
+    return {
+        "logger": LIBRDKAFKA,
+        **{k: v for k, v in config.items() if not k.startswith(_PRODUCER_ONLY)},
+    }
 
 
 class BrokerUnavailable(InfrastructureUnavailable):
@@ -585,6 +592,8 @@ class TopicDirectory:
             metadata = self._admin.list_topics(timeout=self.timeout_s)
         except KafkaException as exc:
             raise BrokerUnavailable(f"cannot read the cluster's topics: {exc}") from exc
+        finally:
+            self._admin.poll(0)  # hands librdkafka's queued log lines to the logger
         return {
             name: len(topic.partitions)
             for name, topic in metadata.topics.items()

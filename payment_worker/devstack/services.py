@@ -18,6 +18,9 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+import structlog
+
+from payment_worker.logs import configure_logging
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -185,8 +188,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state = State()
     state.seed(args.seed)
+    configure_logging("INFO")
+    structlog.get_logger("payment_worker.devstack").info(
+        "devserver_listening", url=f"http://{args.host}:{args.port}", seeded_orders=args.seed
+    )
     uvicorn.run(
-        DevServices(state), host=args.host, port=args.port, log_level="warning", access_log=False
+        DevServices(state),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        log_config=None,  # uvicorn's lines in our format (logs.py)
+        access_log=False,
     )
 
 

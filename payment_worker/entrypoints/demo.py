@@ -43,6 +43,15 @@ class Case:
     key: str | None = None
 
 
+def _listening(bootstrap: str) -> bool:
+    """Whether any host:port of a bootstrap list accepts a TCP connection."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if port.isdigit() and port_open(host.strip("[]") or "127.0.0.1", int(port)):
+            return True
+    return False
+
+
 def _port(preferred: int) -> int:
     return preferred if not port_open("127.0.0.1", preferred) else free_port()
 
@@ -111,7 +120,9 @@ class Demo:
         (self.workdir / "pids.txt").write_text("")
         settings = self.settings
         bootstrap = settings.kafka_bootstrap_servers
-        if broker_reachable(settings.kafka_common(), 2.0):
+        # A TCP probe first: a Kafka client pointed at a port nobody listens on fills the
+        # terminal with connection errors before it gives up.
+        if _listening(bootstrap) and broker_reachable(settings.kafka_common(), 2.0):
             console.print(f"[green]✓[/] Kafka broker at {bootstrap} (already running)")
         else:
             port = _port(9092)

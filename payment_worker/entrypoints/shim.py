@@ -539,6 +539,7 @@ async def serve(settings: Settings) -> None:
             host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
             port=settings.shim_port,
             log_level="warning",
+            log_config=None,  # uvicorn's lines go through our handler (logs.py)
             access_log=False,
             timeout_keep_alive=75,  # callers' pools keep connections; do not cut them at 5 s
             ssl_certfile=tls[0] if tls else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,39 @@ def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_pa
     assert {name for _, name in started} >= {"devservices", "worker", "shim"}
     for pid, name in started:
         assert not _alive(int(pid)), f"{name} ({pid}) still running"
+
+
+def test_a_demo_that_starts_its_own_broker_shows_no_connection_noise(worker_env, tmp_path):
+    """No broker where PAYMENT_KAFKA_BOOTSTRAP_SERVERS points: the demo starts Tansu, and the
+    newcomer's terminal shows no librdkafka line (no client is made before a broker listens);
+    every line the demo's processes log to their files is one JSON object."""
+    from payment_worker.devstack.broker import free_port
+
+    env = {
+        **os.environ,
+        **worker_env,
+        "COLUMNS": "200",
+        "PAYMENT_GATEWAY_LATENCY_MS": "10-50",
+        "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+    }
+    env.pop("PAYMENT_METRICS_PORT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "started a Tansu broker" in done.stdout
+    noisy = [line for line in done.stdout.splitlines() if "rdkafka" in line or "FAIL" in line]
+    assert noisy == []
+    for name in ("worker", "shim", "devservices"):
+        lines = (tmp_path / f"{name}.log").read_text().splitlines()
+        assert lines, name
+        for line in lines:
+            assert isinstance(json.loads(line), dict), (name, line)
 
 
 def _alive(pid: int) -> bool:
