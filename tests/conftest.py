@@ -20,6 +20,7 @@ from psycopg import sql
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.devstack.broker import free_port, port_open, start_tansu
 from payment_worker.service.messages import Topics
+from tests import containers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -27,13 +28,40 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ARTIFACTS = ROOT / ".devstack" / "test-logs"
 
 
-@pytest.fixture(scope="session")
-def database_url() -> str:
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """PAYMENT_TEST_CONTAINERS=1 without a Docker engine stops the run here, in one line."""
     try:
-        psycopg.connect(DATABASE_URL, connect_timeout=3).close()
+        if containers.wanted():
+            containers.docker_client()
+    except containers.ContainersUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[containers.Containers | None]:
+    """Kafka, PostgreSQL and Redis containers when PAYMENT_TEST_CONTAINERS=1; else None (the
+    local services and Tansu)."""
+    if not containers.wanted():
+        yield None
+        return
+    running = containers.start_containers()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(infrastructure: containers.Containers | None) -> str:
+    url = infrastructure.database_url if infrastructure else DATABASE_URL
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {DATABASE_URL} ({exc}); `make services`")
-    return DATABASE_URL
+        pytest.fail(f"PostgreSQL is not reachable at {url} ({exc}); `make services`")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(infrastructure: containers.Containers | None) -> str:
+    return infrastructure.redis_url if infrastructure else REDIS_URL
 
 
 @pytest.fixture
@@ -54,8 +82,11 @@ def migrated_schema(database_url: str, db_schema: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[str]:
-    """A Tansu broker for the whole session: 127.0.0.1:PORT."""
+def broker(infrastructure: containers.Containers | None) -> Iterator[str]:
+    """A Tansu broker for the whole session: 127.0.0.1:PORT (or the Kafka container)."""
+    if infrastructure is not None:
+        yield infrastructure.bootstrap
+        return
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = start_tansu(port, ARTIFACTS / "tansu.log")
@@ -176,7 +207,12 @@ def devserver() -> Iterator[DevServer]:
 
 @pytest.fixture
 def worker_env(
-    broker: str, topics: Topics, migrated_schema: str, database_url: str, devserver: DevServer
+    broker: str,
+    topics: Topics,
+    migrated_schema: str,
+    database_url: str,
+    redis_url: str,
+    devserver: DevServer,
 ) -> dict[str, str]:
     """The environment of a `payment-worker run` for this test."""
     return {
@@ -187,7 +223,7 @@ def worker_env(
         '"fetch.wait.max.ms": 10}',
         "PAYMENT_DATABASE_URL": database_url,
         "PAYMENT_DB_SCHEMA": migrated_schema,
-        "PAYMENT_REDIS_URL": REDIS_URL,
+        "PAYMENT_REDIS_URL": redis_url,
         "PAYMENT_ORDERING_URL": devserver.url,
         "PAYMENT_INVENTORY_URL": devserver.url,
         "PAYMENT_GATEWAY_LATENCY_MS": "0",

@@ -13,18 +13,17 @@ import redis.asyncio as aioredis
 
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.devstack.broker import free_port
-from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    the_client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    the_client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
     try:
         await the_client.ping()
     except (OSError, aioredis.ConnectionError) as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); `make services`")
+        pytest.fail(f"Redis is not reachable at {redis_url} ({exc}); `make services`")
     yield the_client
     await the_client.aclose()
 
