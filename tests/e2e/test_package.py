@@ -165,3 +165,56 @@ def test_migrate_run_and_shim_start_from_the_wheel(
 
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_sdist_carries_schemas_and_sql_and_builds_a_wheel_that_does(tmp_path: Path) -> None:
+    """`python -m build --sdist` from a clean copy, then a wheel built from that sdist alone:
+    both hold the four schemas and every SQL file the package reads."""
+    import tarfile
+    import zipfile
+
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".devstack", "build", "dist", "*.egg-info", "__pycache__"
+        ),
+    )
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist)],
+        check=True,
+        cwd=source,
+        capture_output=True,
+    )
+    (sdist,) = dist.glob("payment_worker-*.tar.gz")
+    package = ROOT / "payment_worker"
+    wanted = {
+        str(path.relative_to(ROOT))
+        for pattern in ("schemas/*.avsc", "sql/*.sql")
+        for path in package.glob(pattern)
+    }
+    assert len([w for w in wanted if w.endswith(".avsc")]) == 4
+    with tarfile.open(sdist) as archive:
+        in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert wanted - in_sdist == set()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(dist),
+            str(sdist),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = dist.glob("payment_worker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert wanted - set(archive.namelist()) == set()
