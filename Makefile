@@ -44,13 +44,25 @@ demo: install services ## Start everything on this machine and send sample payme
 demo-once: install services ## The demo without waiting: print the outcomes and stop
 	$(BIN)/payment-worker demo --once
 
+# The local stack (`make broker`, `make devserver`): defaults for `make run`, `make shim`,
+# `make replay` and `make topics`, unless the variable is already set. Tansu joins a group
+# fast with a short session, and answers an empty fetch only after the whole fetch wait.
+LOCAL := run shim replay topics
+$(LOCAL): export PAYMENT_KAFKA_CONFIG ?= {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
+$(LOCAL): export PAYMENT_ORDERING_URL ?= http://127.0.0.1:5002
+$(LOCAL): export PAYMENT_INVENTORY_URL ?= http://127.0.0.1:5002
+
 .PHONY: shim
-shim: install ## Run the HTTP shim on PAYMENT_SHIM_PORT (foreground)
+shim: install ## Run the HTTP shim on PAYMENT_SHIM_PORT, default 5004 (foreground)
 	$(BIN)/payment-worker shim
 
 .PHONY: replay
-replay: install services ## Replay the commands topic from the beginning (REPLAY_ARGS=...)
-	$(BIN)/payment-worker replay $(REPLAY_ARGS)
+replay: install services ## Replay a topic (ARGS=..., e.g. ARGS="--topic process-payment-dlq")
+	$(BIN)/payment-worker replay $(ARGS)
+
+.PHONY: topics
+topics: install ## Create the configured topics that are missing (ARGS=--dry-run to look only)
+	$(BIN)/payment-worker topics $(ARGS)
 
 .PHONY: services
 services: ## Start PostgreSQL and Redis on this machine when they are down
@@ -83,15 +95,14 @@ migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_S
 
 .PHONY: broker
 broker: install ## Run the embedded Tansu broker on 127.0.0.1:9092 (foreground)
-	$(BIN)/python -c 'from payment_worker.devstack.broker import broker_binary; print(broker_binary())' | \
-		xargs -I{} {} broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092
+	$(BIN)/python -m payment_worker.devstack.broker --port 9092
 
 .PHONY: devserver
 devserver: install ## Run the development Ordering/Inventory server on :5002 (foreground)
 	$(BIN)/python -m payment_worker.devstack.services --port 5002 --seed 100
 
 .PHONY: run
-run: install services ## Run the worker against PAYMENT_* settings (foreground)
+run: install services ## Migrate, then run the worker against PAYMENT_* settings (foreground)
 	$(BIN)/payment-worker migrate
 	$(BIN)/payment-worker run
 

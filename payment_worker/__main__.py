@@ -1,4 +1,8 @@
-"""The command line: payment-worker run | shim | migrate | replay | demo."""
+"""payment-worker: takes payments for the ticketing platform.
+
+Commands: run (the worker), shim (HTTP), migrate (the schema), topics (create missing topics),
+replay (reprocess a topic), demo (everything on this machine). Configuration is environment
+only (PAYMENT_*)."""
 
 from __future__ import annotations
 
@@ -30,35 +34,55 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from payment_worker.adapters.kafka import broker_reachable
+    from payment_worker.adapters.kafka import broker_problem, topic_partitions
     from payment_worker.adapters.migrations import schema_problem
-    from payment_worker.adapters.postgres import DatabaseUnavailable
-    from payment_worker.bootstrap import load_schemas, open_app
+    from payment_worker.bootstrap import load_schemas, open_app, own_topics, redis_problem
     from payment_worker.entrypoints.http_status import serve_status
-    from payment_worker.entrypoints.worker import wait_for
+    from payment_worker.entrypoints.startup import Dependency, wait_for, where
 
     stop = _stop_event()
+    database = Dependency(
+        "postgresql", "PAYMENT_DATABASE_URL", where(settings.database_url.get_secret_value())
+    )
+    kafka = Dependency("kafka", "PAYMENT_KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    topics = Dependency("kafka topics", "PAYMENT_TOPIC_*", settings.kafka_bootstrap_servers)
     async with open_app(settings) as app:
 
-        async def database_up() -> bool:
-            try:
-                await app.store.ping()
-            except DatabaseUnavailable:
-                return False
-            return True
+        async def database_problem() -> str | None:
+            return await app.store.connect_problem(settings.database_url.get_secret_value())
 
-        async def broker_up() -> bool:
-            return await asyncio.to_thread(broker_reachable, settings.kafka_common(), 3.0)
+        async def broker_down() -> str | None:
+            return await asyncio.to_thread(broker_problem, settings.kafka_common(), 3.0)
 
-        if not await wait_for("postgresql", database_up, stop):
+        async def topics_missing() -> str | None:
+            names = own_topics(settings)
+            found = await asyncio.to_thread(topic_partitions, settings.kafka_common(), names)
+            missing = [name for name, partitions in found.items() if partitions is None]
+            if not missing:
+                return None
+            return f"missing {', '.join(missing)}: create them with `payment-worker topics`"
+
+        if not await wait_for(database, database_problem, stop):
             return 0
         problem = schema_problem(settings.db_schema, await app.store.applied_migrations())
         if problem:
             raise PaymentWorkerError(problem)
-        if not await wait_for("kafka", broker_up, stop):
+        if not await wait_for(kafka, broker_down, stop):
             return 0
-        if not await load_schemas(app.pipeline.messages.load, stop):
+        if not await wait_for(topics, topics_missing, stop):
             return 0
+        if not await load_schemas(settings, app.pipeline.messages.load, stop):
+            return 0
+        redis_down = await redis_problem(settings)
+        if redis_down is not None:
+            log.warning(
+                "redis_unreachable",
+                variable="PAYMENT_REDIS_URL",
+                target=where(settings.redis_url.get_secret_value()),
+                error=redis_down,
+                degrades="no per-order lock until it is back: commands still run, and the"
+                " database still refuses a second charge for an order",
+            )
         server = None
         if settings.metrics_port is not None:
 
@@ -128,7 +152,7 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
         problem = schema_problem(settings.db_schema, await app.store.applied_migrations())
         if problem:
             raise PaymentWorkerError(problem)
-        await load_schemas(app.pipeline.messages.load)
+        await load_schemas(settings, app.pipeline.messages.load)
         await app.relay.start()
         try:
             return await Replayer(app, options).run(progress)
@@ -166,24 +190,28 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payment-worker", description=__doc__)
-    parser.add_argument(
-        "--log-level",
-        default=None,
-        help="DEBUG, INFO, WARNING or ERROR (default: PAYMENT_LOG_LEVEL or INFO)",
+    from payment_worker.entrypoints.cli import add_command, global_options
+
+    parser = argparse.ArgumentParser(
+        prog="payment-worker",
+        description=__doc__,
+        epilog="`payment-worker COMMAND --help` lists the variables each command reads.",
+        parents=[global_options()],
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the worker (consume commands until SIGTERM)")
-    migrate = sub.add_parser(
-        "migrate", help="create or upgrade the database schema (safe to rerun)"
-    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command(sub, "run")
+    migrate = add_command(sub, "migrate")
     migrate.add_argument(
         "--accept-changed-migrations",
         action="store_true",
         help="record the new checksum of an applied migration whose file changed (repairs only)",
     )
-    sub.add_parser("shim", help="run the HTTP shim (POST /payments) on PAYMENT_SHIM_PORT")
-    demo = sub.add_parser("demo", help="start everything on this machine and send sample payments")
+    add_command(sub, "shim")
+    topics = add_command(sub, "topics")
+    topics.add_argument(
+        "--dry-run", action="store_true", help="say what would be created; create nothing"
+    )
+    demo = add_command(sub, "demo")
     demo.add_argument(
         "--keep-running", action="store_true", help="leave everything up for exploring until Ctrl-C"
     )
@@ -193,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the outcomes and stop (the default; for scripts and tests)",
     )
     demo.add_argument("--workdir", default=".devstack/demo", help="where the logs go")
-    replay = sub.add_parser(
-        "replay", help="reprocess a topic safely (own consumer; the live group is untouched)"
-    )
+    replay = add_command(sub, "replay")
     start = replay.add_mutually_exclusive_group()
     start.add_argument(
         "--from-beginning", action="store_true", help="start at the first record (the default)"
@@ -249,10 +275,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level or "INFO")
+    flag_level = getattr(args, "log_level", None)
+    configure_logging(flag_level or "INFO")
     try:
         settings = load_settings()
-        configure_logging(args.log_level or settings.log_level, settings.log_format)
+        configure_logging(flag_level or settings.log_level, settings.log_format)
         if args.command == "run":
             return _run(_run_worker(settings))
         if args.command == "migrate":
@@ -269,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "replay":
             return _replay(settings, args)
+        if args.command == "topics":
+            from payment_worker.entrypoints.topics import report_topics
+
+            for line in report_topics(settings, dry_run=args.dry_run):
+                print(line)
+            return 0
         if args.command == "shim":
             from payment_worker.entrypoints.shim import serve
 

@@ -11,7 +11,6 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
-import structlog
 
 from payment_worker import metrics
 from payment_worker.adapters.avro_codec import (
@@ -29,12 +28,11 @@ from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.relay import OutboxRelay
-from payment_worker.entrypoints.worker import Worker, wait_for
+from payment_worker.entrypoints.startup import Dependency, wait_for, where
+from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
-
-log = structlog.get_logger("payment_worker.bootstrap")
 
 
 def topics(settings: Settings) -> Topics:
@@ -45,6 +43,17 @@ def topics(settings: Settings) -> Topics:
         replies=settings.topic_replies,
         dlq=settings.topic_dlq,
     )
+
+
+def own_topics(settings: Settings) -> list[str]:
+    """The five topics of the contract's section 2, as configured."""
+    return [
+        settings.topic_commands,
+        settings.topic_succeeded,
+        settings.topic_failed,
+        settings.topic_replies,
+        settings.topic_dlq,
+    ]
 
 
 def route_rules(settings: Settings) -> RouteRules:
@@ -80,21 +89,40 @@ def codec(settings: Settings) -> AvroCodec:
 
 
 async def load_schemas(
-    load: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
+    settings: Settings, load: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
 ) -> bool:
     """Run `load` (the schema registry's ids for our subjects) until the registry answers; a
     RegistryRefused (credentials, a subject not registered) stops start-up with its line.
     False if asked to stop meanwhile."""
+    if not settings.schema_registry_url:
+        await load()
+        return True
+    dependency = Dependency(
+        "schema registry", "PAYMENT_SCHEMA_REGISTRY_URL", where(settings.schema_registry_url)
+    )
 
-    async def ready() -> bool:
+    async def problem() -> str | None:
         try:
             await load()
         except RegistryUnavailable as exc:
-            log.warning("schema_registry_unreachable", error=str(exc))
-            return False
-        return True
+            return str(exc)
+        return None
 
-    return await wait_for("schema registry", ready, stop or asyncio.Event())
+    return await wait_for(dependency, problem, stop or asyncio.Event())
+
+
+async def redis_problem(settings: Settings) -> str | None:
+    """Why Redis does not answer a PING within a second (None: it does)."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_connect_timeout=1.0, socket_timeout=1.0
+    )
+    try:
+        await client.ping()
+    except (aioredis.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        await client.aclose()
+    return None
 
 
 def http_client_options(settings: Settings, service: str) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     reply_topic_pattern: Annotated[re.Pattern[str], NoDecode] = re.compile(".+")
     outbox_max_attempts: int = Field(default=20, ge=1, le=1000)
+    topic_partitions: int = Field(default=6, ge=1, le=10_000)  # for `payment-worker topics`
+    topic_replication: int | None = Field(default=None, ge=1, le=32_767)  # None: broker's
     # Not in the contract's list: tuning knobs with safe defaults.
     log_level: str = Field(default="INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["json", "console"] | None = None  # None: JSON unless on a terminal
@@ -140,6 +142,7 @@ class Settings(BaseSettings):
     @field_validator(
         "schema_registry_url",
         "metrics_port",
+        "topic_replication",
         "log_format",
         "ordering_ca_file",
         "ordering_cert_file",

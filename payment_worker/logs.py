@@ -9,11 +9,41 @@ processors by structlog's ProcessorFormatter."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
 LIBRDKAFKA = logging.getLogger("librdkafka")
+_DIGITS = re.compile(r"\d+")  # "after 0ms", "pool-1": the same message for the throttle
+
+
+class Throttle(logging.Filter):
+    """Lets through at most one record per logger and message template every `every_s`
+    seconds (a library retrying a connection logs each try: psycopg's pool, librdkafka); the
+    next one let through says how many were held back."""
+
+    def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, _DIGITS.sub("#", str(record.msg))[:160])
+        now = self.clock()
+        last, held = self._seen.get(key, (float("-inf"), 0))
+        if now - last < self.every_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:  # templates are few; messages with ids in them are not
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.held_back = held
+        return True
 
 
 def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:
@@ -43,6 +73,7 @@ def configure_logging(level: str = "INFO", log_format: str | None = None) -> Non
                 structlog.stdlib.add_logger_name,
                 structlog.processors.add_log_level,
                 stamp,
+                structlog.stdlib.ExtraAdder(allow=["held_back"]),
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -51,6 +82,7 @@ def configure_logging(level: str = "INFO", log_format: str | None = None) -> Non
             ],
         )
     )
+    handler.addFilter(Throttle())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Libraries speak at WARNING and above: their INFO is chatter next to our own events.

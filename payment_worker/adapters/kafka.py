@@ -538,13 +538,17 @@ class DirectProducer:
 
 
 def ensure_topics(
-    bootstrap: dict[str, Any], topics: dict[str, int], timeout_s: float = 10.0
+    bootstrap: dict[str, Any],
+    topics: dict[str, int],
+    timeout_s: float = 10.0,
+    replication_factor: int = 1,
 ) -> list[str]:
-    """Create the topics that do not exist yet (name -> partitions); returns those created."""
+    """Create the topics that do not exist yet (name -> partitions); returns those created.
+    A replication factor of -1 is the broker's `default.replication.factor`."""
     admin = AdminClient(for_producer(bootstrap))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [
-        NewTopic(name, num_partitions=n, replication_factor=1)
+        NewTopic(name, num_partitions=n, replication_factor=replication_factor)
         for name, n in topics.items()
         if name not in existing
     ]
@@ -631,9 +635,36 @@ def _consume_error(future: asyncio.Future[Any]) -> None:
         log.warning("topic_metadata_refresh_failed", error=str(future.exception()))
 
 
-def broker_reachable(config: dict[str, Any], timeout_s: float = 3.0) -> bool:
+def broker_problem(config: dict[str, Any], timeout_s: float = 3.0) -> str | None:
+    """Why the cluster's metadata cannot be read (None: it can)."""
     try:
         AdminClient(for_producer(config)).list_topics(timeout=timeout_s)
-    except KafkaException:
-        return False
-    return True
+    except KafkaException as exc:
+        return kafka_text(exc)
+    return None
+
+
+def kafka_text(exc: KafkaException) -> str:
+    """The message of a KafkaException's KafkaError, without its repr around it."""
+    error = exc.args[0] if exc.args else None
+    return str(error.str()) if isinstance(error, KafkaError) else str(exc)
+
+
+def broker_reachable(config: dict[str, Any], timeout_s: float = 3.0) -> bool:
+    return broker_problem(config, timeout_s) is None
+
+
+def topic_partitions(
+    config: dict[str, Any], names: list[str], timeout_s: float = 10.0
+) -> dict[str, int | None]:
+    """Each topic's partition count, None for a topic the cluster does not have."""
+    try:
+        metadata = AdminClient(for_producer(config)).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerUnavailable(kafka_text(exc)) from exc
+    found = {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None and topic.partitions
+    }
+    return {name: found.get(name) for name in names}

@@ -214,6 +214,17 @@ class PostgresStore:
         except (psycopg.Error, OSError) as exc:
             raise translate(exc) from exc
 
+    @staticmethod
+    async def connect_problem(url: str, timeout_s: int = 2) -> str | None:
+        """Why a new connection to `url` fails (its first line; None: it connects). Asked
+        directly, not through the pool, whose error only says that it waited."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(url, connect_timeout=timeout_s)
+        except (psycopg.Error, OSError) as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        await conn.close()
+        return None
+
     async def applied_migrations(self) -> set[int]:
         """The migration versions `payment-worker migrate` has applied (empty before the first)."""
         async with self._tx() as cur:

@@ -55,6 +55,16 @@ class ReplyListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self.missing_topic = False  # the broker says the replies topic does not exist
+
+    @property
+    def not_ready_reason(self) -> str:
+        if self.missing_topic:
+            return (
+                f"waiting for reply partitions: topic {self.topic} does not exist"
+                " (create it with `payment-worker topics`)"
+            )
+        return "waiting for reply partitions"
 
     @property
     def ready(self) -> bool:
@@ -81,6 +91,7 @@ class ReplyListener:
                 high = OFFSET_END
             positioned.append(TopicPartition(tp.topic, tp.partition, high))
         consumer.assign(positioned)
+        self.missing_topic = False
         self.partitions = sorted(p.partition for p in partitions)
         self._reply_partition = self.partitions[0] if self.partitions else None
         log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
@@ -100,9 +111,19 @@ class ReplyListener:
                 for message in ready_messages(consumer, 500, 0.1):
                     error = message.error()
                     if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
+                        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                            if not self.missing_topic:
+                                log.warning(
+                                    "topic_missing",
+                                    topic=self.topic,
+                                    variable="PAYMENT_TOPIC_REPLIES",
+                                    hint="create it with `payment-worker topics`",
+                                )
+                            self.missing_topic = True
+                        elif error.code() != KafkaError._PARTITION_EOF:
                             log.warning("reply_consumer_error", error=str(error))
                         continue
+                    self.missing_topic = False
                     self._deliver(message.value())
         finally:
             consumer.close()

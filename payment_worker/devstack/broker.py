@@ -55,3 +55,23 @@ def start_tansu(
             raise RuntimeError(f"tansu did not listen on {port} within {timeout_s}s")
         time.sleep(0.05)
     return process
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`make broker`: Tansu in the foreground on 127.0.0.1:PORT (memory only; Ctrl-C stops)."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9092)
+    port = parser.parse_args(argv).port
+    if port_open("127.0.0.1", port):
+        raise SystemExit(f"something already listens on 127.0.0.1:{port} (a broker running?)")
+    binary, url = broker_binary(), f"tcp://127.0.0.1:{port}"
+    print(f"Tansu broker (Kafka-compatible) on 127.0.0.1:{port}; Ctrl-C stops it", flush=True)
+    args = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    os.execv(binary, args)  # noqa: S606  (the broker in place of this process: Ctrl-C reaches it)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,10 +23,11 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from payment_worker.adapters.kafka import broker_reachable, ensure_topics
+from payment_worker.adapters.kafka import broker_reachable
 from payment_worker.adapters.migrations import migrate
 from payment_worker.config import Settings
 from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.entrypoints.topics import report_topics
 from payment_worker.exceptions import PaymentWorkerError
 
 console = Console()
@@ -135,15 +136,15 @@ class Demo:
             "fetch.wait.max.ms": 10,  # Tansu holds empty fetches for the whole wait
             **settings.kafka_config,
         }
-        ensure_topics(
-            {"bootstrap.servers": bootstrap},
-            {
-                settings.topic_commands: 4,
-                settings.topic_succeeded: 2,
-                settings.topic_failed: 2,
-                settings.topic_replies: 4,
-                settings.topic_dlq: 1,
-            },
+        created = [
+            line
+            for line in report_topics(
+                settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+            )
+            if " created " in line
+        ]
+        console.print(
+            f"[green]✓[/] topics: {len(created)} created" if created else "[green]✓[/] topics exist"
         )
         dev_port = _port(5002)
         dev_url = f"http://127.0.0.1:{dev_port}"

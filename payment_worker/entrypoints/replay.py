@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -302,7 +303,9 @@ class Replayer:
         for item in items:
             self.summary.kinds[str(item.kind)] += 1
         if progress is not None:
-            progress.advance(len(items))
+            answered = sum(1 for i in items if i.kind in (Kind.RECORDED, Kind.INVALID))
+            processed = sum(1 for i in items if i.kind in (Kind.NEW, Kind.FAILED))
+            progress.advance(len(items), answered, processed)
         if self.options.dry_run:
             return
         fast = [i for i in items if i.kind in (Kind.RECORDED, Kind.INVALID)]
@@ -388,36 +391,61 @@ async def _retrying(call: Any, attempts: int = 20) -> Any:
 
 
 class Progress:
-    """A rich progress bar on a terminal, a log line every few seconds otherwise."""
+    """A rich progress bar on a terminal; otherwise a `replay_progress` line every `every_s`
+    seconds (records read, answered from the ledger, processed anew, read per second), from
+    a timer thread, so a replay that waits still says where it is."""
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.done = 0
+    def __init__(self, every_s: float = 3.0, tty: bool | None = None) -> None:
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.every_s = every_s
+        self.done = self.answered = self.processed = 0
         self.total = 0
-        self._last = time.monotonic()
+        self._started = time.monotonic()
         self._bar: Any = None
         self._task: Any = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def start(self, total: int) -> None:
         self.total = total
+        self._started = time.monotonic()
         if self.tty:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(transient=False)
             self._bar.start()
             self._task = self._bar.add_task("replaying", total=total or None)
-        else:
-            log.info("replay_started", records_to_read=total)
+            return
+        log.info("replay_started", records_to_read=total)
+        self._ticker = threading.Thread(target=self._tick, name="replay-progress", daemon=True)
+        self._ticker.start()
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, answered: int = 0, processed: int = 0) -> None:
         self.done += n
+        self.answered += answered
+        self.processed += processed
         if self._bar is not None:
             self._bar.update(self._task, advance=n)
-        elif time.monotonic() - self._last >= 5:
-            self._last = time.monotonic()
-            log.info("replay_progress", read=self.done, of=self.total)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.line()
+
+    def line(self) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        log.info(
+            "replay_progress",
+            read=self.done,
+            of=self.total,
+            answered=self.answered,
+            processed=self.processed,
+            per_s=round(self.done / elapsed),
+        )
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
         if self._bar is not None:
             self._bar.stop()
 
@@ -431,8 +459,8 @@ class PipeProgress:
     def start(self, total: int) -> None:
         self.conn.send(("total", total))
 
-    def advance(self, n: int) -> None:
-        self.conn.send(("advance", n))
+    def advance(self, n: int, answered: int = 0, processed: int = 0) -> None:
+        self.conn.send(("advance", (n, answered, processed)))
 
     def stop(self) -> None:
         pass
@@ -507,7 +535,7 @@ def _collect(
 ) -> tuple[list[tuple[ReplaySummary, float]], list[str]]:
     """The shards' messages until every pipe is closed: progress, then a result or an error."""
     totals: list[int] = []
-    early = 0  # progress reported before every shard gave its total
+    early = [0, 0, 0]  # progress reported before every shard gave its total
     results: list[tuple[ReplaySummary, float]] = []
     errors: list[str] = []
     waiting = set(receivers)
@@ -523,13 +551,13 @@ def _collect(
                 totals.append(value)
                 if len(totals) == processes:
                     progress.start(sum(totals))
-                    if early:
-                        progress.advance(early)
+                    if early[0]:
+                        progress.advance(*early)
             elif kind == "advance":
                 if len(totals) == processes:
-                    progress.advance(value)
+                    progress.advance(*value)
                 else:
-                    early += value
+                    early = [a + b for a, b in zip(early, value, strict=True)]
             elif kind == "done":
                 results.append(value)
             elif kind == "error":

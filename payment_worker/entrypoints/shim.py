@@ -273,7 +273,7 @@ class Shim:
     async def handle(self, request: Request) -> Response:
         if not self.listener.ready:
             return _error(
-                503, "Service not ready: waiting for reply partitions", {"Retry-After": "1"}
+                503, f"Service not ready: {self.listener.not_ready_reason}", {"Retry-After": "1"}
             )
         if self.in_flight >= self.max_in_flight:
             return _error(503, "Too many payments in flight; retry shortly", {"Retry-After": "1"})
@@ -426,7 +426,11 @@ def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
             return _json(200, {"status": "Healthy", "service": "Payment"})
         return _json(
             503,
-            {"status": "Unhealthy", "service": "Payment", "reason": "waiting for reply partitions"},
+            {
+                "status": "Unhealthy",
+                "service": "Payment",
+                "reason": shim.listener.not_ready_reason,
+            },
         )
 
     @app.get("/metrics")
@@ -525,7 +529,7 @@ async def serve(settings: Settings) -> None:
     the_codec = codec(settings)
     try:
         if not await load_schemas(
-            lambda: the_codec.load("ProcessPayment", settings.topic_commands)
+            settings, lambda: the_codec.load("ProcessPayment", settings.topic_commands)
         ):
             return
         app = create_app(settings, the_codec)

@@ -9,7 +9,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -310,20 +310,3 @@ class Worker:
             await self.relay.stop()
             await consumer.close()
             log.info("worker_stopped")
-
-
-async def wait_for(
-    what: str, check: Callable[[], Awaitable[bool]], stop: asyncio.Event, every_s: float = 2.0
-) -> bool:
-    """Wait until `check` passes, with one log line per try; False if asked to stop meanwhile."""
-    first = True
-    while not stop.is_set():
-        if await check():
-            if not first:
-                log.info("dependency_ready", dependency=what)
-            return True
-        log.warning("waiting_for_dependency", dependency=what, retry_in_s=every_s)
-        first = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-    return False

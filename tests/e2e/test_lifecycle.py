@@ -31,17 +31,73 @@ def test_a_broker_that_is_down_at_start_is_waited_for_with_a_log_line(start_work
     assert "Traceback" not in worker.logs()
 
 
-def test_a_database_that_is_down_at_start_is_waited_for_with_a_log_line(start_worker):
-    """No database: the worker logs that it waits (no traceback) and exits 0 on SIGTERM."""
+def records(worker) -> list[dict]:
+    """The worker's log lines, each one JSON object (anything else fails here)."""
+    return [json.loads(line) for line in worker.logs().splitlines() if line.strip()]
+
+
+def test_a_database_that_is_down_at_start_is_said_once_by_variable_and_host(start_worker):
+    """No database for 12 s: one `waiting_for_dependency` line naming PAYMENT_DATABASE_URL,
+    host:port (the password masked), the last error and the real retry interval; no flood of
+    psycopg pool lines; no traceback; exit 0 on SIGTERM."""
+    port = free_port()
     worker = start_worker(
-        wait=False, PAYMENT_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+        wait=False, PAYMENT_DATABASE_URL=f"postgresql://postgres:s3cr3t-pw@127.0.0.1:{port}/test"
     )
-    deadline = time.monotonic() + 20
-    while '"dependency": "postgresql"' not in worker.logs():
-        assert time.monotonic() < deadline, worker.logs()[-2000:]
-        time.sleep(0.1)
+    time.sleep(12)
     assert worker.stop() == 0
+    lines = records(worker)
+    waiting = [r for r in lines if r["event"] == "waiting_for_dependency"]
+    assert len(waiting) == 1, waiting
+    assert waiting[0]["dependency"] == "postgresql"
+    assert waiting[0]["variable"] == "PAYMENT_DATABASE_URL"
+    assert waiting[0]["target"] == f"127.0.0.1:{port}/test"
+    assert "refused" in waiting[0]["error"].lower()
+    assert waiting[0]["retry_every_s"] == 2.0
+    assert sum(1 for r in lines if r.get("logger") == "psycopg.pool") <= 2
+    assert "s3cr3t-pw" not in worker.logs()
     assert "Traceback" not in worker.logs()
+
+
+def test_missing_topics_are_named_with_the_command_that_creates_them(
+    start_worker, worker_env, broker
+):
+    """The worker's topics do not exist: it says which, and `payment-worker topics`, once;
+    once they are created it goes on and gets its partitions."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {
+        f"PAYMENT_TOPIC_{kind}": f"{kind.lower()}-{suffix}"
+        for kind in ("COMMANDS", "SUCCEEDED", "FAILED", "REPLIES", "DLQ")
+    }
+    worker = start_worker(wait=False, **names)
+    deadline = time.monotonic() + 30
+    while "waiting_for_dependency" not in worker.logs():
+        assert time.monotonic() < deadline, worker.logs()[-2000:]
+        time.sleep(0.2)
+    [waiting] = [r for r in records(worker) if r["event"] == "waiting_for_dependency"]
+    assert waiting["dependency"] == "kafka topics"
+    assert names["PAYMENT_TOPIC_COMMANDS"] in waiting["error"]
+    assert "`payment-worker topics`" in waiting["error"]
+    created = subprocess.run(
+        [sys.executable, "-m", "payment_worker", "topics"],
+        env={**os.environ, **worker_env, **names, "PAYMENT_TOPIC_PARTITIONS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.count(" created  2 partitions") == 5
+    worker.wait_assigned(60)
+    assert any(r["event"] == "dependency_ready" for r in records(worker))
+    assert worker.stop() == 0
+
+
+def test_redis_unreachable_at_start_is_one_warning_saying_what_degrades(start_worker):
+    worker = start_worker(PAYMENT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert worker.stop() == 0
+    [warning] = [r for r in records(worker) if r["event"] == "redis_unreachable"]
+    assert warning["variable"] == "PAYMENT_REDIS_URL"
+    assert "no per-order lock" in warning["degrades"]
 
 
 def test_health_and_metrics_are_served_on_the_metrics_port(start_worker, kafka, devserver):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -264,3 +265,31 @@ def test_a_shim_with_api_keys_and_tls_answers_only_callers_with_a_key(
     assert refused_rows == (0,)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(shim.url + "/health", verify=ssl.create_default_context(cafile=pki.other_ca_file))
+
+
+def test_a_missing_reply_topic_is_named_with_the_command_that_creates_it(start_shim):
+    """The shim's replies topic does not exist: /health and POST /payments say 503, naming
+    the topic and `payment-worker topics`, instead of only 'waiting for reply partitions'."""
+    missing = f"payment-replies-missing-{uuid.uuid4().hex[:8]}"
+    shim = start_shim(wait=False, PAYMENT_TOPIC_REPLIES=missing)
+    expected = (
+        f"waiting for reply partitions: topic {missing} does not exist"
+        " (create it with `payment-worker topics`)"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            health = httpx.get(shim.url + "/health", timeout=2)
+            if health.json().get("reason") == expected:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, shim.logs()[-2000:]
+        time.sleep(0.2)
+    assert health.status_code == 503
+    answer = httpx.post(shim.url + "/payments", json={}, timeout=5)
+    assert (answer.status_code, answer.json()["errorMessage"]) == (
+        503,
+        f"Service not ready: {expected}",
+    )
+    assert shim.logs().count('"event": "topic_missing"') == 1

@@ -27,8 +27,9 @@ class RecordingProgress:
     def start(self, total: int) -> None:
         self.total = total
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, answered: int = 0, processed: int = 0) -> None:
         self.done += n
+        self.answered = getattr(self, "answered", 0) + answered
 
     def stop(self) -> None:
         pass
@@ -39,7 +40,7 @@ def _shard(options: ReplayOptions, progress: Any) -> ReplaySummary:
     index, count = options.shard
     read = 10 * (index + 1)
     progress.start(read)
-    progress.advance(read)
+    progress.advance(read, read, 0)
     summary = ReplaySummary(read=read, seconds=0.5)
     summary.kinds["answered from ledger"] = read
     summary.outcomes[f"shard-{index}-of-{count}"] = 1
@@ -52,7 +53,7 @@ def test_each_process_gets_its_shard_and_the_summaries_add_up() -> None:
     assert summary.read == 10 + 20 + 30
     assert summary.kinds == Counter({"answered from ledger": 60})
     assert set(summary.outcomes) == {"shard-0-of-3", "shard-1-of-3", "shard-2-of-3"}
-    assert progress.total == 60 and progress.done == 60
+    assert progress.total == 60 and progress.done == 60 and progress.answered == 60
     assert 0.5 <= summary.seconds < 30
 
 
@@ -107,3 +108,30 @@ def test_an_interrupted_split_replay_stops_its_processes() -> None:
         replay_in_processes(ReplayOptions(topic="t"), 2, _slow, InterruptingProgress())
     assert multiprocessing.active_children() == []
     assert time.monotonic() - started < 60  # the shards were stopped, not waited for
+
+
+def test_off_a_terminal_progress_is_a_line_every_few_seconds_even_while_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a terminal, `replay_progress` lines (read, answered, processed, per second)
+    come from a timer: they keep coming while nothing advances."""
+    from payment_worker.entrypoints import replay
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def info(self, event: str, **fields: Any) -> None:
+            events.append((event, fields))
+
+    monkeypatch.setattr(replay, "log", Recorder())
+    progress = replay.Progress(every_s=0.1, tty=False)
+    progress.start(100)
+    progress.advance(40, answered=30, processed=10)
+    time.sleep(0.55)  # nothing advances meanwhile
+    progress.stop()
+    ticks = [fields for event, fields in events if event == "replay_progress"]
+    assert len(ticks) >= 3
+    assert {(t["read"], t["of"], t["answered"], t["processed"]) for t in ticks} == {
+        (40, 100, 30, 10)
+    }
+    assert all(t["per_s"] > 0 for t in ticks)
