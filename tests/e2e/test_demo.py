@@ -27,10 +27,16 @@ EXPECTED = [
 ]
 
 
-def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_path):
-    """The demo answers each sample with its contract status and stops all it started."""
+def demo_env(worker_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The test's services for the demo, a wide table, a short gateway latency."""
     env = {**os.environ, **worker_env, "COLUMNS": "200", "PAYMENT_GATEWAY_LATENCY_MS": "10-50"}
     env.pop("PAYMENT_METRICS_PORT", None)
+    return {**env, **extra}
+
+
+def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_path):
+    """The demo answers each sample with its contract status and stops all it started."""
+    env = demo_env(worker_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
         env=env,
@@ -61,14 +67,7 @@ def test_a_demo_that_starts_its_own_broker_shows_no_connection_noise(worker_env,
     every line the demo's processes log to their files is one JSON object."""
     from payment_worker.devstack.broker import free_port
 
-    env = {
-        **os.environ,
-        **worker_env,
-        "COLUMNS": "200",
-        "PAYMENT_GATEWAY_LATENCY_MS": "10-50",
-        "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-    }
-    env.pop("PAYMENT_METRICS_PORT", None)
+    env = demo_env(worker_env, PAYMENT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
     done = subprocess.run(
         [sys.executable, "-m", "payment_worker", "demo", "--once", "--workdir", str(tmp_path)],
         env=env,

@@ -29,19 +29,20 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("wheel")
-    # From a copy without this checkout's build state (build/, *.egg-info), as a clone is.
-    source = work / "source"
+def clean_copy(destination: Path) -> Path:
+    """The checkout without its build state (build/, *.egg-info, .venv), as a clone is."""
     shutil.copytree(
         ROOT,
-        source,
+        destination,
         ignore=shutil.ignore_patterns(
             ".git", ".venv", ".devstack", "build", "dist", "*.egg-info", "__pycache__", "tests"
         ),
     )
-    dist = work / "dist"
+    return destination
+
+
+def build_wheel(source: Path, dist: Path) -> Path:
+    """pip's wheel of `source` (a tree or an sdist), with this environment's setuptools."""
     subprocess.run(
         [
             sys.executable,
@@ -56,9 +57,16 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(source),
         ],
         check=True,
-        cwd=work,
+        cwd=dist.parent,
     )
     (wheel,) = dist.glob("payment_worker-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(clean_copy(work / "source"), work / "dist")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -173,14 +181,7 @@ def test_the_sdist_carries_schemas_and_sql_and_builds_a_wheel_that_does(tmp_path
     import tarfile
     import zipfile
 
-    source = tmp_path / "source"
-    shutil.copytree(
-        ROOT,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".devstack", "build", "dist", "*.egg-info", "__pycache__"
-        ),
-    )
+    source = clean_copy(tmp_path / "source")
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist)],
@@ -199,22 +200,6 @@ def test_the_sdist_carries_schemas_and_sql_and_builds_a_wheel_that_does(tmp_path
     with tarfile.open(sdist) as archive:
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert wanted - in_sdist == set()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(dist),
-            str(sdist),
-        ],
-        check=True,
-        cwd=tmp_path,
-    )
-    (wheel,) = dist.glob("payment_worker-*.whl")
+    wheel = build_wheel(sdist, dist)
     with zipfile.ZipFile(wheel) as archive:
         assert wanted - set(archive.namelist()) == set()

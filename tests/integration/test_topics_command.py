@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from payment_worker.adapters.kafka import ensure_topics, topic_partitions
+from payment_worker.bootstrap import own_topics
 from payment_worker.config import load_settings
 from payment_worker.devstack.broker import free_port
 from payment_worker.entrypoints.topics import report_topics
@@ -30,14 +31,7 @@ def settings_for(broker: str, **extra: object):  # type: ignore[no-untyped-def]
     )
 
 
-def names(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        settings.topic_commands,
-        settings.topic_succeeded,
-        settings.topic_failed,
-        settings.topic_replies,
-        settings.topic_dlq,
-    ]
+names = own_topics
 
 
 def test_a_dry_run_says_what_it_would_create_and_creates_nothing(broker: str) -> None:
