@@ -36,9 +36,9 @@ def _stop_event() -> asyncio.Event:
 async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_problem, topic_partitions
     from payment_worker.adapters.migrations import schema_problem
-    from payment_worker.bootstrap import load_schemas, open_app, own_topics, redis_problem
+    from payment_worker.bootstrap import open_app, redis_problem
     from payment_worker.entrypoints.http_status import serve_status
-    from payment_worker.entrypoints.startup import Dependency, wait_for, where
+    from payment_worker.entrypoints.startup import Dependency, load_schemas, wait_for, where
 
     stop = _stop_event()
     database = Dependency(
@@ -55,7 +55,7 @@ async def _run_worker(settings: Settings) -> int:
             return await asyncio.to_thread(broker_problem, settings.kafka_common(), 3.0)
 
         async def topics_missing() -> str | None:
-            names = own_topics(settings)
+            names = settings.own_topics()
             found = await asyncio.to_thread(topic_partitions, settings.kafka_common(), names)
             missing = [name for name, partitions in found.items() if partitions is None]
             if not missing:
@@ -141,8 +141,9 @@ def _replay_shard(settings: Settings, options: Any, progress: Any) -> Any:
 async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
     from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
-    from payment_worker.bootstrap import load_schemas, open_app
+    from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.replay import Replayer
+    from payment_worker.entrypoints.startup import load_schemas
 
     async with open_app(settings, client_id="payment-worker-replay", min_connections=2) as app:
         try:
@@ -303,9 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line)
             return 0
         if args.command == "shim":
+            from payment_worker.bootstrap import codec
             from payment_worker.entrypoints.shim import serve
 
-            _run(serve(settings))
+            _run(serve(settings, codec(settings)))
             return 0
     except ConfigurationError as exc:
         print(f"payment-worker: configuration error: {exc}", file=sys.stderr)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -16,7 +15,6 @@ from payment_worker import metrics
 from payment_worker.adapters.avro_codec import (
     AvroCodec,
     DecodeError,
-    RegistryUnavailable,
     SchemaSet,
     registry_client,
 )
@@ -28,7 +26,6 @@ from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.relay import OutboxRelay
-from payment_worker.entrypoints.startup import Dependency, wait_for, where
 from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
@@ -43,17 +40,6 @@ def topics(settings: Settings) -> Topics:
         replies=settings.topic_replies,
         dlq=settings.topic_dlq,
     )
-
-
-def own_topics(settings: Settings) -> list[str]:
-    """The five topics of the contract's section 2, as configured."""
-    return [
-        settings.topic_commands,
-        settings.topic_succeeded,
-        settings.topic_failed,
-        settings.topic_replies,
-        settings.topic_dlq,
-    ]
 
 
 def route_rules(settings: Settings) -> RouteRules:
@@ -86,29 +72,6 @@ def codec(settings: Settings) -> AvroCodec:
             auto_register=settings.schema_registry_auto_register,
         )
     return AvroCodec(SchemaSet(), registry)
-
-
-async def load_schemas(
-    settings: Settings, load: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
-) -> bool:
-    """Run `load` (the schema registry's ids for our subjects) until the registry answers; a
-    RegistryRefused (credentials, a subject not registered) stops start-up with its line.
-    False if asked to stop meanwhile."""
-    if not settings.schema_registry_url:
-        await load()
-        return True
-    dependency = Dependency(
-        "schema registry", "PAYMENT_SCHEMA_REGISTRY_URL", where(settings.schema_registry_url)
-    )
-
-    async def problem() -> str | None:
-        try:
-            await load()
-        except RegistryUnavailable as exc:
-            return str(exc)
-        return None
-
-    return await wait_for(dependency, problem, stop or asyncio.Event())
 
 
 async def redis_problem(settings: Settings) -> str | None:

@@ -226,6 +226,16 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL with a scheme")
         return value if isinstance(value, SecretStr) else text.rstrip("/")
 
+    def own_topics(self) -> list[str]:
+        """The five topics of the contract's section 2, as configured."""
+        return [
+            self.topic_commands,
+            self.topic_succeeded,
+            self.topic_failed,
+            self.topic_replies,
+            self.topic_dlq,
+        ]
+
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins), and the
         logger librdkafka's lines go to (logs.py renders them as ours)."""

@@ -101,6 +101,11 @@ def broker(infrastructure: containers.Containers | None) -> Iterator[str]:
 @pytest.fixture
 def topics(broker: str) -> Topics:
     """Topics of this test only (commands with 4 partitions), created on the broker."""
+    return new_topics(broker)
+
+
+def new_topics(broker: str) -> Topics:
+    """Topics no other test uses (commands with 4 partitions), created on the broker."""
     suffix = uuid.uuid4().hex[:8]
     names = Topics(
         commands=f"process-payment-{suffix}",
@@ -215,6 +220,18 @@ def worker_env(
     devserver: DevServer,
 ) -> dict[str, str]:
     """The environment of a `payment-worker run` for this test."""
+    return worker_environment(broker, topics, migrated_schema, database_url, redis_url, devserver)
+
+
+def worker_environment(
+    broker: str,
+    topics: Topics,
+    schema: str,
+    database_url: str,
+    redis_url: str,
+    devserver: DevServer,
+) -> dict[str, str]:
+    """The environment of a `payment-worker run` on these topics and this schema."""
     return {
         "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": broker,
         # Tansu: a short session joins the group fast; a short fetch wait, because Tansu holds an
@@ -222,7 +239,7 @@ def worker_env(
         "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
         '"fetch.wait.max.ms": 10}',
         "PAYMENT_DATABASE_URL": database_url,
-        "PAYMENT_DB_SCHEMA": migrated_schema,
+        "PAYMENT_DB_SCHEMA": schema,
         "PAYMENT_REDIS_URL": redis_url,
         "PAYMENT_ORDERING_URL": devserver.url,
         "PAYMENT_INVENTORY_URL": devserver.url,

@@ -32,8 +32,7 @@ from payment_worker.adapters.http_client import (
     ResponseTooLarge,
 )
 from payment_worker.exceptions import RetryableError
-from payment_worker.service.pipeline import DependencyUnavailable
-from payment_worker.service.ports import OrderInfo, ReservationInfo
+from payment_worker.service.ports import DependencyUnavailable, OrderInfo, ReservationInfo
 
 log = structlog.get_logger("payment_worker.http")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
@@ -32,10 +32,11 @@ from payment_worker.adapters.kafka import (
     ready_messages,
     to_record,
 )
-from payment_worker.bootstrap import App
+from payment_worker.config import Settings
+from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.exceptions import PaymentWorkerError, RetryableError
-from payment_worker.service.pipeline import Handled
-from payment_worker.service.ports import InboundRecord
+from payment_worker.service.pipeline import Handled, Pipeline
+from payment_worker.service.ports import BatchLedgerPort, InboundRecord
 from payment_worker.service.replay import (
     Classified,
     Kind,
@@ -147,8 +148,24 @@ class Bounds:
         ]
 
 
+class ReplayApp(Protocol):
+    """What a replay runs on (the composition root's App has it all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> BatchLedgerPort: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
+
+    @property
+    def relay(self) -> OutboxRelay: ...
+
+
 class Replayer:
-    def __init__(self, app: App, options: ReplayOptions) -> None:
+    def __init__(self, app: ReplayApp, options: ReplayOptions) -> None:
         self.app = app
         self.options = options
         self.summary = ReplaySummary()

@@ -518,15 +518,15 @@ def tls_files(settings: Settings) -> tuple[str, str] | None:
     return cert, key
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, the_codec: AvroCodec) -> None:
     """The shim until SIGTERM: the registry's schema for commands loaded (waited for), then
-    uvicorn on PAYMENT_SHIM_PORT, over TLS when certificate files are set."""
+    uvicorn on PAYMENT_SHIM_PORT, over TLS when certificate files are set. The codec is the
+    composition root's; it is closed here."""
     import uvicorn
 
-    from payment_worker.bootstrap import codec, load_schemas
+    from payment_worker.entrypoints.startup import load_schemas
 
     tls = tls_files(settings)
-    the_codec = codec(settings)
     try:
         if not await load_schemas(
             settings, lambda: the_codec.load("ProcessPayment", settings.topic_commands)

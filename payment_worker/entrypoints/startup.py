@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from payment_worker.adapters.avro_codec import RegistryUnavailable
+from payment_worker.config import Settings
+
 log = structlog.get_logger("payment_worker.startup")
 
 
@@ -71,3 +74,26 @@ async def wait_for(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, every_s - took))
     return False
+
+
+async def load_schemas(
+    settings: Settings, load: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
+) -> bool:
+    """Run `load` (the schema registry's ids for our subjects) until the registry answers; a
+    RegistryRefused (credentials, a subject not registered) stops start-up with its line.
+    False if asked to stop meanwhile."""
+    if not settings.schema_registry_url:
+        await load()
+        return True
+    dependency = Dependency(
+        "schema registry", "PAYMENT_SCHEMA_REGISTRY_URL", where(settings.schema_registry_url)
+    )
+
+    async def problem() -> str | None:
+        try:
+            await load()
+        except RegistryUnavailable as exc:
+            return str(exc)
+        return None
+
+    return await wait_for(dependency, problem, stop or asyncio.Event())

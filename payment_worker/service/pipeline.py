@@ -41,6 +41,7 @@ from payment_worker.domain.validation import ValidationFailed, parse_uuid, valid
 from payment_worker.exceptions import PermanentError, RetryableError
 from payment_worker.service.messages import MessageFactory
 from payment_worker.service.ports import (
+    DependencyUnavailable,
     GatewayPort,
     InboundRecord,
     InventoryPort,
@@ -56,10 +57,6 @@ from payment_worker.service.ports import (
 )
 
 log = structlog.get_logger("payment_worker.pipeline")
-
-
-class DependencyUnavailable(RetryableError):
-    """Ordering or Inventory did not answer within the retry budget."""
 
 
 class InconsistentLedger(PermanentError):

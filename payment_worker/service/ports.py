@@ -9,6 +9,12 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from payment_worker.domain.model import GatewayResult, Outcome, Payment
+from payment_worker.exceptions import RetryableError
+
+
+class DependencyUnavailable(RetryableError):
+    """Ordering or Inventory did not answer within the retry budget (OrderingPort and
+    InventoryPort raise it)."""
 
 
 @dataclass(frozen=True, slots=True)

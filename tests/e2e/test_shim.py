@@ -37,9 +37,9 @@ def _raw(order: dict[str, str], pascal: bool = False) -> bytes:
 
 
 @pytest.fixture
-def stack(start_worker, start_shim):
-    start_worker()
-    return start_shim()
+def stack(shared_stack):
+    """The module's worker and shim (each test's orders and keys are its own)."""
+    return shared_stack
 
 
 def test_health_and_openapi_describe_the_service(stack):

@@ -20,7 +20,7 @@ from payment_worker.adapters.http_client import (
 from payment_worker.adapters.http_services import JsonService
 from payment_worker.bootstrap import http_client_options
 from payment_worker.config import load_settings
-from payment_worker.service.pipeline import DependencyUnavailable
+from payment_worker.service.ports import DependencyUnavailable
 from tests.pki import Pki, make_pki
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,7 @@ import pytest
 
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
 from payment_worker.devstack.broker import free_port
-from payment_worker.service.pipeline import DependencyUnavailable
-from payment_worker.service.ports import OrderInfo, ReservationInfo
+from payment_worker.service.ports import DependencyUnavailable, OrderInfo, ReservationInfo
 from tests.conftest import DevServer
 
 pytestmark = pytest.mark.integration
