@@ -94,6 +94,17 @@ def for_consumer(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def produce_waiting(producer: Producer, topic: str, kwargs: dict[str, Any]) -> None:
+    """produce(), waiting out a full local queue (BufferError) by serving delivery reports;
+    a KafkaException (refused at once) is the caller's."""
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class BrokerUnavailable(InfrastructureUnavailable):
     """The broker could not be reached or refused the request."""
 
@@ -361,20 +372,15 @@ class OutboxProducer:
             kwargs["partition"] = message.partition
         with self._lock:
             self.in_flight.add(stored.id)
-        while True:
-            try:
-                self._producer.produce(message.topic, **kwargs)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-            except KafkaException as exc:  # refused at once: unknown partition, too large...
-                with self._lock:
-                    self.in_flight.discard(stored.id)
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                self._failed.append(_failure(stored.id, error, str(exc)))
-                if self.wakeup is not None:
-                    self.wakeup()
-                return
+        try:
+            produce_waiting(self._producer, message.topic, kwargs)
+        except KafkaException as exc:  # refused at once: unknown partition, too large...
+            with self._lock:
+                self.in_flight.discard(stored.id)
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            self._failed.append(_failure(stored.id, error, str(exc)))
+            if self.wakeup is not None:
+                self.wakeup()
 
     def take_reports(self) -> tuple[list[int], list[DeliveryFailure]]:
         delivered = [self._delivered.popleft() for _ in range(len(self._delivered))]
@@ -455,13 +461,11 @@ class DirectProducer:
         return report
 
     def _produce(self, topic: str, kwargs: dict[str, Any]) -> None:
-        assert self._producer is not None
         while True:
+            assert self._producer is not None
             try:
-                self._producer.produce(topic, **kwargs)
+                produce_waiting(self._producer, topic, kwargs)
                 return
-            except BufferError:
-                self._producer.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
                 if isinstance(error, KafkaError) and error.fatal():

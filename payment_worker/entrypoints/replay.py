@@ -33,6 +33,7 @@ from payment_worker.adapters.kafka import (
     to_record,
 )
 from payment_worker.config import Settings
+from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.exceptions import PaymentWorkerError, RetryableError
 from payment_worker.service.pipeline import Handled, Pipeline
@@ -170,9 +171,8 @@ class Replayer:
         self.options = options
         self.summary = ReplaySummary()
         self._republished: set[str] = set()
-        self._chains: dict[bytes | str, asyncio.Task[None]] = {}
+        self._chains = KeyedChains()
         self._slots = asyncio.Semaphore(options.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
         # Answers from the ledger go straight to Kafka, not through the outbox: they change
         # nothing in the database, so there is no state to keep atomic with them, and a lost
         # one is given again by the next replay. Replay fails if one cannot be delivered.
@@ -233,8 +233,8 @@ class Replayer:
                 if not reader.done():
                     reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-            if self._tasks:
-                await asyncio.gather(*self._tasks)
+            if self._chains.tasks:
+                await asyncio.gather(*self._chains.tasks)
             if not self.options.dry_run:
                 left = await asyncio.to_thread(self._sender.drain)
                 if left:
@@ -345,24 +345,11 @@ class Replayer:
 
     def _start(self, record: InboundRecord) -> None:
         key: bytes | str = record.key or f"{record.partition}/{record.offset}"
-        previous = self._chains.get(key)
-        task = asyncio.create_task(self._process(record, previous))
-        self._chains[key] = task
-        self._tasks.add(task)
+        self._chains.start(key, lambda: self._process(record), self._slots.release)
 
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            self._slots.release()
-            if self._chains.get(key) is t:
-                del self._chains[key]
-
-        task.add_done_callback(done)
-
-    async def _process(self, record: InboundRecord, previous: asyncio.Task[None] | None) -> None:
+    async def _process(self, record: InboundRecord) -> None:
         """One record through the pipeline, as the worker does it; whatever goes wrong is
         this record's (answered ERROR and dead-lettered where possible), never the replay's."""
-        if previous is not None:
-            await asyncio.wait([previous])
         pipeline = self.app.pipeline
         try:
             handled: Handled = await _retrying(lambda: pipeline.handle(record))

@@ -18,6 +18,7 @@ from payment_worker.adapters.kafka import ThreadedConsumer
 from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.domain.ids import token_hex
 from payment_worker.domain.routing import checked_route
+from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.tracking import OffsetTracker
 from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
@@ -57,8 +58,7 @@ class Worker:
         self.claim_lease_s = claim_lease_s
         self.reconciler_id = f"{socket.gethostname()}:{os.getpid()}:{token_hex(4)}"
         self.tracker = OffsetTracker()
-        self._tails: dict[bytes | str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._chains = KeyedChains()
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()
         self.ready = False
@@ -83,24 +83,15 @@ class Worker:
     def _dispatch(self, record: InboundRecord) -> None:
         self.tracker.started(record.topic, record.partition, record.offset)
         key: bytes | str = record.key or f"{record.topic}/{record.partition}/{record.offset}"
-        previous = self._tails.get(key)
-        task = asyncio.create_task(self._run(record, previous))
-        self._tails[key] = task
-        self._tasks.add(task)
         metrics.IN_FLIGHT.inc()
 
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
+        def done() -> None:
             self._room.set()
             metrics.IN_FLIGHT.dec()
-            if self._tails.get(key) is t:
-                del self._tails[key]
 
-        task.add_done_callback(done)
+        self._chains.start(key, lambda: self._run(record), done)
 
-    async def _run(self, record: InboundRecord, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])  # commands of one order strictly in order
+    async def _run(self, record: InboundRecord) -> None:
         started = time.monotonic()
         handled = await self._with_retries(record)
         if handled is None:
@@ -264,7 +255,7 @@ class Worker:
         full_since: float | None = None
         try:
             while not stop.is_set():
-                running = len(self._tasks)
+                running = len(self._chains.tasks)
                 window = self.tracker.unfinished()
                 room = min(500, self.max_in_flight - running, max_window - window)
                 if paused:
@@ -296,10 +287,10 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 0.2)
         finally:
-            log.info("worker_stopping", in_flight=len(self._tasks))
+            log.info("worker_stopping", in_flight=len(self._chains.tasks))
             self._stopping.set()
-            if self._tasks:
-                _, still = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout_s)
+            if self._chains.tasks:
+                _, still = await asyncio.wait(set(self._chains.tasks), timeout=self.drain_timeout_s)
                 for task in still:
                     task.cancel()
             for task in background:

@@ -93,6 +93,8 @@ def test_missing_topics_are_named_with_the_command_that_creates_them(
 
 
 def test_redis_unreachable_at_start_is_one_warning_saying_what_degrades(start_worker):
+    """Redis down at start-up: the worker runs, and says once, by variable, what it does without
+    it."""
     worker = start_worker(PAYMENT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert worker.stop() == 0
     [warning] = [r for r in records(worker) if r["event"] == "redis_unreachable"]

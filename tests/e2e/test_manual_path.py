@@ -43,6 +43,7 @@ def commands(block: str) -> list[list[str]]:
 
 
 def test_the_readme_names_the_pieces_in_order() -> None:
+    """The README's block is the pieces in the order they depend on each other, then a curl."""
     setup, curl = readme_blocks()[:2]
     targets = [argv[1] for argv in commands(setup)]
     assert targets == ["install", "services", "broker", "devserver", "topics", "run", "shim"]
@@ -50,6 +51,8 @@ def test_the_readme_names_the_pieces_in_order() -> None:
 
 
 def test_following_the_readme_to_the_letter_gives_its_answers(tmp_path: Path) -> None:
+    """The README's commands as written bring up a stack whose curl gets the documented 200, again
+    for the same key, and whose replay answers from the ledger."""
     busy = [f"{name} :{port}" for name, port in PORTS.items() if port_open("127.0.0.1", port)]
     assert not busy, f"the README's ports are taken on this machine: {busy}"
     setup, curl = readme_blocks()[:2]

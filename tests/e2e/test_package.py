@@ -113,6 +113,7 @@ def wait_healthy(port: int, process: subprocess.Popen[str], timeout_s: float = 6
 
 
 def test_the_wheel_carries_its_schemas_and_sql(wheel_venv: Path, tmp_path: Path) -> None:
+    """The installed wheel's own package (not this checkout) holds the schemas and SQL it reads."""
     probe = subprocess.run(
         [
             str(wheel_venv / "bin" / "python"),
@@ -136,6 +137,8 @@ def test_the_wheel_carries_its_schemas_and_sql(wheel_venv: Path, tmp_path: Path)
 def test_migrate_run_and_shim_start_from_the_wheel(
     wheel_venv: Path, tmp_path: Path, worker_env: dict[str, str], database_url: str
 ) -> None:
+    """From the wheel, in another directory: migrate (twice), run and shim come up, answer /health
+    and stop on SIGTERM."""
     schema = f"wheel_{uuid.uuid4().hex[:8]}"
     env = {**worker_env, "PAYMENT_DB_SCHEMA": schema}
     try:

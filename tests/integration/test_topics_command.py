@@ -35,6 +35,7 @@ def names(settings) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_a_dry_run_says_what_it_would_create_and_creates_nothing(broker: str) -> None:
+    """--dry-run reports each missing topic with the partitions it would get, and creates none."""
     settings = settings_for(broker, topic_partitions=3)
     lines = report_topics(settings, dry_run=True)
     assert len(lines) == 5
@@ -70,11 +71,13 @@ def test_missing_topics_are_created_and_existing_ones_left_as_they_are(broker: s
 
 
 def test_the_replication_factor_asked_for_is_the_one_used(broker: str) -> None:
+    """PAYMENT_TOPIC_REPLICATION is passed to the broker and reported."""
     settings = settings_for(broker, topic_partitions=1, topic_replication=1)
     assert all("replication factor 1" in line for line in report_topics(settings))
 
 
 def test_a_broker_that_is_not_there_is_one_line_naming_the_variable() -> None:
+    """No broker: one line naming PAYMENT_KAFKA_BOOTSTRAP_SERVERS and the client's error."""
     settings = settings_for(f"127.0.0.1:{free_port()}")
     with pytest.raises(PaymentWorkerError) as info:
         report_topics(settings, timeout_s=2.0)

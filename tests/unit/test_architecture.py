@@ -27,6 +27,7 @@ def modules(folder: str = "") -> dict[str, set[str]]:
 
 
 def test_the_domain_imports_only_the_domain() -> None:
+    """No module of domain/ imports one of ours outside domain/."""
     outside = {
         module: sorted(i for i in found if not i.startswith("payment_worker.domain"))
         for module, found in modules("domain").items()
@@ -35,11 +36,13 @@ def test_the_domain_imports_only_the_domain() -> None:
 
 
 def test_only_the_command_line_imports_the_composition_root() -> None:
+    """bootstrap is imported by __main__ alone: everything else gets what it needs passed in."""
     importers = {m for m, found in modules().items() if "payment_worker.bootstrap" in found}
     assert importers == {"__main__.py"}
 
 
 def test_no_adapter_imports_the_pipeline() -> None:
+    """Adapters implement ports; none reaches into service.pipeline."""
     reaching = {
         m for m, found in modules("adapters").items() if any("service.pipeline" in i for i in found)
     }

@@ -203,6 +203,8 @@ def test_secrets_never_appear_in_settings_reprs_or_errors(monkeypatch: pytest.Mo
 
 
 def test_connection_defaults() -> None:
+    """Defaults: 15 s idle expiry, a 1 MiB answer cap, auto-register on, no shim keys, /metrics
+    closed."""
     s = load_settings()
     assert (s.http_idle_timeout_s, s.http_max_response_bytes) == (15.0, 1 << 20)
     assert (s.schema_registry_auto_register, s.shim_metrics_public, s.shim_api_keys) == (

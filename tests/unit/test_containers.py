@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
     [(None, False), ("", False), ("0", False), ("false", False), ("1", True), ("true", True)],
 )
 def test_the_variable_turns_containers_on_and_off(value: str | None, expected: bool) -> None:
+    """1/true turn containers on; unset, empty, 0 or false leave the local services."""
     environ = {} if value is None else {containers.VARIABLE: value}
     assert containers.wanted(environ) is expected
 
 
 def test_a_value_that_is_neither_is_one_clear_line() -> None:
+    """Any other value is refused, saying what is expected."""
     with pytest.raises(containers.ContainersUnavailable, match=r"expected 1 \(containers\) or 0"):
         containers.wanted({containers.VARIABLE: "sometimes"})
 
@@ -83,6 +85,7 @@ def test_the_fixtures_hand_out_the_containers_addresses(
 
 
 def test_without_the_variable_the_local_services_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers not wanted: none is started, and the fixtures give the local addresses."""
     monkeypatch.setattr(containers, "wanted", lambda environ=os.environ: False)
     monkeypatch.setattr(containers, "start_containers", lambda: pytest.fail("started"))
     assert next(conftest.infrastructure.__wrapped__()) is None

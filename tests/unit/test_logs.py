@@ -56,6 +56,7 @@ def test_every_line_is_one_json_object(log_format: str) -> None:
 
 
 def test_console_format_is_readable_lines_with_the_same_events() -> None:
+    """PAYMENT_LOG_FORMAT=console: the same events, as readable lines rather than JSON."""
     lines = run("console")
     assert lines, "nothing logged"
     for line in lines:

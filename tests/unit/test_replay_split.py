@@ -48,6 +48,7 @@ def _shard(options: ReplayOptions, progress: Any) -> ReplaySummary:
 
 
 def test_each_process_gets_its_shard_and_the_summaries_add_up() -> None:
+    """Three processes, one shard each: reads, kinds, outcomes and progress add up."""
     progress = RecordingProgress()
     summary = replay_in_processes(ReplayOptions(topic="t"), 3, _shard, progress)
     assert summary.read == 10 + 20 + 30
@@ -64,6 +65,7 @@ def _failing(options: ReplayOptions, progress: Any) -> ReplaySummary:
 
 
 def test_a_failing_shard_fails_the_replay_with_its_message() -> None:
+    """A shard that raises fails the whole replay with that shard's message."""
     with pytest.raises(ReplayError, match="topic 't' does not exist"):
         replay_in_processes(ReplayOptions(topic="t"), 2, _failing, RecordingProgress())
 
@@ -75,11 +77,13 @@ def _dying(options: ReplayOptions, progress: Any) -> ReplaySummary:
 
 
 def test_a_shard_that_dies_without_a_word_fails_the_replay() -> None:
+    """A shard that exits without a result fails the replay instead of being forgotten."""
     with pytest.raises(ReplayError, match="ended without a result"):
         replay_in_processes(ReplayOptions(topic="t"), 2, _dying, RecordingProgress())
 
 
 def test_merged_seconds_run_from_the_first_start_to_the_last_end() -> None:
+    """The merged duration is wall time from the first shard's start to the last one's end."""
     a = ReplaySummary(read=5, seconds=2.0)  # ran from 98 to 100
     b = ReplaySummary(read=7, seconds=1.0)  # ran from 100.5 to 101.5
     merged = merge_summaries([(a, 100.0), (b, 101.5)])
@@ -103,6 +107,7 @@ def _slow(options: ReplayOptions, progress: Any) -> ReplaySummary:
 
 
 def test_an_interrupted_split_replay_stops_its_processes() -> None:
+    """Interrupted, a split replay leaves no shard process running."""
     started = time.monotonic()
     with pytest.raises(Interrupted):
         replay_in_processes(ReplayOptions(topic="t"), 2, _slow, InterruptingProgress())

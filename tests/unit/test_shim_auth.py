@@ -32,6 +32,7 @@ async def status_of(path: str, *, metrics_public: bool = False, **headers: str) 
     ["Bearer first-key-0123456789", "Bearer second-key-0123456789", "bearer first-key-0123456789"],
 )
 async def test_any_configured_key_as_a_bearer_token_gets_in(authorization: str) -> None:
+    """Each configured key, sent as a bearer token (scheme in any case), is let through."""
     assert await status_of("/payments", authorization=authorization) == 200
 
 
@@ -48,6 +49,8 @@ async def test_any_configured_key_as_a_bearer_token_gets_in(authorization: str) 
     ],
 )
 async def test_no_key_or_a_wrong_one_is_401_with_a_challenge(headers: dict[str, str]) -> None:
+    """No key, a near miss, another scheme or another header: 401, a challenge, the contract's
+    body."""
     settings = load_settings(shim_api_keys=KEYS)
     app = with_api_keys(inner, settings.api_key_digests(), metrics_public=False)
     transport = httpx.ASGITransport(app=app)
@@ -63,6 +66,8 @@ async def test_no_key_or_a_wrong_one_is_401_with_a_challenge(headers: dict[str, 
 
 
 async def test_health_stays_open_and_metrics_follows_its_setting() -> None:
+    """/health needs no key; /metrics only when PAYMENT_SHIM_METRICS_PUBLIC says so; the rest
+    always."""
     assert await status_of("/health") == 200
     assert await status_of("/metrics") == 401
     assert await status_of("/metrics", metrics_public=True) == 200
@@ -75,6 +80,7 @@ async def test_without_keys_the_door_is_open() -> None:
 
 
 def test_shim_tls_files_that_are_not_a_certificate_and_key_stop_start_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Certificate files that do not load are one start-up line naming both variables."""
     from payment_worker.entrypoints.shim import tls_files
     from payment_worker.exceptions import ConfigurationError
 

@@ -102,7 +102,7 @@ async def test_when_nothing_works_the_record_is_skipped_and_its_offset_moves_on(
     )
     worker = _worker(pipeline)
     worker.tracker.started(RECORD.topic, RECORD.partition, RECORD.offset)
-    await worker._run(RECORD, None)
+    await worker._run(RECORD)
     assert pipeline.calls == ["handle", "failure", "dead_letter"]
     assert worker.tracker.to_commit() == {(RECORD.topic, RECORD.partition): RECORD.offset + 1}
 
