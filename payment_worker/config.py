@@ -19,7 +19,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from payment_worker.exceptions import ConfigurationError
-from payment_worker.logs import LIBRDKAFKA
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -237,13 +236,8 @@ class Settings(BaseSettings):
         ]
 
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins), and the
-        logger librdkafka's lines go to (logs.py renders them as ours)."""
-        return {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            **self.kafka_config,
-            "logger": LIBRDKAFKA,
-        }
+        """librdkafka properties shared by every client (PAYMENT_KAFKA_CONFIG wins)."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_config}
 
 
 def _pair(settings: Settings, cert: str, key: str) -> None:

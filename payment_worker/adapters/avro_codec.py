@@ -134,7 +134,6 @@ class RegistryPort:
             return
         from confluent_kafka.schema_registry import Schema
 
-        ours = fastavro.parse_schema(json.loads(schema_text))
         try:
             if self.auto_register:
                 schema_id = await self._client.register_schema(subject, Schema(schema_text, "AVRO"))
@@ -149,8 +148,8 @@ class RegistryPort:
                     " the contract's schema, or set PAYMENT_SCHEMA_REGISTRY_AUTO_REGISTER=true"
                 ) from None
             raise _refused_or_unavailable(exc, f"cannot register {subject}") from exc
-        registered = json.loads(latest.schema.schema_str)
-        writer = fastavro.parse_schema(registered)
+        writer = fastavro.parse_schema(json.loads(latest.schema.schema_str))
+        ours = fastavro.parse_schema(json.loads(schema_text))
         same = to_parsing_canonical_form(writer) == to_parsing_canonical_form(ours)
         self._subjects[subject] = (latest.schema_id, None if same else writer)
         if not same:
@@ -173,15 +172,19 @@ class RegistryPort:
         except Exception as exc:
             # 40403; confluent-kafka's in-memory mock says 404 with a code of its own.
             if _error_code(exc) == SCHEMA_NOT_FOUND or _status(exc) == 404:
-                if len(self._unknown) >= _MAX_UNKNOWN_IDS:  # hostile ids: memory stays bounded
-                    self._unknown.clear()
-                self._unknown.add(schema_id)
+                self._forget(schema_id)
                 return
             raise RegistryUnavailable(f"cannot fetch schema {schema_id}: {exc}") from exc
         try:
             self._writers[schema_id] = fastavro.parse_schema(_strip_uuid_logical_type(parsed))
         except Exception:  # a registered schema that is not Avro we can read
-            self._unknown.add(schema_id)
+            self._forget(schema_id)
+
+    def _forget(self, schema_id: int) -> None:
+        """Remember an id that decodes nothing; hostile ids keep the memory bounded."""
+        if len(self._unknown) >= _MAX_UNKNOWN_IDS:
+            self._unknown.clear()
+        self._unknown.add(schema_id)
 
     def writer(self, schema_id: int) -> Any:
         if schema_id in self._writers:

@@ -59,7 +59,8 @@ _CONSUMER_ONLY = (
 
 def for_producer(config: dict[str, Any]) -> dict[str, Any]:
     """PAYMENT_KAFKA_CONFIG applies to every client; a producer skips the consumer-only keys
-    (librdkafka would warn about each)."""
+    (librdkafka would warn about each). Every client of ours is configured through here or
+    for_consumer: both hand librdkafka's lines to the `librdkafka` logger (logs.py)."""
     return {
         "logger": LIBRDKAFKA,
         **{k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)},

@@ -121,8 +121,8 @@ class Demo:
         (self.workdir / "pids.txt").write_text("")
         settings = self.settings
         bootstrap = settings.kafka_bootstrap_servers
-        # A TCP probe first: a Kafka client pointed at a port nobody listens on fills the
-        # terminal with connection errors before it gives up.
+        # A TCP probe first: nobody listening on the port means no broker, without waiting out
+        # a Kafka client's metadata timeout.
         if _listening(bootstrap) and broker_reachable(settings.kafka_common(), 2.0):
             console.print(f"[green]✓[/] Kafka broker at {bootstrap} (already running)")
         else:
