@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.domain.ids import token_hex
+from payment_worker.retrying import polling
 
 log = structlog.get_logger("payment_worker.redis")
 
@@ -91,20 +91,18 @@ class RedisOrderLock:
         """A token once the lock is held; None when Redis is unreachable or the wait ran out."""
         token = token_hex(16)  # unguessable: nobody else can release our lock
         key = self.prefix + str(order_id)
-        deadline = time.monotonic() + self.wait_s
-        delay = 0.01
-        while True:
-            try:
-                if await self._sets.submit((key, token)):
-                    return token
-            except (RedisError, OSError) as exc:
-                self._degraded(exc)
-                return None
-            if time.monotonic() >= deadline:
-                log.info("order_lock_wait_expired", order_id=str(order_id))
-                return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+
+        async def try_set() -> str | None:
+            return token if await self._sets.submit((key, token)) else None
+
+        try:
+            held = await polling(try_set, budget_s=self.wait_s, first_wait_s=0.01, max_wait_s=0.2)
+        except (RedisError, OSError) as exc:
+            self._degraded(exc)
+            return None
+        if held is None:
+            log.info("order_lock_wait_expired", order_id=str(order_id))
+        return held
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None:
         if token is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from payment_worker.domain.cards import contains_card_number
@@ -29,7 +29,7 @@ ROUTING_HEADERS = frozenset(
 )
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class ReplyRoute:
     """Where and how to answer one command."""
 
@@ -223,8 +223,8 @@ def route_from_headers(
         return ReplyRoute(rules.default_topic, None, command_id)
     fallback = ReplyRoute(rules.default_topic, None, command_id)
     try:
-        fallback.correlation_id = _correlation(found) or command_id
-        fallback.spring_correlation_id = _spring_correlation(found)
+        fallback = replace(fallback, correlation_id=_correlation(found) or command_id)
+        fallback = replace(fallback, spring_correlation_id=_spring_correlation(found))
         topic = _topic(found, "reply-to", rules)
         spring_topic = _topic(found, "kafka_replyTopic", rules)
         partition = _decimal_partition(found)

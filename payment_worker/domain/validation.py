@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
-from payment_worker.domain.cards import contains_card_number
+from payment_worker.domain.cards import contains_card_number, redacted
 from payment_worker.domain.currencies import minor_units
 from payment_worker.domain.model import Command, ValidCommand
 
@@ -100,3 +103,72 @@ def validate_command(command: Command) -> ValidCommand:
         payment_method=method,
         requested_at=command.requested_at,
     )
+
+
+def command_from_record(raw: dict[str, Any]) -> Command:
+    requested = raw.get("requestedAt")
+    if not isinstance(requested, datetime):
+        requested = datetime.now(UTC)
+    amount = raw.get("amount")
+    return Command(
+        command_id=str(raw.get("commandId", "")),
+        order_id=str(raw.get("orderId", "")),
+        customer_id=str(raw.get("customerId", "")),
+        reservation_id=raw.get("reservationId"),
+        amount=amount if isinstance(amount, Decimal) else Decimal(0),
+        currency=str(raw.get("currency", "USD")),
+        payment_method=str(raw.get("paymentMethod", "")),
+        requested_at=requested,
+    )
+
+
+def canonical(command: Command, valid: ValidCommand) -> Command:
+    """The command with its ids in canonical form (lower case, hyphenated) for what we write;
+    the command itself when it is already so (the usual case: no copy to build)."""
+    if (
+        command.currency == valid.currency
+        and _is_canonical(command.command_id)
+        and _is_canonical(command.order_id)
+        and _is_canonical(command.customer_id)
+        and (command.reservation_id is None or _is_canonical(command.reservation_id))
+    ):
+        return command
+    return Command(
+        command_id=_canonical_id(command.command_id, valid.command_id),
+        order_id=_canonical_id(command.order_id, valid.order_id),
+        customer_id=_canonical_id(command.customer_id, valid.customer_id),
+        reservation_id=(
+            _canonical_id(command.reservation_id, valid.reservation_id)
+            if command.reservation_id is not None and valid.reservation_id is not None
+            else None
+        ),
+        amount=command.amount,
+        currency=valid.currency,
+        payment_method=command.payment_method,
+        requested_at=command.requested_at,
+    )
+
+
+def _is_canonical(validated_id: str) -> bool:
+    """A validated id of 36 characters is hyphenated 8-4-4-4-12: canonical in lower case."""
+    return len(validated_id) == 36 and validated_id.lower() == validated_id
+
+
+def _canonical_id(text: str, parsed: uuid.UUID) -> str:
+    """str(parsed), without its cost in the common case: a validated id of 36 characters is
+    already hyphenated 8-4-4-4-12 (the braced and 32-digit forms have 38 and 32)."""
+    return text.lower() if len(text) == 36 else str(parsed)
+
+
+def public(command: Command) -> Command:
+    """An invalid command as its reply echoes it: an id that is a UUID in canonical form, any
+    other as received with its card numbers masked."""
+    command_id, order_id = echoed(command.command_id), echoed(command.order_id)
+    if command_id == command.command_id and order_id == command.order_id:
+        return command
+    return replace(command, command_id=command_id, order_id=order_id)
+
+
+def echoed(text: str) -> str:
+    parsed = parse_uuid(text)
+    return str(parsed) if parsed is not None else redacted(text)

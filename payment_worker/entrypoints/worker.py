@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.tracking import OffsetTracker
 from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
+from payment_worker.retrying import wait_before
 from payment_worker.service.pipeline import Handled, Pipeline
 from payment_worker.service.ports import InboundRecord
 
@@ -165,7 +165,7 @@ class Worker:
 
     async def _backoff(self, record: InboundRecord, attempt: int, exc: BaseException) -> None:
         metrics.RETRIES.labels(type(exc).__name__).inc()
-        wait = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+        wait = wait_before(attempt, first_s=0.1, max_s=5.0)
         log.warning(
             "record_retry",
             partition=record.partition,

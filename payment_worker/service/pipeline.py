@@ -7,17 +7,37 @@ ledger entry, the dead letter) to the outbox; the worker commits the Kafka offse
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
 
-from payment_worker.domain.cards import redacted
+from payment_worker.domain.decision import (
+    ORDER_BUSY,
+    Answer,
+    AnswerRecorded,
+    Charge,
+    Checked,
+    Decision,
+    Fail,
+    Inconsistent,
+    LedgerEntry,
+    OrderInfo,
+    ReadLedger,
+    Rejected,
+    ReservationInfo,
+    Resume,
+    Unchecked,
+    Wait,
+    charged,
+    check_order,
+    check_reservation,
+    decide,
+    recorded_answer,
+)
 from payment_worker.domain.ids import new_uuid
 from payment_worker.domain.model import (
     Command,
@@ -37,21 +57,26 @@ from payment_worker.domain.routing import (
     route_from_headers,
     unknown_route,
 )
-from payment_worker.domain.validation import ValidationFailed, parse_uuid, validate_command
+from payment_worker.domain.validation import (
+    ValidationFailed,
+    canonical,
+    command_from_record,
+    echoed,
+    public,
+    validate_command,
+)
 from payment_worker.exceptions import PermanentError, RetryableError
+from payment_worker.retrying import polling
 from payment_worker.service.messages import MessageFactory
 from payment_worker.service.ports import (
     DependencyUnavailable,
     GatewayPort,
     InboundRecord,
     InventoryPort,
-    LedgerEntry,
     LedgerPort,
-    OrderInfo,
     OrderingPort,
     OrderLockPort,
     OutboxMessage,
-    ReservationInfo,
     StoredMessage,
     TopicDirectoryPort,
 )
@@ -60,11 +85,7 @@ log = structlog.get_logger("payment_worker.pipeline")
 
 
 class InconsistentLedger(PermanentError):
-    """The ledger holds a command in progress whose payment is no longer pending."""
-
-    @classmethod
-    def of(cls, command_id: uuid.UUID) -> InconsistentLedger:
-        return cls(f"ledger entry {command_id} is in progress but its payment is not pending")
+    """The ledger contradicts itself (domain.decision.Inconsistent says how)."""
 
 
 class Decoder(Protocol):
@@ -74,7 +95,7 @@ class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Handled:
     """What one record came to: its outcome (None for a dead letter) and what to publish."""
 
@@ -84,7 +105,7 @@ class Handled:
     duplicate: bool = False
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
 
@@ -102,76 +123,6 @@ class PipelineConfig:
     @property
     def replies_topic(self) -> str:
         return self.routes.default_topic
-
-
-def command_from_record(raw: dict[str, Any]) -> Command:
-    requested = raw.get("requestedAt")
-    if not isinstance(requested, datetime):
-        requested = datetime.now(UTC)
-    amount = raw.get("amount")
-    return Command(
-        command_id=str(raw.get("commandId", "")),
-        order_id=str(raw.get("orderId", "")),
-        customer_id=str(raw.get("customerId", "")),
-        reservation_id=raw.get("reservationId"),
-        amount=amount if isinstance(amount, Decimal) else Decimal(0),
-        currency=str(raw.get("currency", "USD")),
-        payment_method=str(raw.get("paymentMethod", "")),
-        requested_at=requested,
-    )
-
-
-_COMMAND_ID_REUSED = reply(
-    Outcome.CONFLICT, "this command id was already used for a different payment request"
-)
-
-
-def canonical(command: Command, valid: ValidCommand) -> Command:
-    """The command with its ids in canonical form (lower case, hyphenated) for what we write;
-    the command itself when it is already so (the usual case: no copy to build)."""
-    if (
-        command.currency == valid.currency
-        and _is_canonical(command.command_id)
-        and _is_canonical(command.order_id)
-        and _is_canonical(command.customer_id)
-        and (command.reservation_id is None or _is_canonical(command.reservation_id))
-    ):
-        return command
-    return Command(
-        command_id=_canonical_id(command.command_id, valid.command_id),
-        order_id=_canonical_id(command.order_id, valid.order_id),
-        customer_id=_canonical_id(command.customer_id, valid.customer_id),
-        reservation_id=(
-            _canonical_id(command.reservation_id, valid.reservation_id)
-            if command.reservation_id is not None and valid.reservation_id is not None
-            else None
-        ),
-        amount=command.amount,
-        currency=valid.currency,
-        payment_method=command.payment_method,
-        requested_at=command.requested_at,
-    )
-
-
-def _is_canonical(validated_id: str) -> bool:
-    """A validated id of 36 characters is hyphenated 8-4-4-4-12: canonical in lower case."""
-    return len(validated_id) == 36 and validated_id.lower() == validated_id
-
-
-def _canonical_id(text: str, parsed: uuid.UUID) -> str:
-    """str(parsed), without its cost in the common case: a validated id of 36 characters is
-    already hyphenated 8-4-4-4-12 (the braced and 32-digit forms have 38 and 32)."""
-    return text.lower() if len(text) == 36 else str(parsed)
-
-
-def same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
-    """Rule I1: a command id answers again only for the same order, customer and money."""
-    return (
-        entry.order_id == valid.order_id
-        and entry.customer_id == valid.customer_id
-        and entry.amount == valid.amount
-        and entry.currency == valid.currency
-    )
 
 
 class Pipeline:
@@ -265,7 +216,7 @@ class Pipeline:
         cannot be honoured. The fallback correlation id is the command id, card numbers
         masked (an invalid command's id is raw input)."""
         rules = self.config.routes
-        route = route_from_headers(headers, _echoed(command_id), rules)
+        route = route_from_headers(headers, echoed(command_id), rules)
         if isinstance(route, ReplyRoute) and needs_broker_check(route, rules):
             partitions = await self.topics.partitions(route.topic)
             bad = unknown_route(route, partitions, headers, rules)
@@ -283,11 +234,11 @@ class Pipeline:
         answered before any field is looked at. An invalid command is answered with its ids
         as received, card numbers masked."""
         if isinstance(route, InvalidHeader):
-            return Prepared(_public(command), route.fallback, None, route.message)
+            return Prepared(public(command), route.fallback, None, route.message)
         try:
             valid = validate_command(command)
         except ValidationFailed as exc:
-            return Prepared(_public(command), route, None, str(exc))
+            return Prepared(public(command), route, None, str(exc))
         return Prepared(canonical(command, valid), route, valid)
 
     async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
@@ -298,14 +249,13 @@ class Pipeline:
         except self.decode_error:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")
-        command = _public(command_from_record(raw))
+        command = public(command_from_record(raw))
         route = await self.resolve_route(record.headers, command.command_id)
         if isinstance(route, InvalidHeader):
             route = route.fallback
         answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
         handled = await self._answer(command, route, answer, extra=extra)
-        handled.dead_letter_reason = "processing-error"
-        return handled
+        return replace(handled, dead_letter_reason="processing-error")
 
     async def dead_letter_only(self, record: InboundRecord, error: BaseException) -> Handled:
         """The last resort when even answering ERROR failed: the record to the dead letters."""
@@ -337,49 +287,59 @@ class Pipeline:
     async def _process(
         self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
     ) -> Handled:
-        # Most commands are new. Their order and reservation are fetched and their order lock
-        # asked for at once, and begin_payments makes the idempotency checks (rules I1, I2,
-        # I5) in the statement that inserts the pending payment: no read of the ledger first.
-        # What the ledger records comes first in the contract's order: when the order or the
-        # reservation rejects the command, or cannot be checked (unavailable, or any other
-        # error), the ledger is read, and what it records (an outcome, a paid order, our own
-        # pending payment) decides instead.
+        # The order and the reservation are fetched, and the order lock asked for, at once.
+        # An accepted command goes straight to begin_payments, which makes the ledger's checks
+        # as it inserts the pending payment; any other is decided with the ledger read first.
         lookups = _Lookups(self, valid)
         lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
         try:
-            failed: Exception | None = None
-            try:
-                rejection = await self._check_order_and_reservation(valid, lookups)
-            except Exception as exc:
-                rejection, failed = None, exc
-            if rejection is None and failed is None:
+            checked = await self._check(valid, lookups)
+            decision = decide(valid, checked, None)
+            if isinstance(decision, ReadLedger):
+                if isinstance(checked, Unchecked) and not isinstance(
+                    checked.error, DependencyUnavailable
+                ):
+                    # Logged even when the ledger answers: a broken lookup must not hide
+                    # behind duplicates (an unavailable service is logged by its retries).
+                    error = checked.error
+                    bound.warning("order_check_failed", error=f"{type(error).__name__}: {error}")
+                snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
+                decision = decide(valid, checked, snapshot)
+            if isinstance(decision, Charge | Resume):
                 await lock  # held (or Redis is down: degraded) until the outcome is recorded
                 return await self._pay(command, valid, route, bound)
-            snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
-            if failed is not None and not isinstance(failed, DependencyUnavailable):
-                # Logged even when the ledger answers: a broken lookup must not hide behind
-                # duplicates (an unavailable service is logged by its retries).
-                bound.warning("order_check_failed", error=f"{type(failed).__name__}: {failed}")
-            entry = snapshot.ledger
-            recorded = await self._recorded(command, valid, route, entry, snapshot.succeeded)
-            if recorded is not None:
-                return recorded
-            resumable = snapshot.pending
-            if resumable is not None and resumable.command_id == valid.command_id:
-                # Rule I5: our own payment, pending since a crash, is finished whatever the
-                # order and the reservation say now.
-                await lock
-                return await self._pay(command, valid, route, bound)
-            if entry is not None:  # in progress, yet its payment is not pending
-                raise InconsistentLedger.of(valid.command_id)
-            if failed is not None:
-                raise failed
-            assert rejection is not None
-            bound.info("command_rejected", outcome=str(rejection.outcome))
-            return await self._answer(command, route, rejection, record=valid)
+            if isinstance(decision, Answer) and isinstance(checked, Rejected):
+                bound.info("command_rejected", outcome=str(decision.reply.outcome))
+            return await self._act(command, valid, route, decision)
         finally:
             self._release_later(valid.order_id, lock)
             lookups.drop()
+
+    async def _check(self, valid: ValidCommand, lookups: _Lookups) -> Checked:
+        """What the order, then the reservation, say of the command, in the contract's order."""
+        try:
+            answer = check_order(valid, await lookups.order())
+            if answer is None and valid.reservation_id is not None:
+                answer = check_reservation(valid, await lookups.reservation(), self.clock())
+        except Exception as exc:
+            return Unchecked(exc)
+        return None if answer is None else Rejected(answer)
+
+    async def _act(
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, decision: Decision
+    ) -> Handled:
+        """Carry out a decision that charges nothing."""
+        if isinstance(decision, Answer):
+            return await self._answer(
+                command, route, decision.reply, record=valid if decision.record else None
+            )
+        if isinstance(decision, AnswerRecorded):
+            return await self._answer_recorded(command, valid, route, decision.entry)
+        if isinstance(decision, Fail):
+            raise decision.error
+        if isinstance(decision, Inconsistent):
+            raise InconsistentLedger(decision.reason)
+        raise InconsistentLedger(f"no action for {type(decision).__name__}")
 
     def _release_later(self, order_id: uuid.UUID, lock: asyncio.Future[str | None]) -> None:
         """Release the order lock without holding the command's answer back for it."""
@@ -396,18 +356,13 @@ class Pipeline:
         task.add_done_callback(self._releases.discard)
 
     async def _pay(
-        self,
-        command: Command,
-        valid: ValidCommand,
-        route: ReplyRoute,
-        bound: Any,
+        self, command: Command, valid: ValidCommand, route: ReplyRoute, bound: Any
     ) -> Handled:
         """Insert the pending payment (waiting while another command's payment for the order
         is pending), charge it and record the outcome. The caller holds the order lock."""
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.config.busy_retry_budget_s
-        delay = 0.05
-        while True:
+        waited_for: list[Payment] = []
+
+        async def begin() -> Decision | None:
             candidate = Payment(
                 id=new_uuid(),
                 order_id=valid.order_id,
@@ -423,28 +378,25 @@ class Pipeline:
             began = await self.ledger.begin_payment(
                 candidate, _ledger_fields(valid), route.to_json()
             )
-            recorded = await self._recorded(command, valid, route, began.ledger, began.succeeded)
-            if recorded is not None:
-                return recorded
-            if began.pending is not None:
-                if began.pending.id != candidate.id:
-                    bound.info("payment_resumed", payment_id=str(began.pending.id))
-                return await self._charge(command, valid, route, began.pending, bound)
-            if began.busy is None:  # only our entry, in progress, its payment not pending
-                raise InconsistentLedger.of(valid.command_id)
-            # Another command's payment for this order is pending: wait for it to finish.
-            if loop.time() >= give_up_at:
-                bound.warning("order_busy", payment_id=str(began.busy.id))
-                return await self._answer(
-                    command,
-                    route,
-                    reply(
-                        Outcome.CONFLICT,
-                        "another payment for this order is in progress; retry later",
-                    ),
-                )
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
+            decision = decide(valid, None, began.snapshot)
+            if isinstance(decision, Wait):
+                waited_for.append(decision.payment)
+                return None
+            if isinstance(decision, Resume) and decision.payment.id != candidate.id:
+                bound.info("payment_resumed", payment_id=str(decision.payment.id))
+            if isinstance(decision, Charge):  # begin_payments inserts or says what it found
+                return Inconsistent(f"ledger entry {valid.command_id} was neither begun nor found")
+            return decision
+
+        decision: Decision | None = await polling(
+            begin, budget_s=self.config.busy_retry_budget_s, first_wait_s=0.05, max_wait_s=1.0
+        )
+        if decision is None:
+            bound.warning("order_busy", payment_id=str(waited_for[-1].id))
+            return await self._answer(command, route, ORDER_BUSY)
+        if isinstance(decision, Resume):
+            return await self._charge(command, valid, route, decision.payment, bound)
+        return await self._act(command, valid, route, decision)
 
     async def _charge(
         self,
@@ -458,11 +410,10 @@ class Pipeline:
         answered; None for the reconciler, whose command went away."""
         result = await self.gateway.charge(payment)
         final = payment.finalized(result, self.clock())
+        answer = charged(final, result)
         if result.success:
-            answer = Reply(Outcome.SUCCEEDED, None, final)
             bound.info("payment_succeeded", payment_id=str(final.id))
         else:
-            answer = reply(Outcome.DECLINED, result.error_message or "declined", final)
             bound.info("payment_declined", payment_id=str(final.id), code=result.error_code)
         messages = [self.messages.event(final, route), self.messages.reply(command, route, answer)]
         stored = await self.ledger.finish_payment(
@@ -479,108 +430,18 @@ class Pipeline:
             return await self._answer_recorded(command, valid, route, snapshot.ledger)
         raise RetryableError(f"payment {final.id} is no longer pending but has no outcome")
 
-    async def _recorded(
-        self,
-        command: Command,
-        valid: ValidCommand,
-        route: ReplyRoute,
-        entry: LedgerEntry | None,
-        succeeded: Payment | None,
-    ) -> Handled | None:
-        """The answer when what the ledger records decides it: the command id reused for
-        another request (CONFLICT) or its recorded outcome (rule I1), then a paid order (rule
-        I2); None when the command is to be processed."""
-        if entry is not None:
-            if not same_request(entry, valid):
-                return await self._answer(command, route, _COMMAND_ID_REUSED)
-            if entry.final:
-                return await self._answer_recorded(command, valid, route, entry)
-        if succeeded is not None:
-            return await self._order_already_paid(command, valid, route, succeeded)
-        return None
-
-    async def _order_already_paid(
-        self, command: Command, valid: ValidCommand, route: ReplyRoute, paid: Payment
-    ) -> Handled:
-        """Rule I2: an order with a succeeded payment is never charged again."""
-        if paid.customer_id != valid.customer_id:
-            answer = reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
-        elif paid.amount != valid.amount or paid.currency != valid.currency:
-            answer = reply(
-                Outcome.CONFLICT,
-                "the order was already paid with a different amount or currency",
-            )
-        else:
-            answer = Reply(Outcome.SUCCEEDED, None, paid, duplicate=True)
-        return await self._answer(command, route, answer, record=valid)
-
-    async def _check_order_and_reservation(
-        self, valid: ValidCommand, lookups: _Lookups
-    ) -> Reply | None:
-        """The order check, then the reservation check, in the contract's order."""
-        order = await lookups.order()
-        if order is None:
-            return reply(Outcome.ORDER_NOT_FOUND)
-        if order.order_id is not None and order.order_id != str(valid.order_id):
-            return reply(Outcome.ORDER_INVALID, "the Ordering service answered for another order")
-        if order.customer_id is not None and order.customer_id.lower() != str(valid.customer_id):
-            return reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
-        state = order.status.lower()
-        if state != "pending":
-            return reply(Outcome.ORDER_INVALID, f"Order is in '{state}' state, expected 'pending'")
-        if order.amount is not None and order.amount != valid.amount:
-            return reply(
-                Outcome.ORDER_INVALID,
-                f"Payment amount {valid.amount} does not match the order total {order.amount}",
-            )
-        if order.currency.upper() != valid.currency:
-            return reply(
-                Outcome.ORDER_INVALID,
-                f"Payment currency {valid.currency} does not match the order currency "
-                f"{order.currency.upper()}",
-            )
-        if valid.reservation_id is None:
-            return None
-        reservation = await lookups.reservation()
-        if reservation is None:
-            return reply(Outcome.RESERVATION_INVALID, "Reservation not found")
-        if reservation.customer_id is not None and reservation.customer_id.lower() != str(
-            valid.customer_id
-        ):
-            return reply(
-                Outcome.RESERVATION_INVALID,
-                "Reservation does not belong to the specified customer",
-            )
-        status = reservation.status.lower()
-        if status != "active":
-            return reply(
-                Outcome.RESERVATION_INVALID,
-                f"Reservation is in '{status}' state, expected 'active'",
-            )
-        if reservation.expires_at is not None and reservation.expires_at <= self.clock():
-            return reply(Outcome.RESERVATION_INVALID, "Reservation has expired")
-        return None
-
     # -- answers ------------------------------------------------------------------------------
 
     async def _answer_recorded(
         self, command: Command, valid: ValidCommand, route: ReplyRoute, entry: LedgerEntry
     ) -> Handled:
-        """Rule I1: the recorded outcome again, marked duplicate, with no new work; given only
-        to the same request (rule I7): another one under the same command id is a CONFLICT."""
-        if not same_request(entry, valid):
-            return await self._answer(command, route, _COMMAND_ID_REUSED)
+        """Rule I1: the recorded outcome again, marked duplicate, with no new work."""
         payment = await self.ledger.payment(entry.payment_id) if entry.payment_id else None
-        if payment is not None and (
-            payment.order_id != valid.order_id or payment.customer_id != valid.customer_id
-        ):
-            raise InconsistentLedger(
-                f"ledger entry {valid.command_id} names a payment of another order or customer"
-            )
-        outcome = entry.outcome or Outcome.ERROR
-        answer = Reply(outcome, entry.error_message, payment, duplicate=True)
+        answer = recorded_answer(valid, entry, payment)
+        if isinstance(answer, Inconsistent):
+            raise InconsistentLedger(answer.reason)
         stored = await self.ledger.record([self.messages.reply(command, route, answer)])
-        return Handled(outcome, stored or [], duplicate=True)
+        return Handled(answer.outcome, stored or [], duplicate=answer.duplicate)
 
     async def _answer(
         self,
@@ -591,14 +452,10 @@ class Pipeline:
         record: ValidCommand | None = None,
         extra: list[OutboxMessage] | None = None,
     ) -> Handled:
-        """Write the reply (and, for a final outcome of a valid command, the ledger entry)."""
+        """Write the reply (and, with `record`, the request's outcome to the ledger)."""
         messages = [self.messages.reply(command, route, answer), *(extra or [])]
         ledger: dict[str, Any] | None = None
-        if (
-            record is not None
-            and answer.outcome.is_final
-            and answer.outcome is not Outcome.CONFLICT
-        ):
+        if record is not None:
             ledger = {
                 **_ledger_fields(record),
                 "outcome": str(answer.outcome),
@@ -648,20 +505,6 @@ class _Lookups:
 def _swallow(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _public(command: Command) -> Command:
-    """An invalid command as its reply echoes it: an id that is a UUID in canonical form, any
-    other as received with its card numbers masked."""
-    command_id, order_id = _echoed(command.command_id), _echoed(command.order_id)
-    if command_id == command.command_id and order_id == command.order_id:
-        return command
-    return replace(command, command_id=command_id, order_id=order_id)
-
-
-def _echoed(text: str) -> str:
-    parsed = parse_uuid(text)
-    return str(parsed) if parsed is not None else redacted(text)
 
 
 def _ledger_fields(valid: ValidCommand) -> dict[str, Any]:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from payment_worker.domain.decision import LedgerEntry, OrderInfo, ReservationInfo, Snapshot
 from payment_worker.domain.model import GatewayResult, Outcome, Payment
 from payment_worker.exceptions import RetryableError
+
+__all__ = [  # what the ledger and the services answer lives in the domain; re-exported here
+    "LedgerEntry",
+    "OrderInfo",
+    "ReservationInfo",
+    "Snapshot",
+]
 
 
 class DependencyUnavailable(RetryableError):
@@ -18,22 +25,6 @@ class DependencyUnavailable(RetryableError):
 
 
 @dataclass(frozen=True, slots=True)
-class OrderInfo:
-    customer_id: str | None
-    status: str
-    amount: Decimal | None
-    currency: str
-    order_id: str | None = None  # as the service answered it (id|orderId), when it did
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationInfo:
-    customer_id: str | None
-    status: str
-    expires_at: datetime | None
-
-
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class InboundRecord:
     """One Kafka record as consumed."""
 
@@ -46,7 +37,7 @@ class InboundRecord:
     timestamp_ms: int | None = None
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """A message to publish, written to the outbox in the same transaction as its cause."""
 
@@ -69,29 +60,6 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    command_id: uuid.UUID
-    order_id: uuid.UUID
-    customer_id: uuid.UUID
-    amount: Decimal
-    currency: str
-    final: bool
-    outcome: Outcome | None
-    error_message: str | None
-    payment_id: uuid.UUID | None
-    reply_route: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the database knows about a command and its order before any work is done."""
-
-    ledger: LedgerEntry | None
-    succeeded: Payment | None
-    pending: Payment | None
-
-
-@dataclass(frozen=True, slots=True)
 class Began:
     """begin_payment's answer: the command id's ledger entry, if it has one, and at most one
     of the payment fields. A final entry decides alone (rule I1); so does an entry written for
@@ -102,6 +70,11 @@ class Began:
     succeeded: Payment | None = None  # the order was paid meanwhile
     busy: Payment | None = None  # another command's payment for this order is pending
     ledger: LedgerEntry | None = None  # this command id's entry (final: recorded meanwhile)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The answer as the decision reads it: the order's pending payment, ours or not."""
+        return Snapshot(self.ledger, self.succeeded, self.pending or self.busy)
 
 
 class OrderingPort(Protocol):
@@ -152,7 +125,7 @@ class LedgerPort(Protocol):
     ) -> list[StoredMessage] | None: ...
 
 
-@dataclass(slots=True)  # not frozen: replay builds tens of thousands, and frozen costs 3x
+@dataclass(frozen=True, slots=True)
 class RecordedAnswer:
     """A ledger entry as replay answers it again: the request it was for (canonical text ids),
     its outcome, and the payment exactly as a reply carries it (`PaymentReply.payment`)."""

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from payment_worker.domain.model import Command, Outcome, Reply, ValidCommand, reply
 from payment_worker.domain.routing import ReplyRoute
+from payment_worker.domain.validation import command_from_record
 from payment_worker.exceptions import RetryableError
-from payment_worker.service.pipeline import Pipeline, command_from_record
+from payment_worker.service.pipeline import Pipeline
 from payment_worker.service.ports import (
     BatchLedgerPort,
     InboundRecord,
@@ -35,7 +36,7 @@ class Kind(enum.StrEnum):
     FAILED = "failed (logged, dead-lettered)"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # a batch's work item, not a value: look_up marks it in place
 class Classified:
     record: InboundRecord
     kind: Kind

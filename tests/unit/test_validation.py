@@ -307,7 +307,7 @@ def test_validate_command_raises_only_validation_failed(
 )
 def test_canonical_ids_are_lower_case_hyphenated_whatever_form_was_sent(form: Any) -> None:
     """Every form .NET accepts is written (ledger, replies, keys) as str(UUID)."""
-    from payment_worker.service.pipeline import canonical
+    from payment_worker.domain.validation import canonical
 
     ids = [uuid.uuid4() for _ in range(4)]
     command = Command(
@@ -368,7 +368,7 @@ def test_canonical_writes_ids_and_currency_as_stored(
     command's spelling, and hands back the command itself when nothing needs changing."""
     from dataclasses import replace
 
-    from payment_worker.service.pipeline import canonical
+    from payment_worker.domain.validation import canonical
 
     base = Command(_ID, _ID, _ID, _ID, Decimal("25.00"), "USD", "card", datetime.now(UTC))
     command = replace(base, **changes)
