@@ -12,7 +12,7 @@ from typing import Any
 
 import fastavro
 import structlog
-from fastavro.schema import to_parsing_canonical_form
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from payment_worker.adapters import avro_reply
 from payment_worker.exceptions import InfrastructureUnavailable, PermanentError
@@ -28,15 +28,6 @@ SCHEMA_FILES = {
     "PaymentReply": "payment_reply.avsc",
 }
 
-_EMPTY64 = 0xC15D213AA4D7A795
-_FP_TABLE: list[int] = []
-for _i in range(256):
-    _fp = _i
-    for _ in range(8):
-        _fp = (_fp >> 1) ^ (_EMPTY64 & -(_fp & 1))
-    _FP_TABLE.append(_fp)
-
-
 class DecodeError(PermanentError):
     """A record that cannot be decoded; `reason` is the dead letter's dlq-reason."""
 
@@ -45,12 +36,10 @@ class DecodeError(PermanentError):
         self.reason = reason
 
 
-def crc64_avro(data: bytes) -> int:
-    """The Avro spec's CRC-64-AVRO (Rabin) fingerprint."""
-    fp = _EMPTY64
-    for byte in data:
-        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
-    return fp
+def single_object_fingerprint(canonical: str) -> bytes:
+    """The 8 bytes after C3 01: CRC-64-AVRO of the parsing canonical form, little-endian
+    (fastavro writes the little-endian bytes as hex)."""
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def schemas_dir() -> Path:
@@ -90,7 +79,7 @@ class SchemaSet:
             self.writers[name] = fastavro.parse_schema(copy.deepcopy(raw))
             self.readers[name] = fastavro.parse_schema(_strip_uuid_logical_type(raw))
             canonical = to_parsing_canonical_form(self.writers[name])
-            self.fingerprints[name] = struct.pack("<Q", crc64_avro(canonical.encode("utf-8")))
+            self.fingerprints[name] = single_object_fingerprint(canonical)
         self.by_fingerprint = {fp: name for name, fp in self.fingerprints.items()}
 
 

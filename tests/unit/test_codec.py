@@ -20,8 +20,8 @@ from payment_worker.adapters.avro_codec import (
     DecodeError,
     RegistryPort,
     SchemaSet,
-    crc64_avro,
     registry_client,
+    single_object_fingerprint,
 )
 from payment_worker.exceptions import RetryableError
 from payment_worker.testing import command_record
@@ -130,9 +130,9 @@ def decoded(codec: AvroCodec, name: str, value: bytes | None) -> dict[str, Any]:
 # -- single-object encoding --------------------------------------------------------------------
 
 
-def test_crc64_avro_matches_the_avro_spec_value() -> None:
-    """CRC-64-AVRO of `"int"`, packed little-endian, is the spec's 8f5c393f1ad57572."""
-    assert struct.pack("<Q", crc64_avro(b'"int"')) == bytes.fromhex("8f5c393f1ad57572")
+def test_the_fingerprint_of_int_is_the_avro_specs_value() -> None:
+    """CRC-64-AVRO of `"int"`, little-endian, is the spec's 8f5c393f1ad57572."""
+    assert single_object_fingerprint('"int"') == bytes.fromhex("8f5c393f1ad57572")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -147,12 +147,12 @@ def test_single_object_header_is_magic_and_little_endian_fingerprint(
     codec: AvroCodec, schemas: SchemaSet, name: str
 ) -> None:
     """Encoded bytes start with C3 01 and the CRC-64-AVRO of the schema's canonical form (LE)."""
-    from fastavro.schema import to_parsing_canonical_form
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-    canonical = to_parsing_canonical_form(schemas.writers[name]).encode()
+    canonical = to_parsing_canonical_form(schemas.writers[name])
     value = codec.encode(name, sample(name))
     assert value[:2] == b"\xc3\x01"
-    assert value[2:10] == struct.pack("<Q", crc64_avro(canonical))
+    assert value[2:10] == bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def test_four_schemas_have_distinct_fingerprints(schemas: SchemaSet) -> None:
