@@ -16,6 +16,7 @@ from tenacity import (
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
+    stop_before_delay,
     stop_never,
     wait_random_exponential,
 )
@@ -53,15 +54,20 @@ async def retrying(
     max_wait_s: float = 5.0,
     **fields: Any,
 ) -> T:
-    """`call()`, tried again on `retry_on` until `attempts` tries or `budget_s` seconds are
-    spent (then its last error is raised), logging `event` with the try, error and wait."""
+    """`call()`, tried again on `retry_on` until `attempts` tries are made or the next wait
+    would end past `budget_s` from the first try (then the last error is raised), logging
+    `event` with the try, its error and the wait."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         # Nearly every call succeeds at once: tenacity is set up only once a try has failed.
         return await call()
     except retry_on as exc:
+        wait = wait_before(1, first_wait_s, max_wait_s)
         if attempts is not None and attempts <= 1:
             raise
-        wait = wait_before(1, first_wait_s, max_wait_s)
+        if budget_s is not None and loop.time() - started + wait > budget_s:
+            raise
         _log_try(event, 1, exc, wait, fields)
         await asyncio.sleep(wait)
 
@@ -74,7 +80,7 @@ async def retrying(
     if attempts is not None:
         stop = stop_after_attempt(attempts - 1)
     if budget_s is not None:
-        stop = stop | stop_after_delay(budget_s)
+        stop = stop | stop_before_delay(budget_s - (loop.time() - started))
     retryer = AsyncRetrying(
         stop=stop,
         # tenacity counts from the second try: its n-th wait is the policy's (n + 1)-th
