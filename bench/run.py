@@ -27,7 +27,7 @@ from psycopg import sql
 
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.adapters.kafka import ensure_topics
-from payment_worker.adapters.migrations import migrate
+from payment_worker.adapters.postgres.migrations import migrate
 from payment_worker.devstack.broker import free_port, port_open, start_tansu
 from payment_worker.devstack.services import SEED_NAMESPACE
 

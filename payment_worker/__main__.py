@@ -35,7 +35,7 @@ def _stop_event() -> asyncio.Event:
 
 async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_problem, topic_partitions
-    from payment_worker.adapters.migrations import schema_problem
+    from payment_worker.adapters.postgres.migrations import schema_problem
     from payment_worker.bootstrap import open_app, redis_problem
     from payment_worker.entrypoints.http_status import serve_status
     from payment_worker.entrypoints.startup import Dependency, load_schemas, wait_for, where
@@ -139,8 +139,8 @@ def _replay_shard(settings: Settings, options: Any, progress: Any) -> Any:
 
 
 async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
-    from payment_worker.adapters.migrations import schema_problem
     from payment_worker.adapters.postgres import DatabaseUnavailable
+    from payment_worker.adapters.postgres.migrations import schema_problem
     from payment_worker.bootstrap import open_app
     from payment_worker.entrypoints.replay import Replayer
     from payment_worker.entrypoints.startup import load_schemas
@@ -162,7 +162,7 @@ async def _replay_async(settings: Settings, options: Any, progress: Any) -> Any:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from payment_worker.adapters.migrations import migrate
+    from payment_worker.adapters.postgres.migrations import migrate
 
     applied = migrate(
         settings.database_url.get_secret_value(),

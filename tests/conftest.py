@@ -75,7 +75,7 @@ def db_schema(database_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def migrated_schema(database_url: str, db_schema: str) -> str:
-    from payment_worker.adapters.migrations import migrate
+    from payment_worker.adapters.postgres.migrations import migrate
 
     migrate(database_url, db_schema)
     return db_schema

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from payment_worker.adapters.kafka import broker_reachable
-from payment_worker.adapters.migrations import migrate
+from payment_worker.adapters.postgres.migrations import migrate
 from payment_worker.config import Settings
 from payment_worker.devstack.broker import free_port, port_open, start_tansu
 from payment_worker.entrypoints.topics import report_topics

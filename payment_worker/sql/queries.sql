@@ -1,11 +1,8 @@
 -- Named queries of the PostgreSQL adapter. Each block starts with "-- name: NAME".
 -- Parameters are %(name)s placeholders (%(name)b: sent in binary, which for arrays costs a
 -- fraction of the text form's escaping); tables resolve through the connection's search_path.
-
--- name: ledger_entries
-SELECT command_id, order_id, customer_id, amount, currency, state, outcome, error_message,
-       payment_id, reply_route
-FROM command_ledger WHERE command_id = ANY(%(command_ids)b);
+-- The batch statements take one array per column, named after the column (adapters/postgres/
+-- rows.py lists the columns); rows are read by position, so no query selects a table's `*`.
 
 -- name: snapshots
 -- The pipeline's first read (sql/003_key_lookup_plans.sql), one row per (command id, order id)
@@ -30,7 +27,10 @@ SELECT (ledger).command_id, (ledger).order_id, (ledger).customer_id, (ledger).am
 FROM snapshots(%(command_ids)b::uuid[], %(order_ids)b::uuid[]);
 
 -- name: payment_by_id
-SELECT * FROM payments WHERE id = %(id)s;
+SELECT id, order_id, customer_id, reservation_id, amount, currency, payment_method, status,
+       error_code, error_message, failure_reason, transaction_id, created_at, processed_at,
+       is_simulated, simulated_response, command_id
+FROM payments WHERE id = %(id)s;
 
 -- name: begin_payments
 -- The begin step in one statement (sql/003_key_lookup_plans.sql): the orders' locks, each
@@ -39,24 +39,24 @@ SELECT * FROM payments WHERE id = %(id)s;
 -- commands it serves, instead of one statement per row.
 SELECT *
 FROM begin_payments(
-    %(ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
-    %(reservation_ids)b::uuid[], %(amounts)b::numeric[], %(currencies)b::text[],
-    %(payment_methods)b::text[], %(created_ats)b::timestamptz[], %(command_ids)b::uuid[],
-    %(ledger_order_ids)b::uuid[], %(ledger_customer_ids)b::uuid[], %(ledger_amounts)b::numeric[],
-    %(ledger_currencies)b::text[], %(reply_routes)b::jsonb[]);
+    %(id)b::uuid[], %(order_id)b::uuid[], %(customer_id)b::uuid[],
+    %(reservation_id)b::uuid[], %(amount)b::numeric[], %(currency)b::text[],
+    %(payment_method)b::text[], %(created_at)b::timestamptz[], %(command_id)b::uuid[],
+    %(ledger_order_id)b::uuid[], %(ledger_customer_id)b::uuid[], %(ledger_amount)b::numeric[],
+    %(ledger_currency)b::text[], %(reply_route)b::jsonb[]);
 
 -- name: finish_payments
 -- The finish step in one statement (sql/002_step_functions.sql, its settings in 003): final
 -- states, ledger entries and outbox rows of the payments still pending.
 SELECT done, outbox_ids
 FROM finish_payments(
-    %(ids)b::uuid[], %(statuses)b::text[], %(error_codes)b::text[], %(error_messages)b::text[],
-    %(failure_reasons)b::text[], %(transaction_ids)b::text[], %(processed_ats)b::timestamptz[],
-    %(simulated_responses)b::text[],
-    %(command_ids)b::uuid[], %(outcomes)b::text[], %(ledger_error_messages)b::text[],
-    %(items)b::integer[], %(kinds)b::text[], %(topics)b::text[], %(partitions)b::integer[],
-    %(keys)b::bytea[], %(values)b::bytea[], %(headers)b::jsonb[], %(event_ids)b::uuid[],
-    %(payment_ids)b::uuid[]);
+    %(id)b::uuid[], %(status)b::text[], %(error_code)b::text[], %(error_message)b::text[],
+    %(failure_reason)b::text[], %(transaction_id)b::text[], %(processed_at)b::timestamptz[],
+    %(simulated_response)b::text[],
+    %(command_id)b::uuid[], %(outcome)b::text[], %(ledger_error_message)b::text[],
+    %(item)b::integer[], %(kind)b::text[], %(topic)b::text[], %(partition)b::integer[],
+    %(key)b::bytea[], %(value)b::bytea[], %(headers)b::jsonb[], %(event_id)b::uuid[],
+    %(payment_id)b::uuid[]);
 
 -- name: insert_ledgers_final
 -- Returns the command ids that were new (an entry recorded before is left as it was).
@@ -64,9 +64,9 @@ INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency,
                             outcome, error_message, payment_id, reply_route, finished_at)
 SELECT command_id, order_id, customer_id, amount, currency, 'final', outcome, error_message,
        payment_id, reply_route, now()
-FROM unnest(%(command_ids)b::uuid[], %(order_ids)b::uuid[], %(customer_ids)b::uuid[],
-            %(amounts)b::numeric[], %(currencies)b::text[], %(outcomes)b::text[],
-            %(error_messages)b::text[], %(payment_ids)b::uuid[], %(reply_routes)b::jsonb[])
+FROM unnest(%(command_id)b::uuid[], %(order_id)b::uuid[], %(customer_id)b::uuid[],
+            %(amount)b::numeric[], %(currency)b::text[], %(outcome)b::text[],
+            %(error_message)b::text[], %(payment_id)b::uuid[], %(reply_route)b::jsonb[])
      WITH ORDINALITY
      AS v(command_id, order_id, customer_id, amount, currency, outcome, error_message,
           payment_id, reply_route, n)
@@ -79,9 +79,9 @@ RETURNING command_id;
 -- row is inserted, ascend in input order: the caller matches sorted ids to its messages.
 INSERT INTO outbox (kind, topic, partition, key, value, headers, event_id, payment_id)
 SELECT kind, topic, partition, key, value, headers, event_id, payment_id
-FROM unnest(%(kinds)b::text[], %(topics)b::text[], %(partitions)b::integer[],
-            %(keys)b::bytea[], %(values)b::bytea[], %(headers)b::jsonb[],
-            %(event_ids)b::uuid[], %(payment_ids)b::uuid[]) WITH ORDINALITY
+FROM unnest(%(kind)b::text[], %(topic)b::text[], %(partition)b::integer[],
+            %(key)b::bytea[], %(value)b::bytea[], %(headers)b::jsonb[],
+            %(event_id)b::uuid[], %(payment_id)b::uuid[]) WITH ORDINALITY
      AS v(kind, topic, partition, key, value, headers, event_id, payment_id, n)
 ORDER BY n
 RETURNING id;
@@ -152,7 +152,10 @@ WITH stale AS (
         WHERE reconciler_claims.claimed_until <= now()
     RETURNING payment_id
 )
-SELECT p.*, l.reply_route
+SELECT p.id, p.order_id, p.customer_id, p.reservation_id, p.amount, p.currency,
+       p.payment_method, p.status, p.error_code, p.error_message, p.failure_reason,
+       p.transaction_id, p.created_at, p.processed_at, p.is_simulated, p.simulated_response,
+       p.command_id, l.reply_route
 FROM claimed c JOIN payments p ON p.id = c.payment_id
      LEFT JOIN command_ledger l ON l.command_id = p.command_id
 ORDER BY p.created_at;
@@ -165,7 +168,7 @@ WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = c.payment_id AND p.statu
 -- name: recorded_answers
 -- Replay's batch lookup: each ledger entry with its payment in the shape of the reply's
 -- `Payment` record (text ids, timestamp-micros), so that nothing is converted in Python.
--- Read by position: the nine ledger columns, then the payment's in _REPLY_PAYMENT_KEYS order.
+-- Read by position: the nine ledger columns, then the payment's in REPLY_PAYMENT_FIELDS order.
 SELECT l.command_id::text AS l_command_id, l.order_id::text AS l_order_id,
        l.customer_id::text AS l_customer_id, l.amount AS l_amount, l.currency AS l_currency,
        l.state AS l_state, l.outcome AS l_outcome, l.error_message AS l_error_message,
@@ -182,7 +185,7 @@ FROM command_ledger l LEFT JOIN payments p ON p.id = l.payment_id
 WHERE l.command_id = ANY(%(command_ids)b::uuid[]);
 
 -- name: recorded_events
-SELECT DISTINCT ON (payment_id) payment_id, topic, partition, key, value, headers, event_id
+SELECT DISTINCT ON (payment_id) kind, topic, partition, key, value, headers, event_id, payment_id
 FROM outbox
 WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)b::uuid[])
 ORDER BY payment_id, id;

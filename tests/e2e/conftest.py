@@ -135,7 +135,7 @@ def shared_stack(
     """One worker and one shim, on topics and a schema of their own, for a module's tests that
     only send payments for orders (and idempotency keys) of their own: starting the pair for
     each such test cost about 8 s a test."""
-    from payment_worker.adapters.migrations import migrate
+    from payment_worker.adapters.postgres.migrations import migrate
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     migrate(database_url, schema)

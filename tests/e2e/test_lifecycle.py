@@ -181,7 +181,7 @@ def test_run_and_replay_refuse_a_schema_older_than_the_code(
     """One line naming `payment-worker migrate`, exit 1, before any record is read."""
     import psycopg
 
-    from payment_worker.adapters.migrations import latest_version
+    from payment_worker.adapters.postgres.migrations import latest_version
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(

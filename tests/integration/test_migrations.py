@@ -13,7 +13,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from payment_worker.adapters.migrations import (
+from payment_worker.adapters.postgres.migrations import (
     SchemaMismatch,
     available,
     latest_version,

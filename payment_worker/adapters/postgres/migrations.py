@@ -11,7 +11,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from payment_worker.adapters.postgres import sql_dir, translate
+from payment_worker.adapters.postgres.queries import sql_dir, translate
 from payment_worker.exceptions import PaymentWorkerError
 
 log = structlog.get_logger("payment_worker.migrate")

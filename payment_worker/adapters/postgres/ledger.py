@@ -1,0 +1,253 @@
+"""Payments and the command ledger: the pipeline's four steps, group-committed, and the
+reconciler's claims on stale pending payments."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from payment_worker.adapters.coalesce import Coalescer
+from payment_worker.adapters.postgres.connections import Connections
+from payment_worker.adapters.postgres.outbox import insert_outbox
+from payment_worker.adapters.postgres.queries import DatabaseError
+from payment_worker.adapters.postgres.rows import (
+    LEDGER_COLUMNS,
+    PAYMENT_COLUMNS,
+    REQUEST_COLUMNS,
+    ledger_arrays,
+    ledger_from,
+    outbox_arrays,
+    payment_arrays,
+    payment_from,
+)
+from payment_worker.domain.model import Outcome, Payment
+from payment_worker.service.ports import Began, OutboxMessage, Snapshot, StoredMessage
+
+# The payment columns begin_payments inserts and finish_payments sets.
+_BEGUN = (
+    "id",
+    "order_id",
+    "customer_id",
+    "reservation_id",
+    "amount",
+    "currency",
+    "payment_method",
+    "created_at",
+    "command_id",
+)
+_FINISHED = (
+    "id",
+    "status",
+    "error_code",
+    "error_message",
+    "failure_reason",
+    "transaction_id",
+    "processed_at",
+    "simulated_response",
+    "command_id",  # its ledger entry's key
+)
+
+# Where each part of a row starts. snapshots: the ledger entry, the succeeded payment, the
+# pending one. begin_payments: n, verdict and first_n, the ledger entry, a payment.
+_SNAPSHOT_SUCCEEDED = len(LEDGER_COLUMNS)
+_SNAPSHOT_PENDING = _SNAPSHOT_SUCCEEDED + len(PAYMENT_COLUMNS)
+_BEGIN_LEDGER = 3
+_BEGIN_PAYMENT = _BEGIN_LEDGER + len(LEDGER_COLUMNS)
+
+
+class LedgerSteps(Connections):
+    """The LedgerPort. Each step's call joins the next batch of its kind: one transaction and a
+    few round trips serve every command waiting at that moment (see adapters/coalesce.py)."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, *, max_batch: int = 256, parallel: int = 1
+    ) -> None:
+        super().__init__(pool)
+        # One batch of each step at a time: the commands that arrive meanwhile make the next
+        # batch, so batches grow with the load instead of being spread over several small ones.
+        self._snapshots = Coalescer(self._snapshot_batch, max_batch=max_batch, parallel=parallel)
+        self._begins = Coalescer(self._begin_batch, max_batch=max_batch, parallel=parallel)
+        self._finishes = Coalescer(self._finish_batch, max_batch=max_batch, parallel=parallel)
+        self._records = Coalescer(self._record_batch, max_batch=max_batch, parallel=parallel)
+
+    async def snapshot(self, command_id: uuid.UUID, order_id: uuid.UUID) -> Snapshot:
+        """What the ledger and the order's payments say before any work is done."""
+        return await self._snapshots.submit((command_id, order_id))
+
+    async def begin_payment(
+        self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
+    ) -> Began:
+        """Insert the pending payment and in-progress ledger row, unless something forbids it.
+
+        Per-order advisory locks make the checks and the insert one atomic step across
+        workers; the partial unique indexes stay the last line of defence (rule I3).
+        """
+        return await self._begins.submit((payment, ledger_fields, route))
+
+    async def finish_payment(
+        self,
+        payment: Payment,
+        outcome: Outcome,
+        error_message: str | None,
+        messages: list[OutboxMessage],
+    ) -> list[StoredMessage] | None:
+        """Final state, ledger entry and outbox rows in one transaction.
+
+        None when the payment is no longer pending (someone else finalized it)."""
+        return await self._finishes.submit((payment, outcome, error_message, messages))
+
+    async def record(
+        self, messages: list[OutboxMessage], ledger: dict[str, Any] | None = None
+    ) -> list[StoredMessage] | None:
+        """Outbox rows (and a final ledger entry); None when the ledger entry already existed."""
+        return await self._records.submit((messages, ledger))
+
+    async def payment(self, payment_id: uuid.UUID) -> Payment | None:
+        async with self._tx() as cur:
+            await cur.execute(self.q["payment_by_id"], {"id": payment_id})
+            row = await cur.fetchone()
+        return payment_from(row) if row else None
+
+    async def _snapshot_batch(
+        self, items: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> list[Snapshot | BaseException]:
+        """One call of the snapshots function (sql/003_key_lookup_plans.sql): one row per item,
+        in order."""
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                self.q["snapshots"],
+                {"command_ids": [c for c, _ in items], "order_ids": [o for _, o in items]},
+            )
+            rows = await cur.fetchall()
+        if len(rows) != len(items):
+            raise DatabaseError(f"snapshots answered {len(rows)} rows for {len(items)} items")
+        succeeded, pending = _SNAPSHOT_SUCCEEDED, _SNAPSHOT_PENDING
+        return [
+            Snapshot(
+                ledger_from(row[:succeeded]) if row[0] else None,
+                payment_from(row[succeeded:pending]) if row[succeeded] else None,
+                payment_from(row[pending:]) if row[pending] else None,
+            )
+            for row in rows
+        ]
+
+    async def _begin_batch(
+        self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
+    ) -> list[Began | BaseException]:
+        """One call of begin_payments (sql/003_key_lookup_plans.sql): the locks, the checks and
+        the inserts of the whole batch in one statement, hence one transaction."""
+        payments = [p for p, _, _ in items]
+        fields = [f for _, f, _ in items]
+        params = {
+            **payment_arrays(payments, _BEGUN),
+            # The ledger entry's command id is its payment's.
+            **{f"ledger_{c}": [f[c] for f in fields] for c in REQUEST_COLUMNS[1:]},
+            "reply_route": [Jsonb(route) for _, _, route in items],
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["begin_payments"], params)
+            rows = await cur.fetchall()
+        results: list[Began | BaseException] = []
+        for row in rows:  # one per item, in item order
+            n, verdict, first_n = row[0], row[1], row[2]
+            payment = payments[n - 1]
+            # The command id's ledger entry, whatever its state, comes with every verdict: the
+            # pipeline answers CONFLICT when it was written for another request (rule I1).
+            ledger = row[_BEGIN_LEDGER:_BEGIN_PAYMENT]
+            entry = ledger_from(ledger) if ledger[0] is not None else None
+            if verdict == "inserted":
+                results.append(Began(pending=payment))
+            elif verdict in ("ledger", "error"):  # error: in progress, its payment not pending
+                results.append(Began(ledger=entry))
+            elif verdict == "succeeded":
+                results.append(Began(succeeded=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
+            elif verdict == "pending":
+                results.append(Began(pending=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
+            elif verdict == "busy":
+                results.append(Began(busy=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
+            elif verdict == "pending_in_batch":
+                results.append(Began(pending=payments[first_n - 1], ledger=entry))
+            elif verdict == "busy_in_batch":
+                results.append(Began(busy=payments[first_n - 1], ledger=entry))
+            else:
+                results.append(DatabaseError(f"begin_payments answered verdict {verdict!r}"))
+        if len(results) != len(items):
+            raise DatabaseError(f"begin_payments answered {len(results)} of {len(items)} items")
+        return results
+
+    async def _finish_batch(
+        self, items: list[tuple[Payment, Outcome, str | None, list[OutboxMessage]]]
+    ) -> list[list[StoredMessage] | BaseException | None]:
+        """One call of finish_payments (sql/002_step_functions.sql): one statement, hence one
+        transaction and one round trip, for the whole batch."""
+        # One item per payment: a second finalization of the same payment in this batch finds
+        # it no longer pending, as it would in the next batch.
+        first: dict[uuid.UUID, int] = {}
+        for i, (payment, _, _, _) in enumerate(items):
+            first.setdefault(payment.id, i)
+        todo = list(first.values())  # item indexes; position k + 1 in the call
+        flat = [(k + 1, m) for k, i in enumerate(todo) for m in items[i][3]]
+        params = {
+            **payment_arrays([items[i][0] for i in todo], _FINISHED),
+            "outcome": [str(items[i][1]) for i in todo],
+            "ledger_error_message": [items[i][2] for i in todo],
+            "item": [k for k, _ in flat],
+            **outbox_arrays([m for _, m in flat]),
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["finish_payments"], params)
+            row = await cur.fetchone()
+        assert row is not None  # the function returns one row
+        done_positions, outbox_ids = row
+        done = set(done_positions)
+        written = [(todo[k - 1], m) for k, m in flat if k in done]
+        if len(outbox_ids) != len(written):
+            raise DatabaseError(
+                f"outbox insert returned {len(outbox_ids)} ids for {len(written)} rows"
+            )
+        stored: dict[int, list[StoredMessage]] = {todo[k - 1]: [] for k in done}
+        for row_id, (i, message) in zip(outbox_ids, written, strict=True):
+            stored[i].append(StoredMessage(row_id, message))
+        return [stored.get(i) for i in range(len(items))]
+
+    async def _record_batch(
+        self, items: list[tuple[list[OutboxMessage], dict[str, Any] | None]]
+    ) -> list[list[StoredMessage] | BaseException | None]:
+        accepted = [i for i, (_, ledger) in enumerate(items) if ledger is None]
+        ledgers = [(i, ledger) for i, (_, ledger) in enumerate(items) if ledger is not None]
+        async with self._pipeline() as conn:
+            ledger_cur = conn.cursor()
+            async with conn.transaction():
+                if ledgers:  # which entries are new
+                    await ledger_cur.execute(
+                        self.q["insert_ledgers_final"], ledger_arrays([e for _, e in ledgers])
+                    )
+                    new = {row[0] for row in await ledger_cur.fetchall()}  # their command ids
+                    for i, ledger in ledgers:
+                        # Only the first of two items for one command id inserted its entry.
+                        if ledger["command_id"] in new:
+                            new.discard(ledger["command_id"])
+                            accepted.append(i)
+                messages = {i: items[i][0] for i in accepted}
+                stored = await insert_outbox(conn.cursor(), messages)
+        return [stored.get(i) for i in range(len(items))]
+
+    # -- the reconciler's claims ------------------------------------------------------------
+
+    async def claim_stale(
+        self, age_s: float, owner: str, *, lease_s: float = 120.0, limit: int = 100
+    ) -> list[tuple[Payment, dict[str, Any] | None]]:
+        """Payments pending longer than `age_s` (database clock), each claimed for this
+        reconciler alone for `lease_s`."""
+        params = {"age_s": age_s, "owner": owner, "lease_s": lease_s, "limit": limit}
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["claim_stale_payments"], params)
+            rows = await cur.fetchall()
+        return [(payment_from(r[:-1]), r[-1]) for r in rows]  # the payment, its reply route
+
+    async def release_claims(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self.q["release_claims"])

@@ -1,0 +1,153 @@
+"""Rows as values: the column lists and the one way rows become domain values and back.
+
+Every row is read as a tuple whose columns come in the order of the lists below, and the
+queries name their columns in that order (never a table's `*`: a column added later must not
+shift the others). Batch statements take one array per column, named after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from payment_worker.domain.model import Outcome, Payment, PaymentStatus
+from payment_worker.service.ports import LedgerEntry, OutboxMessage, RecordedAnswer
+
+# The payments table's columns, in table order; each is also the name of a `Payment` field.
+PAYMENT_COLUMNS = (
+    "id",
+    "order_id",
+    "customer_id",
+    "reservation_id",
+    "amount",
+    "currency",
+    "payment_method",
+    "status",
+    "error_code",
+    "error_message",
+    "failure_reason",
+    "transaction_id",
+    "created_at",
+    "processed_at",
+    "is_simulated",
+    "simulated_response",
+    "command_id",
+)
+
+# A ledger entry's request: what its command id was for (rule I1).
+REQUEST_COLUMNS = ("command_id", "order_id", "customer_id", "amount", "currency")
+
+# The command ledger's columns as the store reads them.
+LEDGER_COLUMNS = (
+    *REQUEST_COLUMNS,
+    "state",
+    "outcome",
+    "error_message",
+    "payment_id",
+    "reply_route",
+)
+
+# The outbox's message columns, in `OutboxMessage` field order.
+OUTBOX_COLUMNS = (
+    "kind",
+    "topic",
+    "partition",
+    "key",
+    "value",
+    "headers",
+    "event_id",
+    "payment_id",
+)
+
+
+def _camel(column: str) -> str:
+    head, *rest = column.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+# The reply's `Payment` record: the payment columns but command_id, camelCased, in the order
+# `recorded_answers` selects them after the nine ledger columns.
+REPLY_PAYMENT_FIELDS = tuple(_camel(c) for c in PAYMENT_COLUMNS if c != "command_id")
+
+# A dict lookup, not `Outcome(value)`: replay maps thousands of answers a batch.
+_OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
+
+
+def payment_from(values: Sequence[Any]) -> Payment:
+    """A payment from its columns in PAYMENT_COLUMNS order."""
+    fields = dict(zip(PAYMENT_COLUMNS, values, strict=True))
+    fields["status"] = PaymentStatus(fields["status"])
+    return Payment(**fields)
+
+
+def ledger_from(values: Sequence[Any]) -> LedgerEntry:
+    """A ledger entry from its columns in LEDGER_COLUMNS order."""
+    fields = dict(zip(LEDGER_COLUMNS, values, strict=True))
+    state, outcome = fields.pop("state"), fields.pop("outcome")
+    return LedgerEntry(
+        **fields, final=state == "final", outcome=Outcome(outcome) if outcome else None
+    )
+
+
+def answer_from(values: Sequence[Any]) -> RecordedAnswer:
+    """A recorded answer from the first nine LEDGER_COLUMNS (ids as text) and the payment's
+    columns in REPLY_PAYMENT_FIELDS order (None when the entry has no payment)."""
+    return RecordedAnswer(
+        values[0],  # command_id
+        values[1],  # order_id
+        values[2],  # customer_id
+        values[3],  # amount
+        values[4],  # currency
+        values[5] == "final",
+        _OUTCOMES[values[6]] if values[6] is not None else None,
+        values[7],  # error_message
+        values[8],  # payment_id
+        dict(zip(REPLY_PAYMENT_FIELDS, values[9:], strict=True)) if values[9] else None,
+    )
+
+
+def outbox_message(values: Sequence[Any], kind: str | None = None) -> OutboxMessage:
+    """An outbox row from its columns in OUTBOX_COLUMNS order (`kind` overrides the stored
+    one). A row without the last two, as the relay claims them, leaves them None."""
+    stored_kind, topic, partition, key, value, headers, *ids = values
+    return OutboxMessage(
+        kind or stored_kind,
+        topic,
+        partition,
+        bytes(key) if key is not None else None,
+        bytes(value) if value is not None else None,
+        headers_from_json(headers),
+        *ids,
+    )
+
+
+def headers_json(headers: list[tuple[str, bytes | None]]) -> Jsonb:
+    return Jsonb([[name, value.hex() if value is not None else None] for name, value in headers])
+
+
+def headers_from_json(data: list[list[Any]]) -> list[tuple[str, bytes | None]]:
+    return [(name, bytes.fromhex(value) if value is not None else None) for name, value in data]
+
+
+def payment_arrays(payments: Sequence[Payment], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """The payments' `columns` (those a batch statement writes) as arrays named after them."""
+    arrays = {column: [getattr(p, column) for p in payments] for column in columns}
+    if "status" in arrays:
+        arrays["status"] = [str(p.status) for p in payments]
+    return arrays
+
+
+def ledger_arrays(entries: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Final ledger entries (dicts by column) as one array per column but state."""
+    arrays = {c: [e[c] for e in entries] for c in LEDGER_COLUMNS if c != "state"}
+    arrays["reply_route"] = [Jsonb(e["reply_route"]) for e in entries]
+    return arrays
+
+
+def outbox_arrays(messages: Sequence[OutboxMessage]) -> dict[str, list[Any]]:
+    """Outbox messages as one array per column, named after it."""
+    arrays = {column: [getattr(m, column) for m in messages] for column in OUTBOX_COLUMNS}
+    arrays["headers"] = [headers_json(m.headers) for m in messages]
+    return arrays
