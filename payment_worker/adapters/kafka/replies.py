@@ -18,13 +18,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from payment_worker.adapters.kafka import (
+from payment_worker.adapters.kafka.config import (
     CONSUMER_DEFAULTS,
     PRODUCER_DEFAULTS,
     for_consumer,
     for_producer,
-    ready_messages,
 )
+from payment_worker.adapters.kafka.consumer import ready_messages
+from payment_worker.adapters.kafka.producer import ReportPoller
 
 log = structlog.get_logger("payment_worker.reply_listener")
 
@@ -171,18 +172,11 @@ class CommandProducer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = {**PRODUCER_DEFAULTS, "linger.ms": 1, **for_producer(config)}
         self._producer: Producer | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = ReportPoller(lambda: self._producer, name="command-producer")
 
     def start(self) -> None:
         self._producer = Producer(self.config)
-        self._thread = threading.Thread(target=self._poll, name="command-producer", daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            assert self._producer is not None
-            self._producer.poll(0.05)
+        self._poller.start()
 
     async def send(
         self,
@@ -207,6 +201,8 @@ class CommandProducer:
 
             loop.call_soon_threadsafe(settle)
 
+        # Not produce_waiting: its poll would block the event loop (every request the shim
+        # serves) while the queue is full; the poller thread serves the reports meanwhile.
         while True:
             try:
                 self._producer.produce(
@@ -220,6 +216,4 @@ class CommandProducer:
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._producer is not None:
             self._producer.flush(timeout_s)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        self._poller.stop()

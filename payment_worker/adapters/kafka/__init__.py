@@ -1,0 +1,63 @@
+"""The confluent-kafka clients, each wrapping the library's errors in BrokerUnavailable.
+
+config: what every client is configured with. consumer: the worker's group consumer, every
+call on one thread of its own. producer: the model the producers share (produce_waiting, a
+thread serving delivery reports, the fatal flag) and the outbox relay's producer. direct:
+replay's producer. admin: topics and the cluster's metadata. replies: the shim's command
+producer and reply listener.
+
+Offsets are committed only behind the database (entrypoints/worker.py); what a command
+publishes goes through the outbox, so no offset waits on a producer here.
+"""
+
+from payment_worker.adapters.kafka.admin import (
+    TopicDirectory,
+    broker_problem,
+    broker_reachable,
+    ensure_topics,
+    topic_partitions,
+)
+from payment_worker.adapters.kafka.config import (
+    CONSUMER_DEFAULTS,
+    PRODUCER_DEFAULTS,
+    BrokerUnavailable,
+    for_consumer,
+    for_producer,
+    kafka_text,
+)
+from payment_worker.adapters.kafka.consumer import (
+    AssignHandler,
+    RevokeHandler,
+    ThreadedConsumer,
+    ready_messages,
+    to_record,
+)
+from payment_worker.adapters.kafka.direct import DIRECT_PRODUCER_DEFAULTS, DirectProducer
+from payment_worker.adapters.kafka.producer import DeliveryFailure, OutboxProducer, produce_waiting
+from payment_worker.adapters.kafka.replies import CommandProducer, ReplyListener
+
+__all__ = [
+    "CONSUMER_DEFAULTS",
+    "DIRECT_PRODUCER_DEFAULTS",
+    "PRODUCER_DEFAULTS",
+    "AssignHandler",
+    "BrokerUnavailable",
+    "CommandProducer",
+    "DeliveryFailure",
+    "DirectProducer",
+    "OutboxProducer",
+    "ReplyListener",
+    "RevokeHandler",
+    "ThreadedConsumer",
+    "TopicDirectory",
+    "broker_problem",
+    "broker_reachable",
+    "ensure_topics",
+    "for_consumer",
+    "for_producer",
+    "kafka_text",
+    "produce_waiting",
+    "ready_messages",
+    "to_record",
+    "topic_partitions",
+]

@@ -1,0 +1,171 @@
+"""The worker's group consumer (every call on one thread of its own) and the reading helpers
+every consumer of ours uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from payment_worker.adapters.kafka.config import (
+    CONSUMER_DEFAULTS,
+    BrokerUnavailable,
+    for_consumer,
+    kafka_error,
+)
+from payment_worker.service.ports import InboundRecord
+
+log = structlog.get_logger("payment_worker.kafka")
+
+
+def ready_messages(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Up to `max_messages`, returned as soon as one is there (plus what is already fetched).
+
+    consume(n, timeout) would hold the first message until n arrive or the timeout passes,
+    adding up to `timeout_s` of latency to every record at low rates.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
+def _header_bytes(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None  # a header without a value stays one (dead letters keep headers as sent)
+    return value.encode() if isinstance(value, str) else value
+
+
+def to_record(message: Message) -> InboundRecord:
+    timestamp = message.timestamp()
+    return InboundRecord(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+        headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
+        timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
+    )
+
+
+RevokeHandler = Callable[[list[tuple[str, int]]], Coroutine[Any, Any, dict[tuple[str, int], int]]]
+AssignHandler = Callable[[list[tuple[str, int]]], None]
+
+
+class ThreadedConsumer:
+    """A group consumer whose every call runs on one dedicated thread.
+
+    Rebalance callbacks run on that thread inside consume(); a revocation waits (through the
+    event loop) for the revoked partitions' in-flight records and commits them first.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: list[str],
+        *,
+        on_assign: AssignHandler,
+        on_revoke: RevokeHandler,
+    ) -> None:
+        self.config = {**CONSUMER_DEFAULTS, **for_consumer(config)}
+        self.topics = topics
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self._consumer = Consumer(self.config)
+        self._consumer.subscribe(
+            self.topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
+        self._on_assign(keys)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("partitions_revoked", partitions=[f"{t}[{p}]" for t, p in keys])
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._on_revoke(keys), self._loop)
+        try:
+            offsets = future.result(timeout=120)
+        except Exception as exc:
+            log.error("revoke_drain_failed", error=str(exc))
+            return
+        if offsets:
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                log.warning("revoke_commit_failed", error=str(exc))
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        return await self._call(self._consume, max_messages, timeout_s)  # type: ignore[no-any-return]
+
+    def _consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]:
+        assert self._consumer is not None
+        records = []
+        for message in ready_messages(self._consumer, max_messages, timeout_s):
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer_error", error=str(error))
+                continue
+            records.append(to_record(message))
+        return records
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if offsets:
+            await self._call(self._commit, offsets)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            if error is not None and error.code() == KafkaError._NO_OFFSET:
+                return
+            raise BrokerUnavailable(f"offset commit failed: {exc}") from exc
+
+    async def set_paused(self, paused: bool) -> None:
+        if paused != self._paused:
+            self._paused = paused
+            await self._call(self._set_paused, paused)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._call(self._consumer.close)
+            self._consumer = None
+        self._executor.shutdown(wait=True)
