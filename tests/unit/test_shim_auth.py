@@ -1,5 +1,6 @@
-"""The shim's door (entrypoints/shim.py `with_api_keys`): which paths need a key, how a key is
-presented, what a refusal looks like. On an ASGI app that answers 200 to whatever gets in."""
+"""The shim's door (entrypoints/shim/app.py `with_api_keys`): which paths need a key, how a
+key is presented, what a refusal looks like. On an ASGI app that answers 200 to whatever gets
+in."""
 
 from __future__ import annotations
 

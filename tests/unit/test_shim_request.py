@@ -1,5 +1,5 @@
-"""The shim's request parsing (payment_worker/entrypoints/shim.py) on generated bodies: always
-a Command or a 400 with a contract message, never another exception."""
+"""The shim's request parsing (payment_worker/entrypoints/shim/requests.py) on generated
+bodies: always a Command or a 400 with a contract message, never another exception."""
 
 from __future__ import annotations
 

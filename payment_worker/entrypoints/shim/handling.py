@@ -1,0 +1,170 @@
+"""One shim process's request-reply: a ProcessPayment command out on Kafka, its PaymentReply
+awaited on a reply partition this shim owns, and the answer to the caller made of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+from fastapi import Request
+from fastapi.responses import Response
+
+from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
+from payment_worker.adapters.kafka import CommandProducer, ReplyListener
+from payment_worker.config import Settings
+from payment_worker.domain.ids import random_uuid
+from payment_worker.domain.model import Command
+from payment_worker.domain.validation import ValidationFailed
+from payment_worker.entrypoints.shim.metrics import IN_FLIGHT, TIMEOUTS
+from payment_worker.entrypoints.shim.requests import (
+    IDEMPOTENCY_NAMESPACE,
+    MAX_BODY_BYTES,
+    MAX_KEY_LENGTH,
+    BadRequest,
+    parse_payment_request,
+)
+from payment_worker.entrypoints.shim.responses import error_response, json_response
+
+log = structlog.get_logger("payment_worker.shim")
+
+
+class Shim:
+    """The state of one shim process."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, *, max_in_flight: int = 2000) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        common = settings.kafka_common()
+        self.producer = CommandProducer({**common, "client.id": "payment-shim"})
+        self.listener = ReplyListener(
+            {
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+                **common,
+                "group.id": settings.shim_group,
+                "client.id": "payment-shim-replies",
+            },
+            settings.topic_replies,
+            self._decode_reply,
+        )
+
+    def _decode_reply(self, value: bytes | None) -> dict[str, Any] | None:
+        """On the listener's thread: a writer schema not seen yet is fetched by the event
+        loop's registry client, this thread waiting for it."""
+        try:
+            if self.codec.writer_id(value) is not None and self.loop is not None:
+                load = asyncio.run_coroutine_threadsafe(self.codec.load_value(value), self.loop)
+                load.result(timeout=10)
+            return self.codec.decode("PaymentReply", value)
+        except DecodeError:
+            return None
+        except Exception as exc:  # the registry unreachable: the caller gets a 504 and retries
+            log.warning("reply_undecoded", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def handle(self, request: Request) -> Response:
+        if not self.listener.ready:
+            return error_response(
+                503, f"Service not ready: {self.listener.not_ready_reason}", {"Retry-After": "1"}
+            )
+        if self.in_flight >= self.max_in_flight:
+            return error_response(
+                503, "Too many payments in flight; retry shortly", {"Retry-After": "1"}
+            )
+        # The slot is taken before the first await (reading the body): checking here and counting
+        # later let every request that arrived together pass the check before any was counted.
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        try:
+            return await self._admitted(request)
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+
+    async def _admitted(self, request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH):
+            return error_response(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        command_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)) if key else random_uuid()
+        try:
+            command = parse_payment_request(body, command_id)
+        except (BadRequest, ValidationFailed) as exc:
+            return error_response(getattr(exc, "status", 400), str(exc))
+        return await self._request_reply(command)
+
+    async def _request_reply(self, command: Command) -> Response:
+        correlation = random_uuid()
+        partition = self.listener.reply_partition()
+        headers = [
+            ("correlation-id", correlation.encode()),
+            ("reply-to", self.settings.topic_replies.encode()),
+        ]
+        if partition is not None:
+            headers.append(("reply-partition", str(partition).encode()))
+        record = {
+            "commandId": command.command_id,
+            "orderId": command.order_id.lower(),
+            "customerId": command.customer_id.lower(),
+            "reservationId": command.reservation_id.lower() if command.reservation_id else None,
+            "amount": command.amount.quantize(Decimal("0.01")),
+            "currency": command.currency.strip().upper(),
+            "paymentMethod": command.payment_method,
+            "requestedAt": command.requested_at,
+        }
+        value = self.codec.encode("ProcessPayment", record, self.settings.topic_commands)
+        future = self.listener.expect(correlation)
+        timeout = self.settings.shim_reply_timeout_s
+        try:
+            try:
+                await asyncio.wait_for(
+                    self.producer.send(
+                        self.settings.topic_commands,
+                        command.order_id.lower().encode(),
+                        value,
+                        headers,
+                    ),
+                    timeout,
+                )
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("command_not_sent", error=str(exc), order_id=record["orderId"])
+                return error_response(
+                    503,
+                    "Payment service unavailable: the command could not be "
+                    "queued; retry with the same Idempotency-Key",
+                    {"Retry-After": "1"},
+                )
+            try:
+                reply = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                TIMEOUTS.inc()
+                return error_response(
+                    504,
+                    f"No reply from the payment worker within {timeout:g}s. "
+                    "The payment may still complete: retry with the same "
+                    "Idempotency-Key (or the same order id) to get its outcome.",
+                )
+        finally:
+            self.listener.forget(correlation)
+        return json_response(
+            int(reply["httpStatus"]),
+            {
+                "success": bool(reply["success"]),
+                "payment": reply.get("payment"),
+                "errorMessage": reply.get("errorMessage"),
+            },
+        )
