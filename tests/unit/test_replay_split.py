@@ -120,7 +120,7 @@ def test_off_a_terminal_progress_is_a_line_every_few_seconds_even_while_waiting(
 ) -> None:
     """Without a terminal, `replay_progress` lines (read, answered, processed, per second)
     come from a timer: they keep coming while nothing advances."""
-    from payment_worker.entrypoints import replay
+    from payment_worker.entrypoints.replay import progress as replay
 
     events: list[tuple[str, dict[str, Any]]] = []
 
