@@ -28,6 +28,7 @@ SCHEMA_FILES = {
     "PaymentReply": "payment_reply.avsc",
 }
 
+
 class DecodeError(PermanentError):
     """A record that cannot be decoded; `reason` is the dead letter's dlq-reason."""
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -25,10 +25,8 @@ from payment_worker.domain.decision import (
     Fail,
     Inconsistent,
     LedgerEntry,
-    OrderInfo,
     ReadLedger,
     Rejected,
-    ReservationInfo,
     Resume,
     Unchecked,
     Wait,
@@ -52,21 +50,15 @@ from payment_worker.domain.routing import (
     InvalidHeader,
     ReplyRoute,
     RouteRules,
-    needs_broker_check,
-    refused_route,
-    route_from_headers,
-    unknown_route,
 )
 from payment_worker.domain.validation import (
-    ValidationFailed,
-    canonical,
     command_from_record,
-    echoed,
     public,
-    validate_command,
 )
 from payment_worker.exceptions import PermanentError, RetryableError
 from payment_worker.retrying import polling
+from payment_worker.service.intake import Decoder, Intake
+from payment_worker.service.lookups import Lookups
 from payment_worker.service.messages import MessageFactory
 from payment_worker.service.ports import (
     DependencyUnavailable,
@@ -88,13 +80,6 @@ class InconsistentLedger(PermanentError):
     """The ledger contradicts itself (domain.decision.Inconsistent says how)."""
 
 
-class Decoder(Protocol):
-    async def load_value(self, value: bytes | None) -> None:
-        """Fetch what decoding `value` needs (a registry's writer schema)."""
-
-    def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Handled:
     """What one record came to: its outcome (None for a dead letter) and what to publish."""
@@ -103,16 +88,6 @@ class Handled:
     stored: list[StoredMessage] = field(default_factory=list)
     dead_letter_reason: str | None = None
     duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
-
-    command: Command
-    route: ReplyRoute
-    valid: ValidCommand | None
-    invalid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,30 +119,29 @@ class Pipeline:
         config: PipelineConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.decoder = decoder
-        self.decode_error = decode_error
         self.messages = messages
         self.ledger = ledger
         self.ordering = ordering
         self.inventory = inventory
         self.gateway = gateway
         self.locks = locks
-        self.topics = topics
         self.config = config or PipelineConfig()
+        self.intake = Intake(
+            decoder=decoder,
+            decode_error=decode_error,
+            messages=messages,
+            topics=topics,
+            routes=self.config.routes,
+        )
         self.clock = clock
         self._releases: set[asyncio.Future[None]] = set()
 
     # -- entry points -------------------------------------------------------------------------
 
-    async def decode(self, record: InboundRecord) -> dict[str, Any]:
-        """The record's command as decoded; `decode_error` when it cannot be."""
-        await self.decoder.load_value(record.value)
-        return self.decoder.decode("ProcessPayment", record.value)
-
     async def handle(self, record: InboundRecord) -> Handled:
         try:
-            raw = await self.decode(record)
-        except self.decode_error as exc:
+            raw = await self.intake.decode(record)
+        except self.intake.decode_error as exc:
             reason = getattr(exc, "reason", "undecodable")
             log.warning(
                 "command_dead_lettered",
@@ -180,8 +154,8 @@ class Pipeline:
             stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
             return Handled(None, stored or [], dead_letter_reason=reason)
         command = command_from_record(raw)
-        route = await self.resolve_route(record.headers, command.command_id)
-        prepared = self.prepare(command, route)
+        route = await self.intake.resolve_route(record.headers, command.command_id)
+        prepared = self.intake.prepare(command, route)
         valid = prepared.valid
         if valid is None:
             # Raw field values are not logged: they are input, and may hold a card number.
@@ -208,49 +182,16 @@ class Pipeline:
             extra = [self.messages.dead_letter(record, "retries-exhausted", str(exc))]
             return await self._answer(command, route, answer, extra=extra)
 
-    async def resolve_route(
-        self, headers: list[tuple[str, bytes | None]], command_id: str
-    ) -> ReplyRoute | InvalidHeader:
-        """Where the command's headers ask for its reply, checked against the contract's
-        rules and against what the broker has (a topic, a partition); or the header that
-        cannot be honoured. The fallback correlation id is the command id, card numbers
-        masked (an invalid command's id is raw input)."""
-        rules = self.config.routes
-        route = route_from_headers(headers, echoed(command_id), rules)
-        if isinstance(route, ReplyRoute) and needs_broker_check(route, rules):
-            partitions = await self.topics.partitions(route.topic)
-            bad = unknown_route(route, partitions, headers, rules)
-            if bad is not None:
-                return bad
-        if isinstance(route, ReplyRoute) and route.topic != rules.default_topic:
-            refused = await self.messages.load_reply(route.topic)
-            if refused is not None:
-                return refused_route(route, refused, headers, rules)
-        return route
-
-    def prepare(self, command: Command, route: ReplyRoute | InvalidHeader) -> Prepared:
-        """Steps after decoding and routing, shared with replay: the command validated (ids
-        made canonical), or why it is invalid, with the route to answer on. A bad header is
-        answered before any field is looked at. An invalid command is answered with its ids
-        as received, card numbers masked."""
-        if isinstance(route, InvalidHeader):
-            return Prepared(public(command), route.fallback, None, route.message)
-        try:
-            valid = validate_command(command)
-        except ValidationFailed as exc:
-            return Prepared(public(command), route, None, str(exc))
-        return Prepared(canonical(command, valid), route, valid)
-
     async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
         """An unexpected error: answer ERROR (if the command decodes) and dead-letter it."""
         extra = [self.messages.dead_letter(record, "processing-error", type(error).__name__)]
         try:
-            raw = await self.decode(record)
-        except self.decode_error:
+            raw = await self.intake.decode(record)
+        except self.intake.decode_error:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")
         command = public(command_from_record(raw))
-        route = await self.resolve_route(record.headers, command.command_id)
+        route = await self.intake.resolve_route(record.headers, command.command_id)
         if isinstance(route, InvalidHeader):
             route = route.fallback
         answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
@@ -290,7 +231,7 @@ class Pipeline:
         # The order and the reservation are fetched, and the order lock asked for, at once.
         # An accepted command goes straight to begin_payments, which makes the ledger's checks
         # as it inserts the pending payment; any other is decided with the ledger read first.
-        lookups = _Lookups(self, valid)
+        lookups = Lookups(self.ordering, self.inventory, valid)
         lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
         try:
             checked = await self._check(valid, lookups)
@@ -315,7 +256,7 @@ class Pipeline:
             self._release_later(valid.order_id, lock)
             lookups.drop()
 
-    async def _check(self, valid: ValidCommand, lookups: _Lookups) -> Checked:
+    async def _check(self, valid: ValidCommand, lookups: Lookups) -> Checked:
         """What the order, then the reservation, say of the command, in the contract's order."""
         try:
             answer = check_order(valid, await lookups.order())
@@ -472,39 +413,6 @@ class Pipeline:
                 return await self._answer_recorded(command, record, route, snapshot.ledger)
             raise RetryableError("ledger entry vanished while recording an outcome")
         return Handled(answer.outcome, stored or [], duplicate=answer.duplicate)
-
-
-class _Lookups:
-    """The order and reservation of a command, fetched concurrently and used in order."""
-
-    def __init__(self, pipeline: Pipeline, valid: ValidCommand) -> None:
-        self._order = asyncio.ensure_future(pipeline.ordering.get_order(valid.order_id))
-        self._reservation = (
-            asyncio.ensure_future(pipeline.inventory.get_reservation(valid.reservation_id))
-            if valid.reservation_id is not None
-            else None
-        )
-
-    async def order(self) -> OrderInfo | None:
-        return await self._order
-
-    async def reservation(self) -> ReservationInfo | None:
-        assert self._reservation is not None
-        return await self._reservation
-
-    def drop(self) -> None:
-        """Cancel what was not needed; an error nobody asked for is not an error."""
-        for task in (self._order, self._reservation):
-            if task is None:
-                continue
-            if not task.done():
-                task.cancel()
-            task.add_done_callback(_swallow)
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _ledger_fields(valid: ValidCommand) -> dict[str, Any]:

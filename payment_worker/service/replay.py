@@ -67,14 +67,14 @@ async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> lis
     out: list[Classified] = []
     for record in records:
         try:
-            raw = await pipeline.decode(record)
-        except pipeline.decode_error as exc:
+            raw = await pipeline.intake.decode(record)
+        except pipeline.intake.decode_error as exc:
             out.append(Classified(record, Kind.UNDECODABLE, error=str(exc)))
             continue
         try:
             command = command_from_record(raw)
-            route = await pipeline.resolve_route(record.headers, command.command_id)
-            prepared = pipeline.prepare(command, route)
+            route = await pipeline.intake.resolve_route(record.headers, command.command_id)
+            prepared = pipeline.intake.prepare(command, route)
         except RetryableError:
             raise  # the broker's metadata unreachable: the replay waits for it, as a whole
         except Exception as exc:
