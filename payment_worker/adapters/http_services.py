@@ -1,8 +1,7 @@
 """The Ordering and Inventory services over HTTP, with bounded, jittered retries.
 
-The client is our lean keep-alive client (http_client.py), chosen by measurement: with httpx,
-the two GETs per command took about 70% of the worker's CPU (its pool checks every connection on
-each request); aiohttp cut that to a third, and http_client to a third of aiohttp's cost again.
+The client is our keep-alive client (http_client.py) rather than httpx, whose pool checks
+every connection on each request: with two GETs per command that was most of the worker's CPU.
 Nothing outside this module knows which client it is.
 """
 
@@ -16,14 +15,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
 from payment_worker.adapters.http_client import (
     ConnectionWaitTimeout,
@@ -32,6 +23,7 @@ from payment_worker.adapters.http_client import (
     ResponseTooLarge,
 )
 from payment_worker.exceptions import RetryableError
+from payment_worker.retrying import retrying
 from payment_worker.service.ports import DependencyUnavailable, OrderInfo, ReservationInfo
 
 log = structlog.get_logger("payment_worker.http")
@@ -109,16 +101,6 @@ class JsonService:
             await self._client.close()
             self._client = None
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "dependency_retry",
-            service=self.name,
-            attempt=state.attempt_number,
-            error=str(error),
-            wait_s=round(state.next_action.sleep, 3) if state.next_action else None,
-        )
-
     async def get_json(self, path: str) -> dict[str, Any] | None:
         """The resource, None on 404; DependencyUnavailable once the retry budget is spent.
 
@@ -126,38 +108,25 @@ class JsonService:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_budget_s
+
+        async def once() -> dict[str, Any] | None:
+            if deadline - loop.time() <= 0.01:
+                raise _Transient("retry budget spent")
+            return await self._get_once(path, self.timeout_s, deadline)
+
         try:
-            try:
-                # The first try runs outside the retry machinery: nearly every call succeeds
-                # at once, and setting tenacity up cost ~15% of the worker's CPU per command.
-                return await self._get_once(path, self.timeout_s, deadline)
-            except _Transient as exc:
-                if self.attempts <= 1:
-                    raise
-                first = exc
-            return await self._retry(path, deadline, first)
+            return await retrying(
+                once,
+                event="dependency_retry",
+                retry_on=(_Transient,),
+                attempts=self.attempts,
+                budget_s=self.retry_budget_s,
+                first_wait_s=0.1,
+                max_wait_s=1.0,
+                service=self.name,
+            )
         except (_Transient, _Refused) as exc:
             raise DependencyUnavailable(f"{self.name} service unavailable ({exc})") from exc
-
-    async def _retry(self, path: str, deadline: float, first: _Transient) -> dict[str, Any] | None:
-        """Tries 2..attempts, with jittered waits, within the deadline (try 1 failed with
-        `first`, which tenacity sees as its first attempt)."""
-        loop = asyncio.get_running_loop()
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.attempts) | stop_before_delay(deadline - loop.time()),
-            wait=wait_random_exponential(multiplier=0.1, max=1.0),
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=self._log_retry,
-            reraise=True,
-        ):
-            with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first
-                remaining = deadline - loop.time()
-                if remaining <= 0.01:
-                    raise _Transient("retry budget spent")
-                return await self._get_once(path, self.timeout_s, deadline)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get_once(
         self, path: str, timeout_s: float, deadline: float

@@ -26,18 +26,9 @@ from payment_worker.adapters.postgres.rows import (
 from payment_worker.domain.model import Outcome, Payment
 from payment_worker.service.ports import Began, OutboxMessage, Snapshot, StoredMessage
 
-# The payment columns begin_payments inserts and finish_payments sets.
-_BEGUN = (
-    "id",
-    "order_id",
-    "customer_id",
-    "reservation_id",
-    "amount",
-    "currency",
-    "payment_method",
-    "created_at",
-    "command_id",
-)
+# The payment columns begin_payments inserts (a pending payment's: its request, when and by
+# which command) and finish_payments sets (the gateway's answer, keyed by id and command id).
+_BEGUN = (*PAYMENT_COLUMNS[:7], "created_at", "command_id")
 _FINISHED = (
     "id",
     "status",
@@ -47,7 +38,7 @@ _FINISHED = (
     "transaction_id",
     "processed_at",
     "simulated_response",
-    "command_id",  # its ledger entry's key
+    "command_id",
 )
 
 # Where each part of a row starts. snapshots: the ledger entry, the succeeded payment, the
