@@ -304,10 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line)
             return 0
         if args.command == "shim":
-            from payment_worker.bootstrap import codec
+            from payment_worker.bootstrap import codec, shim_clients
             from payment_worker.entrypoints.shim import serve
 
-            _run(serve(settings, codec(settings)))
+            _run(serve(settings, codec(settings), shim_clients(settings)))
             return 0
     except ConfigurationError as exc:
         print(f"payment-worker: configuration error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -20,12 +20,21 @@ from payment_worker.adapters.avro_codec import (
 )
 from payment_worker.adapters.gateway import SimulatedGateway
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
-from payment_worker.adapters.kafka import OutboxProducer, ThreadedConsumer, TopicDirectory
+from payment_worker.adapters.kafka import (
+    CommandProducer,
+    DirectProducer,
+    OutboxProducer,
+    ReplyListener,
+    ThreadedConsumer,
+    TopicDirectory,
+    reading_consumer,
+)
 from payment_worker.adapters.postgres import PostgresStore, make_pool
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.relay import OutboxRelay
+from payment_worker.entrypoints.shim import ShimClients
 from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
@@ -119,6 +128,22 @@ def http_client_options(settings: Settings, service: str) -> dict[str, Any]:
     return options
 
 
+def shim_clients(settings: Settings) -> ShimClients:
+    """The shim's command producer and reply listener (its own group on the reply topic)."""
+    common = settings.kafka_common()
+    listener_config = {
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        **common,
+        "group.id": settings.shim_group,
+        "client.id": "payment-shim-replies",
+    }
+    return ShimClients(
+        producer=CommandProducer({**common, "client.id": "payment-shim"}),
+        listen=partial(ReplyListener, listener_config, settings.topic_replies),
+    )
+
+
 @dataclass
 class App:
     """Everything a worker process runs on; opened and closed by `open_app`."""
@@ -130,6 +155,8 @@ class App:
     relay: OutboxRelay
     worker: Worker
     gateway: SimulatedGateway
+    direct_sender: Callable[[], DirectProducer]  # replay's answers from the ledger
+    reading_consumer: Callable[[], Any]  # replay's consumer: no group offsets, no commits
 
 
 @contextlib.asynccontextmanager
@@ -205,7 +232,17 @@ async def open_app(
             max_in_flight=settings.max_in_flight,
             reconcile_after_s=settings.reconcile_after_s,
         )
-        yield App(settings, store, the_codec, pipeline, relay, worker, gateway)
+        yield App(
+            settings,
+            store,
+            the_codec,
+            pipeline,
+            relay,
+            worker,
+            gateway,
+            direct_sender=partial(DirectProducer, common),
+            reading_consumer=partial(reading_consumer, common),
+        )
     finally:
         await the_codec.close()
         await ordering.close()

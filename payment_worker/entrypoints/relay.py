@@ -18,10 +18,8 @@ import time
 import structlog
 
 from payment_worker import metrics
-from payment_worker.adapters.kafka import OutboxProducer
-from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.exceptions import RetryableError
-from payment_worker.service.ports import StoredMessage
+from payment_worker.service.ports import OutboxProducerPort, OutboxStorePort, StoredMessage
 
 log = structlog.get_logger("payment_worker.relay")
 
@@ -33,8 +31,8 @@ BROKER_UP_WINDOW_S = 30.0
 class OutboxRelay:
     def __init__(
         self,
-        store: PostgresStore,
-        producer: OutboxProducer,
+        store: OutboxStorePort,
+        producer: OutboxProducerPort,
         *,
         max_attempts: int = 20,
         sweep_every_s: float = 2.0,

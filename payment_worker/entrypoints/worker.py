@@ -8,13 +8,10 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
 
 import structlog
 
 from payment_worker import metrics
-from payment_worker.adapters.kafka import ThreadedConsumer
-from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.domain.ids import token_hex
 from payment_worker.domain.routing import checked_route
 from payment_worker.entrypoints.chains import KeyedChains
@@ -23,7 +20,12 @@ from payment_worker.entrypoints.tracking import OffsetTracker
 from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
 from payment_worker.retrying import wait_before
 from payment_worker.service.pipeline import Handled, Pipeline
-from payment_worker.service.ports import InboundRecord
+from payment_worker.service.ports import (
+    ConsumerFactory,
+    InboundRecord,
+    ReconcilerStorePort,
+    RecordConsumerPort,
+)
 
 log = structlog.get_logger("payment_worker.worker")
 
@@ -36,9 +38,9 @@ class Worker:
         self,
         *,
         pipeline: Pipeline,
-        store: PostgresStore,
+        store: ReconcilerStorePort,
         relay: OutboxRelay,
-        make_consumer: Callable[..., ThreadedConsumer],
+        make_consumer: ConsumerFactory,
         max_in_flight: int = 2000,
         reconcile_after_s: float = 60.0,
         drain_timeout_s: float = 30.0,
@@ -178,12 +180,12 @@ class Worker:
 
     # -- loops --------------------------------------------------------------------------------
 
-    async def _commit_loop(self, consumer: ThreadedConsumer) -> None:
+    async def _commit_loop(self, consumer: RecordConsumerPort) -> None:
         while True:
             await asyncio.sleep(0.2)
             await self._commit(consumer)
 
-    async def _commit(self, consumer: ThreadedConsumer) -> None:
+    async def _commit(self, consumer: RecordConsumerPort) -> None:
         points = self.tracker.to_commit()
         if not points:
             return

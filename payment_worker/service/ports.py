@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -150,3 +152,144 @@ class BatchLedgerPort(Protocol):
     async def recorded_events(self, payment_ids: list[str]) -> list[OutboxMessage]: ...
 
     async def record_many(self, messages: list[OutboxMessage]) -> list[StoredMessage]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """An outbox row the broker did not take: why, and whether it said anything about the row
+    (`broker_wide`: the broker was unavailable; the row itself may be fine)."""
+
+    row_id: int
+    error: str
+    broker_wide: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    """An outbox row given up on after too many refusals (kept, never published)."""
+
+    id: int
+    kind: str
+    topic: str
+    partition: int | None
+    attempts: int
+    error: str
+
+
+# -- what the worker, the relay, the shim and replay run on (bootstrap hands them over) -------
+
+Offsets = dict[tuple[str, int], int]
+AssignHandler = Callable[[list[tuple[str, int]]], None]
+RevokeHandler = Callable[[list[tuple[str, int]]], Coroutine[Any, Any, Offsets]]
+
+
+class RecordConsumerPort(Protocol):
+    """A group consumer of the command topic; rebalance handlers were given when it was made."""
+
+    async def open(self) -> None: ...
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[InboundRecord]: ...
+
+    async def commit(self, offsets: Offsets) -> None: ...
+
+    async def set_paused(self, paused: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ConsumerFactory(Protocol):
+    def __call__(
+        self, *, on_assign: AssignHandler, on_revoke: RevokeHandler
+    ) -> RecordConsumerPort: ...
+
+
+class ReconcilerStorePort(Protocol):
+    """The reconciler's claims on payments left pending (rule I5)."""
+
+    async def claim_stale(
+        self, age_s: float, owner: str, *, lease_s: float = 120.0, limit: int = 100
+    ) -> list[tuple[Payment, dict[str, Any] | None]]: ...
+
+    async def release_claims(self) -> None: ...
+
+
+class OutboxStorePort(Protocol):
+    """The relay's reads and marks on the outbox."""
+
+    async def mark_sent(self, ids: list[int]) -> None: ...
+
+    async def claim_unsent(
+        self, older_than_s: float, limit: int, lease_s: float = 60.0
+    ) -> list[StoredMessage]: ...
+
+    async def mark_failed(
+        self, failures: list[tuple[int, str, bool]], max_attempts: int
+    ) -> list[ParkedRow]: ...
+
+    async def outbox_counts(self) -> tuple[int, int]: ...
+
+
+class OutboxProducerPort(Protocol):
+    """Publishes outbox rows and reports, per row id, what the broker did with each."""
+
+    wakeup: Callable[[], None] | None
+    in_flight: set[int]
+
+    def open(self) -> None: ...
+
+    def reset_if_fatal(self) -> bool: ...
+
+    def produce(self, stored: StoredMessage) -> None: ...
+
+    def take_reports(self) -> tuple[list[int], list[DeliveryFailure]]: ...
+
+    def close(self, timeout_s: float = 10.0) -> int: ...
+
+
+class DirectSenderPort(Protocol):
+    """Replay's producer of answers that are not written to the outbox (blocking calls)."""
+
+    def open(self) -> None: ...
+
+    def send(self, messages: list[OutboxMessage]) -> None: ...
+
+    def drain(self, timeout_s: float = 60.0) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class CommandSenderPort(Protocol):
+    """The shim's producer of commands."""
+
+    def start(self) -> None: ...
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None: ...
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
+class ReplyWaiterPort(Protocol):
+    """The shim's reader of the reply topic: futures resolved by correlation id."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def not_ready_reason(self) -> str: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    dropped: int
+
+    def start(self) -> None: ...
+
+    def reply_partition(self) -> int | None: ...
+
+    def expect(self, correlation_id: str) -> asyncio.Future[dict[str, Any]]: ...
+
+    def forget(self, correlation_id: str) -> None: ...
+
+    def stop(self) -> None: ...

@@ -47,3 +47,33 @@ def test_no_adapter_imports_the_pipeline() -> None:
         m for m, found in modules("adapters").items() if any("service.pipeline" in i for i in found)
     }
     assert reaching == set()
+
+
+# The client classes bootstrap builds; entry points get them (or factories of them) passed in.
+CLIENTS = {
+    "payment_worker.adapters.kafka.ThreadedConsumer",
+    "payment_worker.adapters.kafka.OutboxProducer",
+    "payment_worker.adapters.kafka.DirectProducer",
+    "payment_worker.adapters.kafka.CommandProducer",
+    "payment_worker.adapters.kafka.ReplyListener",
+    "payment_worker.adapters.kafka.reading_consumer",
+    "payment_worker.adapters.postgres.PostgresStore",
+    "payment_worker.adapters.postgres.make_pool",
+}
+
+
+def test_the_worker_relay_shim_and_replay_are_handed_their_clients() -> None:
+    """The long-running entry points import no client class and no confluent_kafka Producer:
+    the composition root builds their clients and they are typed on the ports."""
+    entry_points = (
+        "entrypoints/worker.py",
+        "entrypoints/relay.py",
+        "entrypoints/shim",
+        "entrypoints/replay",
+    )
+    building = {
+        module: sorted(found & CLIENTS)
+        for module, found in modules().items()
+        if module.startswith(entry_points) and found & CLIENTS
+    }
+    assert building == {}

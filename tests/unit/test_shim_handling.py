@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
+from payment_worker.bootstrap import shim_clients
 from payment_worker.config import Settings, load_settings
 from payment_worker.domain.model import Command
 from payment_worker.entrypoints.shim import Shim, create_app, served_app
@@ -54,12 +55,12 @@ def test_requests_arriving_together_never_exceed_the_in_flight_limit() -> None:
     """Six requests at once with a limit of two: two wait for a reply, four get 503 at once
     (fails when the slot is counted only after the body was read)."""
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:1")  # never contacted
-    shim = Shim(settings, AvroCodec(SchemaSet()), max_in_flight=2)
+    shim = Shim(settings, AvroCodec(SchemaSet()), shim_clients(settings), max_in_flight=2)
     shim.listener = _ReadyListener()  # type: ignore[assignment]
     release = asyncio.Event()
     waited: list[str] = []
 
-    async def request_reply(command: Command) -> Response:
+    async def request_reply(command: Command, *_: Any) -> Response:
         waited.append(command.order_id)
         await release.wait()
         return Response(status_code=200)
@@ -82,7 +83,7 @@ def test_requests_arriving_together_never_exceed_the_in_flight_limit() -> None:
 
 def _app_with(handle: Any) -> tuple[Any, Shim]:
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:1")  # never contacted
-    app = create_app(settings, AvroCodec(SchemaSet()))
+    app = create_app(settings, AvroCodec(SchemaSet()), shim_clients(settings))
     shim: Shim = app.state.shim
     shim.handle = handle  # type: ignore[method-assign]
     return app, shim
@@ -102,7 +103,7 @@ def test_post_payments_is_served_through_fastapi_like_every_other_route(
 
     monkeypatch.setattr(Shim, "handle", handle)
     settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", shim_api_keys=KEY)
-    asgi = served_app(settings, AvroCodec(SchemaSet()))
+    asgi = served_app(settings, AvroCodec(SchemaSet()), shim_clients(settings))
     key = {"authorization": f"Bearer {KEY}"}
 
     async def scenario() -> list[int]:

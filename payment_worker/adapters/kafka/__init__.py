@@ -26,28 +26,24 @@ from payment_worker.adapters.kafka.config import (
     kafka_text,
 )
 from payment_worker.adapters.kafka.consumer import (
-    AssignHandler,
-    RevokeHandler,
     ThreadedConsumer,
+    reading_consumer,
     ready_messages,
     to_record,
 )
 from payment_worker.adapters.kafka.direct import DIRECT_PRODUCER_DEFAULTS, DirectProducer
-from payment_worker.adapters.kafka.producer import DeliveryFailure, OutboxProducer, produce_waiting
+from payment_worker.adapters.kafka.producer import OutboxProducer, produce_waiting
 from payment_worker.adapters.kafka.replies import CommandProducer, ReplyListener
 
 __all__ = [
     "CONSUMER_DEFAULTS",
     "DIRECT_PRODUCER_DEFAULTS",
     "PRODUCER_DEFAULTS",
-    "AssignHandler",
     "BrokerUnavailable",
     "CommandProducer",
-    "DeliveryFailure",
     "DirectProducer",
     "OutboxProducer",
     "ReplyListener",
-    "RevokeHandler",
     "ThreadedConsumer",
     "TopicDirectory",
     "broker_problem",
@@ -57,6 +53,7 @@ __all__ = [
     "for_producer",
     "kafka_text",
     "produce_waiting",
+    "reading_consumer",
     "ready_messages",
     "to_record",
     "topic_partitions",

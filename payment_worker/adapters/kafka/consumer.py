@@ -4,7 +4,7 @@ every consumer of ours uses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +17,8 @@ from payment_worker.adapters.kafka.config import (
     for_consumer,
     kafka_error,
 )
-from payment_worker.service.ports import InboundRecord
+from payment_worker.domain.ids import token_hex
+from payment_worker.service.ports import AssignHandler, InboundRecord, RevokeHandler
 
 log = structlog.get_logger("payment_worker.kafka")
 
@@ -51,10 +52,6 @@ def to_record(message: Message) -> InboundRecord:
         headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
     )
-
-
-RevokeHandler = Callable[[list[tuple[str, int]]], Coroutine[Any, Any, dict[tuple[str, int], int]]]
-AssignHandler = Callable[[list[tuple[str, int]]], None]
 
 
 class ThreadedConsumer:
@@ -169,3 +166,16 @@ class ThreadedConsumer:
             await self._call(self._consumer.close)
             self._consumer = None
         self._executor.shutdown(wait=True)
+
+
+def reading_consumer(config: dict[str, Any]) -> Consumer:
+    """A consumer for manual assignment that never touches a live group's offsets: a group id
+    of its own (random), no commits."""
+    return Consumer(
+        {
+            **CONSUMER_DEFAULTS,
+            **for_consumer(config),
+            "group.id": f"payment-worker-replay-{token_hex(6)}",
+            "enable.auto.commit": False,
+        }
+    )

@@ -6,14 +6,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from payment_worker.adapters.kafka.config import PRODUCER_DEFAULTS, for_producer, kafka_error
-from payment_worker.service.ports import StoredMessage
+from payment_worker.service.ports import DeliveryFailure, StoredMessage
 
 log = structlog.get_logger("payment_worker.kafka")
 
@@ -93,16 +92,6 @@ _BROKER_WIDE = frozenset(
         KafkaError.PRODUCER_FENCED,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFailure:
-    """An outbox row the broker did not take: why, and whether it said anything about the row
-    (`broker_wide`: the broker was unavailable; the row itself may be fine)."""
-
-    row_id: int
-    error: str
-    broker_wide: bool
 
 
 def _failure(row_id: int, error: KafkaError | None, text: str) -> DeliveryFailure:

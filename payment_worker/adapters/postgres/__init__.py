@@ -1,7 +1,6 @@
 """PostgreSQL: payments, the command ledger and the outbox (psycopg 3, async pool)."""
 
 from payment_worker.adapters.postgres.connections import make_pool
-from payment_worker.adapters.postgres.outbox import ParkedRow
 from payment_worker.adapters.postgres.queries import (
     DatabaseError,
     DatabaseUnavailable,
@@ -15,7 +14,6 @@ from payment_worker.adapters.postgres.store import PostgresStore
 __all__ = [
     "DatabaseError",
     "DatabaseUnavailable",
-    "ParkedRow",
     "PostgresStore",
     "headers_from_json",
     "make_pool",

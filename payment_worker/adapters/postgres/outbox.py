@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -10,19 +9,7 @@ import psycopg
 from payment_worker.adapters.postgres.connections import Connections
 from payment_worker.adapters.postgres.queries import DatabaseError, queries
 from payment_worker.adapters.postgres.rows import outbox_arrays, outbox_message
-from payment_worker.service.ports import OutboxMessage, StoredMessage
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    """An outbox row given up on after too many refusals (kept, never published)."""
-
-    id: int
-    kind: str
-    topic: str
-    partition: int | None
-    attempts: int
-    error: str
+from payment_worker.service.ports import OutboxMessage, ParkedRow, StoredMessage
 
 
 async def insert_outbox(

@@ -11,7 +11,6 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from payment_worker.adapters.kafka import DirectProducer
 from payment_worker.config import Settings
 from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
@@ -21,7 +20,7 @@ from payment_worker.entrypoints.replay.reading import Batches, PartitionReader
 from payment_worker.entrypoints.replay.summary import ReplaySummary
 from payment_worker.retrying import retrying
 from payment_worker.service.pipeline import Handled, Pipeline
-from payment_worker.service.ports import BatchLedgerPort, InboundRecord
+from payment_worker.service.ports import BatchLedgerPort, DirectSenderPort, InboundRecord
 from payment_worker.service.replay import (
     Classified,
     Kind,
@@ -56,6 +55,12 @@ class ReplayApp(Protocol):
     @property
     def relay(self) -> OutboxRelay: ...
 
+    @property
+    def direct_sender(self) -> Callable[[], DirectSenderPort]: ...
+
+    @property
+    def reading_consumer(self) -> Callable[[], Any]: ...
+
 
 class Replayer:
     """One replay of the partitions `options.shard` selects, run once by `run()`."""
@@ -70,8 +75,8 @@ class Replayer:
         # Answers from the ledger go straight to Kafka, not through the outbox: they change
         # nothing in the database, so there is no state to keep atomic with them, and a lost
         # one is given again by the next replay. Replay fails if one cannot be delivered.
-        self._sender = DirectProducer(app.settings.kafka_common())
-        self._reader = PartitionReader(app.settings, options)
+        self._sender = app.direct_sender()
+        self._reader = PartitionReader(app.reading_consumer, options, app.settings.topic_dlq)
 
     async def run(self, progress: Any = None) -> ReplaySummary:
         await self._reader.open()

@@ -4,14 +4,13 @@ in batches, with a consumer of the replay's own that joins no group and commits 
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from payment_worker.adapters.kafka import CONSUMER_DEFAULTS, for_consumer, ready_messages, to_record
-from payment_worker.config import Settings
+from payment_worker.adapters.kafka import ready_messages, to_record
 from payment_worker.entrypoints.replay.exceptions import ReplayError
 from payment_worker.entrypoints.replay.options import ReplayOptions
 from payment_worker.service.ports import InboundRecord
@@ -65,8 +64,11 @@ class PartitionReader:
     """The replay's consumer, created by `open()` and closed by `close()`. The live group's
     offsets are never read or moved: manual assignment, a group id of its own, no commit."""
 
-    def __init__(self, settings: Settings, options: ReplayOptions) -> None:
-        self.settings = settings
+    def __init__(
+        self, new_consumer: Callable[[], Consumer], options: ReplayOptions, dlq_topic: str
+    ) -> None:
+        self.new_consumer = new_consumer
+        self.dlq_topic = dlq_topic
         self.options = options
         self._consumer: Consumer | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="replay-consumer")
@@ -76,16 +78,7 @@ class PartitionReader:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def open(self) -> None:
-        self._consumer = await self._on_consumer_thread(self._new_consumer)
-
-    def _new_consumer(self) -> Consumer:
-        config: dict[str, Any] = {
-            **CONSUMER_DEFAULTS,
-            **for_consumer(self.settings.kafka_common()),
-            "group.id": f"payment-worker-replay-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-        }
-        return Consumer(config)
+        self._consumer = await self._on_consumer_thread(self.new_consumer)
 
     @property
     def consumer(self) -> Consumer:
@@ -134,7 +127,7 @@ class PartitionReader:
                         continue
                     if self._before_window(record):
                         continue
-                    if record.topic == self.settings.topic_dlq:
+                    if record.topic == self.dlq_topic:
                         record = without_dlq_headers(record)
                     batch.append(record)
                     if offset + 1 >= stop:

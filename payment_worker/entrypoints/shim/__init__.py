@@ -6,7 +6,7 @@ partitions it owns (header reply-partition), so each shim reads only its own par
 """
 
 from payment_worker.entrypoints.shim.app import create_app, with_api_keys
-from payment_worker.entrypoints.shim.handling import Shim
+from payment_worker.entrypoints.shim.handling import Shim, ShimClients
 from payment_worker.entrypoints.shim.requests import (
     IDEMPOTENCY_NAMESPACE,
     MAX_BODY_BYTES,
@@ -33,6 +33,7 @@ __all__ = [
     "PaymentRequest",
     "PaymentResponse",
     "Shim",
+    "ShimClients",
     "create_app",
     "parse_payment_request",
     "render_json",

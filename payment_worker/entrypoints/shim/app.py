@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from payment_worker.adapters.avro_codec import AvroCodec
 from payment_worker.config import Settings
-from payment_worker.entrypoints.shim.handling import Shim
+from payment_worker.entrypoints.shim.handling import Shim, ShimClients
 from payment_worker.entrypoints.shim.metrics import DROPPED, LATENCY, REQUESTS, WAITING
 from payment_worker.entrypoints.shim.requests import MAX_KEY_LENGTH, PaymentRequest
 from payment_worker.entrypoints.shim.responses import (
@@ -31,8 +31,8 @@ from payment_worker.entrypoints.shim.responses import (
 log = structlog.get_logger("payment_worker.shim")
 
 
-def create_app(settings: Settings, codec: AvroCodec) -> FastAPI:
-    shim = Shim(settings, codec, max_in_flight=settings.shim_max_in_flight)
+def create_app(settings: Settings, codec: AvroCodec, clients: ShimClients) -> FastAPI:
+    shim = Shim(settings, codec, clients, max_in_flight=settings.shim_max_in_flight)
     WAITING.set_function(lambda: shim.listener.waiting)
     DROPPED.set_function(lambda: shim.listener.dropped)
 

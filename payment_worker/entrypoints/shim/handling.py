@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +16,6 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
-from payment_worker.adapters.kafka import CommandProducer, ReplyListener
 from payment_worker.config import Settings
 from payment_worker.domain.ids import random_uuid
 from payment_worker.domain.model import Command
@@ -28,32 +29,40 @@ from payment_worker.entrypoints.shim.requests import (
     parse_payment_request,
 )
 from payment_worker.entrypoints.shim.responses import error_response, json_response
+from payment_worker.service.ports import CommandSenderPort, ReplyWaiterPort
 
 log = structlog.get_logger("payment_worker.shim")
+
+ReplyDecoder = Callable[[bytes | None], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class ShimClients:
+    """The shim's Kafka clients, built by the composition root: the command producer, and
+    the reply listener made once the shim can give it the decoder of replies."""
+
+    producer: CommandSenderPort
+    listen: Callable[[ReplyDecoder], ReplyWaiterPort]
 
 
 class Shim:
     """The state of one shim process."""
 
-    def __init__(self, settings: Settings, codec: AvroCodec, *, max_in_flight: int = 2000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        clients: ShimClients,
+        *,
+        max_in_flight: int = 2000,
+    ) -> None:
         self.settings = settings
         self.codec = codec
         self.loop: asyncio.AbstractEventLoop | None = None
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        common = settings.kafka_common()
-        self.producer = CommandProducer({**common, "client.id": "payment-shim"})
-        self.listener = ReplyListener(
-            {
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 500,
-                **common,
-                "group.id": settings.shim_group,
-                "client.id": "payment-shim-replies",
-            },
-            settings.topic_replies,
-            self._decode_reply,
-        )
+        self.producer = clients.producer
+        self.listener = clients.listen(self._decode_reply)
 
     def _decode_reply(self, value: bytes | None) -> dict[str, Any] | None:
         """On the listener's thread: a writer schema not seen yet is fetched by the event

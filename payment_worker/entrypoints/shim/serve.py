@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 from payment_worker.adapters.avro_codec import AvroCodec
 from payment_worker.config import Settings
 from payment_worker.entrypoints.shim.app import create_app, with_api_keys
+from payment_worker.entrypoints.shim.handling import ShimClients
 from payment_worker.exceptions import ConfigurationError
 
 log = structlog.get_logger("payment_worker.shim")
@@ -30,19 +31,19 @@ def tls_files(settings: Settings) -> tuple[str, str] | None:
     return cert, key
 
 
-def served_app(settings: Settings, codec: AvroCodec) -> ASGIApp:
+def served_app(settings: Settings, codec: AvroCodec, clients: ShimClients) -> ASGIApp:
     """What uvicorn serves: the FastAPI app, every route included, behind the API-key door."""
     return with_api_keys(
-        create_app(settings, codec),
+        create_app(settings, codec, clients),
         settings.api_key_digests(),
         metrics_public=settings.shim_metrics_public,
     )
 
 
-async def serve(settings: Settings, the_codec: AvroCodec) -> None:
+async def serve(settings: Settings, the_codec: AvroCodec, clients: ShimClients) -> None:
     """The shim until SIGTERM: the registry's schema for commands loaded (waited for), then
-    uvicorn on PAYMENT_SHIM_PORT, over TLS when certificate files are set. The codec is the
-    composition root's; it is closed here."""
+    uvicorn on PAYMENT_SHIM_PORT, over TLS when certificate files are set. The codec and the
+    clients are the composition root's; the codec is closed here."""
     import uvicorn
 
     from payment_worker.entrypoints.startup import load_schemas
@@ -54,7 +55,7 @@ async def serve(settings: Settings, the_codec: AvroCodec) -> None:
         ):
             return
         config = uvicorn.Config(
-            served_app(settings, the_codec),
+            served_app(settings, the_codec, clients),
             host="0.0.0.0",  # noqa: S104  (a service port, reached from other hosts)
             port=settings.shim_port,
             log_level="warning",
