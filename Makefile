@@ -8,6 +8,11 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
+# No trace exporter unless one is asked for (OTEL_TRACES_EXPORTER=console make demo, or otlp
+# with OTEL_EXPORTER_OTLP_ENDPOINT): the dev environment has the SDK, and nothing listens on
+# the OTLP default port here.
+export OTEL_TRACES_EXPORTER ?= none
+
 .PHONY: help
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

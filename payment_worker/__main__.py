@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 import structlog
 
+from payment_worker import tracing
 from payment_worker.config import Settings, load_settings
+from payment_worker.domain.health import Thresholds
 from payment_worker.exceptions import ConfigurationError, PaymentWorkerError
 from payment_worker.logs import configure_logging
 
@@ -37,7 +39,7 @@ async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_problem, topic_partitions
     from payment_worker.adapters.postgres.migrations import schema_problem
     from payment_worker.bootstrap import open_app, redis_problem
-    from payment_worker.entrypoints.http_status import serve_status
+    from payment_worker.entrypoints.http_status import StatusServer
     from payment_worker.entrypoints.startup import Dependency, load_schemas, wait_for, where
 
     stop = _stop_event()
@@ -93,13 +95,16 @@ async def _run_worker(settings: Settings) -> int:
                     "service": "payment-worker",
                 }
 
-            server = await serve_status(settings.metrics_port, health)
+            server = StatusServer(settings.metrics_port, health)
+            await server.start()
             log.info("status_endpoint", port=settings.metrics_port, paths=["/metrics", "/health"])
+        gauges = asyncio.create_task(app.gauges.run(), name="state-gauges")
         try:
             await app.worker.run(stop)
         finally:
+            gauges.cancel()
             if server is not None:
-                server.close()
+                await server.close()
     return 0
 
 
@@ -190,6 +195,39 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, not {text!r}")
+    return value
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from payment_worker.bootstrap import open_status
+    from payment_worker.entrypoints.status import gather, print_report
+
+    limits = Thresholds(
+        max_lag=int(args.max_lag),
+        max_outbox_age_s=args.max_outbox_age,
+        max_parked=int(args.max_parked),
+        max_pending_age_s=args.max_pending_age,
+        max_dead_letters=int(args.max_dead_letters),
+        max_reconciler_silence_s=args.max_reconciler_silence,
+    )
+
+    async def report() -> Any:
+        async with open_status(settings) as (store, lag):
+            return await gather(store, lag, limits, settings)
+
+    result = asyncio.run(report())
+    print_report(result, as_json=args.json)
+    code: int = result.exit_code
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     from payment_worker.entrypoints.cli import add_command, global_options
 
@@ -212,6 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument(
         "--dry-run", action="store_true", help="say what would be created; create nothing"
     )
+    status = add_command(sub, "status")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    limits = Thresholds()
+    for flag, default, unit in (
+        ("--max-lag", limits.max_lag, "records behind on a partition"),
+        ("--max-outbox-age", limits.max_outbox_age_s, "seconds, oldest unsent outbox row"),
+        ("--max-parked", limits.max_parked, "parked outbox rows"),
+        ("--max-pending-age", limits.max_pending_age_s, "seconds, oldest pending payment"),
+        ("--max-dead-letters", limits.max_dead_letters, "dead letters in the last hour"),
+        (
+            "--max-reconciler-silence",
+            limits.max_reconciler_silence_s,
+            "seconds since a reconciler ran, while payments are pending",
+        ),
+    ):
+        status.add_argument(
+            flag,
+            type=_non_negative,
+            default=default,
+            metavar="N",
+            help=f"{unit} (default {default:g})",
+        )
     demo = add_command(sub, "demo")
     demo.add_argument(
         "--keep-running", action="store_true", help="leave everything up for exploring until Ctrl-C"
@@ -274,6 +334,10 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+# Each process reports its own service.name in traces, unless OTEL_SERVICE_NAME names one.
+SERVICE_NAMES = {"run": "payment-worker", "shim": "payment-shim", "replay": "payment-worker-replay"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flag_level = getattr(args, "log_level", None)
@@ -281,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_logging(flag_level or settings.log_level, settings.log_format)
+        if args.command in SERVICE_NAMES:
+            tracing.configure(SERVICE_NAMES[args.command])
         if args.command == "run":
             return _run(_run_worker(settings))
         if args.command == "migrate":
@@ -297,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "replay":
             return _replay(settings, args)
+        if args.command == "status":
+            return _status(settings, args)
         if args.command == "topics":
             from payment_worker.entrypoints.topics import report_topics
 
@@ -317,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()
     return 2
 
 

@@ -23,6 +23,7 @@ from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, J
 from payment_worker.adapters.kafka import (
     CommandProducer,
     DirectProducer,
+    GroupLag,
     OutboxProducer,
     ReplyListener,
     ThreadedConsumer,
@@ -33,6 +34,7 @@ from payment_worker.adapters.postgres import PostgresStore, make_pool
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
+from payment_worker.entrypoints.gauges import StateGauges
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.shim import ShimClients
 from payment_worker.entrypoints.worker import Worker
@@ -155,6 +157,7 @@ class App:
     relay: OutboxRelay
     worker: Worker
     gateway: SimulatedGateway
+    gauges: StateGauges
     direct_sender: Callable[[], DirectProducer]  # replay's answers from the ledger
     reading_consumer: Callable[[], Any]  # replay's consumer: no group offsets, no commits
 
@@ -197,6 +200,7 @@ async def open_app(
     await ordering.open()
     await inventory.open()
     the_codec = codec(settings)
+    lag: GroupLag | None = None
     try:
         store = PostgresStore(pool)
         gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
@@ -230,7 +234,13 @@ async def open_app(
             relay=relay,
             make_consumer=partial(ThreadedConsumer, consumer_config, [settings.topic_commands]),
             max_in_flight=settings.max_in_flight,
+            group=settings.consumer_group,
             reconcile_after_s=settings.reconcile_after_s,
+        )
+        lag = GroupLag(
+            {**common, "client.id": f"{client_id}-lag"},
+            settings.consumer_group,
+            settings.topic_commands,
         )
         yield App(
             settings,
@@ -240,12 +250,39 @@ async def open_app(
             relay,
             worker,
             gateway,
+            gauges=StateGauges(store, lag),
             direct_sender=partial(DirectProducer, common),
             reading_consumer=partial(reading_consumer, common),
         )
     finally:
+        if lag is not None:
+            await lag.close()
         await the_codec.close()
         await ordering.close()
         await inventory.close()
         await redis_client.aclose()
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def open_status(settings: Settings) -> AsyncIterator[tuple[PostgresStore, GroupLag]]:
+    """What `payment-worker status` reads: the database (a small pool that does not wait for
+    it) and the worker group's lag."""
+    pool = make_pool(
+        settings.database_url.get_secret_value(),
+        settings.db_schema,
+        min_size=1,
+        max_size=2,
+        timeout_s=5.0,
+    )
+    lag = GroupLag(
+        {**settings.kafka_common(), "client.id": "payment-worker-status"},
+        settings.consumer_group,
+        settings.topic_commands,
+    )
+    await pool.open(wait=False)
+    try:
+        yield PostgresStore(pool), lag
+    finally:
+        await lag.close()
         await pool.close()

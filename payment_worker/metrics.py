@@ -41,3 +41,41 @@ SKIPPED_RECORDS = Counter(
     "payment_worker_records_skipped_total",
     "Records given up on after every way of answering them failed (offset moved on).",
 )
+
+# -- what pages: replies, dependencies, and the state sampled from the broker and the database
+
+REPLIES = Counter("payment_worker_replies_total", "Replies written, by outcome.", ["outcome"])
+CONSUMED = Counter("payment_worker_records_consumed_total", "Command records consumed.")
+DEPENDENCY_SECONDS = Histogram(
+    "payment_worker_dependency_request_duration_seconds",
+    "Calls to a dependency (ordering, inventory, gateway, redis), by outcome"
+    " (ok, not_found, declined, error, timeout, degraded).",
+    ["dependency", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+CONSUMER_LAG = Gauge(
+    "payment_worker_consumer_lag_records",
+    "Records on the commands topic not yet committed by the worker's group, per partition.",
+    ["topic", "partition"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "payment_worker_outbox_oldest_unsent_age_seconds",
+    "Age of the oldest outbox row not yet published (0 when none is waiting).",
+)
+PENDING_PAYMENTS = Gauge("payment_worker_pending_payments", "Payments in status pending.")
+PENDING_OLDEST_AGE = Gauge(
+    "payment_worker_pending_oldest_age_seconds",
+    "Age of the oldest pending payment (0 when none is pending).",
+)
+RECONCILER_RUNS = Counter(
+    "payment_worker_reconciler_runs_total", "Reconciler passes, by result (ok, failed).", ["result"]
+)
+RECONCILER_LAST_RUN = Gauge(
+    "payment_worker_reconciler_last_run_timestamp_seconds",
+    "Unix time of this worker's last reconciler pass that completed.",
+)
+SAMPLE_FAILURES = Counter(
+    "payment_worker_state_sample_failures_total",
+    "Samples of the lag, outbox and pending gauges that failed, by source (kafka, database).",
+    ["source"],
+)

@@ -23,6 +23,8 @@ from payment_worker.service.messages import Topics
 from tests import containers
 
 ROOT = Path(__file__).resolve().parents[1]
+# The processes started here export no traces unless a test (or the caller) asks for them.
+os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ARTIFACTS = ROOT / ".devstack" / "test-logs"

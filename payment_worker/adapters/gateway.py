@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import structlog
 
+from payment_worker import metrics, tracing
 from payment_worker.domain.gateway_rules import decide
 from payment_worker.domain.model import GatewayResult, Payment
 
@@ -21,10 +23,20 @@ class SimulatedGateway:
         self.failure_rate = failure_rate
 
     async def charge(self, payment: Payment) -> GatewayResult:
-        low, high = self.latency_ms
-        if high > 0:
-            await asyncio.sleep(random.uniform(low, high) / 1000)
-        result = decide(payment.id, payment.amount, self.failure_rate)
+        started = time.perf_counter()
+        outcome = "error"
+        with tracing.span("gateway charge", tracing.CLIENT, attributes=_span_ids(payment)):
+            try:
+                low, high = self.latency_ms
+                if high > 0:
+                    await asyncio.sleep(random.uniform(low, high) / 1000)
+                result = decide(payment.id, payment.amount, self.failure_rate)
+                outcome = "ok" if result.success else "declined"
+                tracing.annotate({"payment.gateway.result": outcome})
+            finally:
+                metrics.DEPENDENCY_SECONDS.labels("gateway", outcome).observe(
+                    time.perf_counter() - started
+                )
         log.debug(
             "gateway_charge",
             payment_id=str(payment.id),
@@ -33,3 +45,7 @@ class SimulatedGateway:
             transaction_id=result.transaction_id,
         )
         return result
+
+
+def _span_ids(payment: Payment) -> dict[str, str]:
+    return {"payment.id": str(payment.id), "payment.order_id": str(payment.order_id)}

@@ -169,13 +169,14 @@ class HttpClient:
         self._open: set[_Connection] = set()
         self._closed = False
 
-    def _request_bytes(self, path: str) -> bytes:
+    def _request_bytes(self, path: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers if _one_line(value))
         return (
             f"GET {self.base_path}{path} HTTP/1.1\r\n"
             f"Host: {self._host_header}\r\n"
             "Accept: application/json\r\n"
             "User-Agent: payment-worker\r\n"
-            f"{self._extra_headers}\r\n"
+            f"{self._extra_headers}{extra}\r\n"
         ).encode("latin-1")
 
     async def _connect(self) -> _Connection:
@@ -192,15 +193,21 @@ class HttpClient:
         return connection
 
     async def get(
-        self, path: str, timeout_s: float, *, deadline: float | None = None
+        self,
+        path: str,
+        timeout_s: float,
+        *,
+        deadline: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[int, bytes]:
         """(status, body) of GET path; HttpClientError, or TimeoutError.
 
         A free connection is waited for until `deadline` (event-loop time; by default
         `timeout_s` from now); the request itself then has `timeout_s`, never past the deadline.
         A request that waited in line for a connection has not reached the server: the time
-        it waited is the caller's budget, not a slow answer of the server's."""
-        data = self._request_bytes(path)
+        it waited is the caller's budget, not a slow answer of the server's. `headers` are
+        this request's own (a traceparent), beside those sent with every request."""
+        data = self._request_bytes(path, headers)
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + timeout_s
@@ -269,3 +276,8 @@ class HttpClient:
         self._open.clear()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports finish closing
+
+
+def _one_line(value: str) -> bool:
+    """A header value that cannot break the request apart (no CR, LF or NUL)."""
+    return not any(c in value for c in "\r\n\x00")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -16,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from payment_worker import metrics, tracing
 from payment_worker.adapters.http_client import (
     ConnectionWaitTimeout,
     HttpClient,
@@ -101,11 +103,36 @@ class JsonService:
             await self._client.close()
             self._client = None
 
-    async def get_json(self, path: str) -> dict[str, Any] | None:
+    async def get_json(self, path: str, template: str = "") -> dict[str, Any] | None:
         """The resource, None on 404; DependencyUnavailable once the retry budget is spent.
 
-        The budget is a deadline for the whole call: no try starts or runs past it.
+        The budget is a deadline for the whole call: no try starts or runs past it. The call
+        is one span (`GET <template>`, the path with its id as a placeholder) whose context
+        every try sends as `traceparent`, and one observation of the dependency's latency.
         """
+        dependency = self.name.lower()
+        started = time.perf_counter()
+        outcome = "error"
+        name = f"GET {template or path}"
+        with tracing.span(
+            name,
+            tracing.CLIENT,
+            attributes={"http.request.method": "GET", "url.template": template or path},
+        ):
+            try:
+                data = await self._get_json(path)
+                outcome = "ok" if data is not None else "not_found"
+                return data
+            except DependencyUnavailable as exc:
+                outcome = "timeout" if "timeout" in str(exc) or "budget" in str(exc) else "error"
+                raise
+            finally:
+                tracing.annotate({"payment.dependency.result": outcome})
+                metrics.DEPENDENCY_SECONDS.labels(dependency, outcome).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _get_json(self, path: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_budget_s
 
@@ -136,8 +163,14 @@ class JsonService:
         answered, never past the deadline."""
         if self._client is None:
             raise RuntimeError(f"{self.name} client used before open()")
+        traceparent, tracestate = tracing.outgoing()
+        headers = [("traceparent", traceparent)] if traceparent else []
+        if traceparent and tracestate:
+            headers.append(("tracestate", tracestate))
         try:
-            status, body = await self._client.get(path, timeout_s, deadline=deadline)
+            status, body = await self._client.get(
+                path, timeout_s, deadline=deadline, headers=headers
+            )
         except ConnectionWaitTimeout as exc:
             raise _Transient("no free connection within the retry budget") from exc
         except TimeoutError as exc:
@@ -171,7 +204,7 @@ class HttpOrdering:
         self.service = service
 
     async def get_order(self, order_id: uuid.UUID) -> OrderInfo | None:
-        data = await self.service.get_json(f"/orders/{order_id}")
+        data = await self.service.get_json(f"/orders/{order_id}", "/orders/{orderId}")
         if data is None:
             return None
         customer = _field(data, "customerId", "userId")
@@ -192,7 +225,9 @@ class HttpInventory:
         self.service = service
 
     async def get_reservation(self, reservation_id: uuid.UUID) -> ReservationInfo | None:
-        data = await self.service.get_json(f"/reservations/{reservation_id}")
+        data = await self.service.get_json(
+            f"/reservations/{reservation_id}", "/reservations/{reservationId}"
+        )
         if data is None:
             return None
         customer = _field(data, "customerId", "userId")

@@ -22,6 +22,7 @@ ROUTING_HEADERS = frozenset(
         "reply-to",
         "reply-partition",
         "traceparent",
+        "tracestate",
         "kafka_correlationId",
         "kafka_replyTopic",
         "kafka_replyPartition",
@@ -40,6 +41,7 @@ class ReplyRoute:
     spring_reply_topic: bytes | None = None
     spring_reply_partition: bytes | None = None
     traceparent: str | None = None
+    tracestate: str | None = None  # only beside a valid traceparent
 
     def to_json(self) -> dict[str, Any]:
         """The route as JSON for the ledger. A correlation id holding NUL (valid UTF-8, but
@@ -57,6 +59,7 @@ class ReplyRoute:
             "spring_reply_topic": _hex(self.spring_reply_topic),
             "spring_reply_partition": _hex(self.spring_reply_partition),
             "traceparent": self.traceparent,
+            **({"tracestate": self.tracestate} if self.tracestate else {}),
         }
 
     @classmethod
@@ -73,6 +76,7 @@ class ReplyRoute:
             spring_reply_topic=_unhex(data.get("spring_reply_topic")),
             spring_reply_partition=_unhex(data.get("spring_reply_partition")),
             traceparent=data.get("traceparent"),
+            tracestate=data.get("tracestate"),
         )
 
 
@@ -132,6 +136,35 @@ def valid_traceparent(value: bytes | None) -> str | None:
     if version == "00" and rest is not None:
         return None
     return text
+
+
+def trace_headers(found: dict[str, list[bytes | None]]) -> tuple[str | None, str | None]:
+    """The W3C trace context of a command's headers: a traceparent given once (or repeated
+    alike) and valid, and a tracestate beside it that is printable ASCII of at most 512 bytes
+    (W3C's limit) with no card number; anything else is ignored, and a new trace starts."""
+    traceparents = found.get("traceparent")
+    traceparent = (
+        valid_traceparent(traceparents[0])
+        if traceparents and all(t == traceparents[0] for t in traceparents)
+        else None
+    )
+    states = found.get("tracestate")
+    state = states[0] if traceparent and states and len(states) == 1 else None
+    if state is None or len(state) > 512 or not all(0x20 <= b <= 0x7E for b in state):
+        return traceparent, None
+    text = state.decode("ascii").strip()
+    return traceparent, (text if text and not contains_card_number(text) else None)
+
+
+def record_trace_context(
+    headers: list[tuple[str, bytes | None]],
+) -> tuple[str | None, str | None]:
+    """trace_headers() of a record's headers as they came."""
+    found: dict[str, list[bytes | None]] = {}
+    for name, value in headers:
+        if name in ("traceparent", "tracestate"):
+            found.setdefault(name, []).append(value)
+    return trace_headers(found)
 
 
 def _single(found: dict[str, list[bytes | None]], name: str) -> bytes | None:
@@ -231,12 +264,7 @@ def route_from_headers(
         spring_partition = _spring_partition(found)
     except _Bad as bad:
         return InvalidHeader(bad.name, bad.why, fallback)
-    traceparents = found.get("traceparent")
-    traceparent = (
-        valid_traceparent(traceparents[0])
-        if traceparents and all(t == traceparents[0] for t in traceparents)
-        else None
-    )
+    traceparent, tracestate = trace_headers(found)
     return ReplyRoute(
         topic=topic or spring_topic or rules.default_topic,
         partition=partition if partition is not None else spring_partition,
@@ -247,6 +275,7 @@ def route_from_headers(
             found["kafka_replyPartition"][0] if spring_partition is not None else None
         ),
         traceparent=traceparent,
+        tracestate=tracestate,
     )
 
 

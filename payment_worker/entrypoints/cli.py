@@ -109,6 +109,18 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "example": "PAYMENT_KAFKA_BOOTSTRAP_SERVERS=kafka:9092 PAYMENT_TOPIC_REPLICATION=3 "
         "payment-worker topics --dry-run",
     },
+    "status": {
+        "help": "print what is stuck and what is flowing (exit 0 healthy, 1 past a threshold, 2 "
+        "unreachable)",
+        "description": "Print, for the deployment these settings name: the lag of the worker's "
+        "group per partition of PAYMENT_TOPIC_COMMANDS, the outbox backlog and its oldest row, "
+        "parked rows by reason, pending payments and the oldest, dead letters of the last hour "
+        "by reason, the last reconciler run. A table on a terminal, JSON with --json. Exits 0 "
+        "when nothing is past a threshold, 1 when something is (each named), 2 when PostgreSQL "
+        "or Kafka cannot be reached.",
+        "variables": [*KAFKA, *DATABASE, "topic_commands", "consumer_group", *LOGS],
+        "example": "payment-worker status --json --max-lag 5000",
+    },
     "replay": {
         "help": "reprocess a topic safely (own consumer; the live group is untouched)",
         "description": "Reprocess a topic up to its end offsets seen at start, through the same "

@@ -147,10 +147,7 @@ class OutboxRelay:
         while True:
             await asyncio.sleep(self.sweep_every_s)
             try:
-                await self.sweep_once()
-                backlog, parked = await self.store.outbox_counts()
-                metrics.OUTBOX_BACKLOG.set(backlog)
-                metrics.OUTBOX_PARKED_ROWS.set(parked)
+                await self.sweep_once()  # the backlog gauges are the state gauges' (gauges.py)
             except RetryableError as exc:
                 log.warning("outbox_sweep_failed", error=str(exc))
             except Exception:

@@ -11,9 +11,9 @@ import time
 
 import structlog
 
-from payment_worker import metrics
+from payment_worker import metrics, tracing
 from payment_worker.domain.ids import token_hex
-from payment_worker.domain.routing import checked_route
+from payment_worker.domain.routing import checked_route, record_trace_context
 from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.tracking import OffsetTracker
@@ -42,6 +42,7 @@ class Worker:
         relay: OutboxRelay,
         make_consumer: ConsumerFactory,
         max_in_flight: int = 2000,
+        group: str = "payment-worker",
         reconcile_after_s: float = 60.0,
         drain_timeout_s: float = 30.0,
         pause_after_s: float = 1.0,
@@ -53,6 +54,7 @@ class Worker:
         self.relay = relay
         self.make_consumer = make_consumer
         self.max_in_flight = max_in_flight
+        self.group = group
         self.reconcile_after_s = reconcile_after_s
         self.drain_timeout_s = drain_timeout_s
         self.pause_after_s = pause_after_s
@@ -95,15 +97,38 @@ class Worker:
 
     async def _run(self, record: InboundRecord) -> None:
         started = time.monotonic()
-        handled = await self._with_retries(record)
-        if handled is None:
-            return  # abandoned at shutdown: not committed, so it is redelivered
-        self.relay.publish(handled.stored)
+        with tracing.span(
+            f"{record.topic} process",
+            tracing.CONSUMER,
+            parent=tracing.parent_from(*record_trace_context(record.headers))
+            if tracing.active()
+            else None,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+                "messaging.consumer.group.name": self.group,
+            },
+        ):
+            handled = await self._with_retries(record)
+            if handled is None:
+                return  # abandoned at shutdown: not committed, so it is redelivered
+            self.relay.publish(handled.stored)
+            tracing.annotate(
+                {
+                    "payment.outcome": str(handled.outcome) if handled.outcome else None,
+                    "payment.duplicate": handled.duplicate,
+                    "payment.dead_letter_reason": handled.dead_letter_reason,
+                }
+            )
         metrics.LATENCY.observe(time.monotonic() - started)
         if handled.dead_letter_reason is not None:
             metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()
         if handled.outcome is not None:
             metrics.COMMANDS.labels(str(handled.outcome), str(handled.duplicate).lower()).inc()
+            metrics.REPLIES.labels(str(handled.outcome)).inc()
         self.tracker.finished(record.topic, record.partition, record.offset)
 
     async def _with_retries(self, record: InboundRecord) -> Handled | None:
@@ -211,7 +236,15 @@ class Worker:
                 order_id=str(payment.order_id),
             )
             try:
-                handled = await self.pipeline.finish_stale(payment, route)
+                with tracing.span(
+                    "payment reconcile",
+                    parent=tracing.parent_from(route.traceparent, route.tracestate),
+                    attributes={
+                        "payment.id": str(payment.id),
+                        "payment.order_id": str(payment.order_id),
+                    },
+                ):
+                    handled = await self.pipeline.finish_stale(payment, route)
             except Exception as exc:
                 metrics.RECONCILE_SKIPPED.inc()
                 log.warning(
@@ -227,6 +260,7 @@ class Worker:
                 finished += 1
         if stale:
             await self.store.release_claims()
+        await self.store.record_reconciler_run(self.reconciler_id, finished)
         return finished
 
     async def _reconcile_loop(self) -> None:
@@ -236,9 +270,14 @@ class Worker:
             try:
                 await self.reconcile_once()
             except RetryableError as exc:
+                metrics.RECONCILER_RUNS.labels("failed").inc()
                 log.warning("reconcile_failed", error=str(exc))
             except Exception:
+                metrics.RECONCILER_RUNS.labels("failed").inc()
                 log.exception("reconcile_crashed")
+            else:
+                metrics.RECONCILER_RUNS.labels("ok").inc()
+                metrics.RECONCILER_LAST_RUN.set_to_current_time()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self.make_consumer(on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -267,12 +306,16 @@ class Worker:
                         continue
                     # Paused partitions yield nothing; polling serves the group session and
                     # rebalances (max.poll.interval.ms) while the worker waits.
-                    for record in await consumer.consume(1, 0.1):
+                    records = await consumer.consume(1, 0.1)
+                    metrics.CONSUMED.inc(len(records))
+                    for record in records:
                         self._dispatch(record)
                     continue
                 if room > 0:
                     full_since = None
-                    for record in await consumer.consume(room, 0.1):
+                    records = await consumer.consume(room, 0.1)
+                    metrics.CONSUMED.inc(len(records))
+                    for record in records:
                         self._dispatch(record)
                     continue
                 # Full: wait for a command to finish, without pausing the consumer (a pause

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from payment_worker import tracing
 from payment_worker.domain.cards import mask_card_numbers, mask_card_numbers_in_bytes
 from payment_worker.domain.ids import new_uuid, random_uuid
 from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
@@ -175,8 +176,7 @@ class MessageFactory:
             route.correlation_id,
             command.command_id,
         )
-        if route.traceparent:
-            headers.append(("traceparent", route.traceparent.encode()))
+        _trace_context(headers, route.topic, route)
         if route.spring_correlation_id is not None:
             headers.append(("kafka_correlationId", route.spring_correlation_id))
         if route.spring_reply_topic is not None:
@@ -237,8 +237,7 @@ class MessageFactory:
             route.correlation_id,
             str(payment.command_id),
         )
-        if route.traceparent:
-            headers.append(("traceparent", route.traceparent.encode()))
+        _trace_context(headers, topic, route)
         return OutboxMessage(
             kind="event",
             topic=topic,
@@ -285,3 +284,22 @@ def _masked(data: bytes | None) -> tuple[bytes | None, bool]:
     if not data:
         return data, False
     return mask_card_numbers_in_bytes(data)
+
+
+def _trace_context(headers: list[tuple[str, bytes | None]], topic: str, route: ReplyRoute) -> None:
+    """The W3C context a reply or event carries: its publish span's when spans are recorded
+    (the command's trace, a span id of its own), else the command's as it came."""
+    with tracing.span(
+        f"{topic} publish",
+        tracing.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+        },
+    ):
+        traceparent, tracestate = tracing.outgoing(route.traceparent, route.tracestate)
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+        if tracestate:
+            headers.append(("tracestate", tracestate.encode()))

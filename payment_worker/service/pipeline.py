@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from payment_worker import tracing
 from payment_worker.domain.decision import (
     ORDER_BUSY,
     Answer,
@@ -169,6 +170,9 @@ class Pipeline:
             answer = reply(Outcome.INVALID_REQUEST, prepared.invalid or "invalid")
             return await self._answer(prepared.command, prepared.route, answer)
         command, route = prepared.command, prepared.route
+        tracing.annotate(
+            {"payment.command_id": command.command_id, "payment.order_id": command.order_id}
+        )
         bound = log.bind(
             command_id=command.command_id,
             order_id=command.order_id,

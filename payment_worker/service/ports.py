@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from payment_worker.domain.decision import LedgerEntry, OrderInfo, ReservationInfo, Snapshot
+from payment_worker.domain.health import PartitionLag, StoreState
 from payment_worker.domain.model import GatewayResult, Outcome, Payment
 from payment_worker.exceptions import RetryableError
 
@@ -204,7 +205,9 @@ class ConsumerFactory(Protocol):
 
 
 class ReconcilerStorePort(Protocol):
-    """The reconciler's claims on payments left pending (rule I5)."""
+    """The reconciler's claims on payments left pending (rule I5), and its record of passes."""
+
+    async def record_reconciler_run(self, reconciler_id: str, finished: int) -> None: ...
 
     async def claim_stale(
         self, age_s: float, owner: str, *, lease_s: float = 120.0, limit: int = 100
@@ -225,8 +228,6 @@ class OutboxStorePort(Protocol):
     async def mark_failed(
         self, failures: list[tuple[int, str, bool]], max_attempts: int
     ) -> list[ParkedRow]: ...
-
-    async def outbox_counts(self) -> tuple[int, int]: ...
 
 
 class OutboxProducerPort(Protocol):
@@ -293,3 +294,18 @@ class ReplyWaiterPort(Protocol):
     def forget(self, correlation_id: str) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class HealthStorePort(Protocol):
+    """What the database holds that backs up (the state gauges, `payment-worker status`)."""
+
+    async def stuck_state(self, *, details: bool = True) -> StoreState: ...
+
+
+class GroupLagPort(Protocol):
+    """The worker's group on the commands topic, per partition (BrokerUnavailable when the
+    broker does not answer)."""
+
+    async def lags(self) -> list[PartitionLag]: ...
+
+    async def close(self) -> None: ...

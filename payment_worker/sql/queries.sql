@@ -189,3 +189,47 @@ SELECT DISTINCT ON (payment_id) kind, topic, partition, key, value, headers, eve
 FROM outbox
 WHERE kind = 'event' AND payment_id = ANY(%(payment_ids)b::uuid[])
 ORDER BY payment_id, id;
+
+-- name: stuck_state
+-- What is backing up: unsent outbox rows and the age of the oldest (by id, the order rows
+-- are written in: the outbox_unsent index), parked rows, pending payments and the oldest
+-- (payments_pending_by_age). Ages in seconds on the database's clock; 0 when none.
+SELECT
+    (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL) AS backlog,
+    coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox
+              WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT 1), 0) AS oldest_unsent_s,
+    (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NOT NULL) AS parked,
+    (SELECT count(*) FROM payments WHERE status = 'pending') AS pending,
+    coalesce((SELECT extract(epoch FROM now() - min(created_at))::float8 FROM payments
+              WHERE status = 'pending'), 0) AS oldest_pending_s;
+
+-- name: parked_by_reason
+-- Parked outbox rows by kind and the broker's last refusal.
+SELECT kind, coalesce(last_error, '') AS error, count(*) AS rows
+FROM outbox WHERE sent_at IS NULL AND parked_at IS NOT NULL
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 20;
+
+-- name: dead_letters_last_hour
+-- Dead letters written in the last hour, by their dlq-reason header (stored as hex).
+SELECT coalesce((SELECT convert_from(decode(h ->> 1, 'hex'), 'UTF8')
+                 FROM jsonb_array_elements(o.headers) h
+                 WHERE h ->> 0 = 'dlq-reason' LIMIT 1), 'unknown') AS reason,
+       count(*) AS records
+FROM outbox o
+WHERE o.kind = 'dead_letter' AND o.created_at > now() - interval '1 hour'
+GROUP BY 1 ORDER BY 2 DESC, 1;
+
+-- name: last_reconciler_run
+SELECT reconciler_id, extract(epoch FROM now() - last_run_at)::float8 AS age_s, last_finished,
+       total_finished
+FROM reconciler_runs ORDER BY last_run_at DESC LIMIT 1;
+
+-- name: record_reconciler_run
+WITH pruned AS (
+    DELETE FROM reconciler_runs WHERE last_run_at < now() - interval '7 days'
+)
+INSERT INTO reconciler_runs (reconciler_id, last_run_at, last_finished, total_finished)
+VALUES (%(reconciler_id)s, now(), %(finished)s, %(finished)s)
+ON CONFLICT (reconciler_id) DO UPDATE
+    SET last_run_at = now(), last_finished = excluded.last_finished,
+        total_finished = reconciler_runs.total_finished + excluded.last_finished;

@@ -141,8 +141,8 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
 def test_creates_exactly_the_tables_of_the_implementation(
     database_url: str, migrated_schema: str
 ) -> None:
-    """The schema holds payments, command_ledger, outbox, reconciler_claims and
-    schema_migrations, nothing else."""
+    """The schema holds payments, command_ledger, outbox, reconciler_claims, reconciler_runs
+    and schema_migrations, nothing else."""
     with psycopg.connect(database_url) as conn:
         tables = {
             row[0]
@@ -157,6 +157,7 @@ def test_creates_exactly_the_tables_of_the_implementation(
         "command_ledger",
         "outbox",
         "reconciler_claims",
+        "reconciler_runs",
         "schema_migrations",
     }
 

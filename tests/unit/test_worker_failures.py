@@ -129,6 +129,7 @@ class ClaimingStore:
         self.payments = payments
         self.claimed_by: list[str] = []
         self.released = 0
+        self.runs: list[tuple[str, int]] = []
 
     async def claim_stale(
         self, age_s: float, owner: str, *, lease_s: float = 120.0, limit: int = 100
@@ -139,6 +140,9 @@ class ClaimingStore:
 
     async def release_claims(self) -> None:
         self.released += 1
+
+    async def record_reconciler_run(self, reconciler_id: str, finished: int) -> None:
+        self.runs.append((reconciler_id, finished))
 
 
 class ReconcilingPipeline:
@@ -155,14 +159,17 @@ class ReconcilingPipeline:
 
 
 async def test_a_payment_the_reconciler_cannot_finish_does_not_stop_the_pass() -> None:
-    """The first stale payment breaks; the others of the pass are still finished."""
+    """The first stale payment breaks; the others of the pass are still finished, and the pass
+    is recorded with the number it finished (what `payment-worker status` shows)."""
     payments = [_stale(i) for i in range(3)]
     pipeline = ReconcilingPipeline({payments[0].id})
     store = ClaimingStore(payments)
-    finished = await _worker(pipeline, store).reconcile_once()
+    worker = _worker(pipeline, store)
+    finished = await worker.reconcile_once()
     assert finished == 2
     assert pipeline.finished == [payments[1].id, payments[2].id]
     assert store.released == 1
+    assert store.runs == [(worker.reconciler_id, 2)]
 
 
 async def test_each_worker_claims_under_its_own_name() -> None:

@@ -4,7 +4,7 @@ config: what every client is configured with. consumer: the worker's group consu
 call on one thread of its own. producer: the model the producers share (produce_waiting, a
 thread serving delivery reports, the fatal flag) and the outbox relay's producer. direct:
 replay's producer. admin: topics and the cluster's metadata. replies: the shim's command
-producer and reply listener.
+producer and reply listener. lag: the worker group's lag per partition.
 
 Offsets are committed only behind the database (entrypoints/worker.py); what a command
 publishes goes through the outbox, so no offset waits on a producer here.
@@ -32,6 +32,7 @@ from payment_worker.adapters.kafka.consumer import (
     to_record,
 )
 from payment_worker.adapters.kafka.direct import DIRECT_PRODUCER_DEFAULTS, DirectProducer
+from payment_worker.adapters.kafka.lag import GroupLag
 from payment_worker.adapters.kafka.producer import OutboxProducer, produce_waiting
 from payment_worker.adapters.kafka.replies import CommandProducer, ReplyListener
 
@@ -42,6 +43,7 @@ __all__ = [
     "BrokerUnavailable",
     "CommandProducer",
     "DirectProducer",
+    "GroupLag",
     "OutboxProducer",
     "ReplyListener",
     "ThreadedConsumer",

@@ -4,11 +4,13 @@ reconciler's claims on stale pending payments."""
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from payment_worker import tracing
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.adapters.postgres.connections import Connections
 from payment_worker.adapters.postgres.outbox import insert_outbox
@@ -66,7 +68,8 @@ class LedgerSteps(Connections):
 
     async def snapshot(self, command_id: uuid.UUID, order_id: uuid.UUID) -> Snapshot:
         """What the ledger and the order's payments say before any work is done."""
-        return await self._snapshots.submit((command_id, order_id))
+        with _step("snapshot"):
+            return await self._snapshots.submit((command_id, order_id))
 
     async def begin_payment(
         self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
@@ -76,7 +79,8 @@ class LedgerSteps(Connections):
         Per-order advisory locks make the checks and the insert one atomic step across
         workers; the partial unique indexes stay the last line of defence (rule I3).
         """
-        return await self._begins.submit((payment, ledger_fields, route))
+        with _step("begin_payment"):
+            return await self._begins.submit((payment, ledger_fields, route))
 
     async def finish_payment(
         self,
@@ -88,18 +92,21 @@ class LedgerSteps(Connections):
         """Final state, ledger entry and outbox rows in one transaction.
 
         None when the payment is no longer pending (someone else finalized it)."""
-        return await self._finishes.submit((payment, outcome, error_message, messages))
+        with _step("finish_payment"):
+            return await self._finishes.submit((payment, outcome, error_message, messages))
 
     async def record(
         self, messages: list[OutboxMessage], ledger: dict[str, Any] | None = None
     ) -> list[StoredMessage] | None:
         """Outbox rows (and a final ledger entry); None when the ledger entry already existed."""
-        return await self._records.submit((messages, ledger))
+        with _step("record"):
+            return await self._records.submit((messages, ledger))
 
     async def payment(self, payment_id: uuid.UUID) -> Payment | None:
-        async with self._tx() as cur:
-            await cur.execute(self.q["payment_by_id"], {"id": payment_id})
-            row = await cur.fetchone()
+        with _step("payment"):
+            async with self._tx() as cur:
+                await cur.execute(self.q["payment_by_id"], {"id": payment_id})
+                row = await cur.fetchone()
         return payment_from(row) if row else None
 
     async def _snapshot_batch(
@@ -242,3 +249,13 @@ class LedgerSteps(Connections):
     async def release_claims(self) -> None:
         async with self._conn() as conn:
             await conn.execute(self.q["release_claims"])
+
+
+def _step(name: str) -> AbstractContextManager[object]:
+    """A span for one ledger step, as the caller waits for it (its batch's transaction
+    included); the batch itself is shared by the commands waiting at that moment."""
+    return tracing.span(
+        f"postgresql {name}",
+        tracing.CLIENT,
+        attributes={"db.system.name": "postgresql", "db.operation.name": name},
+    )

@@ -15,10 +15,12 @@ from confluent_kafka import KafkaException
 from fastapi import Request
 from fastapi.responses import Response
 
+from payment_worker import tracing
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
 from payment_worker.config import Settings
 from payment_worker.domain.ids import random_uuid
 from payment_worker.domain.model import Command
+from payment_worker.domain.routing import trace_headers
 from payment_worker.domain.validation import ValidationFailed
 from payment_worker.entrypoints.shim.metrics import IN_FLIGHT, TIMEOUTS
 from payment_worker.entrypoints.shim.requests import (
@@ -79,6 +81,25 @@ class Shim:
             return None
 
     async def handle(self, request: Request) -> Response:
+        """One POST /payments, one server span continuing the caller's W3C trace context."""
+        incoming = trace_headers(
+            {
+                name: [v.encode("latin-1") for v in request.headers.getlist(name)]
+                for name in ("traceparent", "tracestate")
+                if name in request.headers
+            }
+        )
+        with tracing.span(
+            "POST /payments",
+            tracing.SERVER,
+            parent=tracing.parent_from(*incoming) if tracing.active() else None,
+            attributes={"http.request.method": "POST", "http.route": "/payments"},
+        ):
+            response = await self._handle(request, incoming)
+            tracing.annotate({"http.response.status_code": response.status_code})
+            return response
+
+    async def _handle(self, request: Request, incoming: tuple[str | None, str | None]) -> Response:
         if not self.listener.ready:
             return error_response(
                 503, f"Service not ready: {self.listener.not_ready_reason}", {"Retry-After": "1"}
@@ -92,12 +113,14 @@ class Shim:
         self.in_flight += 1
         IN_FLIGHT.inc()
         try:
-            return await self._admitted(request)
+            return await self._admitted(request, incoming)
         finally:
             self.in_flight -= 1
             IN_FLIGHT.dec()
 
-    async def _admitted(self, request: Request) -> Response:
+    async def _admitted(
+        self, request: Request, incoming: tuple[str | None, str | None]
+    ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
@@ -114,9 +137,12 @@ class Shim:
             command = parse_payment_request(body, command_id)
         except (BadRequest, ValidationFailed) as exc:
             return error_response(getattr(exc, "status", 400), str(exc))
-        return await self._request_reply(command)
+        tracing.annotate({"payment.command_id": command_id, "payment.order_id": command.order_id})
+        return await self._request_reply(command, incoming)
 
-    async def _request_reply(self, command: Command) -> Response:
+    async def _request_reply(
+        self, command: Command, incoming: tuple[str | None, str | None] = (None, None)
+    ) -> Response:
         correlation = random_uuid()
         partition = self.listener.reply_partition()
         headers = [
@@ -125,6 +151,11 @@ class Shim:
         ]
         if partition is not None:
             headers.append(("reply-partition", str(partition).encode()))
+        traceparent, tracestate = tracing.outgoing(*incoming)  # the server span's, or as it came
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+            if tracestate:
+                headers.append(("tracestate", tracestate.encode()))
         record = {
             "commandId": command.command_id,
             "orderId": command.order_id.lower(),

@@ -1,0 +1,169 @@
+"""Tracing (payment_worker/tracing.py) and the W3C context of commands: without a recorder the
+context is carried as it came; with one, what a command causes carries its own span's context
+in the command's trace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from payment_worker import tracing
+from payment_worker.domain.model import Outcome, reply
+from payment_worker.domain.routing import ReplyRoute, record_trace_context, trace_headers
+from tests.unit.test_messages import TRACEPARENT, a_command, codec, factory  # noqa: F401
+
+TRACE_ID = TRACEPARENT.split("-")[1]
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield exporter
+    tracing.uninstall()
+
+
+def _header(message: object, name: str) -> bytes | None:
+    return dict(message.headers).get(name)  # type: ignore[attr-defined]
+
+
+def test_without_a_recorder_a_reply_carries_the_commands_traceparent_byte_for_byte(
+    factory,  # noqa: F811
+) -> None:
+    """No SDK (or OTEL_TRACES_EXPORTER=none): the reply's traceparent and tracestate are the
+    command's, unchanged, and no span is made."""
+    route = ReplyRoute("payment-replies", None, "c-1", traceparent=TRACEPARENT, tracestate="a=1")
+    message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
+    assert _header(message, "traceparent") == TRACEPARENT.encode()
+    assert _header(message, "tracestate") == b"a=1"
+    assert not tracing.active()
+    assert tracing.span("x").__class__.__name__ == "nullcontext"
+
+
+def test_a_reply_made_in_a_process_span_carries_its_publish_spans_context(
+    factory,  # noqa: F811
+    spans: InMemorySpanExporter,
+) -> None:
+    """With a recorder: the reply's traceparent has the command's trace id and the id of the
+    `payment-replies publish` span, a child of the process span continuing the command."""
+    route = ReplyRoute("payment-replies", None, "c-1", traceparent=TRACEPARENT)
+    with tracing.span(
+        "process-payment process", tracing.CONSUMER, parent=tracing.parent_from(TRACEPARENT)
+    ):
+        message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
+    header = _header(message, "traceparent")
+    assert header is not None
+    _, trace_id, span_id, _ = header.decode().split("-")
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    publish, process = finished["payment-replies publish"], finished["process-payment process"]
+    assert trace_id == TRACE_ID == format(publish.context.trace_id, "032x")
+    assert span_id == format(publish.context.span_id, "016x") != TRACEPARENT.split("-")[2]
+    assert publish.parent is not None and publish.parent.span_id == process.context.span_id
+    assert (
+        process.parent is not None
+        and format(process.parent.span_id, "016x") == (TRACEPARENT.split("-")[2])
+    )
+
+
+def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> None:
+    """A step that raises leaves its span with status ERROR and the exception recorded."""
+    with pytest.raises(RuntimeError), tracing.span("gateway charge"):
+        raise RuntimeError("boom")
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code.name == "ERROR"
+    assert any(event.name == "exception" for event in span.events)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([("traceparent", TRACEPARENT.encode())], (TRACEPARENT, None)),
+        (
+            [("traceparent", TRACEPARENT.encode()), ("tracestate", b"vendor=abc")],
+            (TRACEPARENT, "vendor=abc"),
+        ),
+        ([("traceparent", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01")], (None, None)),
+        ([("traceparent", b"not a traceparent")], (None, None)),
+        ([("traceparent", TRACEPARENT.encode()), ("traceparent", b"00-x")], (None, None)),
+        ([("tracestate", b"vendor=abc")], (None, None)),  # no traceparent: no tracestate
+        ([("traceparent", TRACEPARENT.encode()), ("tracestate", b"v=\xff")], (TRACEPARENT, None)),
+        (
+            [("traceparent", TRACEPARENT.encode()), ("tracestate", b"v=4111111111111111")],
+            (TRACEPARENT, None),
+        ),
+        (
+            [("traceparent", TRACEPARENT.encode()), ("tracestate", b"v=" + b"a" * 600)],
+            (TRACEPARENT, None),
+        ),
+        ([("traceparent", None)], (None, None)),
+    ],
+    ids=[
+        "traceparent",
+        "with-tracestate",
+        "zero-trace-id",
+        "garbage",
+        "two-different",
+        "tracestate-alone",
+        "tracestate-not-ascii",
+        "tracestate-card-number",
+        "tracestate-too-long",
+        "null-header",
+    ],
+)
+def test_a_commands_trace_context_is_taken_only_when_valid(
+    headers: list[tuple[str, bytes | None]], expected: tuple[str | None, str | None]
+) -> None:
+    """W3C Trace Context: an invalid traceparent is ignored (a new trace starts); tracestate
+    only beside a valid one, printable ASCII of at most 512 bytes, never a card number."""
+    assert record_trace_context(headers) == expected
+    found: dict[str, list[bytes | None]] = {}
+    for name, value in headers:
+        found.setdefault(name, []).append(value)
+    assert trace_headers(found) == expected
+
+
+def _configure(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = "from payment_worker import tracing; print(tracing.configure('payment-worker'))"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "recording"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "none"}, "False"),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}, "False"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "True"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, "True"),  # otlp by default
+    ],
+    ids=["none", "sdk-disabled", "console", "otlp-default"],
+)
+def test_tracing_is_configured_by_the_standard_variables(
+    env: dict[str, str], recording: str
+) -> None:
+    """configure() records spans exactly when the OTEL_* variables ask for an exporter."""
+    done = _configure(env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == recording
+
+
+def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
+    """OTEL_TRACES_EXPORTER naming an exporter that is not there fails with a clear line."""
+    done = _configure({"OTEL_TRACES_EXPORTER": "zipkin"})
+    assert done.returncode != 0
+    assert "OTEL_TRACES_EXPORTER=zipkin: no such exporter installed" in done.stderr
