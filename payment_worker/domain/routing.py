@@ -30,7 +30,7 @@ ROUTING_HEADERS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class ReplyRoute:
     """Where and how to answer one command."""
 

@@ -36,7 +36,7 @@ class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class Prepared:
     """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
 

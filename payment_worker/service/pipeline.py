@@ -47,15 +47,8 @@ from payment_worker.domain.model import (
     ValidCommand,
     reply,
 )
-from payment_worker.domain.routing import (
-    InvalidHeader,
-    ReplyRoute,
-    RouteRules,
-)
-from payment_worker.domain.validation import (
-    command_from_record,
-    public,
-)
+from payment_worker.domain.routing import InvalidHeader, ReplyRoute, RouteRules
+from payment_worker.domain.validation import command_from_record, public
 from payment_worker.exceptions import PermanentError, RetryableError
 from payment_worker.retrying import polling
 from payment_worker.service.intake import Decoder, Intake

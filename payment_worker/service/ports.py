@@ -27,7 +27,7 @@ class DependencyUnavailable(RetryableError):
     InventoryPort raise it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class InboundRecord:
     """One Kafka record as consumed."""
 
@@ -40,7 +40,7 @@ class InboundRecord:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class OutboxMessage:
     """A message to publish, written to the outbox in the same transaction as its cause."""
 
@@ -128,7 +128,7 @@ class LedgerPort(Protocol):
     ) -> list[StoredMessage] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class RecordedAnswer:
     """A ledger entry as replay answers it again: the request it was for (canonical text ids),
     its outcome, and the payment exactly as a reply carries it (`PaymentReply.payment`)."""
