@@ -87,7 +87,7 @@ test-unit: install ## Run the unit tests only (no services needed)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install services ## Benchmark worker, shim and replay on this machine; writes bench/results.json
+bench: install services ## Benchmark worker (beside a FastStream peer), shim and replay; writes bench/results.json
 	$(BIN)/python -m bench.run
 
 .PHONY: bench-quick

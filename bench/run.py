@@ -12,11 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from payment_worker.devstack.services import SEED_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / ".devstack" / "bench"
+# The processes started here export no traces unless a test (or the caller) asks for them.
+os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Tansu needs a short group session to join fast, and holds an empty fetch for the whole
@@ -363,31 +367,71 @@ def not_succeeded(outcomes: Counter[str]) -> int:
     return sum(n for outcome, n in outcomes.items() if outcome != "SUCCEEDED")
 
 
+class OtlpSink:
+    """An OTLP/HTTP endpoint that takes every export and answers 200 (counting requests)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> OtlpSink:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.shutdown()
+
+
 def e2e(
-    stack: Stack, name: str, n: int, workers: int = 1, rate: float | None = None, **env: str
+    stack: Stack,
+    name: str,
+    n: int,
+    workers: int = 1,
+    rate: float | None = None,
+    *,
+    peer: bool = False,
+    warm_up: int | None = None,
+    **env: str,
 ) -> dict[str, Any]:
-    """Commands through `workers` worker processes: throughput and reply latency."""
+    """Commands through `workers` worker processes (or the peer's): throughput, reply latency,
+    and the CPU each process kind used per command answered in the measured run."""
     sc = scenario(stack, name, **env)
-    commands = preload_orders(stack, n + WARM_UP, sc.group)
-    warm_up, measured = commands[:WARM_UP], commands[WARM_UP:]
-    procs = start_workers(sc, workers)
+    warm = WARM_UP if warm_up is None else warm_up
+    commands = preload_orders(stack, n + warm, sc.group)
+    warm_commands, measured = commands[:warm], commands[warm:]
+    procs = start_peer(sc) if peer else start_workers(sc, workers)
     try:
         # A cold worker's first records wait for its first fetch and its first connections:
         # a small warm-up batch is answered before the measured run starts.
-        produce(stack.bootstrap, sc.topics["commands"], warm_up)
-        collect_replies(stack.bootstrap, sc.topics["replies"], WARM_UP, timeout_s=120)
-        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
+        produce(stack.bootstrap, sc.topics["commands"], warm_commands)
+        collect_replies(stack.bootstrap, sc.topics["replies"], warm, timeout_s=120)
+        before = process_cpu(stack, procs)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies, outcomes = collect_replies(
-            stack.bootstrap, sc.topics["replies"], n + WARM_UP, timeout_s=600
+            stack.bootstrap, sc.topics["replies"], n + warm, timeout_s=900
         )
-        cpu_used = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
+        used = {k: v - before[k] for k, v in process_cpu(stack, procs).items()}
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
         stop(procs)
-    latencies = latencies_ms(stack, sc, skip={c["commandId"] for c in warm_up})
-    answered = len(replies) - WARM_UP
+    latencies = latencies_ms(stack, sc, skip={c["commandId"] for c in warm_commands})
+    answered = len(replies) - warm
+    per_command = {k: v * 1000 / max(1, answered) for k, v in used.items()}
     result = {
         "n": n,
         "workers": workers,
@@ -397,8 +441,12 @@ def e2e(
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
         "peak_rss_mb": rss,
-        # The workers' CPU (user + system) per command answered in the measured run.
-        "cpu_ms_per_command": cpu_used * 1000 / max(1, answered),
+        # User + system CPU per command answered in the measured run (from /proc/<pid>/stat):
+        # the workers' (or the peer's), PostgreSQL's, Tansu's, the dev services'.
+        "cpu_ms_per_command": per_command["service"],
+        "pg_cpu_ms_per_command": per_command["postgresql"],
+        "tansu_cpu_ms_per_command": per_command["tansu"],
+        "dev_services_cpu_ms_per_command": per_command["dev_services"],
         # Replies other than SUCCEEDED (ERROR: a dependency timed out...): a run with any is
         # not a clean measurement, and is flagged (after the table too).
         "not_succeeded": not_succeeded(outcomes),
@@ -410,6 +458,65 @@ def e2e(
             flush=True,
         )
     return result
+
+
+def process_cpu(stack: Stack, procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU seconds so far of the measured processes, PostgreSQL (every backend, and those that
+    ended, through the postmaster's children's time), Tansu and the dev services."""
+    dev, tansu = stack.processes
+    return {
+        "service": sum(cpu_seconds(p.pid) for p in procs),
+        "postgresql": postgres_cpu_seconds(),
+        "tansu": cpu_seconds(tansu.pid),
+        "dev_services": cpu_seconds(dev.pid),
+    }
+
+
+def postgres_cpu_seconds() -> float:
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        if comm != "postgres":
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        parent = Path(f"/proc/{fields[1]}/comm")
+        if not (parent.exists() and parent.read_text().strip() == "postgres"):
+            total += (int(fields[13]) + int(fields[14])) / tick  # the postmaster: ended backends
+    return total
+
+
+def start_peer(sc: Scenario) -> list[subprocess.Popen[bytes]]:
+    """The FastStream peer (bench/peers/faststream_peer.py) in the scenario's group; it is
+    ready when it answers the warm-up commands."""
+    with open(LOGS / f"{sc.name}-peer.log", "ab") as log:
+        return [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.peers.faststream_peer"],
+                env=sc.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        ]
+
+
+def machine_loop_ms() -> float:
+    """This machine's speed on a fixed pure-Python loop (best of 5), so that runs of different
+    days can be read side by side."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def latencies_ms(stack: Stack, sc: Scenario, skip: set[str] | None = None) -> list[float]:
@@ -629,7 +736,10 @@ def main() -> None:
     n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
     stack = start_stack()
-    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "n": n}
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python_loop_ms": machine_loop_ms()},
+        "n": n,
+    }
     # Replies that were not SUCCEEDED, by run: every bench command is meant to succeed, so a
     # run with any (ERROR: a dependency timed out under the load) measured something else.
     flagged: dict[str, int] = {}
@@ -652,7 +762,33 @@ def main() -> None:
         results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
         results["worker_peak_rss_mb"] = lat0["peak_rss_mb"]
         results["worker_cpu_ms_per_command"] = lat0["cpu_ms_per_command"]
-        print(f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s", flush=True)
+        for kind in ("pg", "tansu", "dev_services"):
+            results[f"{kind}_cpu_ms_per_command"] = lat0[f"{kind}_cpu_ms_per_command"]
+        print(
+            f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s, "
+            f"{lat0['cpu_ms_per_command']:.3f} ms CPU per command",
+            flush=True,
+        )
+
+        # Tracing's cost: the same run with the SDK recording every span and exporting it over
+        # OTLP/HTTP (to a sink here that answers 200), against the run above without it.
+        with OtlpSink() as sink:
+            traced = measured(
+                "latency0-traced",
+                n,
+                OTEL_TRACES_EXPORTER="otlp",
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            )
+        results["worker_cpu_ms_per_command_traced"] = traced["cpu_ms_per_command"]
+        results["e2e_latency0_traced_per_s"] = traced["per_s"]
+        results["traced_export_requests"] = sink.requests
+        drop(traced["scenario"])
+        print(
+            f"  tracing: {lat0['cpu_ms_per_command']:.3f} ms CPU/command without the SDK, "
+            f"{traced['cpu_ms_per_command']:.3f} ms with it ({sink.requests} OTLP exports)",
+            flush=True,
+        )
 
         half = measured("latency0-half-rate", n, rate=max(50.0, lat0["per_s"] / 2))
         results["reply_p50_ms_latency0"] = half["p50_ms"]
@@ -672,6 +808,43 @@ def main() -> None:
         results["reply_p99_ms_default_latency"] = default["p99_ms"]
         drop(default["scenario"])
         print(f"  e2e latency 100-500 ms: {default['per_s']:,.0f}/s", flush=True)
+
+        # The peer (bench/peers/faststream_peer.py) on the same services and N: at latency 0,
+        # and at the default latency with as few commands as the naive baseline (it too takes
+        # one command at a time).
+        peer0 = measured("peer-latency0", n, peer=True, warm_up=min(WARM_UP, 50))
+        results["peer_latency0_per_s"] = peer0["per_s"]
+        results["peer_cpu_ms_per_command"] = peer0["cpu_ms_per_command"]
+        results["peer_pg_cpu_ms_per_command"] = peer0["pg_cpu_ms_per_command"]
+        drop(peer0["scenario"])
+        peer_half = measured(
+            "peer-latency0-half-rate",
+            max(50, n // 2),
+            peer=True,
+            warm_up=min(WARM_UP, 50),
+            rate=max(5.0, peer0["per_s"] / 2),
+        )
+        results["peer_cpu_ms_per_command_half_rate"] = peer_half["cpu_ms_per_command"]
+        drop(peer_half["scenario"])
+        peer_default = measured(
+            "peer-default-latency",
+            n_naive,
+            peer=True,
+            warm_up=5,
+            PAYMENT_GATEWAY_LATENCY_MS="100-500",
+        )
+        results["peer_default_latency_per_s"] = peer_default["per_s"]
+        drop(peer_default["scenario"])
+        results["worker_vs_peer_latency0"] = lat0["per_s"] / max(1e-9, peer0["per_s"])
+        results["worker_vs_peer_default_latency"] = default["per_s"] / max(
+            1e-9, peer_default["per_s"]
+        )
+        print(
+            f"  peer (FastStream): {peer0['per_s']:,.0f}/s at latency 0 "
+            f"({peer0['cpu_ms_per_command']:.3f} ms CPU per command), "
+            f"{peer_default['per_s']:,.1f}/s at 100-500 ms",
+            flush=True,
+        )
 
         naive = measured(
             "naive", n_naive, PAYMENT_GATEWAY_LATENCY_MS="100-500", PAYMENT_MAX_IN_FLIGHT="1"
@@ -736,24 +909,52 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+TARGETS = [  # (figure, at least or at most, bound)
+    ("worker_vs_peer_default_latency", ">=", 50.0),
+    ("worker_vs_peer_latency0", ">=", 2.0),
+    ("worker_cpu_ms_per_command", "<=", 0.40),
+    ("e2e_latency0_per_s", ">=", 1000.0),
+    ("e2e_default_latency_per_s", ">=", 1000.0),
+    ("shim_rps", ">=", 800.0),
+    ("replay_per_s", ">=", 20000.0),
+    ("worker_peak_rss_mb", "<=", 250.0),
+]
+
+
+def target_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, way, bound in TARGETS:
+        value = results.get(key)
+        if value is None:
+            continue
+        met = value >= bound if way == ">=" else value <= bound
+        lines.append(
+            f"  {'met   ' if met else 'MISSED'} {key} {value:,.2f} (target {way} {bound:g})"
+        )
+    return lines
+
+
 def print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
         title=f"payment-worker bench (N={results['n']}, "
-        f"{results['machine']['cores']} cores, everything on this machine)"
+        f"{results['machine']['cores']} cores, fixed Python loop "
+        f"{results['machine']['python_loop_ms']:.0f} ms, everything on this machine)"
     )
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in results.items():
         if isinstance(value, int | float):
-            table.add_row(key, f"{value:,.1f}")
+            table.add_row(key, f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}")
     Console().print(table)
     ratio = results.get("e2e_default_latency_per_s", 0) / max(
         results.get("naive_default_latency_per_s", 1e-9), 1e-9
     )
     print(f"default-latency throughput / naive baseline: {ratio:,.0f}x")
+    for line in target_lines(results):
+        print(line)
     flagged = {k: v for k, v in results.get("not_succeeded_replies", {}).items() if v}
     if flagged:
         print(f"runs with replies other than SUCCEEDED (not clean measurements): {flagged}")
