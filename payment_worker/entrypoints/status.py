@@ -1,7 +1,8 @@
 """`payment-worker status`: what is stuck and what is flowing, for an operator or a script.
 
 Exit codes: 0 nothing is past a threshold; 1 something is (each named on its own line);
-2 PostgreSQL or Kafka could not be reached (what could be read is printed all the same).
+2 PostgreSQL or Kafka could not be reached or read (a schema not migrated, a topic missing);
+what could be read is printed all the same.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from payment_worker.config import Settings
 from payment_worker.domain.health import PartitionLag, StoreState, Thresholds, problems
-from payment_worker.exceptions import RetryableError
+from payment_worker.exceptions import PaymentWorkerError
 from payment_worker.service.ports import GroupLagPort, HealthStorePort
 
 HEALTHY, PAST_THRESHOLD, UNREACHABLE = 0, 1, 2
@@ -59,7 +60,9 @@ async def gather(
         return_exceptions=True,
     )
     for source, value in (("kafka", lags), ("postgresql", state)):
-        if isinstance(value, (RetryableError, TimeoutError, OSError)):
+        # Down, or up but not readable (a schema never migrated, a topic missing): either way
+        # there is nothing to judge, so it is exit 2, with the reason.
+        if isinstance(value, (PaymentWorkerError, TimeoutError, OSError)):
             report.unreachable.append(f"{source}: {value or type(value).__name__}")
         elif isinstance(value, BaseException):
             raise value

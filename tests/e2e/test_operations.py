@@ -181,7 +181,8 @@ def test_status_exits_0_healthy_1_past_a_threshold_and_2_when_unreachable(
 ):
     """A worker that answered its commands: 0. The worker stopped (SIGSTOP) while 3 commands
     arrive on partition 0: `--max-lag 2` says 1 and names the partition, with the lag per
-    partition in the JSON. The broker or the database unreachable: 2."""
+    partition in the JSON. The broker or the database unreachable, the schema not migrated or
+    the topic missing: 2."""
     worker = start_worker()
     kafka.send(command_record(), partition=0)
     kafka.replies(expect=1)
@@ -221,6 +222,10 @@ def test_status_exits_0_healthy_1_past_a_threshold_and_2_when_unreachable(
         {**worker_env, "PAYMENT_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/test"}
     )
     assert code == 2 and report["unreachable"][0].startswith("postgresql:")
+    code, report = _status({**worker_env, "PAYMENT_DB_SCHEMA": "never_migrated"})
+    assert code == 2 and report["unreachable"][0].startswith("postgresql:")
+    code, report = _status({**worker_env, "PAYMENT_TOPIC_COMMANDS": "no-such-topic"})
+    assert code == 2 and report["unreachable"][0].startswith("kafka:")
 
 
 def _metric(url: str, name: str) -> float:
