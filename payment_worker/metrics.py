@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from payment_worker import tracing
 
 COMMANDS = Counter(
     "payment_worker_commands_total", "Commands processed, by outcome.", ["outcome", "duplicate"]
@@ -44,7 +51,6 @@ SKIPPED_RECORDS = Counter(
 
 # -- what pages: replies, dependencies, and the state sampled from the broker and the database
 
-REPLIES = Counter("payment_worker_replies_total", "Replies written, by outcome.", ["outcome"])
 CONSUMED = Counter("payment_worker_records_consumed_total", "Command records consumed.")
 DEPENDENCY_SECONDS = Histogram(
     "payment_worker_dependency_request_duration_seconds",
@@ -79,3 +85,36 @@ SAMPLE_FAILURES = Counter(
     "Samples of the lag, outbox and pending gauges that failed, by source (kafka, database).",
     ["source"],
 )
+
+
+class DependencyCall:
+    """What one call came to: its caller sets `outcome` (ok, not_found, declined, error,
+    timeout, degraded) before the block ends."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self) -> None:
+        self.outcome = "error"
+
+
+_DEPENDENCY_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+@contextlib.contextmanager
+def dependency_call(
+    dependency: str, span_name: str, attributes: Mapping[str, Any] | None = None
+) -> Iterator[DependencyCall]:
+    """One call to a dependency: a client span named `span_name` and one observation of
+    DEPENDENCY_SECONDS under the outcome the caller set (error if it raised first)."""
+    call = DependencyCall()
+    started = time.perf_counter()
+    with tracing.span(span_name, tracing.CLIENT, attributes=attributes):
+        try:
+            yield call
+        finally:
+            tracing.annotate({"payment.dependency.result": call.outcome})
+            key = (dependency, call.outcome)
+            child = _DEPENDENCY_CHILDREN.get(key)
+            if child is None:  # labels() takes a lock and builds the key: once per pair
+                child = _DEPENDENCY_CHILDREN[key] = DEPENDENCY_SECONDS.labels(*key)
+            child.observe(time.perf_counter() - started)

@@ -252,14 +252,17 @@ async def process_payment(msg: KafkaMessage) -> None:
             return
         result = await gateway.charge(payment)
         final = payment.finalized(result, datetime.now(UTC))
-        fields = {
-            "id": str(final.id),
+        common = {
             "orderId": command["orderId"],
             "customerId": command["customerId"],
             "reservationId": command["reservationId"],
             "amount": final.amount,
             "currency": final.currency,
             "paymentMethod": final.payment_method,
+        }
+        fields = {
+            "id": str(final.id),
+            **common,
             "status": str(final.status),
             "errorCode": final.error_code,
             "errorMessage": final.error_message,
@@ -270,50 +273,36 @@ async def process_payment(msg: KafkaMessage) -> None:
             "isSimulated": True,
             "simulatedResponse": None,
         }
+        event_fields = {
+            "eventId": str(uuid.uuid4()),
+            "commandId": command["commandId"],
+            "paymentId": str(final.id),
+            **common,
+        }
         if result.success:
-            event_topic, event = (
-                TOPICS["succeeded"],
-                avro.encode(
-                    "PaymentSucceeded",
-                    {
-                        "eventId": str(uuid.uuid4()),
-                        "commandId": command["commandId"],
-                        "paymentId": str(final.id),
-                        "orderId": command["orderId"],
-                        "customerId": command["customerId"],
-                        "reservationId": command["reservationId"],
-                        "amount": final.amount,
-                        "currency": final.currency,
-                        "paymentMethod": final.payment_method,
-                        "transactionId": final.transaction_id or "",
-                        "processedAt": final.processed_at,
-                        "status": "succeeded",
-                    },
-                ),
+            event_topic = TOPICS["succeeded"]
+            event = avro.encode(
+                "PaymentSucceeded",
+                {
+                    **event_fields,
+                    "transactionId": final.transaction_id or "",
+                    "processedAt": final.processed_at,
+                    "status": "succeeded",
+                },
             )
             answer = _reply(command, correlation, "SUCCEEDED", 200, None, fields)
         else:
-            event_topic, event = (
-                TOPICS["failed"],
-                avro.encode(
-                    "PaymentFailed",
-                    {
-                        "eventId": str(uuid.uuid4()),
-                        "commandId": command["commandId"],
-                        "paymentId": str(final.id),
-                        "orderId": command["orderId"],
-                        "customerId": command["customerId"],
-                        "reservationId": command["reservationId"],
-                        "amount": final.amount,
-                        "currency": final.currency,
-                        "paymentMethod": final.payment_method,
-                        "errorCode": final.error_code or "",
-                        "errorMessage": final.error_message or "",
-                        "failureReason": final.failure_reason or "",
-                        "attemptedAt": final.processed_at,
-                        "status": "failed",
-                    },
-                ),
+            event_topic = TOPICS["failed"]
+            event = avro.encode(
+                "PaymentFailed",
+                {
+                    **event_fields,
+                    "errorCode": final.error_code or "",
+                    "errorMessage": final.error_message or "",
+                    "failureReason": final.failure_reason or "",
+                    "attemptedAt": final.processed_at,
+                    "status": "failed",
+                },
             )
             answer = _reply(
                 command, correlation, "PAYMENT_FAILED", 422, final.error_message, fields

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import structlog
 
-from payment_worker import metrics, tracing
+from payment_worker import metrics
 from payment_worker.domain.gateway_rules import decide
 from payment_worker.domain.model import GatewayResult, Payment
 
@@ -23,20 +22,12 @@ class SimulatedGateway:
         self.failure_rate = failure_rate
 
     async def charge(self, payment: Payment) -> GatewayResult:
-        started = time.perf_counter()
-        outcome = "error"
-        with tracing.span("gateway charge", tracing.CLIENT, attributes=_span_ids(payment)):
-            try:
-                low, high = self.latency_ms
-                if high > 0:
-                    await asyncio.sleep(random.uniform(low, high) / 1000)
-                result = decide(payment.id, payment.amount, self.failure_rate)
-                outcome = "ok" if result.success else "declined"
-                tracing.annotate({"payment.gateway.result": outcome})
-            finally:
-                metrics.DEPENDENCY_SECONDS.labels("gateway", outcome).observe(
-                    time.perf_counter() - started
-                )
+        with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
+            low, high = self.latency_ms
+            if high > 0:
+                await asyncio.sleep(random.uniform(low, high) / 1000)
+            result = decide(payment.id, payment.amount, self.failure_rate)
+            call.outcome = "ok" if result.success else "declined"
         log.debug(
             "gateway_charge",
             payment_id=str(payment.id),

@@ -170,7 +170,11 @@ class HttpClient:
         self._closed = False
 
     def _request_bytes(self, path: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
-        extra = "".join(f"{name}: {value}\r\n" for name, value in headers if _one_line(value))
+        extra = (
+            "".join(f"{name}: {value}\r\n" for name, value in headers if _one_line(value))
+            if headers
+            else ""
+        )
         return (
             f"GET {self.base_path}{path} HTTP/1.1\r\n"
             f"Host: {self._host_header}\r\n"

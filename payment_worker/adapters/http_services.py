@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -33,6 +32,10 @@ log = structlog.get_logger("payment_worker.http")
 
 class _Transient(RetryableError):
     """One failed try: a 5xx, a timeout or a connection error."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout  # the try ran out of time (or the call out of budget)
 
 
 class _Refused(RetryableError):
@@ -110,27 +113,20 @@ class JsonService:
         is one span (`GET <template>`, the path with its id as a placeholder) whose context
         every try sends as `traceparent`, and one observation of the dependency's latency.
         """
-        dependency = self.name.lower()
-        started = time.perf_counter()
-        outcome = "error"
-        name = f"GET {template or path}"
-        with tracing.span(
-            name,
-            tracing.CLIENT,
-            attributes={"http.request.method": "GET", "url.template": template or path},
-        ):
+        route = template or path
+        with metrics.dependency_call(
+            self.name.lower(),
+            f"GET {route}",
+            {"http.request.method": "GET", "url.template": route},
+        ) as call:
             try:
                 data = await self._get_json(path)
-                outcome = "ok" if data is not None else "not_found"
-                return data
             except DependencyUnavailable as exc:
-                outcome = "timeout" if "timeout" in str(exc) or "budget" in str(exc) else "error"
+                cause = exc.__cause__
+                call.outcome = "timeout" if getattr(cause, "timeout", False) else "error"
                 raise
-            finally:
-                tracing.annotate({"payment.dependency.result": outcome})
-                metrics.DEPENDENCY_SECONDS.labels(dependency, outcome).observe(
-                    time.perf_counter() - started
-                )
+            call.outcome = "ok" if data is not None else "not_found"
+            return data
 
     async def _get_json(self, path: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
@@ -138,7 +134,7 @@ class JsonService:
 
         async def once() -> dict[str, Any] | None:
             if deadline - loop.time() <= 0.01:
-                raise _Transient("retry budget spent")
+                raise _Transient("retry budget spent", timeout=True)
             return await self._get_once(path, self.timeout_s, deadline)
 
         try:
@@ -172,9 +168,9 @@ class JsonService:
                 path, timeout_s, deadline=deadline, headers=headers
             )
         except ConnectionWaitTimeout as exc:
-            raise _Transient("no free connection within the retry budget") from exc
+            raise _Transient("no free connection within the retry budget", timeout=True) from exc
         except TimeoutError as exc:
-            raise _Transient(f"timeout after {timeout_s:.2f}s") from exc
+            raise _Transient(f"timeout after {timeout_s:.2f}s", timeout=True) from exc
         except ResponseTooLarge as exc:
             raise _Refused(str(exc)) from exc  # it will not shrink on another try
         except HttpClientError as exc:

@@ -10,13 +10,14 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, RedisError
 
-from payment_worker import metrics, tracing
+from payment_worker import metrics
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.domain.ids import token_hex
 from payment_worker.retrying import polling
 
 log = structlog.get_logger("payment_worker.redis")
 
+_REDIS = {"db.system.name": "redis"}
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
@@ -96,22 +97,18 @@ class RedisOrderLock:
         async def try_set() -> str | None:
             return token if await self._sets.submit((key, token)) else None
 
-        started = time.perf_counter()
-        outcome = "ok"
-        with tracing.span("order-lock acquire", tracing.CLIENT, attributes={"db.system": "redis"}):
+        with metrics.dependency_call("redis", "order-lock acquire", _REDIS) as call:
             try:
                 held = await polling(
                     try_set, budget_s=self.wait_s, first_wait_s=0.01, max_wait_s=0.2
                 )
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
-                held, outcome = None, "degraded"
-            else:
-                if held is None:
-                    outcome = "timeout"
-                    log.info("order_lock_wait_expired", order_id=str(order_id))
-            tracing.annotate({"payment.lock.result": outcome})
-        metrics.DEPENDENCY_SECONDS.labels("redis", outcome).observe(time.perf_counter() - started)
+                call.outcome = "degraded"
+                return None
+            call.outcome = "ok" if held is not None else "timeout"
+        if held is None:
+            log.info("order_lock_wait_expired", order_id=str(order_id))
         return held
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None:

@@ -128,7 +128,6 @@ class Worker:
             metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()
         if handled.outcome is not None:
             metrics.COMMANDS.labels(str(handled.outcome), str(handled.duplicate).lower()).inc()
-            metrics.REPLIES.labels(str(handled.outcome)).inc()
         self.tracker.finished(record.topic, record.partition, record.offset)
 
     async def _with_retries(self, record: InboundRecord) -> Handled | None:

@@ -121,11 +121,6 @@ FROM unnest(%(ids)b::bigint[], %(errors)b::text[], %(counted)b::boolean[])
 WHERE o.id = f.id AND o.sent_at IS NULL AND o.parked_at IS NULL
 RETURNING o.id, o.kind, o.topic, o.partition, o.attempts, o.parked_at IS NOT NULL AS parked;
 
--- name: outbox_backlog
-SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
-       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
-FROM outbox WHERE sent_at IS NULL;
-
 -- name: claim_stale_payments
 -- The reconciler's share: payments pending for longer than %(age_s)s on the database's
 -- clock (the age of the in-progress ledger entry, which the database stamped in the

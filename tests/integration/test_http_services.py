@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
 from payment_worker.devstack.broker import free_port
@@ -20,6 +21,15 @@ from payment_worker.service.ports import DependencyUnavailable, OrderInfo, Reser
 from tests.conftest import DevServer
 
 pytestmark = pytest.mark.integration
+
+
+def _calls(outcome: str) -> float:
+    """Ordering calls counted under `outcome` by the dependency-latency histogram."""
+    value = REGISTRY.get_sample_value(
+        "payment_worker_dependency_request_duration_seconds_count",
+        {"dependency": "ordering", "outcome": outcome},
+    )
+    return value or 0.0
 
 
 @pytest.fixture
@@ -266,6 +276,7 @@ async def test_connection_refused_is_dependency_unavailable() -> None:
     service = await _service(
         f"http://127.0.0.1:{free_port()}", timeout_s=0.5, retry_budget_s=1.0, attempts=3
     )
+    errors_before = _calls("error")
     try:
         with pytest.raises(DependencyUnavailable) as raised:
             await HttpOrdering(service).get_order(uuid.uuid4())
@@ -273,6 +284,7 @@ async def test_connection_refused_is_dependency_unavailable() -> None:
         await service.close()
 
     assert "Ordering service unavailable" in str(raised.value)
+    assert _calls("error") == errors_before + 1  # a refused connection: an error, not a timeout
 
 
 async def test_slow_answers_are_retried_as_timeouts(dev: DevServer) -> None:
@@ -281,6 +293,7 @@ async def test_slow_answers_are_retried_as_timeouts(dev: DevServer) -> None:
     service = await _service(dev.url, timeout_s=0.2, retry_budget_s=5.0, attempts=3)
     dev.fault("orders", 200, delay_ms=600)  # status 200 after the delay: only the delay faults
     before = _requests(dev)
+    timeouts_before = _calls("timeout")
     try:
         with pytest.raises(DependencyUnavailable) as raised:
             await HttpOrdering(service).get_order(uuid.uuid4())
@@ -289,6 +302,7 @@ async def test_slow_answers_are_retried_as_timeouts(dev: DevServer) -> None:
 
     assert _requests(dev) - before == 3
     assert "timeout" in str(raised.value)
+    assert _calls("timeout") == timeouts_before + 1  # one call, counted once, as a timeout
 
 
 async def test_retry_budget_bounds_slow_answers_too(dev: DevServer) -> None:

@@ -477,7 +477,7 @@ async def test_relay_publishes_recorded_rows_and_marks_them_sent(
         (0, b"o-1", b"event-1", {"ce_id": b"e-1"})
     ]
     assert [(r.partition, r.value) for r in replies] == [(1, b"reply-1")]
-    assert await store.outbox_backlog() == 0
+    assert (await store.stuck_state(details=False)).outbox_backlog == 0
 
 
 async def test_relay_sweep_publishes_rows_left_unsent(
@@ -561,7 +561,8 @@ async def test_a_row_the_broker_refuses_is_retried_then_parked_and_never_holds_b
     assert rows[:200] == [(3, True, True, False)] * 200
     assert rows[200] == (0, False, False, True)
     assert [r.value for r in _read(broker, topics, topics.succeeded, 1)] == [b"late"]
-    assert await store.outbox_counts() == (0, 200)
+    state = await store.stuck_state(details=False)
+    assert (state.outbox_backlog, state.parked) == (0, 200)
 
 
 async def test_a_refusal_while_the_broker_is_away_is_not_counted(

@@ -490,14 +490,14 @@ async def test_recorded_answers_of_an_outcome_without_payment(store: PostgresSto
 
 
 async def test_outbox_backlog_counts_unsent_rows(store: PostgresStore) -> None:
-    """outbox_backlog is the number of rows not yet marked sent."""
+    """The outbox backlog is the number of rows not yet marked sent."""
     stored = await store.record([message(), message(), message()])
     assert stored is not None
-    assert await store.outbox_backlog() == 3
+    assert (await store.stuck_state(details=False)).outbox_backlog == 3
 
     await store.mark_sent([stored[0].id, stored[2].id])
 
-    assert await store.outbox_backlog() == 1
+    assert (await store.stuck_state(details=False)).outbox_backlog == 1
 
 
 async def test_mark_sent_stamps_sent_at_once(store: PostgresStore, db: Conn) -> None:
@@ -635,7 +635,8 @@ async def test_mark_failed_waits_longer_each_time_then_parks(
     assert waits[0] < waits[2]
     assert (parked.id, parked.attempts, parked.error) == (row_id, 4, "refused again")
     assert await store.claim_unsent(0, 100) == []
-    assert await store.outbox_counts() == (0, 1)
+    state = await store.stuck_state(details=False)
+    assert (state.outbox_backlog, state.parked) == (0, 1)
 
 
 # -- stale pending payments -----------------------------------------------------------------
@@ -755,7 +756,7 @@ async def test_unreachable_database_raises_database_unavailable(migrated_schema:
     started = time.monotonic()
     try:
         with pytest.raises(DatabaseUnavailable) as raised:
-            await asyncio.wait_for(PostgresStore(pool).outbox_backlog(), 8)
+            await asyncio.wait_for(PostgresStore(pool).stuck_state(details=False), 8)
     finally:
         await pool.close()
 

@@ -31,7 +31,7 @@ PAGING = {
     "payment_worker_reconciled_total",
     "payment_worker_dead_letters_total",
     "payment_worker_dependency_request_duration_seconds_bucket",
-    "payment_worker_replies_total",
+    "payment_worker_commands_total",
 }
 
 

@@ -168,14 +168,18 @@ class ThreadedConsumer:
         self._executor.shutdown(wait=True)
 
 
+def unsubscribed_config(config: dict[str, Any], group: str) -> dict[str, Any]:
+    """A consumer that never subscribes (manual assignment, or only asking): it never joins
+    `group` and commits nothing."""
+    return {
+        **CONSUMER_DEFAULTS,
+        **for_consumer(config),
+        "group.id": group,
+        "enable.auto.commit": False,
+    }
+
+
 def reading_consumer(config: dict[str, Any]) -> Consumer:
-    """A consumer for manual assignment that never touches a live group's offsets: a group id
-    of its own (random), no commits."""
-    return Consumer(
-        {
-            **CONSUMER_DEFAULTS,
-            **for_consumer(config),
-            "group.id": f"payment-worker-replay-{token_hex(6)}",
-            "enable.auto.commit": False,
-        }
-    )
+    """Replay's consumer: a group id of its own (random), so no live group's offsets are read
+    or moved."""
+    return Consumer(unsubscribed_config(config, f"payment-worker-replay-{token_hex(6)}"))

@@ -9,12 +9,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from payment_worker.adapters.kafka.config import (
-    CONSUMER_DEFAULTS,
-    BrokerUnavailable,
-    for_consumer,
-    kafka_text,
-)
+from payment_worker.adapters.kafka.config import BrokerUnavailable, kafka_text
+from payment_worker.adapters.kafka.consumer import unsubscribed_config
 from payment_worker.domain.health import PartitionLag
 
 
@@ -26,12 +22,7 @@ class GroupLag:
     ) -> None:
         # Asking a group's committed offsets needs the group id; this consumer never
         # subscribes, so it never joins the group nor moves its offsets.
-        self.config = {
-            **CONSUMER_DEFAULTS,
-            **for_consumer(config),
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
+        self.config = unsubscribed_config(config, group)
         self.topic = topic
         self.timeout_s = timeout_s
         self._consumer: Consumer | None = None

@@ -77,13 +77,3 @@ class OutboxRelay(Connections):
             rows = await cur.fetchall()
         # Each row: id, kind, topic, partition, attempts, parked.
         return [ParkedRow(r[0], r[1], r[2], r[3], r[4], latest[r[0]][0]) for r in rows if r[5]]
-
-    async def outbox_backlog(self) -> int:
-        return (await self.outbox_counts())[0]
-
-    async def outbox_counts(self) -> tuple[int, int]:
-        """(rows waiting to be published, rows parked)."""
-        async with self._conn() as conn:
-            cur = await conn.execute(self.q["outbox_backlog"])
-            row = await cur.fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
