@@ -50,10 +50,8 @@ demo-once: install services ## The demo without waiting: print the outcomes and 
 	$(BIN)/payment-worker demo --once
 
 # The local stack (`make broker`, `make devserver`): defaults for `make run`, `make shim`,
-# `make replay` and `make topics`, unless the variable is already set. Tansu joins a group
-# fast with a short session, and answers an empty fetch only after the whole fetch wait.
+# `make replay` and `make topics`, unless the variable is already set.
 LOCAL := run shim replay topics
-$(LOCAL): export PAYMENT_KAFKA_CONFIG ?= {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
 $(LOCAL): export PAYMENT_ORDERING_URL ?= http://127.0.0.1:5002
 $(LOCAL): export PAYMENT_INVENTORY_URL ?= http://127.0.0.1:5002
 
@@ -99,8 +97,12 @@ migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_S
 	$(BIN)/payment-worker migrate
 
 .PHONY: broker
-broker: install ## Run the embedded Tansu broker on 127.0.0.1:9092 (foreground)
+broker: install ## Run Apache Kafka (KRaft, one node) on 127.0.0.1:9092 (foreground; fetched once)
 	$(BIN)/python -m payment_worker.devstack.broker --port 9092
+
+.PHONY: kafka-lock
+kafka-lock: install ## Resolve payment_worker/devstack/kafka/pom.xml again into kafka.lock (digests)
+	$(BIN)/python -m payment_worker.devstack.broker --lock
 
 .PHONY: devserver
 devserver: install ## Run the development Ordering/Inventory server on :5002 (foreground)

@@ -134,8 +134,6 @@ def shim_clients(settings: Settings) -> ShimClients:
     """The shim's command producer and reply listener (its own group on the reply topic)."""
     common = settings.kafka_common()
     listener_config = {
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 500,
         **common,
         "group.id": settings.shim_group,
         "client.id": "payment-shim-replies",
@@ -223,7 +221,6 @@ async def open_app(
             max_attempts=settings.outbox_max_attempts,
         )
         consumer_config = {
-            **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
             **common,
             "group.id": settings.consumer_group,
             "client.id": client_id,

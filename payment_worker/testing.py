@@ -129,7 +129,6 @@ class KafkaHarness:
                 "group.id": f"reader-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "fetch.queue.backoff.ms": 10,
-                "fetch.wait.max.ms": 10,
                 **self.extra,
             }
         )

@@ -1,11 +1,13 @@
-"""Fixtures on the machine's real services: PostgreSQL, Redis, an embedded Tansu broker and the
+"""Fixtures on the machine's real services: PostgreSQL, Redis, a local Apache Kafka broker and the
 development Ordering/Inventory server. Every test gets its own schema, topics and group."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from payment_worker.adapters.kafka import ensure_topics
-from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.devstack.broker import Broker, free_port, local_broker, port_open
 from payment_worker.service.messages import Topics
 from tests import containers
 
@@ -83,21 +85,37 @@ def migrated_schema(database_url: str, db_schema: str) -> str:
     return db_schema
 
 
-@pytest.fixture(scope="session")
-def broker(infrastructure: containers.Containers | None) -> Iterator[str]:
-    """A Tansu broker for the whole session: 127.0.0.1:PORT (or the Kafka container)."""
-    if infrastructure is not None:
-        yield infrastructure.bootstrap
+_BROKER: Broker | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a collected test needs the broker, start it now and name it in the run's first line,
+    so a log shows what was proven on."""
+    global _BROKER
+    if containers.wanted() or not any("broker" in item.fixturenames for item in session.items):
         return
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = start_tansu(port, ARTIFACTS / "tansu.log")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    data = Path(tempfile.mkdtemp(prefix="kafka-", dir=ARTIFACTS))
+    _BROKER = local_broker(log_path=ARTIFACTS / "broker.log", data_dir=data).start()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"broker: {_BROKER.describe()}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _BROKER is not None:
+        _BROKER.stop()
+        if _BROKER.data_dir is not None:
+            shutil.rmtree(_BROKER.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def broker(infrastructure: containers.Containers | None) -> str:
+    """The session's broker: 127.0.0.1:PORT (or the Kafka container)."""
+    if infrastructure is not None:
+        return infrastructure.bootstrap
+    assert _BROKER is not None, "the broker starts when a collected test needs it"
+    return _BROKER.bootstrap
 
 
 @pytest.fixture
@@ -236,10 +254,6 @@ def worker_environment(
     """The environment of a `payment-worker run` on these topics and this schema."""
     return {
         "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": broker,
-        # Tansu: a short session joins the group fast; a short fetch wait, because Tansu holds an
-        # empty fetch for all of fetch.wait.max.ms instead of answering when data arrives.
-        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, '
-        '"fetch.wait.max.ms": 10}',
         "PAYMENT_DATABASE_URL": database_url,
         "PAYMENT_DB_SCHEMA": schema,
         "PAYMENT_REDIS_URL": redis_url,

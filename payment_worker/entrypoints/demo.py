@@ -1,14 +1,15 @@
 """`payment-worker demo`: the newcomer's first run on one machine.
 
-Starts what is missing (a Tansu broker, the development Ordering/Inventory server), migrates,
-runs the worker and the shim as child processes, sends sample payments over HTTP, prints the
-outcomes, and stops everything it started (and nothing else).
+Starts what is missing (a local Apache Kafka broker, the development Ordering/Inventory server),
+migrates, runs the worker and the shim as child processes, sends sample payments over HTTP, prints
+the outcomes, and stops everything it started (and nothing else).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from rich.table import Table
 from payment_worker.adapters.kafka import broker_reachable
 from payment_worker.adapters.postgres.migrations import migrate
 from payment_worker.config import Settings
-from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.devstack.broker import BrokerUnavailable, free_port, local_broker, port_open
 from payment_worker.entrypoints.topics import report_topics
 from payment_worker.exceptions import PaymentWorkerError
 
@@ -126,16 +127,18 @@ class Demo:
         if _listening(bootstrap) and broker_reachable(settings.kafka_common(), 2.0):
             console.print(f"[green]✓[/] Kafka broker at {bootstrap} (already running)")
         else:
-            port = _port(9092)
-            bootstrap = f"127.0.0.1:{port}"
-            self._track("tansu", start_tansu(port, self.workdir / "tansu.log"))
-            console.print(f"[green]✓[/] started a Tansu broker (Kafka-compatible) at {bootstrap}")
-        kafka_config = {
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 500,
-            "fetch.wait.max.ms": 10,  # Tansu holds empty fetches for the whole wait
-            **settings.kafka_config,
-        }
+            data = self.workdir / "broker-data"
+            shutil.rmtree(data, ignore_errors=True)  # a new cluster for each demo
+            broker = local_broker(_port(9092), self.workdir / "broker.log", data_dir=data)
+            try:
+                broker.start()
+            except BrokerUnavailable as exc:
+                raise DemoError(f"no broker at {bootstrap}, and none starts: {exc}") from None
+            assert broker.process is not None
+            self._track("broker", broker.process)
+            bootstrap = broker.bootstrap
+            console.print(f"[green]✓[/] started a local broker: {broker.describe()}")
+        kafka_config = settings.kafka_config
         created = [
             line
             for line in report_topics(
@@ -327,16 +330,20 @@ class Demo:
         )
 
     def stop(self) -> None:
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(self.children):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                console.print(f"{name} did not stop in 30 s; killing it")
-                proc.kill()
-                proc.wait(5)
+        """The worker, the shim and the dev server first, then the broker they were using (so
+        their last commits and deliveries still reach it)."""
+        clients = [(n, p) for n, p in self.children if n != "broker"]
+        for group in (clients, [(n, p) for n, p in self.children if n == "broker"]):
+            for _, proc in reversed(group):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for name, proc in reversed(group):
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    console.print(f"{name} did not stop in 30 s; killing it")
+                    proc.kill()
+                    proc.wait(5)
         self.children.clear()
 
 

@@ -20,6 +20,18 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 1000,
 }
+# Under the next-generation group protocol (group.protocol=consumer, KIP-848) the broker sets the
+# session and heartbeat, and librdkafka refuses a consumer that names them.
+_CLASSIC_GROUP_ONLY = ("session.timeout.ms", "heartbeat.interval.ms")
+
+
+def consumer_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """CONSUMER_DEFAULTS for a consumer configured with `config` (PAYMENT_KAFKA_CONFIG)."""
+    if str(config.get("group.protocol", "classic")).lower() != "consumer":
+        return CONSUMER_DEFAULTS
+    return {k: v for k, v in CONSUMER_DEFAULTS.items() if k not in _CLASSIC_GROUP_ONLY}
+
+
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",

@@ -12,8 +12,8 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from payment_worker.adapters.kafka.config import (
-    CONSUMER_DEFAULTS,
     BrokerUnavailable,
+    consumer_defaults,
     for_consumer,
     kafka_error,
 )
@@ -69,7 +69,7 @@ class ThreadedConsumer:
         on_assign: AssignHandler,
         on_revoke: RevokeHandler,
     ) -> None:
-        self.config = {**CONSUMER_DEFAULTS, **for_consumer(config)}
+        self.config = {**consumer_defaults(config), **for_consumer(config)}
         self.topics = topics
         self._on_assign = on_assign
         self._on_revoke = on_revoke
@@ -172,7 +172,7 @@ def unsubscribed_config(config: dict[str, Any], group: str) -> dict[str, Any]:
     """A consumer that never subscribes (manual assignment, or only asking): it never joins
     `group` and commits nothing."""
     return {
-        **CONSUMER_DEFAULTS,
+        **consumer_defaults(config),
         **for_consumer(config),
         "group.id": group,
         "enable.auto.commit": False,

@@ -19,8 +19,8 @@ from confluent_kafka import (
 )
 
 from payment_worker.adapters.kafka.config import (
-    CONSUMER_DEFAULTS,
     PRODUCER_DEFAULTS,
+    consumer_defaults,
     for_consumer,
     for_producer,
 )
@@ -42,7 +42,7 @@ class ReplyListener:
         decode: Callable[[bytes | None], dict[str, Any] | None],
     ) -> None:
         self.config = {
-            **CONSUMER_DEFAULTS,
+            **consumer_defaults(config),
             "auto.offset.reset": "latest",
             **for_consumer(config),
             "enable.auto.commit": False,
@@ -91,16 +91,30 @@ class ReplyListener:
                 log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
                 high = OFFSET_END
             positioned.append(TopicPartition(tp.topic, tp.partition, high))
-        consumer.assign(positioned)
+        # An incremental rebalance (cooperative-sticky, or group.protocol=consumer) hands over
+        # only the partitions added; an eager one, the whole new assignment.
+        if consumer.rebalance_protocol() == "COOPERATIVE":
+            consumer.incremental_assign(positioned)
+            owned = set(self.partitions) | {p.partition for p in partitions}
+        else:
+            consumer.assign(positioned)
+            owned = {p.partition for p in partitions}
         self.missing_topic = False
-        self.partitions = sorted(p.partition for p in partitions)
-        self._reply_partition = self.partitions[0] if self.partitions else None
+        self._own(owned)
         log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.partitions = []
-        self._reply_partition = None
-        log.info("reply_partitions_revoked", topic=self.topic)
+        if consumer.rebalance_protocol() == "COOPERATIVE":
+            consumer.incremental_unassign(partitions)
+            self._own(set(self.partitions) - {p.partition for p in partitions})
+        else:
+            consumer.unassign()
+            self._own(set())
+        log.info("reply_partitions_revoked", topic=self.topic, partitions=self.partitions)
+
+    def _own(self, partitions: set[int]) -> None:
+        self.partitions = sorted(partitions)
+        self._reply_partition = self.partitions[0] if self.partitions else None
 
     def _run(self) -> None:
         consumer = Consumer(self.config)
