@@ -228,6 +228,19 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
+def _outbox_retry(settings: Settings, topic: str | None) -> int:
+    from payment_worker.bootstrap import open_status
+
+    async def retry() -> int:
+        async with open_status(settings) as (store, _lag):
+            return await store.unpark(topic)
+
+    count = asyncio.run(retry())
+    where = f" for topic {topic}" if topic else ""
+    print(f"outbox: {count} parked row(s){where} handed back to the relays")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from payment_worker.entrypoints.cli import add_command, global_options
 
@@ -272,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{unit} (default {default:g})",
         )
+    outbox = add_command(sub, "outbox")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    retry = outbox_sub.add_parser("retry", help="send the parked rows again")
+    retry.add_argument("--topic", metavar="NAME", help="only the rows parked for this topic")
     demo = add_command(sub, "demo")
     demo.add_argument(
         "--keep-running", action="store_true", help="leave everything up for exploring until Ctrl-C"
@@ -365,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(settings, args)
         if args.command == "status":
             return _status(settings, args)
+        if args.command == "outbox":
+            return _outbox_retry(settings, args.topic)
         if args.command == "topics":
             from payment_worker.entrypoints.topics import report_topics
 

@@ -28,6 +28,7 @@ from payment_worker.adapters.kafka import (
     ReplyListener,
     ThreadedConsumer,
     TopicDirectory,
+    fast_path_lease_s,
     reading_consumer,
 )
 from payment_worker.adapters.postgres import PostgresStore, make_pool
@@ -203,6 +204,7 @@ async def open_app(
         store = PostgresStore(pool)
         gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
         common: dict[str, Any] = settings.kafka_common()
+        directory = TopicDirectory({**common, "client.id": f"{client_id}-metadata"})
         pipeline = Pipeline(
             decoder=the_codec,
             decode_error=DecodeError,
@@ -212,13 +214,15 @@ async def open_app(
             inventory=HttpInventory(inventory),
             gateway=gateway,
             locks=RedisOrderLock(redis_client, on_degraded=metrics.REDIS_DEGRADED.inc),
-            topics=TopicDirectory({**common, "client.id": f"{client_id}-metadata"}),
+            topics=directory,
             config=PipelineConfig(routes=route_rules(settings)),
         )
         relay = OutboxRelay(
             store,
             OutboxProducer({**common, "client.id": f"{client_id}-relay"}),
+            topics=directory,
             max_attempts=settings.outbox_max_attempts,
+            sweep_older_than_s=fast_path_lease_s(common),
         )
         consumer_config = {
             **common,

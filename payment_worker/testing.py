@@ -71,7 +71,8 @@ class Received:
 
 
 class KafkaHarness:
-    """Produces commands one record per batch and reads topics back from the beginning."""
+    """Produces commands (each flushed at once, or batched with flush=False and one flush())
+    and reads topics back from the beginning."""
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class KafkaHarness:
         self.topics = topics
         self.codec = codec or AvroCodec(SchemaSet())
         self.extra = extra or {}
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, **self.extra})
+        self.producer = Producer({"bootstrap.servers": bootstrap, **self.extra})
 
     def send(
         self,

@@ -44,7 +44,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def infrastructure() -> Iterator[containers.Containers | None]:
     """Kafka, PostgreSQL and Redis containers when PAYMENT_TEST_CONTAINERS=1; else None (the
-    local services and Tansu)."""
+    local services and the local broker)."""
     if not containers.wanted():
         yield None
         return

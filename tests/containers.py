@@ -3,7 +3,7 @@ PAYMENT_TEST_CONTAINERS=1 and a Docker engine, the session starts Apache Kafka (
 PostgreSQL and Redis with testcontainers, configured as docker-compose.yml configures them
 (the same images, the same environment), and the fixtures hand out their addresses.
 
-Without the variable (or with 0) the suite uses the local services and an embedded Tansu
+Without the variable (or with 0) the suite uses the local services and the local Apache Kafka
 broker. With it and no Docker engine, the run stops at once with one line saying so."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def docker_client() -> Any:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ContainersUnavailable(
             f"{VARIABLE}=1 needs a Docker engine, and none answers ({first}); unset it to run"
-            " on the local services and Tansu"
+            " on the local services and broker"
         ) from None
     return client
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KAFKA_VERSION = "4.1.1"
 HERE = Path(__file__).resolve().parent / "kafka"
@@ -241,14 +242,16 @@ class Broker:
         """Start the broker and return once it answers a metadata request."""
         if self.kind == "Apache Kafka":
             self._configure()
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
+        command = self.command()
+        if self.log_path is None:
             self.process = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
             )
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        else:
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
         deadline = time.monotonic() + timeout_s
         while not self._serving():
             if self.process.poll() is not None:
@@ -270,9 +273,8 @@ class Broker:
         from confluent_kafka.admin import AdminClient
 
         try:
-            metadata = AdminClient(
-                {"bootstrap.servers": self.bootstrap, "log_level": 0, "logger": _QUIET}
-            ).list_topics(timeout=2)
+            config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _QUIET}
+            metadata = AdminClient(config).list_topics(timeout=2)
         except Exception:
             return False
         return bool(metadata.brokers)

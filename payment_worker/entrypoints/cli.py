@@ -130,9 +130,19 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "variables": [*KAFKA, *DATABASE, *PROCESSING, *SERVICES, *TOPICS, *REGISTRY, *LOGS],
         "example": "payment-worker replay --topic process-payment-dlq",
     },
+    "outbox": {
+        "help": "outbox retry: send the parked outbox rows again (all, or --topic's)",
+        "description": "`outbox retry` hands the outbox rows parked after "
+        "PAYMENT_OUTBOX_MAX_ATTEMPTS refusals back to the relays, due at once and with their "
+        "refusals forgotten (the relays also do this by themselves, once a parked row of the "
+        "same route goes through). Prints how many; exits 0.",
+        "variables": [*DATABASE, *LOGS],
+        "example": "payment-worker outbox retry --topic payment-replies",
+    },
     "demo": {
         "help": "start everything on this machine and send sample payments",
-        "description": "The first run: starts what is missing on this machine (a Tansu broker, "
+        "description": "The first run: starts what is missing on this machine (a local Apache "
+        "Kafka broker, or Tansu where no Java 17 is present, "
         "the development Ordering/Inventory server), migrates, runs the worker and the shim, "
         "sends sample payments and prints their outcomes.",
         "variables": [*DATABASE, "redis_url", "kafka_bootstrap_servers", "shim_port", *LOGS],

@@ -1,11 +1,16 @@
 """The outbox relay: publishes committed outbox rows and marks them sent.
 
-Fast path: rows written by this process are handed over right after their commit. Sweeper:
-rows left unsent (a crash, a broker outage, another process, a refused delivery whose wait is
-over) are leased with SKIP LOCKED and handed over again. Delivery reports mark rows sent, or
-failed: a refused row waits longer each time and is parked after `max_attempts` refusals, so
-that no row holds back the others. Delivery is at least once; consumers deduplicate on the
-event id.
+Fast path: rows written by this process are handed over right after their commit; no other
+relay takes them before `sweep_older_than_s`, longer than a delivery can take (the producer's
+message timeout), so one relay at a time sends a row. Sweeper: rows left unsent (a crash, a
+broker outage, a refused delivery whose wait is over) are leased with SKIP LOCKED and handed
+over again. Delivery reports mark rows sent, or failed: a row the broker refuses (or whose
+topic or partition the broker no longer has) waits longer each time and is parked after
+`max_attempts` refusals, so that no row holds back the others; a broker that is down or slow
+refuses nothing and parks nothing. Parked rows come back by themselves: every
+`probe_every_s` one parked row per route is sent again, and once one goes through, its route's
+rows are unparked (or at once: `payment-worker outbox retry`). Delivery is at least once;
+consumers deduplicate on the event id.
 """
 
 from __future__ import annotations
@@ -13,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
+from collections import deque
 
 import structlog
 
 from payment_worker import metrics
 from payment_worker.exceptions import RetryableError
-from payment_worker.service.ports import OutboxProducerPort, OutboxStorePort, StoredMessage
+from payment_worker.service.ports import (
+    DeliveryFailure,
+    OutboxProducerPort,
+    OutboxStorePort,
+    StoredMessage,
+    TopicDirectoryPort,
+)
 
 log = structlog.get_logger("payment_worker.relay")
-
-# A broker-wide failure (timeout, no connection) counts against the row only while other
-# rows are being delivered: then the broker is up and the trouble is the row's.
-BROKER_UP_WINDOW_S = 30.0
 
 
 class OutboxRelay:
@@ -34,25 +41,31 @@ class OutboxRelay:
         store: OutboxStorePort,
         producer: OutboxProducerPort,
         *,
+        topics: TopicDirectoryPort | None = None,
         max_attempts: int = 20,
         sweep_every_s: float = 2.0,
-        sweep_older_than_s: float = 5.0,
+        sweep_older_than_s: float = 35.0,
         sweep_batch: int = 500,
         lease_s: float = 60.0,
         max_queued: int = 20_000,
+        probe_every_s: float = 60.0,
     ) -> None:
         self.store = store
         self.producer = producer
+        self.topics = topics
         self.max_attempts = max_attempts
         self.sweep_every_s = sweep_every_s
         self.sweep_older_than_s = sweep_older_than_s
         self.sweep_batch = sweep_batch
         self.lease_s = lease_s
         self.max_queued = max_queued
+        self.probe_every_s = probe_every_s
         self._tasks: list[asyncio.Task[None]] = []
         self._reports = asyncio.Event()
         self._armed = threading.Event()
-        self._last_delivery = -1e18
+        self._waiting: deque[StoredMessage] = deque()  # librdkafka's queue was full
+        self._room = asyncio.Event()
+        self._probes: dict[int, tuple[str, int | None]] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,34 +84,70 @@ class OutboxRelay:
         self._tasks = [
             asyncio.create_task(self._mark_loop(), name="relay-mark"),
             asyncio.create_task(self._sweep_loop(), name="relay-sweep"),
+            asyncio.create_task(self._waiting_loop(), name="relay-waiting"),
+            asyncio.create_task(self._probe_loop(), name="relay-probe"),
         ]
 
     def publish(self, stored: list[StoredMessage]) -> None:
         self.producer.reset_if_fatal()
         for item in stored:
-            self.producer.produce(item)
+            self._hand_over(item)
+
+    def _hand_over(self, item: StoredMessage) -> None:
+        """To the producer, or, while its queue is full, to the rows that wait for room (in
+        order): the event loop never waits for the broker here."""
+        if self._waiting or not self.producer.produce(item):
+            self._waiting.append(item)
+            self._room.set()
+
+    async def _waiting_loop(self) -> None:
+        while True:
+            await self._room.wait()
+            while self._waiting:
+                if not self.producer.produce(self._waiting[0]):
+                    await asyncio.sleep(0.01)  # the poller thread makes room meanwhile
+                    continue
+                self._waiting.popleft()
+            self._room.clear()
+
+    async def _refused(self, failure: DeliveryFailure) -> bool:
+        """Whether a failed delivery counts towards parking its row: the broker refused the
+        row itself, or the row's topic or partition no longer exists (librdkafka reports that
+        as a timeout, like an outage). A broker that is down or slow refuses nothing."""
+        if not failure.broker_wide:
+            return True
+        if self.topics is None or not failure.topic:
+            return False
+        try:
+            partitions = await self.topics.partitions(failure.topic)
+        except Exception:
+            return False
+        if partitions is None:
+            return True
+        return failure.partition is not None and failure.partition >= partitions
 
     async def _mark_once(self) -> None:
         self.producer.reset_if_fatal()
         delivered, failed = self.producer.take_reports()
         if delivered:
-            self._last_delivery = time.monotonic()
             await self.store.mark_sent(delivered)
             metrics.OUTBOX_PUBLISHED.inc(len(delivered))
+            await self._unpark_probed(delivered)
+        failed = [f for f in failed if self._probes.pop(f.row_id, None) is None]
         if failed:
-            broker_up = time.monotonic() - self._last_delivery < BROKER_UP_WINDOW_S
             metrics.OUTBOX_FAILED.inc(len(failed))
+            counted = []
             for failure in failed:
+                refused = await self._refused(failure)
+                counted.append((failure.row_id, failure.error, refused))
                 log.warning(
                     "outbox_delivery_failed",
                     row_id=failure.row_id,
                     error=failure.error,
                     broker_wide=failure.broker_wide,
+                    counted=refused,
                 )
-            parked = await self.store.mark_failed(
-                [(f.row_id, f.error, broker_up or not f.broker_wide) for f in failed],
-                self.max_attempts,
-            )
+            parked = await self.store.mark_failed(counted, self.max_attempts)
             for row in parked:
                 metrics.OUTBOX_PARKED.labels(row.kind).inc()
                 log.error(
@@ -109,8 +158,37 @@ class OutboxRelay:
                     partition=row.partition,
                     attempts=row.attempts,
                     error=row.error,
-                    detail="refused by the broker too often; kept in the outbox, not retried",
+                    detail="refused by the broker too often; kept in the outbox and sent again"
+                    " when its route works again (or by `payment-worker outbox retry`)",
                 )
+
+    async def _unpark_probed(self, delivered: list[int]) -> None:
+        for row_id in delivered:
+            route = self._probes.pop(row_id, None)
+            if route is None:
+                continue
+            unparked = await self.store.unpark(*route)
+            log.info("outbox_route_works_again", topic=route[0], partition=route[1],
+                     unparked=unparked)  # fmt: skip
+
+    async def probe_parked(self) -> int:
+        """Send one parked row of each route again; returns how many were handed over."""
+        probes = await self.store.claim_parked_probes(self.probe_every_s)
+        todo = [p for p in probes if p.id not in self.producer.in_flight]
+        for item in todo:
+            self._probes[item.id] = (item.message.topic, item.message.partition)
+            self._hand_over(item)
+        return len(todo)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_every_s)
+            try:
+                await self.probe_parked()
+            except RetryableError as exc:
+                log.warning("outbox_probe_failed", error=str(exc))
+            except Exception:
+                log.exception("outbox_probe_crashed")
 
     async def _mark_loop(self) -> None:
         while True:
@@ -138,7 +216,7 @@ class OutboxRelay:
         claimed = await self.store.claim_unsent(older, self.sweep_batch, self.lease_s)
         todo = [s for s in claimed if s.id not in self.producer.in_flight]
         for item in todo:
-            self.producer.produce(item)
+            self._hand_over(item)
         if todo:
             log.info("outbox_swept", handed_over=len(todo))
         return len(todo)

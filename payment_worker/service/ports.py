@@ -163,6 +163,8 @@ class DeliveryFailure:
     row_id: int
     error: str
     broker_wide: bool
+    topic: str = ""
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,10 @@ class OutboxStorePort(Protocol):
         self, failures: list[tuple[int, str, bool]], max_attempts: int
     ) -> list[ParkedRow]: ...
 
+    async def claim_parked_probes(self, lease_s: float) -> list[StoredMessage]: ...
+
+    async def unpark(self, topic: str | None = None, partition: int | None = None) -> int: ...
+
 
 class OutboxProducerPort(Protocol):
     """Publishes outbox rows and reports, per row id, what the broker did with each."""
@@ -240,7 +246,7 @@ class OutboxProducerPort(Protocol):
 
     def reset_if_fatal(self) -> bool: ...
 
-    def produce(self, stored: StoredMessage) -> None: ...
+    def produce(self, stored: StoredMessage) -> bool: ...
 
     def take_reports(self) -> tuple[list[int], list[DeliveryFailure]]: ...
 

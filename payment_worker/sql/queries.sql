@@ -90,20 +90,44 @@ RETURNING id;
 UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)b) AND sent_at IS NULL;
 
 -- name: claim_unsent
--- The sweeper's share: unsent rows older than the fast path's, due for a try, the longest
--- due first (a row tried again waits behind the rows that were due before it),
--- leased until %(lease_s)s from now (a delivery report marks them sent or failed before then;
--- a process that died leaves them to the next lease). Rows waiting or parked are skipped.
+-- The sweeper's share: unsent rows due for a try, the longest due first (a row tried again
+-- waits behind the rows that were due before it), leased until %(lease_s)s from now (a
+-- delivery report marks them sent or failed before then; a process that died leaves them to
+-- the next lease). A row never tried is due once it is older than %(older_than_s)s: until
+-- then it is the fast path's of the process that wrote it. Rows waiting or parked are skipped.
 UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => %(lease_s)s)
 WHERE o.id IN (
     SELECT id FROM outbox
     WHERE sent_at IS NULL AND parked_at IS NULL
-      AND created_at < now() - make_interval(secs => %(older_than_s)s)
-      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND CASE WHEN next_attempt_at IS NULL
+               THEN created_at < now() - make_interval(secs => %(older_than_s)s)
+               ELSE next_attempt_at <= now() END
     ORDER BY coalesce(next_attempt_at, created_at), id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
 RETURNING o.id, o.kind, o.topic, o.partition, o.key, o.value, o.headers;
+
+-- name: claim_parked_probes
+-- One parked row of each route (topic, partition), the oldest, not probed in the last
+-- %(lease_s)s: sent again to learn whether the route works again.
+UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => %(lease_s)s)
+WHERE o.id IN (
+    SELECT id FROM outbox
+    WHERE id IN (
+        SELECT min(id) FROM outbox
+        WHERE sent_at IS NULL AND parked_at IS NOT NULL
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+        GROUP BY topic, partition)
+    FOR UPDATE SKIP LOCKED)
+RETURNING o.id, o.kind, o.topic, o.partition, o.key, o.value, o.headers;
+
+-- name: unpark
+-- Parked rows back to the sweeper, due now, their refusals forgotten: all of them, a topic's,
+-- or one route's (%(partition)s NULL with a topic: every partition of it, and rows without one).
+UPDATE outbox SET parked_at = NULL, attempts = 0, next_attempt_at = now()
+WHERE sent_at IS NULL AND parked_at IS NOT NULL
+  AND (%(topic)s::text IS NULL OR topic = %(topic)s::text)
+  AND (%(partition)s::integer IS NULL OR partition IS NULL OR partition = %(partition)s::integer);
 
 -- name: mark_failed
 -- Rows the broker refused: the next try after a growing, jittered wait (0.5 s doubling to

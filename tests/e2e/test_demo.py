@@ -62,7 +62,7 @@ def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_pa
 
 
 def test_a_demo_that_starts_its_own_broker_shows_no_connection_noise(worker_env, tmp_path):
-    """No broker where PAYMENT_KAFKA_BOOTSTRAP_SERVERS points: the demo starts Tansu, and the
+    """No broker where PAYMENT_KAFKA_BOOTSTRAP_SERVERS points: the demo starts Apache Kafka, the
     newcomer's terminal shows no librdkafka line (no client is made before a broker listens);
     every line the demo's processes log to their files is one JSON object."""
     from payment_worker.devstack.broker import free_port
@@ -77,7 +77,7 @@ def test_a_demo_that_starts_its_own_broker_shows_no_connection_noise(worker_env,
         timeout=180,
     )
     assert done.returncode == 0, done.stdout[-4000:]
-    assert "started a Tansu broker" in done.stdout
+    assert "started a local broker: Apache Kafka" in done.stdout
     noisy = [line for line in done.stdout.splitlines() if "rdkafka" in line or "FAIL" in line]
     assert noisy == []
     for name in ("worker", "shim", "devservices"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -43,9 +42,12 @@ def _orders(devserver, n: int) -> list[dict]:
     return commands
 
 
-def _send_one_per_batch(kafka, commands: list[dict]) -> None:
+def _send_batched(kafka, commands: list[dict]) -> None:
+    """As a client sends: many records to a batch, one flush at the end (replay's bounds are
+    the broker's real end offsets, whatever the batches)."""
     for cmd in commands:
-        kafka.send(cmd)  # flushed one by one: Tansu's end offsets need one record per batch
+        kafka.send(cmd, flush=False)
+    kafka.flush()
 
 
 def _count(db, query: str) -> int:
@@ -58,7 +60,7 @@ def test_replaying_processed_commands_changes_nothing_and_answers_the_same(
     """Replay of already processed commands: no new payment rows, no new event ids, and every
     command answered again with its original outcome (duplicate=true)."""
     commands = _orders(devserver, 300)
-    _send_one_per_batch(kafka, commands)
+    _send_batched(kafka, commands)
     worker = start_worker()
     originals = {r.record["commandId"]: r.record for r in kafka.replies(expect=300)}
     assert len(originals) == 300
@@ -93,7 +95,7 @@ def test_replay_split_across_processes_answers_every_command_once(
     """--processes 3 on the 4 partitions (shards of 2, 1 and 1): every command is read by
     exactly one process and answered once more from the ledger; the summary adds them up."""
     commands = _orders(devserver, 120)
-    _send_one_per_batch(kafka, commands)
+    _send_batched(kafka, commands)
     worker = start_worker()
     originals = {r.record["commandId"]: r.record for r in kafka.replies(expect=120)}
     worker.stop()
@@ -129,7 +131,7 @@ def test_replay_after_restoring_an_older_backup_processes_exactly_the_lost_comma
     ]
     for cmd in commands:
         devserver.add_order(cmd["orderId"], cmd["customerId"], "9.00")
-    _send_one_per_batch(kafka, commands)
+    _send_batched(kafka, commands)
     worker = start_worker()
     kafka.replies(expect=60)
     worker.stop()
@@ -168,22 +170,10 @@ def test_commands_that_failed_during_an_outage_are_completed_by_replay(
     ]
     for cmd in commands:
         devserver.add_order(cmd["orderId"], cmd["customerId"], "7.00")
-    # The dead letters are written by the worker; one record per batch keeps Tansu's end
-    # offsets exact (it reports the last batch's base offset + 1).
-    worker = start_worker(
-        PAYMENT_KAFKA_CONFIG=json.dumps(
-            {
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 500,
-                "fetch.wait.max.ms": 10,
-                "linger.ms": 0,
-                "batch.num.messages": 1,
-            }
-        )
-    )
+    worker = start_worker()
     devserver.fault("orders", status=503)
     try:
-        _send_one_per_batch(kafka, commands)
+        _send_batched(kafka, commands)
         replies = kafka.replies(expect=5)
     finally:
         devserver.clear_faults()
@@ -207,7 +197,7 @@ def test_republish_events_re_emits_the_original_event_ids(
 ):
     """--republish-events publishes each finalized payment's event again, same event id."""
     commands = _orders(devserver, 20)
-    _send_one_per_batch(kafka, commands)
+    _send_batched(kafka, commands)
     worker = start_worker()
     kafka.replies(expect=20)
     worker.stop()
@@ -223,14 +213,14 @@ def test_republish_events_re_emits_the_original_event_ids(
 def test_timestamps_bound_what_replay_reads(start_worker, kafka, devserver, worker_env):
     """--from-timestamp/--to-timestamp read only the commands produced in that window."""
     early = _orders(devserver, 5)
-    _send_one_per_batch(kafka, early)
+    _send_batched(kafka, early)
     time.sleep(1.2)
     start_ms = int(time.time() * 1000)
     middle = _orders(devserver, 4)
-    _send_one_per_batch(kafka, middle)
+    _send_batched(kafka, middle)
     time.sleep(1.2)
     stop_ms = int(time.time() * 1000)
-    _send_one_per_batch(kafka, _orders(devserver, 3))
+    _send_batched(kafka, _orders(devserver, 3))
     result = replay(
         worker_env, "--from-timestamp", str(start_ms), "--to-timestamp", str(stop_ms), "--dry-run"
     )
@@ -249,7 +239,7 @@ def test_replay_of_a_missing_topic_exits_non_zero_with_a_clear_line(worker_env):
 def test_more_processes_than_partitions_with_a_start_timestamp(kafka, devserver, worker_env):
     """--processes 6 on 4 partitions leaves two processes without a partition: they end at once,
     also with --from-timestamp (which asks the broker for offsets of no partition at all)."""
-    _send_one_per_batch(kafka, _orders(devserver, 8))
+    _send_batched(kafka, _orders(devserver, 8))
     result = replay(worker_env, "--processes", "6", "--from-timestamp", "0", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(ln for ln in result.stdout.splitlines() if "records read" in ln)
@@ -269,7 +259,7 @@ def test_replay_alongside_a_live_worker_charges_nobody_twice(
 ):
     """A replay and the live worker on the same new commands: one succeeded payment each."""
     commands = _orders(devserver, 80)
-    _send_one_per_batch(kafka, commands)
+    _send_batched(kafka, commands)
     worker = start_worker(wait=False, PAYMENT_GATEWAY_LATENCY_MS="20-80")
     result = replay({**worker_env, "PAYMENT_GATEWAY_LATENCY_MS": "20-80"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -310,9 +300,9 @@ def test_dry_run_writes_nothing_and_undecodable_records_are_counted_not_dead_let
     nothing (no reply, dead letter, payment or ledger entry); the real replay then answers the
     commands and counts the undecodable record without dead-lettering it again."""
     commands = _orders(devserver, 4)
-    _send_one_per_batch(kafka, commands[:2])
+    _send_batched(kafka, commands[:2])
     kafka.send(value=b"\xc3\x01 not an Avro command", key=b"garbage")
-    _send_one_per_batch(kafka, commands[2:])
+    _send_batched(kafka, commands[2:])
 
     dry = replay(worker_env, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The confluent-kafka adapters and the outbox relay against a real (Tansu) broker: the
+"""The confluent-kafka adapters and the outbox relay against a real (Apache Kafka) broker: the
 outbox producer, ensure_topics, the threaded group consumer, and OutboxRelay over a real
 PostgresStore."""
 
@@ -43,16 +43,14 @@ def _consumer_config(broker: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": broker,
         "group.id": f"it-{uuid.uuid4().hex[:10]}",
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 500,
     }
 
 
-def _produce_one_per_flush(broker: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
+def _produce(broker: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": broker})
     for value in values:
         producer.produce(topic, key=value, value=value)
-        assert producer.flush(10) == 0
+    assert producer.flush(10) == 0
 
 
 async def _consume(
@@ -323,7 +321,7 @@ async def test_threaded_consumer_consumes_records_produced_one_per_flush(
     """Records produced one per flush across the commands topic's partitions are all consumed,
     with their topic, partition, offset, key and value, once each."""
     values = [f"record-{i}".encode() for i in range(6)]
-    _produce_one_per_flush(broker, topics.commands, values)
+    _produce(broker, topics.commands, values)
     assigned: list[list[tuple[str, int]]] = []
     consumer = ThreadedConsumer(
         _consumer_config(broker),
@@ -347,7 +345,7 @@ async def test_threaded_consumer_consumes_records_produced_one_per_flush(
 async def test_threaded_consumer_commit_stores_the_offsets(broker: str, topics: Topics) -> None:
     """commit() stores the given offsets for the group: a fresh consumer of the group reads
     them back with committed()."""
-    _produce_one_per_flush(broker, topics.commands, [b"a", b"b", b"c", b"d"])
+    _produce(broker, topics.commands, [b"a", b"b", b"c", b"d"])
     config = _consumer_config(broker)
     consumer = ThreadedConsumer(
         config, [topics.commands], on_assign=lambda _k: None, on_revoke=Revocations()
@@ -393,7 +391,7 @@ async def test_threaded_consumer_commits_what_on_revoke_returns(
 ) -> None:
     """The offsets on_revoke answers are committed before the partitions are given up."""
     config = _consumer_config(broker)
-    _produce_one_per_flush(broker, topics.commands, [b"x"])
+    _produce(broker, topics.commands, [b"x"])
     revoke = Revocations({(topics.commands, 0): 1, (topics.commands, 3): 1})
     consumer = ThreadedConsumer(
         config, [topics.commands], on_assign=lambda _k: None, on_revoke=revoke
@@ -596,7 +594,7 @@ async def test_topic_directory_knows_the_brokers_topics_and_creates_none(
     broker: str, topics: Topics
 ) -> None:
     """The directory answers a topic's partition count from the cluster's metadata, None for
-    a topic the broker does not have, and asking never creates that topic (Tansu creates a
+    a topic the broker does not have, and asking never creates that topic (some brokers create a
     topic named in a metadata request for it)."""
     directory = TopicDirectory({"bootstrap.servers": broker}, min_refresh_s=0)
     missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"

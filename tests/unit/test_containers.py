@@ -112,4 +112,4 @@ def test_without_a_docker_engine_the_run_stops_with_one_line(tmp_path: Path) -> 
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert lines[0].startswith("ERROR: PAYMENT_TEST_CONTAINERS=1 needs a Docker engine")
-    assert "unset it to run on the local services and Tansu" in lines[0]
+    assert "unset it to run on the local services and broker" in lines[0]

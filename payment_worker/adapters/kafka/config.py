@@ -37,7 +37,29 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "linger.ms": 5,
     "message.timeout.ms": 30000,
+    # A record for a topic the broker lacks is refused, never the cause of a new topic.
+    "allow.auto.create.topics": False,
 }
+
+
+def incremental_rebalances(config: dict[str, Any]) -> bool:
+    """Whether a group consumer so configured is handed partitions incrementally (the
+    `cooperative-sticky` assignor, or group.protocol=consumer): its rebalance callbacks then
+    name only the partitions added or taken away, not the whole assignment."""
+    if str(config.get("group.protocol", "classic")).lower() == "consumer":
+        return True
+    return "cooperative" in str(config.get("partition.assignment.strategy", "")).lower()
+
+
+def fast_path_lease_s(config: dict[str, Any]) -> float:
+    """How long a row handed to the producer stays its relay's: past the producer's message
+    timeout, by when librdkafka has reported its delivery, one way or the other."""
+    default_ms = float(PRODUCER_DEFAULTS["message.timeout.ms"])
+    timeout_ms = config.get("message.timeout.ms", config.get("delivery.timeout.ms", default_ms))
+    try:
+        return float(timeout_ms) / 1000 + 5.0
+    except (TypeError, ValueError):
+        return default_ms / 1000 + 5.0
 
 
 _CONSUMER_ONLY = (

@@ -94,8 +94,10 @@ _BROKER_WIDE = frozenset(
 )
 
 
-def _failure(row_id: int, error: KafkaError | None, text: str) -> DeliveryFailure:
-    return DeliveryFailure(row_id, text, error is not None and error.code() in _BROKER_WIDE)
+def _failure(stored: StoredMessage, error: KafkaError | None, text: str) -> DeliveryFailure:
+    broker_wide = error is not None and error.code() in _BROKER_WIDE
+    message = stored.message
+    return DeliveryFailure(stored.id, text, broker_wide, message.topic, message.partition)
 
 
 class OutboxProducer:
@@ -136,7 +138,9 @@ class OutboxProducer:
         log.warning("producer_recreated", detail="after a fatal error")
         return True
 
-    def _on_delivery(self, row_id: int) -> Callable[[KafkaError | None, Message], None]:
+    def _on_delivery(self, stored: StoredMessage) -> Callable[[KafkaError | None, Message], None]:
+        row_id = stored.id
+
         def report(error: KafkaError | None, _message: Message) -> None:
             with self._lock:
                 self.in_flight.discard(row_id)
@@ -145,33 +149,40 @@ class OutboxProducer:
             else:
                 if breaks_producer(error):
                     self._fatal.set()
-                self._failed.append(_failure(row_id, error, str(error)))
+                self._failed.append(_failure(stored, error, str(error)))
             if self.wakeup is not None:
                 self.wakeup()
 
         return report
 
-    def produce(self, stored: StoredMessage) -> None:
+    def produce(self, stored: StoredMessage) -> bool:
+        """Hand a row to librdkafka; False when its queue is full (the caller tries again
+        later: this runs on the event loop, which must not wait here for room)."""
         assert self._producer is not None
         message = stored.message
         kwargs: dict[str, Any] = {
             "key": message.key,
             "value": message.value,
             "headers": message.headers,
-            "on_delivery": self._on_delivery(stored.id),
+            "on_delivery": self._on_delivery(stored),
         }
         if message.partition is not None:
             kwargs["partition"] = message.partition
         with self._lock:
             self.in_flight.add(stored.id)
         try:
-            produce_waiting(self._producer, message.topic, kwargs)
+            self._producer.produce(message.topic, **kwargs)
+        except BufferError:
+            with self._lock:
+                self.in_flight.discard(stored.id)
+            return False
         except KafkaException as exc:  # refused at once: unknown partition, too large...
             with self._lock:
                 self.in_flight.discard(stored.id)
-            self._failed.append(_failure(stored.id, kafka_error(exc), str(exc)))
+            self._failed.append(_failure(stored, kafka_error(exc), str(exc)))
             if self.wakeup is not None:
                 self.wakeup()
+        return True
 
     def take_reports(self) -> tuple[list[int], list[DeliveryFailure]]:
         delivered = [self._delivered.popleft() for _ in range(len(self._delivered))]

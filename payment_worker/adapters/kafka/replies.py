@@ -23,6 +23,7 @@ from payment_worker.adapters.kafka.config import (
     consumer_defaults,
     for_consumer,
     for_producer,
+    incremental_rebalances,
 )
 from payment_worker.adapters.kafka.consumer import ready_messages
 from payment_worker.adapters.kafka.producer import ReportPoller
@@ -47,6 +48,7 @@ class ReplyListener:
             **for_consumer(config),
             "enable.auto.commit": False,
         }
+        self._incremental = incremental_rebalances(self.config)
         self.topic = topic
         self.decode = decode
         self.partitions: list[int] = []
@@ -93,7 +95,7 @@ class ReplyListener:
             positioned.append(TopicPartition(tp.topic, tp.partition, high))
         # An incremental rebalance (cooperative-sticky, or group.protocol=consumer) hands over
         # only the partitions added; an eager one, the whole new assignment.
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._incremental:
             consumer.incremental_assign(positioned)
             owned = set(self.partitions) | {p.partition for p in partitions}
         else:
@@ -104,7 +106,7 @@ class ReplyListener:
         log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._incremental:
             consumer.incremental_unassign(partitions)
             self._own(set(self.partitions) - {p.partition for p in partitions})
         else:

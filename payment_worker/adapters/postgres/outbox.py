@@ -53,6 +53,20 @@ class OutboxRelay(Connections):
         rows.sort(key=lambda r: r[0])
         return [StoredMessage(r[0], outbox_message(r[1:])) for r in rows]  # id, then the message
 
+    async def claim_parked_probes(self, lease_s: float) -> list[StoredMessage]:
+        """One parked row of each route, not probed within `lease_s`, leased that long."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["claim_parked_probes"], {"lease_s": lease_s})
+            rows = await cur.fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [StoredMessage(r[0], outbox_message(r[1:])) for r in rows]
+
+    async def unpark(self, topic: str | None = None, partition: int | None = None) -> int:
+        """Parked rows (all, a topic's, or a route's) back to the sweeper; returns how many."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["unpark"], {"topic": topic, "partition": partition})
+            return cur.rowcount
+
     async def mark_failed(
         self, failures: list[tuple[int, str, bool]], max_attempts: int
     ) -> list[ParkedRow]:
