@@ -49,6 +49,7 @@ class ReplyListener:
         }
         self.topic = topic
         self.decode = decode
+        self._incremental = _incremental(self.config)
         self.partitions: list[int] = []
         self._reply_partition: int | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -93,7 +94,7 @@ class ReplyListener:
             positioned.append(TopicPartition(tp.topic, tp.partition, high))
         # An incremental rebalance (cooperative-sticky, or group.protocol=consumer) hands over
         # only the partitions added; an eager one, the whole new assignment.
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._incremental:
             consumer.incremental_assign(positioned)
             owned = set(self.partitions) | {p.partition for p in partitions}
         else:
@@ -104,7 +105,7 @@ class ReplyListener:
         log.info("reply_partitions_assigned", topic=self.topic, partitions=self.partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._incremental:
             consumer.incremental_unassign(partitions)
             self._own(set(self.partitions) - {p.partition for p in partitions})
         else:
@@ -173,6 +174,15 @@ class ReplyListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _incremental(config: dict[str, Any]) -> bool:
+    """The group hands partitions over incrementally: the next-generation protocol, or the
+    cooperative-sticky assignor (librdkafka takes it only alone). Read from the configuration
+    because confluent-kafka's Consumer does not expose librdkafka's rebalance protocol."""
+    if str(config.get("group.protocol", "classic")).lower() == "consumer":
+        return True
+    return "cooperative-sticky" in str(config.get("partition.assignment.strategy", "")).lower()
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], reply: dict[str, Any]) -> None:
