@@ -143,6 +143,8 @@ class Shim:
     async def _request_reply(
         self, command: Command, incoming: tuple[str | None, str | None] = (None, None)
     ) -> Response:
+        # From the CSPRNG: the correlation id is what the reply is routed by, and a caller
+        # able to predict another's could aim a reply of its own at it.
         correlation = random_uuid()
         partition = self.listener.reply_partition()
         headers = [
@@ -167,7 +169,7 @@ class Shim:
             "requestedAt": command.requested_at,
         }
         value = self.codec.encode("ProcessPayment", record, self.settings.topic_commands)
-        future = self.listener.expect(correlation)
+        future = self.listener.expect(correlation, command.command_id, command.order_id.lower())
         timeout = self.settings.shim_reply_timeout_s
         try:
             try:
