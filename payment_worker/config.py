@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None  # None: JSON unless on a terminal
     shim_group: str = "payment-shim"
     shim_max_in_flight: int = Field(default=2000, ge=1)
+    shim_body_timeout_s: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=2000, ge=1)
     http_timeout_s: float = Field(default=2.0, gt=0)
     http_retry_budget_s: float = Field(default=5.0, gt=0)

@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics, registered once per process."""
+"""The worker's Prometheus metrics, and the counter of the shim's reply listener (an adapter),
+registered once per process."""
 
 from __future__ import annotations
 
@@ -84,6 +85,17 @@ SAMPLE_FAILURES = Counter(
     "payment_worker_state_sample_failures_total",
     "Samples of the lag, outbox and pending gauges that failed, by source (kafka, database).",
     ["source"],
+)
+
+
+# -- the shim's reply listener (an adapter, so its counter lives here, not in the shim's module)
+
+SHIM_REPLIES_DROPPED = Counter(
+    "payment_shim_replies_dropped_total",
+    "Replies the shim dropped, by reason (undecodable; unexpected: nobody waits for its"
+    " correlation id; mismatched: it carries a waiting request's correlation id but answers"
+    " another command).",
+    ["reason"],
 )
 
 

@@ -80,6 +80,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             "shim_reply_timeout_s",
             "shim_group",
             "shim_max_in_flight",
+            "shim_body_timeout_s",
             "shim_api_keys",
             "shim_metrics_public",
             "shim_tls_cert_file",

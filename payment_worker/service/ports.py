@@ -278,7 +278,8 @@ class CommandSenderPort(Protocol):
 
 
 class ReplyWaiterPort(Protocol):
-    """The shim's reader of the reply topic: futures resolved by correlation id."""
+    """The shim's reader of the reply topic: futures resolved by correlation id, each only
+    with a reply to the command it was expected for."""
 
     @property
     def ready(self) -> bool: ...
@@ -295,7 +296,9 @@ class ReplyWaiterPort(Protocol):
 
     def reply_partition(self) -> int | None: ...
 
-    def expect(self, correlation_id: str) -> asyncio.Future[dict[str, Any]]: ...
+    def expect(
+        self, correlation_id: str, command_id: str, order_id: str
+    ) -> asyncio.Future[dict[str, Any]]: ...
 
     def forget(self, correlation_id: str) -> None: ...
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import httpx
 import pytest
+
+from payment_worker.entrypoints.shim import PaymentResponse
 
 pytestmark = pytest.mark.e2e
 
@@ -293,3 +299,198 @@ def test_a_missing_reply_topic_is_named_with_the_command_that_creates_it(start_s
         f"Service not ready: {expected}",
     )
     assert shim.logs().count('"event": "topic_missing"') == 1
+
+
+def _metric(shim, name: str) -> float:
+    """The value of one sample of the shim's /metrics (0 when absent)."""
+    for line in httpx.get(shim.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_forged_reply_with_a_waiting_callers_correlation_id_never_answers_that_caller(
+    start_worker, start_shim, devserver, broker, kafka
+):
+    """A hostile producer copies a waiting request's correlation-id, reply-to and
+    reply-partition headers onto its own command for another order: the worker answers that
+    command onto the caller's reply partition with the caller's correlation id, and the shim
+    drops the reply (logged, counted as mismatched) instead of answering the caller with the
+    other order's payment; the caller then gets the reply to its own command.
+
+    The shim sends to a commands topic nobody consumes, so the forged reply is certainly the
+    first one carrying the caller's correlation id; the test relays the caller's command to
+    the worker only once the forged reply was dropped."""
+    from tests.conftest import new_topics
+
+    parked = new_topics(broker).commands  # the shim's commands wait here, unread
+    start_worker()
+    shim = start_shim(PAYMENT_TOPIC_COMMANDS=parked, PAYMENT_SHIM_REPLY_TIMEOUT_S="40")
+    victim = _order(devserver, "20.00")
+    other = _order(devserver, "35.00")  # the hostile producer's own order and customer
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_post, shim, _raw(victim), None, 60)
+        [sent] = kafka.read(parked, expect=1, decode="ProcessPayment")
+        assert sent.record is not None and sent.record["orderId"] == victim["orderId"]
+        copied = [
+            (name, value)
+            for name, value in sent.header_list
+            if name in ("correlation-id", "reply-to", "reply-partition") and value is not None
+        ]
+        assert len(copied) == 3, sent.header_list
+        kafka.send(
+            {
+                "commandId": str(uuid.uuid4()),
+                "orderId": other["orderId"],
+                "customerId": other["customerId"],
+                "reservationId": None,
+                "amount": Decimal(other["amount"]),
+                "currency": "USD",
+                "paymentMethod": "credit_card",
+                "requestedAt": datetime.now(UTC),
+            },
+            headers=copied,
+        )
+        deadline = time.monotonic() + 30
+        mismatched = 'payment_shim_replies_dropped_total{reason="mismatched"}'
+        while _metric(shim, mismatched) < 1:
+            assert not pending.done(), pending.result().text  # answered with the forged reply
+            assert time.monotonic() < deadline, shim.logs()[-3000:]
+            time.sleep(0.2)
+        assert '"event": "reply_mismatched"' in shim.logs()
+        relayed = [(name, value) for name, value in sent.header_list if value is not None]
+        kafka.send(value=sent.value, key=sent.key, headers=relayed)  # the caller's own command
+        response = pending.result(timeout=60)
+    assert response.status_code == 200, response.text
+    payment = response.json()["payment"]
+    assert (payment["orderId"], payment["customerId"]) == (
+        victim["orderId"],
+        victim["customerId"],
+    )
+    assert _metric(shim, mismatched) == 1
+
+
+def test_two_api_keys_sending_the_same_idempotency_key_are_two_commands(
+    start_worker, start_shim, devserver, kafka
+):
+    """With API keys configured, the Idempotency-Key maps to a command per API key: a second
+    caller using the first caller's key for its own order gets its own payment (not a 409 nor
+    the first caller's payment), each caller's retry is still the same command, and no API key
+    appears in any command record."""
+    keys = ["caller-a-" + uuid.uuid4().hex, "caller-b-" + uuid.uuid4().hex]
+    start_worker()
+    shim = start_shim(PAYMENT_SHIM_API_KEYS=",".join(keys))
+    shared = f"order-1-{uuid.uuid4()}"
+    orders = [_order(devserver, "20.00"), _order(devserver, "30.00")]
+    answers = []
+    with httpx.Client(base_url=shim.url, timeout=30) as client:
+        for api_key, order in [*zip(keys, orders, strict=True), (keys[0], orders[0])]:
+            answers.append(
+                client.post(
+                    "/payments",
+                    content=_raw(order),
+                    headers={
+                        "Authorization": f"Bearer {api_key}",
+                        "Idempotency-Key": shared,
+                        "Content-Type": "application/json",
+                    },
+                )
+            )
+    first, second, retried = answers
+    for answer, order in [(first, orders[0]), (second, orders[1]), (retried, orders[0])]:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["payment"]["orderId"] == order["orderId"]
+    assert retried.json()["payment"]["id"] == first.json()["payment"]["id"]
+    commands = kafka.read(kafka.topics.commands, expect=3, decode="ProcessPayment")
+    assert len({c.record["commandId"] for c in commands if c.record}) == 2
+    for command in commands:
+        raw = (command.value or b"") + b"".join(v or b"" for _, v in command.header_list)
+        assert not any(k.encode() in raw for k in keys)
+
+
+def test_slow_uploads_never_hold_an_in_flight_slot_and_are_cut_off_with_408(
+    start_worker, start_shim, devserver
+):
+    """Many connections that send headers and part of a body, then nothing: a normal request
+    is still answered 200 (with an in-flight limit of 2), and each slow one gets 408 within a
+    bounded time (PAYMENT_SHIM_BODY_TIMEOUT_S) instead of waiting forever."""
+    start_worker()
+    shim = start_shim(PAYMENT_SHIM_MAX_IN_FLIGHT="2", PAYMENT_SHIM_BODY_TIMEOUT_S="4")
+    slow = []
+    started = time.monotonic()
+    for _ in range(12):
+        connection = socket.create_connection(("127.0.0.1", shim.port), timeout=20)
+        connection.sendall(
+            b"POST /payments HTTP/1.1\r\nHost: shim\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200\r\n\r\n" + b'{"orderId": "'
+        )
+        slow.append(connection)
+    time.sleep(0.5)  # every slow request is in the shim, reading its body
+    response = _post(shim, _raw(_order(devserver)), timeout=10)
+    assert response.status_code == 200, response.text
+    for connection in slow:
+        with connection:
+            head = connection.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408 "), head
+    assert time.monotonic() - started < 15
+    assert _metric(shim, "payment_shim_body_timeouts_total") == 12
+    assert _metric(shim, "payment_shim_in_flight") == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("paymentMethod", "\ud800", "Invalid JSON in the request body"),
+        ("paymentMethod", "card \udfff", "Invalid JSON in the request body"),
+        ("currency", "\udbff", "Invalid JSON in the request body"),
+        ("extra", ["\ud800"], "Invalid JSON in the request body"),
+        ("amount", "1_000", "Amount must be greater than zero"),
+        ("amount", "\u0661\u0660\u0660", "Amount must be greater than zero"),  # Arabic-Indic 100
+        ("amount", "\uff11\uff10\uff10", "Amount must be greater than zero"),  # full-width 100
+        ("amount", "1e3", "Amount must be greater than zero"),
+        ("amount", " 20.00", "Amount must be greater than zero"),
+        ("amount", "20.", "Amount must be greater than zero"),
+        ("amount", "1.2.3", "Amount must be greater than zero"),
+    ],
+    ids=[
+        "lone-high-surrogate",
+        "lone-low-surrogate",
+        "surrogate-currency",
+        "surrogate-elsewhere",
+        "underscore",
+        "arabic-indic-digits",
+        "full-width-digits",
+        "exponent",
+        "space",
+        "trailing-dot",
+        "two-dots",
+    ],
+)
+def test_lone_surrogates_and_non_ascii_decimal_amounts_are_400(
+    stack, devserver, field, value, message
+):
+    """A body whose strings hold a lone surrogate (escaped in JSON, as json.dumps writes it)
+    is 400 Invalid JSON, not a 500 when the command is encoded; an amount given as text is
+    only ASCII digits with an optional single '.' between digits, anything else is 400 (for
+    an order that exists, so a wrongly accepted amount would not end as another 400)."""
+    order = _order(devserver, "1000.00")
+    body = json.dumps({**order, field: value}).encode()
+    response = _post(stack, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["errorMessage"].startswith(message), response.text
+
+
+def test_deeply_nested_and_huge_bodies_are_400(stack):
+    """Deeply nested JSON, a 5,000-digit integer and an exponent past any decimal context are
+    400 with the contract's body, never a 500."""
+    ids = f'"orderId": "{uuid.uuid4()}", "customerId": "{uuid.uuid4()}"'
+    for raw in [
+        b"[" * 30_000 + b"]" * 30_000,
+        ("{" + ids + ', "extra": ' + "[" * 20_000 + "]" * 20_000 + "}").encode(),
+        ("{" + ids + ', "amount": ' + "9" * 5000 + "}").encode(),
+        ("{" + ids + ', "amount": 1e999999999999999999}').encode(),
+        ("{" + ids + ', "amount": 1e-999999999999999999}').encode(),
+    ]:
+        response = _post(stack, raw)
+        assert response.status_code == 400, (raw[:80], response.text)
+        PaymentResponse.model_validate_json(response.text)

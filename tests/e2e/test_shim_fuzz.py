@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import httpx
@@ -14,7 +15,8 @@ from payment_worker.entrypoints.shim import PaymentResponse
 
 pytestmark = pytest.mark.e2e
 
-DOCUMENTED = {200, 400, 401, 404, 409, 413, 422, 500, 503, 504}
+DOCUMENTED = {200, 400, 401, 404, 408, 409, 413, 422, 500, 503, 504}
+LONE_SURROGATES = st.characters(categories=["Cs"])
 ids = st.one_of(
     st.uuids().map(str),
     st.text(max_size=40),
@@ -29,6 +31,8 @@ amounts = st.one_of(
     st.none(),
     st.booleans(),
     st.just("1e999"),
+    st.just("1_000"),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=6),
 )
 bodies = st.fixed_dictionaries(
     {},
@@ -41,7 +45,10 @@ bodies = st.fixed_dictionaries(
         "Amount": amounts,
         "currency": st.one_of(st.sampled_from(["USD", "eur", "XXX", "", "JPY"]), st.text()),
         "paymentMethod": st.one_of(
-            st.text(max_size=60), st.just("4111 1111 1111 1111"), st.integers()
+            st.text(max_size=60),
+            st.just("4111 1111 1111 1111"),
+            st.integers(),
+            st.text(alphabet=LONE_SURROGATES, min_size=1, max_size=3),
         ),
         "extra": st.recursive(
             st.none() | st.booleans() | st.text(),
@@ -55,6 +62,7 @@ raw_bodies = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.sampled_from([b"null", b"[]", b"{", b'{"amount": NaN}', b'{"amount": Infinity}', b"1"]),
+    st.integers(1, 20_000).map(lambda depth: b"[" * depth + b"]" * depth),
 )
 
 
@@ -99,3 +107,40 @@ def test_generated_requests_never_get_a_500_and_always_the_documented_body(stack
 
     check()
     assert 400 in seen
+
+
+@pytest.mark.parametrize("field", ["amount", "paymentMethod"])
+def test_generated_non_ascii_amounts_and_lone_surrogates_are_400(stack, field):
+    """For a valid order and customer, an amount given as text that is not ASCII digits with
+    an optional single '.' (underscores, digits of other scripts, spaces, exponents), or a
+    lone surrogate in the payment method, is a 400 with the contract's message."""
+    client = httpx.Client(base_url=stack.url, timeout=30)
+    ascii_decimal = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+    values = (
+        st.text(alphabet=st.sampled_from("0123456789._ e+-\u0660\u0661\uff11\u09e8\u00b2")).filter(
+            lambda t: not ascii_decimal.fullmatch(t)
+        )
+        if field == "amount"
+        else st.builds(
+            lambda a, lone, b: a + lone + b,
+            st.text(max_size=5),
+            LONE_SURROGATES,
+            st.text(max_size=5),
+        )
+    )
+    message = "Amount must be greater than zero" if field == "amount" else "Invalid JSON"
+
+    @settings(
+        max_examples=100,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(value=values)
+    def check(value: str) -> None:
+        body = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": "20.00"}
+        body[field] = value
+        response = client.post("/payments", content=json.dumps(body).encode())
+        assert response.status_code == 400, (value, response.text)
+        assert response.json()["errorMessage"].startswith(message), (value, response.text)
+
+    check()

@@ -38,6 +38,10 @@ ANY_VALUE = st.one_of(
     st.just("1e400"),
     st.just("10.999"),
     st.text(min_size=1000, max_size=2000),
+    st.just("\ud800"),  # a lone surrogate: json.dumps writes it as an escape
+    st.text(alphabet=st.characters(categories=["Cs", "Nd", "No"]), min_size=1, max_size=6),
+    st.just("1_000"),
+    st.just("\u0661\u0660\u0660"),
 )
 KEYS = st.sampled_from(
     [
@@ -78,7 +82,9 @@ KEYS = st.sampled_from(
     )
 )
 def test_any_body_parses_to_a_command_or_a_contract_message(body: bytes) -> None:
-    """Generated bodies (wrong types, huge strings, card numbers, NaN, garbage bytes)."""
+    """Generated bodies (wrong types, huge strings, card numbers, NaN, garbage bytes, lone
+    surrogates, digits of other scripts): a 400 with a contract message, or a command whose
+    texts encode as UTF-8 and whose amount, when given as text, is ASCII digits and one '.'."""
     command_id = str(uuid.uuid4())
     try:
         command = parse_payment_request(body, command_id)
@@ -87,6 +93,11 @@ def test_any_body_parses_to_a_command_or_a_contract_message(body: bytes) -> None
         return
     assert command.amount > 0
     assert "4111111111111111" not in command.payment_method
+    for text in (command.order_id, command.customer_id, command.currency, command.payment_method):
+        text.encode("utf-8")  # what the command's encoding needs: no lone surrogate
+    amount = json.loads(body).get("amount", json.loads(body).get("Amount"))
+    if isinstance(amount, str):
+        assert amount.isascii() and amount.replace(".", "", 1).isdigit(), amount
 
 
 def test_amounts_stay_exact_decimals_through_parsing_and_rendering() -> None:

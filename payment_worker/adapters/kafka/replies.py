@@ -1,5 +1,6 @@
 """The shim's side of request-reply: produce commands, receive the replies meant for this
-process on the reply partitions the group gives it."""
+process on the reply partitions the group gives it, each handed only to the request whose
+command it answers."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from payment_worker import metrics
 from payment_worker.adapters.kafka.config import (
     PRODUCER_DEFAULTS,
     consumer_defaults,
@@ -34,7 +36,13 @@ log = structlog.get_logger("payment_worker.reply_listener")
 class ReplyListener:
     """A consumer in the shims' group on the replies topic. Each shim owns the partitions the
     group assigns it and asks the worker (header reply-partition) to answer there, so it never
-    reads the partitions of the other shims. Replies nobody waits for are dropped."""
+    reads the partitions of the other shims.
+
+    A reply goes to the request waiting on its correlation id only when it answers that
+    request's command (same command id and order id): any producer of the commands topic can
+    copy a waiting request's correlation and reply headers onto a command of its own, and its
+    reply must not become that caller's answer. Replies nobody waits for, undecodable ones and
+    those answering another command are dropped and counted by reason."""
 
     def __init__(
         self,
@@ -51,9 +59,10 @@ class ReplyListener:
         self._incremental = incremental_rebalances(self.config)
         self.topic = topic
         self.decode = decode
+        self._incremental = _incremental(self.config)
         self.partitions: list[int] = []
         self._reply_partition: int | None = None
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: dict[str, _Waiter] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,14 +157,29 @@ class ReplyListener:
     def _deliver(self, value: bytes | None) -> None:
         reply = self.decode(value)
         if reply is None:
-            self.dropped += 1
+            self._drop("undecodable")
             return
         correlation = str(reply.get("correlationId", ""))
-        future = self._waiting.get(correlation)
-        if future is None or self._loop is None:
-            self.dropped += 1
+        waiter = self._waiting.get(correlation)
+        if waiter is None or self._loop is None:
+            self._drop("unexpected")
             return
-        self._loop.call_soon_threadsafe(_resolve, future, reply)
+        if not waiter.answered_by(reply):
+            self._drop("mismatched")
+            log.warning(
+                "reply_mismatched",
+                correlation_id=correlation,
+                command_id=waiter.command_id,
+                order_id=waiter.order_id,
+                reply_command_id=_text(reply.get("commandId")),
+                reply_order_id=_text(reply.get("orderId")),
+            )
+            return
+        self._loop.call_soon_threadsafe(_resolve, waiter.future, reply)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        metrics.SHIM_REPLIES_DROPPED.labels(reason).inc()
 
     def reply_partition(self) -> int | None:
         """The partition this shim asks the worker to answer on: the lowest one it owns. One
@@ -163,9 +187,13 @@ class ReplyListener:
         instead of one small batch per partition (cheaper for the broker and both clients)."""
         return self._reply_partition
 
-    def expect(self, correlation_id: str) -> asyncio.Future[dict[str, Any]]:
+    def expect(
+        self, correlation_id: str, command_id: str, order_id: str
+    ) -> asyncio.Future[dict[str, Any]]:
+        """The future of the reply to command `command_id` for order `order_id`, sent with
+        `correlation_id` (which must come from a CSPRNG: it is all a reply is routed by)."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = future
+        self._waiting[correlation_id] = _Waiter(future, command_id.lower(), order_id.lower())
         return future
 
     def forget(self, correlation_id: str) -> None:
@@ -175,6 +203,45 @@ class ReplyListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _incremental(config: dict[str, Any]) -> bool:
+    """The group hands partitions over incrementally: the next-generation protocol, or the
+    cooperative-sticky assignor (librdkafka takes it only alone). Read from the configuration
+    because confluent-kafka's Consumer does not expose librdkafka's rebalance protocol."""
+    if str(config.get("group.protocol", "classic")).lower() == "consumer":
+        return True
+    return "cooperative-sticky" in str(config.get("partition.assignment.strategy", "")).lower()
+
+
+class _Waiter:
+    """A request waiting for the reply to its command."""
+
+    __slots__ = ("command_id", "future", "order_id")
+
+    def __init__(
+        self, future: asyncio.Future[dict[str, Any]], command_id: str, order_id: str
+    ) -> None:
+        self.future = future
+        self.command_id = command_id
+        self.order_id = order_id
+
+    def answered_by(self, reply: dict[str, Any]) -> bool:
+        """The reply answers this command: its command id and order id are ours, and so is
+        the order of the payment it carries (fail closed: a missing id is not a match)."""
+        if _text(reply.get("commandId")).lower() != self.command_id:
+            return False
+        if _text(reply.get("orderId")).lower() != self.order_id:
+            return False
+        payment = reply.get("payment")
+        if payment is None:
+            return True
+        return isinstance(payment, dict) and _text(payment.get("orderId")).lower() == self.order_id
+
+
+def _text(value: Any) -> str:
+    """An id of a decoded reply as text (uuid logical types decode to str or UUID)."""
+    return "" if value is None else str(value)
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], reply: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from payment_worker.adapters.avro_codec import AvroCodec
 from payment_worker.config import Settings
-from payment_worker.entrypoints.shim.handling import Shim, ShimClients
+from payment_worker.entrypoints.shim.handling import CALLER_SCOPE_KEY, Shim, ShimClients
 from payment_worker.entrypoints.shim.metrics import DROPPED, LATENCY, REQUESTS, WAITING
 from payment_worker.entrypoints.shim.requests import MAX_KEY_LENGTH, PaymentRequest
 from payment_worker.entrypoints.shim.responses import (
@@ -119,7 +119,9 @@ async def _answer(shim: Shim, request: Request) -> Response:
 def with_api_keys(app: ASGIApp, digests: list[bytes], *, metrics_public: bool) -> ASGIApp:
     """Callers must send one of the keys as `Authorization: Bearer <key>`, except on /health
     (and /metrics when it is public). Keys are compared as SHA-256 digests, each with
-    hmac.compare_digest and all of them every time, so the time taken says nothing of a key."""
+    hmac.compare_digest and all of them every time, so the time taken says nothing of a key.
+    The digest of the key that matched is left in the scope (CALLER_SCOPE_KEY): idempotency
+    keys are scoped by it."""
     if not digests:
         return app
     open_paths = {"/health", "/metrics"} if metrics_public else {"/health"}
@@ -129,19 +131,28 @@ def with_api_keys(app: ASGIApp, digests: list[bytes], *, metrics_public: bool) -
         {"WWW-Authenticate": 'Bearer realm="payment-shim"'},
     )
 
-    def authorized(scope: Scope) -> bool:
+    def caller(scope: Scope) -> bytes | None:
+        """The digest of the configured key the request presented, or None."""
         presented = b""
         for name, value in scope["headers"]:
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 presented = value[7:].strip()
         digest = hashlib.sha256(presented).digest()
-        matched = False
+        matched: bytes | None = None
         for known in digests:
-            matched |= hmac.compare_digest(digest, known)
-        return matched and bool(presented)
+            if hmac.compare_digest(digest, known):
+                matched = known
+        return matched if presented else None
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in open_paths or authorized(scope):
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        digest = caller(scope)
+        if digest is not None:
+            await app({**scope, CALLER_SCOPE_KEY: digest}, receive, send)
+            return
+        if scope["path"] in open_paths:
             await app(scope, receive, send)
             return
         if scope["path"] == "/payments":

@@ -14,6 +14,7 @@ import structlog
 from confluent_kafka import KafkaException
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from payment_worker import tracing
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError
@@ -22,7 +23,7 @@ from payment_worker.domain.ids import random_uuid
 from payment_worker.domain.model import Command
 from payment_worker.domain.routing import trace_headers
 from payment_worker.domain.validation import ValidationFailed
-from payment_worker.entrypoints.shim.metrics import IN_FLIGHT, TIMEOUTS
+from payment_worker.entrypoints.shim.metrics import IN_FLIGHT, TIMEOUTS, TOO_SLOW
 from payment_worker.entrypoints.shim.requests import (
     IDEMPOTENCY_NAMESPACE,
     MAX_BODY_BYTES,
@@ -34,6 +35,9 @@ from payment_worker.entrypoints.shim.responses import error_response, json_respo
 from payment_worker.service.ports import CommandSenderPort, ReplyWaiterPort
 
 log = structlog.get_logger("payment_worker.shim")
+
+# Where the API-key door leaves the SHA-256 digest of the key a request presented.
+CALLER_SCOPE_KEY = "payment_worker.api_key_digest"
 
 ReplyDecoder = Callable[[bytes | None], dict[str, Any] | None]
 
@@ -104,35 +108,41 @@ class Shim:
             return error_response(
                 503, f"Service not ready: {self.listener.not_ready_reason}", {"Retry-After": "1"}
             )
+        # The body is read, within a deadline, before a slot is taken: a slow upload would
+        # otherwise hold its slot as long as it liked, and a few thousand of them turn every
+        # other caller away with 503.
+        body = await read_body(request, self.settings.shim_body_timeout_s)
+        if isinstance(body, Response):
+            return body
+        # Checked and counted with no await between them: requests that arrive together
+        # must not all pass the check before any of them is counted.
         if self.in_flight >= self.max_in_flight:
             return error_response(
                 503, "Too many payments in flight; retry shortly", {"Retry-After": "1"}
             )
-        # The slot is taken before the first await (reading the body): checking here and counting
-        # later let every request that arrived together pass the check before any was counted.
         self.in_flight += 1
         IN_FLIGHT.inc()
         try:
-            return await self._admitted(request, incoming)
+            return await self._admitted(request, body, incoming)
         finally:
             self.in_flight -= 1
             IN_FLIGHT.dec()
 
     async def _admitted(
-        self, request: Request, incoming: tuple[str | None, str | None]
+        self, request: Request, body: bytes, incoming: tuple[str | None, str | None]
     ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
         key = request.headers.get("idempotency-key")
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH):
             return error_response(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
-        command_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key)) if key else random_uuid()
+        if key:
+            caller = request.scope.get(CALLER_SCOPE_KEY)
+            if self.settings.shim_api_keys and not isinstance(caller, bytes):
+                # Fail closed: with keys configured, a request that reached here without a
+                # caller identity must not share the global mapping of keys to commands.
+                return error_response(401, "Unauthorized: no API key identified this request")
+            command_id = idempotent_command_id(key, caller if isinstance(caller, bytes) else None)
+        else:
+            command_id = random_uuid()
         try:
             command = parse_payment_request(body, command_id)
         except (BadRequest, ValidationFailed) as exc:
@@ -143,6 +153,8 @@ class Shim:
     async def _request_reply(
         self, command: Command, incoming: tuple[str | None, str | None] = (None, None)
     ) -> Response:
+        # From the CSPRNG: the correlation id is what the reply is routed by, and a caller
+        # able to predict another's could aim a reply of its own at it.
         correlation = random_uuid()
         partition = self.listener.reply_partition()
         headers = [
@@ -167,7 +179,7 @@ class Shim:
             "requestedAt": command.requested_at,
         }
         value = self.codec.encode("ProcessPayment", record, self.settings.topic_commands)
-        future = self.listener.expect(correlation)
+        future = self.listener.expect(correlation, command.command_id, command.order_id.lower())
         timeout = self.settings.shim_reply_timeout_s
         try:
             try:
@@ -208,3 +220,40 @@ class Shim:
                 "errorMessage": reply.get("errorMessage"),
             },
         )
+
+
+async def read_body(request: Request, timeout_s: float) -> bytes | Response:
+    """The request body, or the answer to a request whose body is too large (413) or not all
+    sent within `timeout_s` (408: the deadline is for the whole body, so a trickle of bytes
+    does not extend it)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return error_response(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        return error_response(400, "Request body not received: the connection closed")
+    except TimeoutError:
+        TOO_SLOW.inc()
+        return error_response(
+            408,
+            f"Request body not received within {timeout_s:g}s",
+            {"Connection": "close"},
+        )
+    return b"".join(chunks)
+
+
+def idempotent_command_id(key: str, caller: bytes | None) -> str:
+    """The command id an Idempotency-Key stands for: global without API keys; with them, one
+    mapping per caller, scoped by the SHA-256 digest of its API key (never the key itself, as
+    the command id travels on the commands topic), so two callers' keys never collide."""
+    if caller is None:
+        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key))
+    return str(uuid.uuid5(uuid.uuid5(IDEMPOTENCY_NAMESPACE, caller.hex()), key))

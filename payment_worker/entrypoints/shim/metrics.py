@@ -13,6 +13,12 @@ LATENCY = Histogram(
 IN_FLIGHT = Gauge(
     "payment_shim_in_flight", "POST /payments being handled (body read or reply awaited)."
 )
+TOO_SLOW = Counter(
+    "payment_shim_body_timeouts_total", "Requests answered 408: the body came too slowly."
+)
 TIMEOUTS = Counter("payment_shim_reply_timeouts_total", "Requests answered 504.")
 WAITING = Gauge("payment_shim_waiting_replies", "Correlation ids waiting for a reply.")
-DROPPED = Gauge("payment_shim_dropped_replies", "Replies received that nobody waited for.")
+DROPPED = Gauge(
+    "payment_shim_dropped_replies",
+    "Replies received and dropped (by reason: payment_shim_replies_dropped_total).",
+)

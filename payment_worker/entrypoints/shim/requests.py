@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -44,6 +45,12 @@ def _as_id(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+# An amount given as text: ASCII digits with at most one '.' between digits. Decimal() alone
+# also reads "1_000", "1e3", " 20 " and digits of every script (Arabic-Indic, full-width...).
+_MAX_AMOUNT_TEXT = 64  # far above 999999999999.99 with any trailing zeros; bounds the search
+_AMOUNT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def _as_amount(value: Any) -> Decimal:
     if value is None:
         return Decimal(0)
@@ -52,14 +59,21 @@ def _as_amount(value: Any) -> Decimal:
     if isinstance(value, Decimal | int):
         return Decimal(value)
     if isinstance(value, str):
-        try:
-            parsed = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValidationFailed("Amount must be greater than zero") from None
-        if not parsed.is_finite():
+        if len(value) > _MAX_AMOUNT_TEXT or not _AMOUNT_TEXT.fullmatch(value):
             raise ValidationFailed("Amount must be greater than zero")
-        return parsed
+        return Decimal(value)
     raise ValidationFailed("Amount must be greater than zero")
+
+
+def _is_text(data: Any) -> bool:
+    """Every string of the parsed body encodes as UTF-8. JSON lets a string escape a lone
+    surrogate (\\ud800), which no UTF-8 text holds (I-JSON, RFC 7493, forbids it): the command
+    could not be encoded, and a 500 would follow."""
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def parse_payment_request(body: bytes, command_id: str) -> Command:
@@ -74,6 +88,8 @@ def parse_payment_request(body: bytes, command_id: str) -> Command:
         raise BadRequest("Invalid JSON in the request body") from None
     if not isinstance(data, dict):
         raise BadRequest("Payment request must be a JSON object")
+    if not _is_text(data):
+        raise BadRequest("Invalid JSON in the request body: a string is not Unicode text")
     fields = {str(k).lower(): v for k, v in data.items()}
     reservation = fields.get("reservationid")
     currency = fields.get("currency")

@@ -52,6 +52,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         **_ERROR_RESPONSE,
         "description": "CONFLICT: the Idempotency-Key or order was used for a different payment.",
     },
+    408: {
+        **_ERROR_RESPONSE,
+        "description": "The body was not all sent within PAYMENT_SHIM_BODY_TIMEOUT_S.",
+    },
     413: {**_ERROR_RESPONSE, "description": "The body is larger than 64 KiB."},
     422: {**_ERROR_RESPONSE, "description": "DECLINED: the gateway refused the charge."},
     500: {**_ERROR_RESPONSE, "description": "ERROR: retry with the same Idempotency-Key."},
