@@ -59,7 +59,6 @@ class ReplyListener:
         self._incremental = incremental_rebalances(self.config)
         self.topic = topic
         self.decode = decode
-        self._incremental = _incremental(self.config)
         self.partitions: list[int] = []
         self._reply_partition: int | None = None
         self._waiting: dict[str, _Waiter] = {}
@@ -203,15 +202,6 @@ class ReplyListener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-
-def _incremental(config: dict[str, Any]) -> bool:
-    """The group hands partitions over incrementally: the next-generation protocol, or the
-    cooperative-sticky assignor (librdkafka takes it only alone). Read from the configuration
-    because confluent-kafka's Consumer does not expose librdkafka's rebalance protocol."""
-    if str(config.get("group.protocol", "classic")).lower() == "consumer":
-        return True
-    return "cooperative-sticky" in str(config.get("partition.assignment.strategy", "")).lower()
 
 
 class _Waiter:
