@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.devstack.broker import free_port, local_broker, port_open
@@ -229,18 +230,21 @@ def test_a_broker_stopped_or_killed_mid_stream_and_restarted_loses_nothing(
             PAYMENT_KAFKA_CONFIG='{"message.timeout.ms": 3000}',
         )
         commands = [_order(devserver) for _ in range(40)]
-        for cmd in commands:
+        for cmd in commands[:20]:
             kafka.send(cmd, flush=False)
         kafka.flush()
         deadline = time.monotonic() + 30
         while db.execute("SELECT count(*) FROM payments").fetchone()[0] < 10:
             assert time.monotonic() < deadline, "no payments began"
             time.sleep(0.05)
+        pending = db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()
         (broker.stop if outage == "stopped" else broker.kill)()
+        assert pending[0] > 0, "the outage did not fall while payments were being charged"
         time.sleep(4)  # past message.timeout.ms: the producers give their deliveries up
-        in_flight = db.execute("SELECT count(*) FROM payments").fetchone()[0]
-        assert in_flight < len(commands), "the outage did not fall mid-stream"
         broker.start()
+        for cmd in commands[20:]:
+            kafka.send(cmd, flush=False)
+        kafka.flush()
         deadline = time.monotonic() + 90
         while db.execute(
             "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
@@ -255,3 +259,56 @@ def test_a_broker_stopped_or_killed_mid_stream_and_restarted_loses_nothing(
         assert paid == {c["orderId"] for c in commands}
     finally:
         broker.kill()
+
+
+def test_a_reply_topic_deleted_while_its_commands_are_in_flight_is_parked_alone(
+    start_worker, kafka, devserver, db, topics, broker
+):
+    """Commands answering on a caller's reply topic are being charged when that topic is
+    deleted: their replies are parked and counted (the topic is never created again by asking
+    for it), while every other command's reply and every payment's event is delivered."""
+    callers = f"caller-replies-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker})
+    ensure_topics({"bootstrap.servers": broker}, {callers: 2})
+    metrics_port = free_port()
+    start_worker(
+        PAYMENT_GATEWAY_LATENCY_MS="1500-2000",
+        PAYMENT_OUTBOX_MAX_ATTEMPTS="1",
+        PAYMENT_KAFKA_CONFIG='{"message.timeout.ms": 3000}',
+        PAYMENT_METRICS_PORT=str(metrics_port),
+    )
+    theirs = [_order(devserver) for _ in range(5)]
+    ours = [_order(devserver) for _ in range(10)]
+    for cmd in theirs:
+        kafka.send(cmd, headers=[("reply-to", callers.encode())], flush=False)
+    for cmd in ours:
+        kafka.send(cmd, flush=False)
+    kafka.flush()
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT count(*) FROM payments").fetchone()[0] < 15:
+        assert time.monotonic() < deadline, "the commands were not all taken up"
+        time.sleep(0.05)
+    for future in admin.delete_topics([callers]).values():
+        future.result(10)
+    replies = kafka.replies(expect=10, timeout_s=60)
+    assert {r.record["commandId"] for r in replies} == {c["commandId"] for c in ours}
+    events = kafka.read(topics.succeeded, expect=15, decode="PaymentSucceeded")
+    assert {e.record["orderId"] for e in events} == {c["orderId"] for c in theirs + ours}
+    deadline = time.monotonic() + 60
+    parked = 0
+    while parked < 5:
+        assert time.monotonic() < deadline, f"{parked} of the 5 replies parked"
+        time.sleep(0.2)
+        parked = db.execute(
+            "SELECT count(*) FROM outbox WHERE topic = %s AND parked_at IS NOT NULL"
+            " AND sent_at IS NULL",
+            (callers,),
+        ).fetchone()[0]
+    assert db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0] == 5
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    counted = next(
+        line for line in metrics.splitlines()
+        if line.startswith('payment_worker_outbox_parked_total{kind="reply"}')
+    )  # fmt: skip
+    assert float(counted.split()[-1]) == 5
+    assert callers not in admin.list_topics(timeout=10).topics
