@@ -13,7 +13,6 @@ from payment_worker.domain.routing import (
     ReplyRoute,
     RouteRules,
     needs_broker_check,
-    refused_route,
     route_from_headers,
     unknown_route,
 )
@@ -83,10 +82,6 @@ class Intake:
             bad = unknown_route(route, partitions, headers, rules)
             if bad is not None:
                 return bad
-        if isinstance(route, ReplyRoute) and route.topic != rules.default_topic:
-            refused = await self.messages.load_reply(route.topic)
-            if refused is not None:
-                return refused_route(route, refused, headers, rules)
         return route
 
     def prepare(self, command: Command, route: ReplyRoute | InvalidHeader) -> Prepared:
