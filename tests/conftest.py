@@ -176,6 +176,10 @@ class DevServer:
         }
         self.client.post("/admin/orders", json=body).raise_for_status()
 
+    def add_raw(self, kind: str, resource_id: str, body: bytes) -> None:
+        """Have GET /{kind}/{resource_id} (orders or reservations) answer `body` verbatim."""
+        self.client.post(f"/admin/raw/{kind}/{resource_id}", content=body).raise_for_status()
+
     def add_reservation(
         self,
         reservation_id: str,

@@ -7,11 +7,13 @@ dev server, on this machine: httpx with one shared pool ~1.4 ms, aiohttp ~60 µs
 ~24 µs (uvloop for the last two; see docs/performance.md).
 
 It does only what the lookups need: GET, keep-alive connections in a bounded pool that are
-let go after an idle time (a load balancer may drop them silently), Content-Length and chunked
-bodies (parsed by httptools, the C parser uvicorn uses) up to a size cap, http and https (a
-custom CA, a client certificate), fixed extra headers (credentials), a deadline per request.
-No redirects, proxies, cookies or compression, and no body delimited only by the server
-closing the connection (an HTTP/1.0 habit).
+let go after an idle time (a load balancer may drop them silently), Content-Length, chunked
+and close-delimited bodies (parsed by httptools, the C parser uvicorn uses) up to a size cap,
+http and https (a custom CA, a client certificate), fixed extra headers (credentials), a
+deadline per request. A connection is reused only when its answer ended exactly where the
+message did: a byte beyond it (a body longer than its Content-Length, an answer nobody asked
+for) would be read as the start of the next answer. No redirects, proxies, cookies or
+compression.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._body: list[bytes] = []
         self._received = False
+        self._done = False  # the answer to the current request is complete
+        self._framed = False  # it declared its length (Content-Length or chunked)
         self.keep_alive = True
 
     # asyncio.Protocol
@@ -66,6 +70,11 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.WriteTransport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._answer is None:
+            # Bytes nobody asked for (the rest of an over-long body, an unsolicited answer):
+            # the connection's framing is lost, so it is never used again.
+            self.close()
+            return
         self._received = True
         self._size += len(data)
         if self._size > self._max_bytes:
@@ -80,11 +89,27 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self._status >= 200 and not self._framed:
+            # HTTP/1.1 (RFC 9112 section 6.3): an answer with neither Content-Length nor
+            # chunking ends where the server closes the connection; a reset is not an end.
+            answer, self._answer = self._answer, None
+            if answer is not None and not answer.done():
+                answer.set_result((self._status, b"".join(self._body)))
         self._fail(HttpClientError(f"connection lost: {exc or 'closed by the server'}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._done:  # bytes after the complete answer, in the same read
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if self._status in (204, 304):
+            self._framed = True  # never a body (RFC 9112 section 6.3)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -92,7 +117,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._status < 200:  # an interim answer (100 Continue, 103...): the real one follows
             self._body = []
+            self._framed = False
             return
+        self._done = True
         self.keep_alive = self._parser.should_keep_alive()
         answer, self._answer = self._answer, None
         if answer is not None and not answer.done():
@@ -110,6 +137,7 @@ class _Connection(asyncio.Protocol):
             raise HttpClientError("connection lost: closed before the request was sent")
         answer = self._answer = asyncio.get_running_loop().create_future()
         self._status, self._body, self._received, self._size = 0, [], False, 0
+        self._done = self._framed = False
         try:
             self.transport.write(data)
         except (OSError, RuntimeError) as exc:  # closing underneath us (uvloop raises)

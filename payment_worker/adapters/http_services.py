@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -42,32 +43,124 @@ class _Refused(RetryableError):
     """The service refused the request (4xx other than 404): not worth another try now."""
 
 
+_ABSENT = object()
+_AMOUNT = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,30})?")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+class _Garbled(Exception):
+    """A field the checks need is there but cannot be read (wrong type, not parseable)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
 def _field(data: dict[str, Any], *names: str) -> Any:
-    """The first of `names` present in `data`, matched case-insensitively (lenient reads)."""
+    """The first of `names` present in `data` with a value other than null, matched
+    case-insensitively (lenient reads); _ABSENT when none is, None when one is only null."""
     lowered = {str(k).lower(): v for k, v in data.items()}
+    found: Any = _ABSENT
     for name in names:
-        if name.lower() in lowered and lowered[name.lower()] is not None:
-            return lowered[name.lower()]
-    return None
+        value = lowered.get(name.lower(), _ABSENT)
+        if value is not None and value is not _ABSENT:
+            return value
+        if value is None:
+            found = None
+    return found
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool):
+def _uuid_text(data: dict[str, Any], *names: str) -> str | None:
+    """An id field as a canonical UUID string; None when absent or null."""
+    value = _field(data, *names)
+    if value is None or value is _ABSENT:
         return None
-    try:
-        return Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-
-
-def _instant(value: Any) -> datetime | None:
     if not isinstance(value, str):
+        raise _Garbled(names[0])
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _Garbled(names[0]) from None
+
+
+def _text(data: dict[str, Any], *names: str) -> str:
+    """A text field ("" when absent or null: the check that needs it refuses that)."""
+    value = _field(data, *names)
+    if value is None or value is _ABSENT:
+        return ""
+    if not isinstance(value, str):
+        raise _Garbled(names[0])
+    return value.strip()
+
+
+def _amount(data: dict[str, Any], *names: str) -> Decimal | None:
+    """A money field: a JSON number or a plain decimal string ("250.00"); None when absent or
+    null. "250,00", a money object, NaN or a boolean cannot be read as one."""
+    value = _field(data, *names)
+    if value is None or value is _ABSENT:
         return None
+    if isinstance(value, str) and _AMOUNT.fullmatch(value):
+        return Decimal(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, Decimal) and value.is_finite():  # JSON numbers read with Decimal
+        return value
+    raise _Garbled(names[0])
+
+
+def _currency(data: dict[str, Any]) -> str:
+    """The currency; USD when the answer names none (the contract's default). A null or a
+    value that is not a three-letter code is not "none": it cannot be read."""
+    value = _field(data, "currency")
+    if value is _ABSENT:
+        return "USD"
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise _Garbled("currency")
+    return value
+
+
+def _instant(data: dict[str, Any], *names: str) -> datetime | None:
+    """An ISO 8601 instant (naive meaning UTC); None when absent or null."""
+    value = _field(data, *names)
+    if value is None or value is _ABSENT:
+        return None
+    if not isinstance(value, str):
+        raise _Garbled(names[0])
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return None
+        raise _Garbled(names[0]) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def read_order(data: dict[str, Any]) -> OrderInfo:
+    """An Ordering answer as OrderInfo, read leniently in its names (id|orderId,
+    customerId|userId, status|state, totalAmount|amount, currency) and strictly in its values:
+    a field that is there but garbled is named in `unreadable`, for the check to refuse."""
+    try:
+        return OrderInfo(
+            customer_id=_uuid_text(data, "customerId", "userId"),
+            status=_text(data, "status", "state"),
+            amount=_amount(data, "totalAmount", "amount"),
+            currency=_currency(data),
+            order_id=_uuid_text(data, "id", "orderId"),
+        )
+    except _Garbled as garbled:
+        return OrderInfo(None, "", None, "", unreadable=garbled.field)
+
+
+def read_reservation(data: dict[str, Any]) -> ReservationInfo:
+    """An Inventory answer as ReservationInfo (id|reservationId, customerId|userId,
+    status|state, expiresAt), garbled fields named in `unreadable` as in read_order."""
+    try:
+        return ReservationInfo(
+            customer_id=_uuid_text(data, "customerId", "userId"),
+            status=_text(data, "status", "state"),
+            expires_at=_instant(data, "expiresAt"),
+            reservation_id=_uuid_text(data, "id", "reservationId"),
+        )
+    except _Garbled as garbled:
+        return ReservationInfo(None, "", None, unreadable=garbled.field)
 
 
 class JsonService:
@@ -203,15 +296,11 @@ class HttpOrdering:
         data = await self.service.get_json(f"/orders/{order_id}", "/orders/{orderId}")
         if data is None:
             return None
-        customer = _field(data, "customerId", "userId")
-        returned_id = _field(data, "id", "orderId")
-        return OrderInfo(
-            customer_id=str(customer) if customer is not None else None,
-            status=str(_field(data, "status", "state") or ""),
-            amount=_decimal(_field(data, "totalAmount", "amount")),
-            currency=str(_field(data, "currency") or "USD"),
-            order_id=str(returned_id).lower() if returned_id is not None else None,
-        )
+        order = read_order(data)
+        if order.unreadable is not None:
+            # The field's name only: its value is the service's data, and may be anything.
+            log.warning("order_answer_unreadable", order_id=str(order_id), field=order.unreadable)
+        return order
 
 
 class HttpInventory:
@@ -226,9 +315,11 @@ class HttpInventory:
         )
         if data is None:
             return None
-        customer = _field(data, "customerId", "userId")
-        return ReservationInfo(
-            customer_id=str(customer) if customer is not None else None,
-            status=str(_field(data, "status", "state") or ""),
-            expires_at=_instant(_field(data, "expiresAt")),
-        )
+        reservation = read_reservation(data)
+        if reservation.unreadable is not None:
+            log.warning(
+                "reservation_answer_unreadable",
+                reservation_id=str(reservation_id),
+                field=reservation.unreadable,
+            )
+        return reservation

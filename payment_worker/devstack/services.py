@@ -1,7 +1,9 @@
 """A development server playing the Ordering and Inventory services (bare ASGI, in memory).
 
 GET /orders/{id}, GET /reservations/{id} answer like the real services. Admin endpoints seed
-data and inject faults: POST /admin/orders, POST /admin/reservations, POST /admin/faults
+data and inject faults: POST /admin/orders, POST /admin/reservations, POST
+/admin/raw/{orders|reservations}/{id} (the request body is answered verbatim, to play a
+service whose answer is garbled or not even JSON), POST /admin/faults
 ({"orders": {"status": 503, "count": 3, "delay_ms": 0, "every": 1}}), DELETE /admin/faults,
 POST /admin/reset, GET /admin/stats. `--seed N` preloads N deterministic orders.
 """
@@ -63,6 +65,7 @@ class Fault:
 class State:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     reservations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (kind, id) -> body
     faults: dict[str, Fault] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -108,7 +111,7 @@ class DevServices:
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
         status, payload = await self.route(method, path, body)
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -143,9 +146,20 @@ class DevServices:
             faulted = await self._fault(kind)
             if faulted:
                 return faulted, {"error": f"injected {faulted}"}
+            raw = state.raw.get((kind, parts[1].lower()))
+            if raw is not None:
+                return 200, raw
             table = state.orders if kind == "orders" else state.reservations
             found = table.get(parts[1].lower())
             return (200, found) if found else (404, {"error": "not found"})
+        if (
+            method == "POST"
+            and len(parts) == 4
+            and parts[:2] == ["admin", "raw"]
+            and parts[2] in ("orders", "reservations")
+        ):
+            state.raw[(parts[2], parts[3].lower())] = body
+            return 200, {"raw": len(state.raw)}
         if path == "/health":
             return 200, {"status": "Healthy", "service": "devstack"}
         try:

@@ -48,22 +48,27 @@ from payment_worker.domain.model import (
 
 @dataclass(frozen=True, slots=True)
 class OrderInfo:
-    """An order as the Ordering service answered it."""
+    """An order as the Ordering service answered it. A field the answer lacked is None (or
+    empty); `unreadable` names a field it garbled (wrong type, not parseable). Either kind of
+    gap in what the checks need makes the order unreadable, never a match (fail closed)."""
 
     customer_id: str | None
     status: str
     amount: Decimal | None
     currency: str
     order_id: str | None = None  # as the service answered it (id|orderId), when it did
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ReservationInfo:
-    """A reservation as the Inventory service answered it."""
+    """A reservation as the Inventory service answered it; gaps as in OrderInfo."""
 
     customer_id: str | None
     status: str
     expires_at: datetime | None
+    reservation_id: str | None = None  # as the service answered it (id|reservationId)
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +183,8 @@ Decision = Charge | Resume | Wait | Answer | AnswerRecorded | ReadLedger | Fail 
 COMMAND_ID_REUSED = reply(
     Outcome.CONFLICT, "this command id was already used for a different payment request"
 )
+UNREADABLE_ORDER = reply(Outcome.ORDER_INVALID, "unreadable order")
+UNREADABLE_RESERVATION = reply(Outcome.RESERVATION_INVALID, "unreadable reservation")
 ORDER_BUSY = reply(Outcome.CONFLICT, "another payment for this order is in progress; retry later")
 
 
@@ -258,14 +265,22 @@ def check_order(valid: ValidCommand, order: OrderInfo | None) -> Reply | None:
     """The Ordering service's checks, in the contract's order; None when the order accepts."""
     if order is None:
         return reply(Outcome.ORDER_NOT_FOUND)
+    if (
+        order.unreadable is not None
+        or order.customer_id is None
+        or not order.status
+        or order.amount is None
+        or not order.amount.is_finite()
+    ):
+        return UNREADABLE_ORDER
     if order.order_id is not None and order.order_id != str(valid.order_id):
         return reply(Outcome.ORDER_INVALID, "the Ordering service answered for another order")
-    if order.customer_id is not None and order.customer_id.lower() != str(valid.customer_id):
+    if order.customer_id.lower() != str(valid.customer_id):
         return reply(Outcome.UNAUTHORIZED, "Order does not belong to the specified customer")
     state = order.status.lower()
     if state != "pending":
         return reply(Outcome.ORDER_INVALID, f"Order is in '{state}' state, expected 'pending'")
-    if order.amount is not None and order.amount != valid.amount:
+    if order.amount != valid.amount:
         return reply(
             Outcome.ORDER_INVALID,
             f"Payment amount {valid.amount} does not match the order total {order.amount}",
@@ -285,9 +300,19 @@ def check_reservation(
     """The Inventory service's checks; None when the reservation accepts."""
     if reservation is None:
         return reply(Outcome.RESERVATION_INVALID, "Reservation not found")
-    if reservation.customer_id is not None and reservation.customer_id.lower() != str(
-        valid.customer_id
+    if (
+        reservation.unreadable is not None
+        or reservation.customer_id is None
+        or not reservation.status
     ):
+        return UNREADABLE_RESERVATION
+    if reservation.reservation_id is not None and reservation.reservation_id != str(
+        valid.reservation_id
+    ):
+        return reply(
+            Outcome.RESERVATION_INVALID, "the Inventory service answered for another reservation"
+        )
+    if reservation.customer_id.lower() != str(valid.customer_id):
         return reply(
             Outcome.RESERVATION_INVALID, "Reservation does not belong to the specified customer"
         )

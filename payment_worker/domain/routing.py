@@ -16,6 +16,9 @@ MAX_CORRELATION_ID_BYTES = 255
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _DECIMAL = re.compile(rb"[0-9]{1,20}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# Broker and registry internals (__consumer_offsets, _schemas, ...) start with "_"; a reply
+# there would corrupt another system's state, whatever PAYMENT_REPLY_TOPIC_PATTERN allows.
+INTERNAL_TOPIC = "replies never go to internal topics (names starting with '_')"
 ROUTING_HEADERS = frozenset(
     {
         "correlation-id",
@@ -190,6 +193,8 @@ def _topic(found: dict[str, list[bytes | None]], name: str, rules: RouteRules) -
         raise _Bad(name, "not a legal Kafka topic name") from None
     if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
         raise _Bad(name, "not a legal Kafka topic name")
+    if topic.startswith("_"):
+        raise _Bad(name, INTERNAL_TOPIC)
     if topic in rules.own_topics:
         raise _Bad(name, "replies never go to the worker's own topics")
     if not rules.topic_pattern.fullmatch(topic):
@@ -338,6 +343,7 @@ def checked_route(data: dict[str, Any] | None, command_id: str, rules: RouteRule
         topic_ok = (
             isinstance(route.topic, str)
             and bool(_TOPIC_NAME.fullmatch(route.topic))
+            and not route.topic.startswith("_")
             and route.topic not in rules.own_topics
         )
         if partition_ok and topic_ok and isinstance(route.correlation_id, str):

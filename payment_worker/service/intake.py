@@ -13,7 +13,6 @@ from payment_worker.domain.routing import (
     ReplyRoute,
     RouteRules,
     needs_broker_check,
-    refused_route,
     route_from_headers,
     unknown_route,
 )
@@ -70,23 +69,23 @@ class Intake:
         return self.decoder.decode("ProcessPayment", record.value)
 
     async def resolve_route(
-        self, headers: list[tuple[str, bytes | None]], command_id: str
+        self,
+        headers: list[tuple[str, bytes | None]],
+        command_id: str,
+        read_at: float | None = None,
     ) -> ReplyRoute | InvalidHeader:
         """Where the command's headers ask for its reply, checked against the contract's
         rules and against what the broker has (a topic, a partition); or the header that
         cannot be honoured. The fallback correlation id is the command id, card numbers
-        masked (an invalid command's id is raw input)."""
+        masked (an invalid command's id is raw input). `read_at` is when the record was read: a
+        topic the broker lacks is judged on metadata fetched after it."""
         rules = self.routes
         route = route_from_headers(headers, echoed(command_id), rules)
         if isinstance(route, ReplyRoute) and needs_broker_check(route, rules):
-            partitions = await self.topics.partitions(route.topic)
+            partitions = await self.topics.partitions(route.topic, read_at)
             bad = unknown_route(route, partitions, headers, rules)
             if bad is not None:
                 return bad
-        if isinstance(route, ReplyRoute) and route.topic != rules.default_topic:
-            refused = await self.messages.load_reply(route.topic)
-            if refused is not None:
-                return refused_route(route, refused, headers, rules)
         return route
 
     def prepare(self, command: Command, route: ReplyRoute | InvalidHeader) -> Prepared:

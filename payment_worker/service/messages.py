@@ -9,17 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-import structlog
-
 from payment_worker import tracing
 from payment_worker.domain.cards import mask_card_numbers, mask_card_numbers_in_bytes
 from payment_worker.domain.ids import new_uuid, random_uuid
 from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
 from payment_worker.domain.routing import ReplyRoute
-from payment_worker.exceptions import PermanentError
 from payment_worker.service.ports import InboundRecord, OutboxMessage
-
-log = structlog.get_logger("payment_worker.messages")
 
 CE_SOURCE = "payment-worker"
 CE_TYPE_SUCCEEDED = "ticketing.payment.succeeded.v1"
@@ -136,15 +131,6 @@ class MessageFactory:
         await self.encoder.load("PaymentSucceeded", self.topics.succeeded)
         await self.encoder.load("PaymentFailed", self.topics.failed)
 
-    async def load_reply(self, topic: str) -> str | None:
-        """Load what replying on `topic` needs; why it cannot be, if it cannot."""
-        try:
-            await self.encoder.load("PaymentReply", topic)
-        except PermanentError as exc:
-            log.warning("reply_topic_refused", topic=topic, error=str(exc))
-            return "the schema registry has no schema for the reply topic"
-        return None
-
     def reply(
         self,
         command: Command,
@@ -188,7 +174,9 @@ class MessageFactory:
             topic=route.topic,
             partition=route.partition,
             key=command.order_id.encode("utf-8"),
-            value=self.encoder.encode("PaymentReply", record, route.topic),
+            # Under the default replies topic's subject whatever the route (contract section 3):
+            # a caller's topic is not ours to register under, and its subject is never loaded.
+            value=self.encoder.encode("PaymentReply", record, self.topics.replies),
             headers=headers,
             payment_id=answer.payment.id if answer.payment else None,
         )

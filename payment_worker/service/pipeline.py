@@ -148,7 +148,7 @@ class Pipeline:
             stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
             return Handled(None, stored or [], dead_letter_reason=reason)
         command = command_from_record(raw)
-        route = await self.intake.resolve_route(record.headers, command.command_id)
+        route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         prepared = self.intake.prepare(command, route)
         valid = prepared.valid
         if valid is None:
@@ -188,7 +188,7 @@ class Pipeline:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")
         command = public(command_from_record(raw))
-        route = await self.intake.resolve_route(record.headers, command.command_id)
+        route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         if isinstance(route, InvalidHeader):
             route = route.fallback
         answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")

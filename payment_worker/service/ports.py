@@ -38,6 +38,7 @@ class InboundRecord:
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
     timestamp_ms: int | None = None
+    read_at: float | None = None  # time.monotonic() when it was consumed; None: unknown
 
 
 @dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
@@ -101,7 +102,10 @@ class OrderLockPort(Protocol):
 class TopicDirectoryPort(Protocol):
     """What the broker has: a topic's partition count, None when it has no such topic."""
 
-    async def partitions(self, topic: str) -> int | None: ...
+    async def partitions(self, topic: str, read_at: float | None = None) -> int | None:
+        """None when the broker has no such topic, judged on metadata fetched after `read_at`
+        (time.monotonic() when the record was read; now when None)."""
+        ...
 
 
 class LedgerPort(Protocol):

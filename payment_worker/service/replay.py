@@ -58,6 +58,7 @@ def without_dlq_headers(record: InboundRecord) -> InboundRecord:
         record.value,
         headers,
         record.timestamp_ms,
+        record.read_at,
     )
 
 
@@ -73,7 +74,9 @@ async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> lis
             continue
         try:
             command = command_from_record(raw)
-            route = await pipeline.intake.resolve_route(record.headers, command.command_id)
+            route = await pipeline.intake.resolve_route(
+                record.headers, command.command_id, record.read_at
+            )
             prepared = pipeline.intake.prepare(command, route)
         except RetryableError:
             raise  # the broker's metadata unreachable: the replay waits for it, as a whole

@@ -175,3 +175,25 @@ def test_exactly_one_of_two_workers_finishes_a_stale_payment(
         if "gateway_charge" in line and payment_id in line
     ]
     assert len(charges) == 1, charges
+
+
+def test_a_reply_to_an_existing_internal_topic_is_refused(
+    start_worker, kafka, devserver, db, topics, broker
+):
+    """A payable command whose reply-to names an existing topic starting with `_` (as
+    `_schemas` and the broker's internals do), under the default pattern `.+`: answered
+    INVALID_REQUEST `Invalid header reply-to: ...` on the default replies topic, nothing
+    charged, and nothing written to that topic."""
+    from payment_worker.adapters.kafka import ensure_topics
+
+    internal = f"_internal-{uuid.uuid4().hex[:8]}"
+    ensure_topics({"bootstrap.servers": broker}, {internal: 1})
+    start_worker()
+    command = _payable(devserver)
+    kafka.send(command, headers=[("reply-to", internal.encode())])
+
+    [reply] = kafka.replies(expect=1)
+    assert reply.record["outcome"] == "INVALID_REQUEST"
+    assert reply.record["errorMessage"].startswith("Invalid header reply-to: ")
+    assert db.execute("SELECT count(*) FROM payments").fetchone() == (0,)
+    assert kafka.read(internal, idle_s=1.0) == []

@@ -482,3 +482,91 @@ async def test_an_answer_past_the_size_cap_fails_and_is_not_asked_again(serve: C
     finally:
         await service.close()
     assert len(server.requests) == 3  # one each: the capped try was not repeated
+
+
+# -- message boundaries ------------------------------------------------------------------------
+
+# An answer that starts where a 2-byte body should have ended: a client that kept reading the
+# connection would take the next real answer's first 11 bytes as this one's body.
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"
+TOO_LONG = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" + SMUGGLED
+
+
+async def test_a_connection_with_bytes_past_the_answer_is_not_reused(serve: Callable) -> None:
+    """A body longer than its Content-Length: the answer is the declared body, and the
+    connection holding the extra bytes is never used again, so the next GET gets its own
+    answer on a new connection."""
+    asked = iter(range(1000))
+    server = await serve(lambda request, n: TOO_LONG if next(asked) == 0 else OK)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b"{}")
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_bytes_arriving_after_the_answer_end_its_connection() -> None:
+    """Extra bytes that arrive a moment after a complete answer (a separate segment, while
+    the connection sits idle) close it: the next GET is answered on a new connection, never
+    with those bytes."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" if first else OK)
+                await writer.drain()
+                if first:
+                    await asyncio.sleep(0.05)
+                    writer.write(SMUGGLED)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = HttpClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b"{}")
+        await asyncio.sleep(0.2)
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert connections == 2
+
+
+async def test_a_body_delimited_by_closing_the_connection_is_read(serve: Callable) -> None:
+    """HTTP/1.1 (RFC 9112 section 6.3): an answer with neither Content-Length nor chunking
+    ends where the server closes the connection; that body is the answer, and the next GET
+    opens a new connection."""
+    until_close = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"a": 1}'
+    server = await serve(lambda request, n: until_close, close_after=1)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+        assert await client.get("/x", 2.0) == (200, b'{"a": 1}')
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_a_body_cut_short_of_its_content_length_still_fails(serve: Callable) -> None:
+    """A declared Content-Length is not close-delimited: a connection closed before the body
+    is complete raises HttpClientError, never a truncated answer."""
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{"a": 1}'
+    server = await serve(lambda request, n: cut, close_after=1)
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(HttpClientError, match="connection lost"):
+            await client.get("/x", 2.0)
+    finally:
+        await client.close()

@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY
 
 from payment_worker.adapters.http_services import HttpInventory, HttpOrdering, JsonService
 from payment_worker.devstack.broker import free_port
+from payment_worker.domain.decision import check_order, check_reservation
+from payment_worker.domain.model import Outcome, ValidCommand, reply
 from payment_worker.service.ports import DependencyUnavailable, OrderInfo, ReservationInfo
 from tests.conftest import DevServer
 
@@ -176,6 +178,68 @@ async def test_order_identified_by_order_id_is_read(dev: DevServer, service: Jso
     assert order == OrderInfo(customer_id, "Pending", Decimal("5.00"), "USD", str(order_id))
 
 
+GARBLED_ORDERS = {
+    "a total with a decimal comma": b'"totalAmount": "250,00"',
+    "a money object for a total": b'"totalAmount": {"amount": "250.00", "currency": "USD"}',
+    "no total at all": b'"note": "total to follow"',
+    "a NaN total": b'"totalAmount": NaN',
+    "a customer that is no id": b'"totalAmount": "0.01", "customerId": 42',
+}
+
+
+@pytest.mark.parametrize("fields", GARBLED_ORDERS.values(), ids=GARBLED_ORDERS.keys())
+async def test_a_garbled_order_answer_is_refused_never_matched(
+    dev: DevServer, service: JsonService, fields: bytes
+) -> None:
+    """Ordering answers a pending order of the command's customer whose total (or customer)
+    cannot be read: through the real HTTP adapter, a 0.01 command is refused ORDER_INVALID
+    `Order validation failed: unreadable order`, never matched."""
+    order_id, customer_id = uuid.uuid4(), uuid.uuid4()
+    head = f'{{"id": "{order_id}", "customerId": "{customer_id}", "status": "Pending", '
+    dev.add_raw("orders", str(order_id), head.encode() + fields + b', "currency": "USD"}')
+    command = ValidCommand(
+        command_id=uuid.uuid4(),
+        order_id=order_id,
+        customer_id=customer_id,
+        reservation_id=None,
+        amount=Decimal("0.01"),
+        currency="USD",
+        payment_method="credit_card",
+        requested_at=datetime.now(UTC),
+    )
+
+    order = await HttpOrdering(service).get_order(order_id)
+
+    assert check_order(command, order) == reply(Outcome.ORDER_INVALID, "unreadable order")
+
+
+async def test_a_reservation_answer_without_a_customer_is_refused(
+    dev: DevServer, service: JsonService
+) -> None:
+    """Inventory answers an active reservation with no customer: through the real HTTP
+    adapter it is RESERVATION_INVALID `Reservation validation failed: unreadable
+    reservation`, not a reservation anyone may pay for."""
+    reservation_id = uuid.uuid4()
+    body = f'{{"id": "{reservation_id}", "status": "Active", "expiresAt": "2099-01-01T00:00:00Z"}}'
+    dev.add_raw("reservations", str(reservation_id), body.encode())
+    command = ValidCommand(
+        command_id=uuid.uuid4(),
+        order_id=uuid.uuid4(),
+        customer_id=uuid.uuid4(),
+        reservation_id=reservation_id,
+        amount=Decimal("10.00"),
+        currency="USD",
+        payment_method="credit_card",
+        requested_at=datetime.now(UTC),
+    )
+
+    reservation = await HttpInventory(service).get_reservation(reservation_id)
+
+    assert check_reservation(command, reservation, datetime.now(UTC)) == reply(
+        Outcome.RESERVATION_INVALID, "unreadable reservation"
+    )
+
+
 async def test_unknown_order_is_none(dev: DevServer, service: JsonService) -> None:
     """A 404 from Ordering is an answer (no such order), not a failure: get_order is None,
     after a single request."""
@@ -194,7 +258,9 @@ async def test_reservation_is_read_leniently(dev: DevServer, service: JsonServic
 
     reservation = await HttpInventory(service).get_reservation(reservation_id)
 
-    assert reservation == ReservationInfo(customer_id, "Active", datetime(2099, 1, 1, tzinfo=UTC))
+    assert reservation == ReservationInfo(
+        customer_id, "Active", datetime(2099, 1, 1, tzinfo=UTC), str(reservation_id)
+    )
 
 
 async def test_reservation_expiry_with_dotnet_precision_is_read(

@@ -596,7 +596,7 @@ async def test_topic_directory_knows_the_brokers_topics_and_creates_none(
     """The directory answers a topic's partition count from the cluster's metadata, None for
     a topic the broker does not have, and asking never creates that topic (some brokers create a
     topic named in a metadata request for it)."""
-    directory = TopicDirectory({"bootstrap.servers": broker}, min_refresh_s=0)
+    directory = TopicDirectory({"bootstrap.servers": broker})
     missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
 
     assert await directory.partitions(topics.commands) == 4
@@ -607,14 +607,61 @@ async def test_topic_directory_knows_the_brokers_topics_and_creates_none(
     assert missing not in names
 
 
-async def test_topic_directory_sees_a_topic_created_later(broker: str) -> None:
-    """A miss refreshes the metadata (at most once per min_refresh_s): a reply topic created
-    after the worker started is known at once."""
-    directory = TopicDirectory({"bootstrap.servers": broker}, min_refresh_s=0)
+def _until_the_broker_lists(broker: str, topic: str) -> None:
+    """Wait out the moment by which a broker's metadata lags its CreateTopics answer."""
+    admin = AdminClient({"bootstrap.servers": broker})
+    deadline = time.monotonic() + 10
+    while topic not in admin.list_topics(timeout=5).topics:
+        assert time.monotonic() < deadline, f"the broker never listed {topic}"
+        time.sleep(0.01)
+
+
+async def test_topic_directory_sees_a_topic_created_just_before_its_record_was_read(
+    broker: str,
+) -> None:
+    """Contract section 2: a miss is judged on metadata fetched after the record was read. A
+    topic created a moment after the directory last looked (and missed it), then named by a
+    record read after that, is found by the first fetch after the read (no confirming fetch
+    here: settle_s=0), not refused until some refresh interval ends."""
+    directory = TopicDirectory({"bootstrap.servers": broker}, settle_s=0)
     late = f"late-replies-{uuid.uuid4().hex[:8]}"
     assert await directory.partitions(late) is None
     ensure_topics({"bootstrap.servers": broker}, {late: 3})
-    assert await directory.partitions(late) == 3
+    _until_the_broker_lists(broker, late)
+    read_at = time.monotonic()
+
+    assert await directory.partitions(late, read_at) == 3
+
+
+async def test_topic_directory_confirms_a_miss_after_the_broker_settles(broker: str) -> None:
+    """A topic named right after CreateTopics answered, before the broker may list it: the
+    directory confirms the miss with a later fetch and finds the topic."""
+    directory = TopicDirectory({"bootstrap.servers": broker})
+    late = f"late-replies-{uuid.uuid4().hex[:8]}"
+    assert await directory.partitions(late) is None
+    ensure_topics({"bootstrap.servers": broker}, {late: 2})
+
+    assert await directory.partitions(late, time.monotonic()) == 2
+
+
+async def test_topic_directory_hits_fetch_nothing_and_misses_share_one_fetch(
+    broker: str, topics: Topics
+) -> None:
+    """A topic in the cache is answered without a metadata request, however often it is
+    asked; misses of records read before a fetch began share that one fetch."""
+    directory = TopicDirectory({"bootstrap.servers": broker})
+    assert await directory.partitions(topics.commands) == 4
+    before = directory.fetches
+    for _ in range(50):
+        assert await directory.partitions(topics.commands, time.monotonic()) == 4
+    assert directory.fetches == before
+
+    read_at = time.monotonic()
+    missing = [f"no-such-topic-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    found = await asyncio.gather(*(directory.partitions(name, read_at) for name in missing))
+
+    assert found == [None] * 20
+    assert directory.fetches == before + 2  # one after the records were read, one to confirm
 
 
 async def test_topic_directory_without_a_broker_is_unavailable() -> None:

@@ -20,6 +20,10 @@ from payment_worker.adapters.avro_codec import (
 )
 from payment_worker.bootstrap import codec as make_codec
 from payment_worker.config import load_settings
+from payment_worker.domain.model import Outcome, reply
+from payment_worker.domain.routing import ReplyRoute
+from payment_worker.domain.validation import command_from_record
+from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.testing import command_record
 from tests.integration.registry_standin import RegistryStandIn, serve_standin
 from tests.pki import Pki, make_pki
@@ -199,3 +203,37 @@ async def test_a_registry_answering_503_is_an_outage_to_wait_out(serve: Serve) -
             await codec.load_value(b"\x00" + struct.pack(">I", 7) + b"\x02ab")
     finally:
         await codec.close()
+
+
+async def test_a_reply_to_a_callers_topic_uses_the_default_replies_subject(serve: Serve) -> None:
+    """Contract section 3: after start-up loads the worker's own subjects, a reply to a
+    caller's topic (as the reconciler writes one for a stale payment, with no load of that
+    topic) is framed with the schema id of `<replies>-value` and reads back; the registry gets
+    no subject of the caller's topic, nor of anything but the worker's own topics."""
+    standin = RegistryStandIn()
+    url = await serve(standin)
+    writer, reader = await codec_for(url), await codec_for(url)
+    topics = Topics()
+    messages = MessageFactory(writer, topics)
+    command = command_from_record(command_record())
+    try:
+        await messages.load()
+        replies_id = standin.subjects[f"{topics.replies}-value"][-1]
+        for topic in ("caller-replies", "spring-replies"):
+            route = ReplyRoute(topic, None, "corr-1")
+            message = messages.reply(command, route, reply(Outcome.ORDER_NOT_FOUND))
+            assert message.topic == topic
+            assert message.value is not None and message.value[:5] == b"\x00" + struct.pack(
+                ">I", replies_id
+            )
+            await reader.load_value(message.value)
+            decoded = reader.decode("PaymentReply", message.value)
+            assert (decoded["commandId"], decoded["outcome"]) == (
+                command.command_id,
+                "ORDER_NOT_FOUND",
+            )
+    finally:
+        await writer.close()
+        await reader.close()
+    own = {f"{name}-value" for name in (topics.replies, topics.succeeded, topics.failed)}
+    assert set(standin.subjects) == own

@@ -13,6 +13,8 @@ import pytest
 
 from payment_worker.domain.decision import (
     COMMAND_ID_REUSED,
+    UNREADABLE_ORDER,
+    UNREADABLE_RESERVATION,
     Answer,
     AnswerRecorded,
     Charge,
@@ -267,12 +269,18 @@ def order(**changes: Any) -> OrderInfo:
 
 ORDER_CASES: list[tuple[str, OrderInfo | None, Reply | None]] = [
     ("accepted (any case of ids, state and currency)", order(), None),
-    (
-        "lenient: no id, customer or amount answered",
-        order(order_id=None, customer_id=None, amount=None),
-        None,
-    ),
+    ("lenient: no id answered", order(order_id=None), None),
     ("not found", None, reply(Outcome.ORDER_NOT_FOUND)),
+    ("fail closed: no customer answered", order(customer_id=None), UNREADABLE_ORDER),
+    ("fail closed: no state answered", order(status=""), UNREADABLE_ORDER),
+    ("fail closed: no amount answered", order(amount=None), UNREADABLE_ORDER),
+    ("fail closed: an amount that is no number", order(amount=Decimal("NaN")), UNREADABLE_ORDER),
+    ("fail closed: a garbled field", order(unreadable="totalAmount"), UNREADABLE_ORDER),
+    (
+        "unreadable checked before the customer",
+        order(customer_id=str(OTHER_CUSTOMER), unreadable="currency"),
+        UNREADABLE_ORDER,
+    ),
     (
         "answered for another order",
         order(order_id=str(OTHER_COMMAND)),
@@ -323,7 +331,17 @@ def reservation(**changes: Any) -> ReservationInfo:
 
 RESERVATION_CASES: list[tuple[str, ReservationInfo | None, Reply | None]] = [
     ("active, not expired", reservation(), None),
-    ("no customer or expiry answered", reservation(customer_id=None, expires_at=None), None),
+    ("no id or expiry answered", reservation(expires_at=None), None),
+    ("fail closed: no customer answered", reservation(customer_id=None), UNREADABLE_RESERVATION),
+    ("fail closed: no status answered", reservation(status=""), UNREADABLE_RESERVATION),
+    ("fail closed: a garbled field", reservation(unreadable="expiresAt"), UNREADABLE_RESERVATION),
+    (
+        "answered for another reservation",
+        reservation(reservation_id=str(OTHER_COMMAND)),
+        reply(
+            Outcome.RESERVATION_INVALID, "the Inventory service answered for another reservation"
+        ),
+    ),
     ("not found", None, reply(Outcome.RESERVATION_INVALID, "Reservation not found")),
     (
         "another customer",

@@ -257,7 +257,7 @@ class FakeTopics:
         self.topics = dict(topics or {})
         self.lookups = 0
 
-    async def partitions(self, topic: str) -> int | None:
+    async def partitions(self, topic: str, read_at: float | None = None) -> int | None:
         self.lookups += 1
         return self.topics.get(topic)
 

@@ -82,27 +82,40 @@ async def test_good_headers_route_the_reply_where_asked(world: World) -> None:
     assert (message.topic, message.partition, reply["outcome"]) == ("shim-replies", 3, "SUCCEEDED")
 
 
-async def test_a_reply_topic_the_schema_registry_refuses_is_answered_on_the_default_topic(
+async def test_a_reply_to_a_callers_topic_is_encoded_under_the_default_replies_subject(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Registration locked down and no schema for the asked reply topic's subject: the reply
-    cannot be written there, so the command is answered INVALID_REQUEST on the default topic
-    (`Invalid header reply-to: ...`), before any work, instead of failing over and over."""
-    from payment_worker.adapters.avro_codec import RegistryRefused
+    """Contract section 3: a reply routed to a caller's topic, by a command or by the
+    reconciler finishing its stale payment, is encoded under the default replies topic's
+    subject, and nothing is loaded (registered) under the caller's topic's subject."""
+    loaded: list[str] = []
+    subjects: list[str | None] = []
+    encode = world.codec.encode
 
     async def load(name: str, topic: str) -> None:
-        if topic == "shim-replies":
-            raise RegistryRefused(f"subject {topic}-value has no registered version")
+        loaded.append(topic)
+
+    def recording_encode(name: str, record: dict[str, Any], topic: str | None = None) -> bytes:
+        subjects.append(topic)
+        return encode(name, record, topic)
 
     monkeypatch.setattr(world.codec, "load", load)
-    handled = await world.send(world.payable(), headers=[("reply-to", b"shim-replies")])
-    message, reply = _only_reply(world)
-    assert handled.outcome is Outcome.INVALID_REQUEST
-    assert message.topic == TOPICS.replies
-    assert reply["errorMessage"] == (
-        "Invalid header reply-to: the schema registry has no schema for the reply topic"
-    )
-    assert world.gateway.calls == 0
+    monkeypatch.setattr(world.codec, "encode", recording_encode)
+    route = [("reply-to", b"shim-replies")]
+    await world.send(world.payable(), headers=route)
+    stale = world.payable()
+    world.gateway.crash_next = 1
+    with pytest.raises(ConnectionResetError):
+        await world.send(stale, headers=route)
+    [pending] = world.ledger.order_payments(stale["orderId"])
+    stored = world.ledger.entries[pending.command_id].reply_route  # type: ignore[index]
+    await world.pipeline.finish_stale(pending, ReplyRoute.from_json(stored))
+
+    replies = world.ledger.messages("reply")
+    assert [m.topic for m in replies][-2:] == ["shim-replies", "shim-replies"]
+    assert "shim-replies" not in loaded
+    assert "shim-replies" not in subjects
+    assert TOPICS.replies in subjects
 
 
 async def test_spring_routing_headers_are_checked_and_honoured(world: World) -> None:

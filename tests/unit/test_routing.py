@@ -146,6 +146,21 @@ def test_a_bad_routing_header_is_refused_with_its_name_and_why(
     assert (bad.fallback.topic, bad.fallback.partition) == ("payment-replies", None)
 
 
+@pytest.mark.parametrize("name", ["reply-to", "kafka_replyTopic"])
+@pytest.mark.parametrize("topic", [b"_schemas", b"__consumer_offsets", b"_confluent-command"])
+def test_an_internal_topic_is_refused_even_when_the_pattern_allows_it(
+    name: str, topic: bytes
+) -> None:
+    """With the default pattern `.+`, a reply topic whose name starts with `_` (broker and
+    registry internals) is still a bad header, answered on the default replies topic."""
+    rules = RouteRules(own_topics=RULES.own_topics)
+    bad = route_from_headers([(name, topic)], COMMAND_ID, rules)
+    assert isinstance(bad, InvalidHeader)
+    assert bad.name == name
+    assert bad.why == "replies never go to internal topics (names starting with '_')"
+    assert (bad.fallback.topic, bad.fallback.partition) == ("payment-replies", None)
+
+
 def test_the_largest_partition_and_a_255_byte_correlation_id_are_accepted() -> None:
     """The limits themselves are allowed: partition 2147483647, a correlation id of 255 bytes."""
     found = route([("reply-partition", b"2147483647"), ("correlation-id", "é".encode() * 127)])
@@ -225,6 +240,7 @@ def test_reply_route_json_round_trip() -> None:
         {"topic": "shim-a", "partition": 99999999999, "correlation_id": "c"},
         {"topic": "payment-failed", "partition": None, "correlation_id": "c"},
         {"topic": "bad topic", "partition": None, "correlation_id": "c"},
+        {"topic": "_schemas", "partition": None, "correlation_id": "c"},
         {"partition": 1},
         None,
     ],

@@ -4,6 +4,7 @@ every consumer of ours uses."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,6 +52,7 @@ def to_record(message: Message) -> InboundRecord:
         value=message.value(),
         headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
+        read_at=time.monotonic(),
     )
 
 
