@@ -158,6 +158,16 @@ def test_kafka_is_apache_kafka_in_kraft_combined_mode(services: dict[str, Any]) 
         assert env[name] == "1", f"{name} must be 1 on a single node"
 
 
+def test_compose_runs_the_kafka_version_the_tests_ran_on(services: dict[str, Any]) -> None:
+    """docker-compose.yml's Apache Kafka has the major and minor version of the local broker the
+    test suite, the demo and the bench run on (payment_worker/devstack/broker.py)."""
+    from payment_worker.devstack.broker import KAFKA_VERSION
+
+    for name in ("kafka", "kafka-init"):
+        tag = services[name]["image"].split(":", 1)[1]
+        assert tag.split(".")[:2] == KAFKA_VERSION.split(".")[:2], (name, tag)
+
+
 def test_kafka_is_reachable_from_containers_and_from_the_host(services: dict[str, Any]) -> None:
     """kafka:9092 is advertised to the containers, localhost:9094 to the host (and published)."""
     kafka = services["kafka"]

@@ -77,7 +77,7 @@ def test_the_fixtures_hand_out_the_containers_addresses(
     assert next(infrastructure) is fake
     assert conftest.database_url.__wrapped__(fake) == fake.database_url
     assert conftest.redis_url.__wrapped__(fake) == "redis://localhost:40124/0"
-    assert next(conftest.broker.__wrapped__(fake)) == "localhost:40123"
+    assert conftest.broker.__wrapped__(fake) == "localhost:40123"
     assert stopped == []
     with pytest.raises(StopIteration):
         next(infrastructure)
