@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from payment_worker import metrics
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.domain.ids import token_hex
 from payment_worker.retrying import polling
+from payment_worker.service.ports import OrderLocked
 
 log = structlog.get_logger("payment_worker.redis")
 
@@ -21,11 +23,17 @@ _REDIS = {"db.system.name": "redis"}
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2])
+else return 0 end
+"""
 
 
 class RedisOrderLock:
     """OrderLockPort. The database rules (I3) are the guarantee; this lock keeps two workers
-    from running the gateway for one order at the same time and saves them the contention."""
+    from running the gateway for one order at the same time and saves them the contention.
+    A held lock is renewed every third of its TTL until released, so a charge that takes
+    longer than the TTL keeps it; a wait that runs out raises OrderLocked, never a pass."""
 
     def __init__(
         self,
@@ -42,6 +50,8 @@ class RedisOrderLock:
         self.prefix = prefix
         self.on_degraded = on_degraded
         self._release_sha = client.register_script(_RELEASE).sha
+        self._renew = client.register_script(_RENEW)
+        self._renewals: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._last_warning = 0.0
         # Many commands lock and unlock at once: one pipelined round trip serves them all, one
         # at a time, so that the batches grow with the load (as the database steps do).
@@ -109,11 +119,33 @@ class RedisOrderLock:
             call.outcome = "ok" if held is not None else "timeout"
         if held is None:
             log.info("order_lock_wait_expired", order_id=str(order_id))
+            raise OrderLocked(f"order {order_id} is locked by another worker")
+        self._renewals[(key, held)] = asyncio.ensure_future(self._keep(key, held, order_id))
         return held
+
+    async def _keep(self, key: str, token: str, order_id: uuid.UUID) -> None:
+        """Renew the lock every third of its TTL while it is held."""
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                kept = await self._renew(keys=[key], args=[token, self.ttl_ms])
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+                continue
+            if not kept:
+                log.warning(
+                    "order_lock_lost",
+                    order_id=str(order_id),
+                    detail="expired before it could be renewed; the database rules still hold",
+                )
+                return
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None:
         if token is None:
             return
+        renewal = self._renewals.pop((self.prefix + str(order_id), token), None)
+        if renewal is not None:
+            renewal.cancel()
         try:
             await self._releases.submit((self.prefix + str(order_id), token))
         except (RedisError, OSError) as exc:

@@ -37,8 +37,13 @@ class OffsetTracker:
     def __init__(self) -> None:
         self.partitions: dict[tuple[str, int], PartitionOffsets] = {}
 
-    def started(self, topic: str, partition: int, offset: int) -> None:
-        self.partitions.setdefault((topic, partition), PartitionOffsets()).started(offset)
+    def started(self, topic: str, partition: int, offset: int) -> PartitionOffsets:
+        """Track a consumed record; the returned partition is where it is marked finished.
+        Once a partition is forgotten (revoked), a record of the old assignment marks its
+        own, detached copy: never the offsets of the same partition assigned again."""
+        tracked = self.partitions.setdefault((topic, partition), PartitionOffsets())
+        tracked.started(offset)
+        return tracked
 
     def finished(self, topic: str, partition: int, offset: int) -> None:
         tracked = self.partitions.get((topic, partition))

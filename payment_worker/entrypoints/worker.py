@@ -16,7 +16,7 @@ from payment_worker.domain.ids import token_hex
 from payment_worker.domain.routing import checked_route, record_trace_context
 from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
-from payment_worker.entrypoints.tracking import OffsetTracker
+from payment_worker.entrypoints.tracking import OffsetTracker, PartitionOffsets
 from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
 from payment_worker.retrying import wait_before
 from payment_worker.service.pipeline import Handled, Pipeline
@@ -63,6 +63,7 @@ class Worker:
         self.reconciler_id = f"{socket.gethostname()}:{os.getpid()}:{token_hex(4)}"
         self.tracker = OffsetTracker()
         self._chains = KeyedChains()
+        self._by_partition: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()
         self.ready = False
@@ -73,11 +74,27 @@ class Worker:
         self.ready = True
 
     async def _on_revoke(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Finish (or give up on) the revoked partitions' records, then say what to commit."""
+        """Finish the revoked partitions' records, cancel those still running at the drain
+        deadline (and wait until they have stopped), then say what to commit: the partitions
+        are given up only once none of their work can go on here. A cancelled record is not
+        committed, so its new owner gets it again; a payment it left pending is resumed with
+        the same payment id (the gateway's idempotency key) or finished by the reconciler."""
         deadline = time.monotonic() + self.drain_timeout_s
         # Polling a count that many tasks change; an event per partition would not be simpler.
         while self.tracker.unfinished(keys) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        running = {t for key in keys for t in self._by_partition.get(key, ()) if not t.done()}
+        if running:
+            log.warning(
+                "revoked_commands_cancelled",
+                commands=len(running),
+                partitions=[f"{t}[{p}]" for t, p in keys],
+                detail=f"still running {self.drain_timeout_s:g} s after the revocation;"
+                " their new owner processes them again",
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running)
         points = self.tracker.to_commit(keys)
         self.tracker.forget(keys)
         return points
@@ -85,17 +102,23 @@ class Worker:
     # -- per record ---------------------------------------------------------------------------
 
     def _dispatch(self, record: InboundRecord) -> None:
-        self.tracker.started(record.topic, record.partition, record.offset)
+        offsets = self.tracker.started(record.topic, record.partition, record.offset)
         key: bytes | str = record.key or f"{record.topic}/{record.partition}/{record.offset}"
+        partition = (record.topic, record.partition)
+        tasks = self._by_partition.setdefault(partition, set())
         metrics.IN_FLIGHT.inc()
 
         def done() -> None:
             self._room.set()
             metrics.IN_FLIGHT.dec()
+            tasks.discard(task)
+            if not tasks and self._by_partition.get(partition) is tasks:
+                del self._by_partition[partition]
 
-        self._chains.start(key, lambda: self._run(record), done)
+        task = self._chains.start(key, lambda: self._run(record, offsets), done)
+        tasks.add(task)
 
-    async def _run(self, record: InboundRecord) -> None:
+    async def _run(self, record: InboundRecord, offsets: PartitionOffsets) -> None:
         started = time.monotonic()
         with tracing.span(
             f"{record.topic} process",
@@ -128,7 +151,7 @@ class Worker:
             metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()
         if handled.outcome is not None:
             metrics.COMMANDS.labels(str(handled.outcome), str(handled.duplicate).lower()).inc()
-        self.tracker.finished(record.topic, record.partition, record.offset)
+        offsets.finished(record.offset)
 
     async def _with_retries(self, record: InboundRecord) -> Handled | None:
         """The record's answer, whatever happens. A dependency every record needs (the

@@ -61,6 +61,7 @@ from payment_worker.service.ports import (
     InventoryPort,
     LedgerPort,
     OrderingPort,
+    OrderLocked,
     OrderLockPort,
     OutboxMessage,
     StoredMessage,
@@ -244,7 +245,11 @@ class Pipeline:
                 snapshot = await self.ledger.snapshot(valid.command_id, valid.order_id)
                 decision = decide(valid, checked, snapshot)
             if isinstance(decision, Charge | Resume):
-                await lock  # held (or Redis is down: degraded) until the outcome is recorded
+                try:
+                    await lock  # held (or Redis is down: degraded) until the outcome is recorded
+                except OrderLocked:
+                    bound.warning("order_busy", detail="its lock is held by another worker")
+                    return await self._answer(command, route, ORDER_BUSY)
                 return await self._pay(command, valid, route, bound)
             if isinstance(decision, Answer) and isinstance(checked, Rejected):
                 bound.info("command_rejected", outcome=str(decision.reply.outcome))

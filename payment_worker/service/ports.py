@@ -27,6 +27,11 @@ class DependencyUnavailable(RetryableError):
     InventoryPort raise it)."""
 
 
+class OrderLocked(RetryableError):
+    """Another worker held the order's lock for the whole wait (OrderLockPort.acquire raises
+    it): the order is busy, and nothing may be charged for it now."""
+
+
 @dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
 class InboundRecord:
     """One Kafka record as consumed."""
@@ -94,6 +99,9 @@ class GatewayPort(Protocol):
 
 
 class OrderLockPort(Protocol):
+    """A token while held (kept alive until released); None when the lock service is down
+    (the database guarantees alone then); OrderLocked when another holds it past the wait."""
+
     async def acquire(self, order_id: uuid.UUID) -> str | None: ...
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None: ...

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.devstack.broker import free_port
+from payment_worker.service.ports import OrderLocked
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +58,15 @@ async def test_acquire_returns_a_token_and_holds_the_key(
 
 async def test_second_acquire_waits_and_gives_up_after_wait_s(lock: RedisOrderLock) -> None:
     """While the lock is held, another acquire for the same order waits about wait_s (0.3 s)
-    and returns None."""
+    and raises OrderLocked: a wait that runs out is never taken for the lock."""
     order_id = uuid.uuid4()
     assert await lock.acquire(order_id)
 
     started = time.monotonic()
-    second = await lock.acquire(order_id)
+    with pytest.raises(OrderLocked):
+        await lock.acquire(order_id)
     waited = time.monotonic() - started
 
-    assert second is None
     assert 0.3 <= waited < 1.0
 
 
@@ -101,7 +102,8 @@ async def test_release_with_the_wrong_token_keeps_the_lock(
     await lock.release(order_id, "not-the-token")
 
     assert await client.get(prefix + str(order_id)) == token.encode()
-    assert await lock.acquire(order_id) is None
+    with pytest.raises(OrderLocked):
+        await lock.acquire(order_id)
 
 
 async def test_release_with_the_right_token_frees_the_lock(
@@ -117,16 +119,33 @@ async def test_release_with_the_right_token_frees_the_lock(
     assert await lock.acquire(order_id) is not None
 
 
-async def test_lock_expires_after_ttl(client: aioredis.Redis, prefix: str) -> None:
-    """A lock whose holder never releases it is gone after ttl_ms, so a crashed worker does
-    not block the order for ever."""
+async def test_a_dead_holders_lock_expires_after_ttl(client: aioredis.Redis, prefix: str) -> None:
+    """A lock whose holder died (nobody renews it) is gone after its TTL, so a crashed worker
+    does not block the order for ever."""
     short = RedisOrderLock(client, ttl_ms=200, wait_s=0.3, prefix=prefix)
     order_id = uuid.uuid4()
-    assert await short.acquire(order_id)
+    await client.set(prefix + str(order_id), "a-dead-workers-token", px=200)
 
     await asyncio.sleep(0.35)
 
     assert await client.exists(prefix + str(order_id)) == 0
+    assert await short.acquire(order_id) is not None
+
+
+async def test_a_held_lock_is_renewed_until_released(client: aioredis.Redis, prefix: str) -> None:
+    """A charge that takes longer than the TTL keeps its lock: the holder renews it, so no one
+    else gets the order meanwhile; once released, the next acquire gets it at once."""
+    short = RedisOrderLock(client, ttl_ms=300, wait_s=0.2, prefix=prefix)
+    order_id = uuid.uuid4()
+    token = await short.acquire(order_id)
+    assert token
+
+    await asyncio.sleep(1.0)  # more than three TTLs
+
+    assert await client.get(prefix + str(order_id)) == token.encode()
+    with pytest.raises(OrderLocked):
+        await short.acquire(order_id)
+    await short.release(order_id, token)
     assert await short.acquire(order_id) is not None
 
 

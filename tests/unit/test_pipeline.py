@@ -32,6 +32,7 @@ from payment_worker.service.ports import (
     InboundRecord,
     LedgerEntry,
     OrderInfo,
+    OrderLocked,
     OutboxMessage,
     ReservationInfo,
     Snapshot,
@@ -1089,3 +1090,24 @@ async def test_undecodable_record_is_only_dead_lettered(
     assert dict(letter.headers)["dlq-reason"] == reason.encode()
     assert (letter.key, letter.value) == (b"k", value)
     assert [s.message.kind for s in world.ledger.outbox] == ["dead_letter"]
+
+
+async def test_an_order_lock_held_elsewhere_past_the_wait_charges_nothing(world: World) -> None:
+    """Another worker holds the order's lock for the whole wait (its charge is slow): the
+    command is answered busy (409, retry later) and nothing is charged or begun; a lock wait
+    that runs out is never taken as the lock."""
+
+    class HeldElsewhere:
+        async def acquire(self, order_id: Any) -> str | None:
+            raise OrderLocked(f"order {order_id} is locked by another worker")
+
+        async def release(self, order_id: Any, token: str | None) -> None:
+            raise AssertionError("nothing to release: the lock was never held")
+
+    world.pipeline.locks = HeldElsewhere()
+    command = world.payable()
+    await world.send(command)
+    reply = world.last_reply()
+    assert (reply["outcome"], reply["httpStatus"]) == ("CONFLICT", 409)
+    assert world.gateway.calls == 0
+    assert world.ledger.order_payments(command["orderId"]) == []

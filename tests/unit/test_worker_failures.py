@@ -101,8 +101,8 @@ async def test_when_nothing_works_the_record_is_skipped_and_its_offset_moves_on(
         handle=ValueError("a"), failure=ValueError("b"), dead_letter=ValueError("c")
     )
     worker = _worker(pipeline)
-    worker.tracker.started(RECORD.topic, RECORD.partition, RECORD.offset)
-    await worker._run(RECORD)
+    offsets = worker.tracker.started(RECORD.topic, RECORD.partition, RECORD.offset)
+    await worker._run(RECORD, offsets)
     assert pipeline.calls == ["handle", "failure", "dead_letter"]
     assert worker.tracker.to_commit() == {(RECORD.topic, RECORD.partition): RECORD.offset + 1}
 

@@ -199,3 +199,34 @@ async def test_records_done_behind_a_slow_one_are_bounded_by_the_window() -> Non
         pipeline.release.set()
         await _until(lambda: pipeline.done == 100)
     assert consumer.commits[-1] == {("commands", 0): 100}
+
+
+async def test_a_revoked_partitions_commands_are_stopped_before_its_offsets_are_given_up() -> None:
+    """Commands still running when the drain deadline of a revocation passes are cancelled,
+    and the revocation returns only once they have stopped: nothing of that partition can go
+    on here (a second gateway call, a second reply) while its new owner processes it again;
+    their offsets are not among those committed."""
+    pipeline, consumer = BlockingPipeline(), FakeConsumer(4)
+    worker = _worker(pipeline, consumer, max_in_flight=10, drain_timeout_s=0.2)
+    async with _running(worker, pipeline):
+        await _until(lambda: pipeline.running == 4)
+        points = await worker._on_revoke([("commands", 0)])
+        assert pipeline.running == 0
+        assert pipeline.done == 0
+        assert points == {}
+        assert worker.tracker.unfinished() == 0
+
+
+async def test_a_record_of_a_revoked_partition_never_marks_the_partition_assigned_again() -> None:
+    """A record that finishes after its partition was revoked and assigned again marks its own
+    old assignment only: the redelivered copy of the same offset stays unfinished until its own
+    processing ends."""
+    from payment_worker.entrypoints.tracking import OffsetTracker
+
+    tracker = OffsetTracker()
+    old = tracker.started("commands", 0, 7)
+    tracker.forget([("commands", 0)])
+    tracker.started("commands", 0, 7)  # the redelivered copy
+    old.finished(7)
+    assert tracker.unfinished([("commands", 0)]) == 1
+    assert tracker.to_commit() == {}
