@@ -771,7 +771,7 @@ def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, dict[str, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small N, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="small N, a few minutes")
     parser.add_argument(
         "--broker",
         choices=("kafka", "tansu"),
