@@ -39,7 +39,7 @@ class RedisOrderLock:
         self,
         client: aioredis.Redis,
         *,
-        ttl_ms: int = 30_000,
+        ttl_ms: int = 6_000,
         wait_s: float = 10.0,
         prefix: str = "payment-worker:order-lock:",
         on_degraded: Callable[[], None] | None = None,
@@ -50,8 +50,11 @@ class RedisOrderLock:
         self.prefix = prefix
         self.on_degraded = on_degraded
         self._release_sha = client.register_script(_RELEASE).sha
-        self._renew = client.register_script(_RENEW)
-        self._renewals: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._renew_sha = client.register_script(_RENEW).sha
+        # Held locks (key -> token), renewed together by one task: a crashed holder's lock
+        # lapses within one TTL, shorter than a waiter's wait, so its orders move on.
+        self._held: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self._last_warning = 0.0
         # Many commands lock and unlock at once: one pipelined round trip serves them all, one
         # at a time, so that the batches grow with the load (as the database steps do).
@@ -100,7 +103,8 @@ class RedisOrderLock:
             )
 
     async def acquire(self, order_id: uuid.UUID) -> str | None:
-        """A token once the lock is held; None when Redis is unreachable or the wait ran out."""
+        """A token once the lock is held (renewed until released); None when Redis is
+        unreachable (degraded); OrderLocked when another holder kept it for the whole wait."""
         token = token_hex(16)  # unguessable: nobody else can release our lock
         key = self.prefix + str(order_id)
 
@@ -120,32 +124,44 @@ class RedisOrderLock:
         if held is None:
             log.info("order_lock_wait_expired", order_id=str(order_id))
             raise OrderLocked(f"order {order_id} is locked by another worker")
-        self._renewals[(key, held)] = asyncio.ensure_future(self._keep(key, held, order_id))
+        self._held[key] = held
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_held())
         return held
 
-    async def _keep(self, key: str, token: str, order_id: uuid.UUID) -> None:
-        """Renew the lock every third of its TTL while it is held."""
-        while True:
+    async def _renew_held(self) -> None:
+        """Every third of the TTL, renew every lock still held, in one round trip."""
+        while self._held:
             await asyncio.sleep(self.ttl_ms / 3000)
+            held = list(self._held.items())
+            if not held:
+                return
             try:
-                kept = await self._renew(keys=[key], args=[token, self.ttl_ms])
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key, token in held:
+                        pipe.evalsha(self._renew_sha, 1, key, token, self.ttl_ms)
+                    results = await pipe.execute(raise_on_error=False)
+                if any(isinstance(r, NoScriptError) for r in results):
+                    await self.client.script_load(_RENEW)
+                    continue
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
                 continue
-            if not kept:
-                log.warning(
-                    "order_lock_lost",
-                    order_id=str(order_id),
-                    detail="expired before it could be renewed; the database rules still hold",
-                )
-                return
+            for (key, token), kept in zip(held, results, strict=True):
+                if not kept and self._held.get(key) == token:
+                    del self._held[key]
+                    log.warning(
+                        "order_lock_lost",
+                        key=key,
+                        detail="expired before it was renewed; the database rules still hold",
+                    )
 
     async def release(self, order_id: uuid.UUID, token: str | None) -> None:
         if token is None:
             return
-        renewal = self._renewals.pop((self.prefix + str(order_id), token), None)
-        if renewal is not None:
-            renewal.cancel()
+        key = self.prefix + str(order_id)
+        if self._held.get(key) == token:
+            del self._held[key]
         try:
             await self._releases.submit((self.prefix + str(order_id), token))
         except (RedisError, OSError) as exc:

@@ -232,7 +232,7 @@ class Broker:
         done = subprocess.run(
             [java_binary() or "java", "-Xmx256m", f"-Dlog4j2.configurationFile={LOG_CONFIG}",
              "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--ignore-formatted",
-             "-t", _cluster_id(), "-c", str(properties)],
+             f"--cluster-id={_cluster_id()}", "-c", str(properties)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -354,8 +354,8 @@ def start_broker(port: int | None = None, log_path: Path | None = None, **kwargs
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`make broker`: Apache Kafka in the foreground on 127.0.0.1:PORT, its data kept in
-    .devstack/broker-PORT (Ctrl-C stops it cleanly)."""
+    """`make broker`: Apache Kafka in the foreground on 127.0.0.1:PORT, a new cluster each start
+    (its data in .devstack/broker-PORT; Ctrl-C stops it cleanly)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if port_open("127.0.0.1", args.port):
         raise SystemExit(f"something already listens on 127.0.0.1:{args.port} (a broker running?)")
-    broker = local_broker(args.port, data_dir=devstack_dir() / f"broker-{args.port}")
+    data = devstack_dir() / f"broker-{args.port}"
+    shutil.rmtree(data, ignore_errors=True)  # a new, empty cluster each start, as the demo's
+    broker = local_broker(args.port, data_dir=data)
     if broker.kind == "Tansu":
         os.execv(broker.command()[0], broker.command())  # noqa: S606  (Ctrl-C reaches it)
     broker._configure()

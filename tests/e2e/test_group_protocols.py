@@ -7,6 +7,7 @@ Worker, replay and the shim's reply listener each run under all three."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,7 +94,8 @@ def test_the_shims_reply_listener_keeps_its_partitions_across_a_rebalance(
     _wait_ready(first)
     pay(first, 10)
     pay(second, 10)
-    assert second.stop() == 0
+    # uvicorn shuts down gracefully on SIGTERM, then ends by that signal again
+    assert second.stop() in (0, -signal.SIGTERM)
     _wait_ready(first)
     pay(first, 10)
 

@@ -35,7 +35,7 @@ def _relay(store: PostgresStore, broker: str, **kwargs: Any) -> OutboxRelay:
     return OutboxRelay(
         store,
         OutboxProducer(config),
-        topics=TopicDirectory(config, min_refresh_s=0),
+        topics=TopicDirectory(config),
         sweep_every_s=3600,
         probe_every_s=3600,
         **kwargs,
