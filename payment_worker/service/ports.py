@@ -38,6 +38,8 @@ class InboundRecord:
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
     timestamp_ms: int | None = None
+    # Why the record could not be read whole (it is dead-lettered as undecodable), or None.
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'

@@ -17,6 +17,7 @@ from payment_worker.adapters.kafka.config import (
     for_consumer,
     kafka_error,
 )
+from payment_worker.adapters.kafka.raw import RawHeaderReader, RawHeaders
 from payment_worker.domain.ids import token_hex
 from payment_worker.service.ports import AssignHandler, InboundRecord, RevokeHandler
 
@@ -41,16 +42,59 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def to_record(message: Message) -> InboundRecord:
+# A header name that is not UTF-8 is carried under this prefix, in hex: dead letters are
+# written with `str` names, and the bytes of the name are kept whole (contract section 2).
+HEX_NAME_PREFIX = "dlq-name-hex:"
+
+RawReader = Callable[[str, int, int], RawHeaders]
+
+
+def readable_headers(raw: RawHeaders) -> list[tuple[str, bytes | None]]:
+    """Raw headers with `str` names: a UTF-8 name as it is, any other in hex."""
+    out: list[tuple[str, bytes | None]] = []
+    for name, value in raw:
+        try:
+            out.append((name.decode("utf-8"), value))
+        except UnicodeDecodeError:
+            out.append((HEX_NAME_PREFIX + name.hex(), value))
+    return out
+
+
+def to_record(message: Message, read_raw: RawReader | None = None) -> InboundRecord:
+    """The record as the pipeline takes it; never raises. A record confluent-kafka cannot
+    hand over whole (header names that are not UTF-8 make it raise) comes back `unreadable`,
+    with its headers read again by `read_raw` where given (names kept in hex), else none."""
+    topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset()
+    offset = offset or 0
     timestamp = message.timestamp()
+    unreadable: str | None = None
+    try:
+        key, value = message.key(), message.value()
+    except Exception as exc:  # no record's bytes may stop a consumer
+        key = value = None
+        unreadable = f"key or value unreadable ({type(exc).__name__})"
+    try:
+        headers = [(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])]
+    except Exception as exc:  # SystemError from confluent-kafka for a name not UTF-8
+        headers = []
+        unreadable = f"header names not UTF-8 ({type(exc).__name__})"
+        if read_raw is not None:
+            try:
+                headers = readable_headers(read_raw(topic, partition, offset))
+            except Exception as raw_exc:  # the names are lost, the record is still dead-lettered
+                unreadable += f"; headers not kept: {raw_exc}"
+                log.warning(
+                    "raw_header_read_failed", topic=topic, offset=offset, error=str(raw_exc)
+                )
     return InboundRecord(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-        headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key if isinstance(key, bytes | None) else _header_bytes(key),
+        value=value if isinstance(value, bytes | None) else _header_bytes(value),
+        headers=headers,
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
+        unreadable=unreadable,
     )
 
 
@@ -77,6 +121,7 @@ class ThreadedConsumer:
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
+        self._raw = RawHeaderReader(self.config)  # no I/O until a record needs it
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -130,7 +175,7 @@ class ThreadedConsumer:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer_error", error=str(error))
                 continue
-            records.append(to_record(message))
+            records.append(to_record(message, self._raw.read))
         return records
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -165,6 +210,7 @@ class ThreadedConsumer:
         if self._consumer is not None:
             await self._call(self._consumer.close)
             self._consumer = None
+        await self._call(self._raw.close)
         self._executor.shutdown(wait=True)
 
 
