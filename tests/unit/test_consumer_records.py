@@ -1,6 +1,7 @@
 """From a consumed message to a record (adapters/kafka/consumer.py): whatever the message's
 bytes, a record comes back; one confluent-kafka cannot hand over whole is marked unreadable,
-with header names that are not UTF-8 kept in hex (contract section 2)."""
+with header names that are not UTF-8 kept in hex (contract section 2). Real messages (read
+as bytes before confluent-kafka converts them) are in tests/integration/test_raw_headers.py."""
 
 from __future__ import annotations
 
@@ -48,32 +49,14 @@ def test_a_readable_message_becomes_a_readable_record() -> None:
     assert record.unreadable is None
 
 
-def test_headers_the_library_cannot_read_are_read_again_with_names_in_hex() -> None:
-    """headers() raising does not escape: the record is unreadable, and its headers come from
-    the raw reader, a name that is not UTF-8 in hex and any other as it was."""
-    asked: list[tuple[str, int, int]] = []
-
-    def read_raw(topic: str, partition: int, offset: int) -> list[tuple[bytes, bytes | None]]:
-        asked.append((topic, partition, offset))
-        return [(b"\xff\xfe", b"v"), (b"ok", None)]
-
-    record = to_record(_Message(raises=True), read_raw)  # type: ignore[arg-type]
-    assert asked == [("process-payment", 2, 41)]
-    assert record.unreadable is not None and "not UTF-8" in record.unreadable
-    assert record.headers == [("dlq-name-hex:fffe", b"v"), ("ok", None)]
-    assert (record.key, record.value) == (b"k", b"v")
-
-
-def test_a_failing_raw_read_still_gives_an_unreadable_record() -> None:
-    """When the headers cannot be read again either, the record comes back without them,
-    marked unreadable with both reasons (it is dead-lettered, never a crash)."""
-
-    def read_raw(topic: str, partition: int, offset: int) -> list[tuple[bytes, bytes | None]]:
-        raise OSError("broker gone")
-
-    record = to_record(_Message(raises=True), read_raw)  # type: ignore[arg-type]
+def test_a_message_whose_bytes_cannot_be_read_first_falls_back_without_raising() -> None:
+    """Where the headers cannot be read as bytes (not confluent-kafka's own Message), the
+    library's conversion raising does not escape: the record is unreadable, without headers,
+    its key and value kept (it is dead-lettered, never a crash)."""
+    record = to_record(_Message(raises=True))  # type: ignore[arg-type]
     assert record.headers == []
-    assert record.unreadable is not None and "broker gone" in record.unreadable
+    assert record.unreadable is not None and "not UTF-8" in record.unreadable
+    assert (record.key, record.value, record.offset) == (b"k", b"v", 41)
 
 
 def test_header_names_are_kept_in_hex_only_when_not_utf8() -> None:

@@ -17,7 +17,7 @@ from payment_worker.adapters.kafka.config import (
     for_consumer,
     kafka_error,
 )
-from payment_worker.adapters.kafka.raw import RawHeaderReader, RawHeaders
+from payment_worker.adapters.kafka.raw import RawHeaders, message_headers
 from payment_worker.domain.ids import token_hex
 from payment_worker.service.ports import AssignHandler, InboundRecord, RevokeHandler
 
@@ -46,9 +46,6 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
 # written with `str` names, and the bytes of the name are kept whole (contract section 2).
 HEX_NAME_PREFIX = "dlq-name-hex:"
 
-RawReader = Callable[[str, int, int], RawHeaders]
-
-
 def readable_headers(raw: RawHeaders) -> list[tuple[str, bytes | None]]:
     """Raw headers with `str` names: a UTF-8 name as it is, any other in hex."""
     out: list[tuple[str, bytes | None]] = []
@@ -60,12 +57,12 @@ def readable_headers(raw: RawHeaders) -> list[tuple[str, bytes | None]]:
     return out
 
 
-def to_record(message: Message, read_raw: RawReader | None = None) -> InboundRecord:
-    """The record as the pipeline takes it; never raises. A record confluent-kafka cannot
-    hand over whole (header names that are not UTF-8 make it raise) comes back `unreadable`,
-    with its headers read again by `read_raw` where given (names kept in hex), else none."""
+def to_record(message: Message) -> InboundRecord:
+    """The record as the pipeline takes it; never raises. Headers are read as bytes from
+    librdkafka (`raw.message_headers`), so a name that is not UTF-8 never reaches
+    confluent-kafka's conversion, which raises or crashes on one: such a record comes back
+    `unreadable`, every header kept (names that are not UTF-8 in hex)."""
     topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset()
-    offset = offset or 0
     timestamp = message.timestamp()
     unreadable: str | None = None
     try:
@@ -73,29 +70,35 @@ def to_record(message: Message, read_raw: RawReader | None = None) -> InboundRec
     except Exception as exc:  # no record's bytes may stop a consumer
         key = value = None
         unreadable = f"key or value unreadable ({type(exc).__name__})"
-    try:
-        headers = [(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])]
-    except Exception as exc:  # SystemError from confluent-kafka for a name not UTF-8
-        headers = []
-        unreadable = f"header names not UTF-8 ({type(exc).__name__})"
-        if read_raw is not None:
-            try:
-                headers = readable_headers(read_raw(topic, partition, offset))
-            except Exception as raw_exc:  # the names are lost, the record is still dead-lettered
-                unreadable += f"; headers not kept: {raw_exc}"
-                log.warning(
-                    "raw_header_read_failed", topic=topic, offset=offset, error=str(raw_exc)
-                )
+    raw = message_headers(message)
+    if raw is not None:
+        headers = readable_headers(raw)
+        if not all(_utf8(name) for name, _ in raw):
+            unreadable = "header names not UTF-8"
+    else:
+        try:  # the library's own conversion: only where the bytes could not be read first
+            headers = [(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])]
+        except Exception as exc:  # SystemError from confluent-kafka for a name not UTF-8
+            headers = []
+            unreadable = f"header names not UTF-8 ({type(exc).__name__}); headers not kept"
     return InboundRecord(
         topic=topic,
         partition=partition,
-        offset=offset,
+        offset=offset or 0,
         key=key if isinstance(key, bytes | None) else _header_bytes(key),
         value=value if isinstance(value, bytes | None) else _header_bytes(value),
         headers=headers,
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
         unreadable=unreadable,
     )
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ThreadedConsumer:
@@ -121,7 +124,6 @@ class ThreadedConsumer:
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
-        self._raw = RawHeaderReader(self.config)  # no I/O until a record needs it
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -175,7 +177,7 @@ class ThreadedConsumer:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer_error", error=str(error))
                 continue
-            records.append(to_record(message, self._raw.read))
+            records.append(to_record(message))
         return records
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -210,7 +212,6 @@ class ThreadedConsumer:
         if self._consumer is not None:
             await self._call(self._consumer.close)
             self._consumer = None
-        await self._call(self._raw.close)
         self._executor.shutdown(wait=True)
 
 

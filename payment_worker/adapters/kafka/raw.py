@@ -2,9 +2,11 @@
 
 confluent-kafka hands header names over as `str` and has no way to return them as bytes: a
 name that is not UTF-8 (the broker does not check names) makes `Message.headers()` raise
-SystemError, and the record's headers are lost to it. For such a record only, the same offset
-is read again here through librdkafka's C API (the copy bundled in the confluent-kafka wheel,
-so no second version of the library and no system package), to keep the names in hex.
+SystemError, or crash the interpreter (seen with several such names). So headers are never
+converted by it: they are read here, before it would, from the librdkafka header list the
+Message holds, through librdkafka's C API (the copy bundled in the confluent-kafka wheel, the
+very library confluent-kafka calls). Where the Message's layout is not the one this was
+written against (checked on each message), None says so and the caller falls back.
 """
 
 from __future__ import annotations
@@ -12,37 +14,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 
-from payment_worker.adapters.kafka.config import consumer_defaults, for_consumer
-from payment_worker.domain.ids import token_hex
-
 RawHeaders = list[tuple[bytes, bytes | None]]
 
-_CONSUMER = 1  # rd_kafka_type_t RD_KAFKA_CONSUMER
-_NO_HEADERS = -156  # RD_KAFKA_RESP_ERR__NOENT from rd_kafka_message_headers
 
 
-class RawReadFailed(Exception):
-    """The record could not be read again (the library missing, the broker or offset gone)."""
-
-
-class _Message(ctypes.Structure):
-    _fields_ = [  # rd_kafka_message_t, public and stable since librdkafka 0.9
-        ("err", ctypes.c_int),
-        ("rkt", ctypes.c_void_p),
-        ("partition", ctypes.c_int32),
-        ("payload", ctypes.c_void_p),
-        ("len", ctypes.c_size_t),
-        ("key", ctypes.c_void_p),
-        ("key_len", ctypes.c_size_t),
-        ("offset", ctypes.c_int64),
-        ("_private", ctypes.c_void_p),
-    ]
+class RawKafkaError(Exception):
+    """librdkafka cannot be loaded, or refused a handle's configuration."""
 
 
 _lock = threading.Lock()
@@ -51,7 +33,7 @@ _library: ctypes.CDLL | None = None
 
 def librdkafka() -> ctypes.CDLL:
     """The librdkafka that confluent-kafka itself loaded (its wheel's bundled copy), else the
-    system's; RawReadFailed when there is none."""
+    system's; RawKafkaError when there is none."""
     global _library
     with _lock:
         if _library is not None:
@@ -63,12 +45,13 @@ def librdkafka() -> ctypes.CDLL:
         ]
         name = str(candidates[0]) if candidates else ctypes.util.find_library("rdkafka")
         if name is None:
-            raise RawReadFailed("librdkafka not found")
+            raise RawKafkaError("librdkafka not found")
         try:
             lib = ctypes.CDLL(name)
         except OSError as exc:
-            raise RawReadFailed(f"librdkafka not loadable: {exc}") from exc
+            raise RawKafkaError(f"librdkafka not loadable: {exc}") from exc
         _declare(lib)
+        lib._bundled = bool(candidates)  # type: ignore[attr-defined]
         _library = lib
         return lib
 
@@ -81,16 +64,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rd_kafka_conf_destroy": (None, [p]),
         "rd_kafka_new": (p, [i, p, c, s]),
         "rd_kafka_destroy": (None, [p]),
-        "rd_kafka_poll_set_consumer": (i, [p]),
-        "rd_kafka_consumer_close": (i, [p]),
-        "rd_kafka_topic_partition_list_new": (p, [i]),
-        "rd_kafka_topic_partition_list_add": (p, [p, c, ctypes.c_int32]),
-        "rd_kafka_topic_partition_list_set_offset": (i, [p, c, ctypes.c_int32, ctypes.c_int64]),
-        "rd_kafka_topic_partition_list_destroy": (None, [p]),
-        "rd_kafka_assign": (i, [p, p]),
-        "rd_kafka_consumer_poll": (ctypes.POINTER(_Message), [p, i]),
-        "rd_kafka_message_destroy": (None, [ctypes.POINTER(_Message)]),
-        "rd_kafka_message_headers": (i, [ctypes.POINTER(_Message), ctypes.POINTER(p)]),
         "rd_kafka_header_cnt": (s, [p]),
         "rd_kafka_header_get_all": (
             i,
@@ -107,7 +80,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def new_handle(lib: ctypes.CDLL, kind: int, config: dict[str, Any]) -> int:
-    """An rd_kafka_t of `kind` with every property of `config` (as text); RawReadFailed."""
+    """An rd_kafka_t of `kind` with every property of `config` (as text); RawKafkaError."""
     conf = lib.rd_kafka_conf_new()
     errstr = ctypes.create_string_buffer(512)
     for key, value in config.items():
@@ -116,75 +89,57 @@ def new_handle(lib: ctypes.CDLL, kind: int, config: dict[str, Any]) -> int:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         if lib.rd_kafka_conf_set(conf, key.encode(), text.encode(), errstr, 512) != 0:
             lib.rd_kafka_conf_destroy(conf)
-            raise RawReadFailed(f"{key}: {errstr.value.decode(errors='replace')}")
+            raise RawKafkaError(f"{key}: {errstr.value.decode(errors='replace')}")
     handle = lib.rd_kafka_new(kind, conf, errstr, 512)  # owns conf from here on
     if not handle:
         lib.rd_kafka_conf_destroy(conf)
-        raise RawReadFailed(errstr.value.decode(errors="replace"))
+        raise RawKafkaError(errstr.value.decode(errors="replace"))
     return int(handle)
 
 
-class RawHeaderReader:
-    """Reads one record's headers again by offset; its librdkafka consumer (no group joined,
-    nothing committed) is created on first use and kept for the next, until `close()`. Every
-    call runs on the caller's thread (the worker's consumer thread)."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = {
-            **consumer_defaults(config),
-            **for_consumer(config),
-            "group.id": f"payment-worker-raw-{token_hex(6)}",
-            "enable.auto.commit": "false",
-            "enable.partition.eof": "false",
-        }
-        self._handle: int | None = None
-
-    def read(self, topic: str, partition: int, offset: int, timeout_s: float = 5.0) -> RawHeaders:
-        """The headers of the record at `offset`, names and values as bytes."""
-        lib = librdkafka()
-        if self._handle is None:
-            self._handle = new_handle(lib, _CONSUMER, self.config)
-            lib.rd_kafka_poll_set_consumer(self._handle)
-        handle = self._handle
-        wanted = lib.rd_kafka_topic_partition_list_new(1)
-        lib.rd_kafka_topic_partition_list_add(wanted, topic.encode(), partition)
-        lib.rd_kafka_topic_partition_list_set_offset(wanted, topic.encode(), partition, offset)
-        err = lib.rd_kafka_assign(handle, wanted)
-        lib.rd_kafka_topic_partition_list_destroy(wanted)
-        if err:
-            raise RawReadFailed(f"assign: {lib.rd_kafka_err2str(err).decode()}")
-        try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                message = lib.rd_kafka_consumer_poll(handle, 100)
-                if not message:
-                    continue
-                try:
-                    found = message.contents
-                    if found.err or found.partition != partition or found.offset != offset:
-                        continue
-                    return _headers_of(lib, message)
-                finally:
-                    lib.rd_kafka_message_destroy(message)
-            raise RawReadFailed(f"{topic}[{partition}]@{offset} not read within {timeout_s} s")
-        finally:
-            lib.rd_kafka_assign(handle, None)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            lib = librdkafka()
-            lib.rd_kafka_consumer_close(self._handle)
-            lib.rd_kafka_destroy(self._handle)
-            self._handle = None
+_HEAD = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)  # PyObject_HEAD
+_FIELDS = 5  # topic, value, key, headers (converted), c_headers (librdkafka's list)
 
 
-def _headers_of(lib: ctypes.CDLL, message: Any) -> RawHeaders:
-    headers = ctypes.c_void_p()
-    err = lib.rd_kafka_message_headers(message, ctypes.byref(headers))
-    if err == _NO_HEADERS:
+def _same(pointer: int | None, obj: object) -> bool:
+    """The field holds `obj` (a field left NULL reads as None in Python)."""
+    return pointer == id(obj) or (pointer is None and obj is None)
+
+
+def message_headers(message: confluent_kafka.Message) -> RawHeaders | None:
+    """The headers of a consumed message as bytes, read before confluent-kafka converts them;
+    None when that cannot be done safely (not the bundled library, an unknown layout, headers
+    already converted), and then only `message.headers()` is left."""
+    if type(message) is not confluent_kafka.Message or _bundled() is None:
+        return None
+    if type(message).__basicsize__ < _HEAD + _FIELDS * ctypes.sizeof(ctypes.c_void_p):
+        return None
+    fields = (ctypes.c_void_p * _FIELDS).from_address(id(message) + _HEAD)
+    topic, value, key, converted, c_headers = (fields[i] for i in range(_FIELDS))
+    # The layout is confirmed by the fields whose objects Python hands out as they are held.
+    if not (
+        message.topic() is not None
+        and _same(topic, message.topic())
+        and _same(value, message.value())
+        and _same(key, message.key())
+        and converted is None
+    ):
+        return None
+    if c_headers is None:
         return []
-    if err:
-        raise RawReadFailed(f"headers: {lib.rd_kafka_err2str(err).decode()}")
+    return _headers_of(librdkafka(), c_headers)
+
+
+def _bundled() -> ctypes.CDLL | None:
+    """librdkafka when it is the copy confluent-kafka itself calls (the wheel's)."""
+    try:
+        lib = librdkafka()
+    except RawKafkaError:
+        return None
+    return lib if getattr(lib, "_bundled", False) else None
+
+
+def _headers_of(lib: ctypes.CDLL, headers: int) -> RawHeaders:
     out: RawHeaders = []
     name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
     for index in range(lib.rd_kafka_header_cnt(headers)):
