@@ -25,6 +25,7 @@ DLQ_HEADERS = (
     "dlq-partition",
     "dlq-offset",
     "dlq-redacted",
+    "dlq-truncated",
 )
 
 
