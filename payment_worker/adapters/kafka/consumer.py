@@ -46,15 +46,23 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
 # written with `str` names, and the bytes of the name are kept whole (contract section 2).
 HEX_NAME_PREFIX = "dlq-name-hex:"
 
+
 def readable_headers(raw: RawHeaders) -> list[tuple[str, bytes | None]]:
     """Raw headers with `str` names: a UTF-8 name as it is, any other in hex."""
+    return _readable(raw)[0]
+
+
+def _readable(raw: RawHeaders) -> tuple[list[tuple[str, bytes | None]], bool]:
+    """readable_headers(), and whether every name was UTF-8."""
     out: list[tuple[str, bytes | None]] = []
+    all_utf8 = True
     for name, value in raw:
         try:
             out.append((name.decode("utf-8"), value))
         except UnicodeDecodeError:
             out.append((HEX_NAME_PREFIX + name.hex(), value))
-    return out
+            all_utf8 = False
+    return out, all_utf8
 
 
 def to_record(message: Message) -> InboundRecord:
@@ -72,8 +80,8 @@ def to_record(message: Message) -> InboundRecord:
         unreadable = f"key or value unreadable ({type(exc).__name__})"
     raw = message_headers(message)
     if raw is not None:
-        headers = readable_headers(raw)
-        if not all(_utf8(name) for name, _ in raw):
+        headers, all_utf8 = _readable(raw)
+        if not all_utf8:
             unreadable = "header names not UTF-8"
     else:
         try:  # the library's own conversion: only where the bytes could not be read first
@@ -91,14 +99,6 @@ def to_record(message: Message) -> InboundRecord:
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
         unreadable=unreadable,
     )
-
-
-def _utf8(name: bytes) -> bool:
-    try:
-        name.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class ThreadedConsumer:

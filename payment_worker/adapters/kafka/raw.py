@@ -22,7 +22,6 @@ import confluent_kafka
 RawHeaders = list[tuple[bytes, bytes | None]]
 
 
-
 class RawKafkaError(Exception):
     """librdkafka cannot be loaded, or refused a handle's configuration."""
 
@@ -101,52 +100,62 @@ _HEAD = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)  # PyOb
 _FIELDS = 5  # topic, value, key, headers (converted), c_headers (librdkafka's list)
 
 
-def _same(pointer: int | None, obj: object) -> bool:
-    """The field holds `obj` (a field left NULL reads as None in Python)."""
-    return pointer == id(obj) or (pointer is None and obj is None)
+_VOID_P = ctypes.sizeof(ctypes.c_void_p)
+_Fields = ctypes.c_void_p * _FIELDS
+
+
+class _HeaderApi:
+    """The two librdkafka calls reading a header list, bound once (this runs per message)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.count = lib.rd_kafka_header_cnt
+        self.get_all = lib.rd_kafka_header_get_all
+        self.name, self.value, self.size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
+        self.refs = (ctypes.byref(self.name), ctypes.byref(self.value), ctypes.byref(self.size))
+        self.lock = threading.Lock()  # the out-parameters are shared by every consumer thread
+
+
+_api: _HeaderApi | bool | None = False  # False: not looked for yet; None: not available
+
+
+def _header_api() -> _HeaderApi | None:
+    """The calls, when librdkafka is the copy confluent-kafka itself calls (the wheel's)."""
+    global _api
+    if _api is False:
+        try:
+            lib = librdkafka()
+            _api = _HeaderApi(lib) if getattr(lib, "_bundled", False) else None
+        except RawKafkaError:
+            _api = None
+    return _api  # type: ignore[return-value]
 
 
 def message_headers(message: confluent_kafka.Message) -> RawHeaders | None:
     """The headers of a consumed message as bytes, read before confluent-kafka converts them;
     None when that cannot be done safely (not the bundled library, an unknown layout, headers
     already converted), and then only `message.headers()` is left."""
-    if type(message) is not confluent_kafka.Message or _bundled() is None:
+    api = _header_api()
+    if api is None or type(message) is not confluent_kafka.Message:
         return None
-    if type(message).__basicsize__ < _HEAD + _FIELDS * ctypes.sizeof(ctypes.c_void_p):
+    if type(message).__basicsize__ < _HEAD + _FIELDS * _VOID_P:
         return None
-    fields = (ctypes.c_void_p * _FIELDS).from_address(id(message) + _HEAD)
-    topic, value, key, converted, c_headers = (fields[i] for i in range(_FIELDS))
-    # The layout is confirmed by the fields whose objects Python hands out as they are held.
-    if not (
-        message.topic() is not None
-        and _same(topic, message.topic())
-        and _same(value, message.value())
-        and _same(key, message.key())
-        and converted is None
-    ):
+    topic, value, key, converted, c_headers = _Fields.from_address(id(message) + _HEAD)
+    # The layout is confirmed by the fields whose objects Python hands out as they are held
+    # (a field left NULL reads None, and hands out None).
+    held = message.topic(), message.value(), message.key()
+    if converted is not None or held[0] is None or topic != id(held[0]):
+        return None
+    if (value != id(held[1]) and value is not None) or (key != id(held[2]) and key is not None):
         return None
     if c_headers is None:
         return []
-    return _headers_of(librdkafka(), c_headers)
-
-
-def _bundled() -> ctypes.CDLL | None:
-    """librdkafka when it is the copy confluent-kafka itself calls (the wheel's)."""
-    try:
-        lib = librdkafka()
-    except RawKafkaError:
-        return None
-    return lib if getattr(lib, "_bundled", False) else None
-
-
-def _headers_of(lib: ctypes.CDLL, headers: int) -> RawHeaders:
     out: RawHeaders = []
-    name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
-    for index in range(lib.rd_kafka_header_cnt(headers)):
-        if lib.rd_kafka_header_get_all(
-            headers, index, ctypes.byref(name), ctypes.byref(value), ctypes.byref(size)
-        ):
-            break
-        data = ctypes.string_at(value.value, size.value) if value.value is not None else None
-        out.append((name.value or b"", data))
+    string_at = ctypes.string_at
+    with api.lock:
+        name, data, size = api.name, api.value, api.size
+        for index in range(api.count(c_headers)):
+            if api.get_all(c_headers, index, *api.refs):
+                break
+            found = data.value
+            out.append((name.value or b"", None if found is None else string_at(found, size.value)))
     return out
