@@ -46,14 +46,26 @@ def _shadow_of(char: str) -> str:
     return "x"
 
 
+class _ShadowTable(dict[int, str]):
+    """str.translate's table for any text: ASCII filled in, other characters classified on
+    first sight and kept (up to a bound, so hostile text cannot grow it without end). One
+    translate in C instead of a Python step per character."""
+
+    LIMIT = 65536
+
+    def __missing__(self, code: int) -> str:
+        shadow = _shadow_of(chr(code))
+        if len(self) < self.LIMIT:
+            self[code] = shadow
+        return shadow
+
+
+_SHADOW = _ShadowTable(_ASCII_SHADOW)
+
+
 def _shadow(text: str) -> str:
     """The text with each character classified (same length, so spans map back)."""
-    if text.isascii():
-        shadow = text.translate(_ASCII_SHADOW)
-    else:
-        shadow = "".join(
-            _shadow_of(c) if ord(c) > 127 else c.translate(_ASCII_SHADOW) for c in text
-        )
+    shadow = text.translate(_ASCII_SHADOW if text.isascii() else _SHADOW)
     # UUIDs are ids, not card numbers: their digits are taken out of the search (the pieces
     # joined once: cutting and gluing the whole shadow per UUID was quadratic).
     pieces, kept = [], 0
