@@ -240,6 +240,8 @@ def _correlation(found: dict[str, list[bytes | None]]) -> str | None:
 
 def _spring_correlation(found: dict[str, list[bytes | None]]) -> bytes | None:
     raw = _single(found, "kafka_correlationId")
+    if raw is not None and len(raw) > MAX_CORRELATION_ID_BYTES:
+        raise _Bad("kafka_correlationId", f"longer than {MAX_CORRELATION_ID_BYTES} bytes")
     if raw is not None and contains_card_number(raw.decode("utf-8", "replace")):
         raise _Bad("kafka_correlationId", "must not contain a card number")
     return raw

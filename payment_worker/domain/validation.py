@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from payment_worker.domain.cards import contains_card_number, redacted
+from payment_worker.domain.cards import contains_card_number, redacted_prefix
 from payment_worker.domain.currencies import minor_units
 from payment_worker.domain.model import Command, ValidCommand
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_PAYMENT_METHOD_LENGTH = 50
+# An id that is not a UUID is echoed in the reply cut to this many characters: a UUID has 36,
+# and a hostile one (a 1 MB commandId) is neither searched whole nor sent back whole.
+MAX_ECHOED_ID_LENGTH = 255
 
 
 class ValidationFailed(ValueError):
@@ -170,5 +173,7 @@ def public(command: Command) -> Command:
 
 
 def echoed(text: str) -> str:
+    """An id as a reply echoes it: canonical when it is a UUID, else its first
+    `MAX_ECHOED_ID_LENGTH` characters with card numbers masked."""
     parsed = parse_uuid(text)
-    return str(parsed) if parsed is not None else redacted(text)
+    return str(parsed) if parsed is not None else redacted_prefix(text, MAX_ECHOED_ID_LENGTH)

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from payment_worker import tracing
-from payment_worker.domain.cards import mask_card_numbers, mask_card_numbers_in_bytes
+from payment_worker.domain.cards import MAX_CARD_SPAN, mask_card_numbers_in_bytes, redacted_prefix
 from payment_worker.domain.ids import new_uuid, random_uuid
 from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
 from payment_worker.domain.routing import ReplyRoute
@@ -38,6 +38,15 @@ class Topics:
     replies: str = "payment-replies"
     dlq: str = "process-payment-dlq"
 
+
+# A dead letter's key, value and headers are searched for card numbers before they are written,
+# so each is capped first (contract section 2): at most DEAD_LETTER_FIELD_BYTES each and
+# DEAD_LETTER_RECORD_BYTES in all, header names counted, in the order key, value, headers.
+# What lies past a cap was not searched, so it is not written either; `dlq-truncated` names
+# what was cut. The broker's default limit for a whole record is 1 MiB.
+DEAD_LETTER_FIELD_BYTES = 64 * 1024
+DEAD_LETTER_RECORD_BYTES = 128 * 1024
+DEAD_LETTER_NAME_CHARS = 255
 
 PAYMENT_RECORD = "ticketing.payment.v1.Payment"  # the reply's union branch, by full name
 
@@ -239,14 +248,19 @@ class MessageFactory:
 
     def dead_letter(self, record: InboundRecord, reason: str, error: str) -> OutboxMessage:
         """The record as received, plus why it could not be processed; every card number in
-        its key, value and headers masked (and `dlq-redacted: card-number` said so)."""
-        key, masked_key = _masked(record.key)
-        value, masked_value = _masked(record.value)
+        its key, value and headers masked (and `dlq-redacted: card-number` said so), each of
+        them capped before it is searched (and `dlq-truncated` says what was cut)."""
+        cut = _Caps()
+        key, masked_key = cut.bytes_field("key", record.key)
+        value, masked_value = cut.bytes_field("value", record.value)
         headers: list[tuple[str, bytes | None]] = []
         masked_headers = False
         for name, header_value in record.headers:
-            safe_name, masked_name = mask_card_numbers(name)
-            safe_value, masked = _masked(header_value)
+            if cut.room <= 0:
+                cut.truncated.append("headers")
+                break
+            safe_name, masked_name = cut.name(name)
+            safe_value, masked = cut.bytes_field("headers", header_value)
             masked_headers = masked_headers or masked_name or masked
             headers.append((safe_name, safe_value))
         headers += [
@@ -258,6 +272,8 @@ class MessageFactory:
         ]
         if masked_key or masked_value or masked_headers:
             headers.append(("dlq-redacted", b"card-number"))
+        if cut.truncated:
+            headers.append(("dlq-truncated", ",".join(dict.fromkeys(cut.truncated)).encode()))
         return OutboxMessage(
             kind="dead_letter",
             topic=self.topics.dlq,
@@ -268,10 +284,35 @@ class MessageFactory:
         )
 
 
-def _masked(data: bytes | None) -> tuple[bytes | None, bool]:
-    if not data:
-        return data, False
-    return mask_card_numbers_in_bytes(data)
+class _Caps:
+    """What is left of one dead letter's search budget, and what was cut to keep it."""
+
+    def __init__(self) -> None:
+        self.room = DEAD_LETTER_RECORD_BYTES
+        self.truncated: list[str] = []
+
+    def bytes_field(self, part: str, data: bytes | None) -> tuple[bytes | None, bool]:
+        """`data` cut to its cap, card numbers masked; whether any was."""
+        if not data:
+            return data, False
+        limit = max(0, min(DEAD_LETTER_FIELD_BYTES, self.room))
+        self.room -= min(len(data), limit)
+        if len(data) <= limit:
+            return mask_card_numbers_in_bytes(data)
+        self.truncated.append(part)
+        # Searched a card number's span (4 bytes a character at most) past the cut, so that no
+        # digit kept belongs to a number the cut would hide; masking keeps every byte offset.
+        masked, changed = mask_card_numbers_in_bytes(data[: limit + 4 * MAX_CARD_SPAN])
+        return masked[:limit], changed
+
+    def name(self, name: str) -> tuple[str, bool]:
+        """A header name cut to its cap, card numbers masked; whether any was."""
+        limit = DEAD_LETTER_NAME_CHARS
+        if len(name) > limit:
+            self.truncated.append("headers")
+        safe = redacted_prefix(name, limit)
+        self.room -= len(safe.encode("utf-8", "surrogateescape"))
+        return safe, safe != name[:limit]
 
 
 def _trace_context(headers: list[tuple[str, bytes | None]], topic: str, route: ReplyRoute) -> None:

@@ -134,20 +134,13 @@ class Pipeline:
     # -- entry points -------------------------------------------------------------------------
 
     async def handle(self, record: InboundRecord) -> Handled:
+        if record.unreadable is not None:
+            # Nothing of it is trusted, not even its headers: no route, no reply.
+            return await self._dead_letter(record, "undecodable", record.unreadable)
         try:
             raw = await self.intake.decode(record)
         except self.intake.decode_error as exc:
-            reason = getattr(exc, "reason", "undecodable")
-            log.warning(
-                "command_dead_lettered",
-                reason=reason,
-                error=str(exc),
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
-            stored = await self.ledger.record([self.messages.dead_letter(record, reason, str(exc))])
-            return Handled(None, stored or [], dead_letter_reason=reason)
+            return await self._dead_letter(record, getattr(exc, "reason", "undecodable"), str(exc))
         command = command_from_record(raw)
         route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         prepared = self.intake.prepare(command, route)
@@ -195,6 +188,18 @@ class Pipeline:
         answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
         handled = await self._answer(command, route, answer, extra=extra)
         return replace(handled, dead_letter_reason="processing-error")
+
+    async def _dead_letter(self, record: InboundRecord, reason: str, error: str) -> Handled:
+        log.warning(
+            "command_dead_lettered",
+            reason=reason,
+            error=error,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        stored = await self.ledger.record([self.messages.dead_letter(record, reason, error)])
+        return Handled(None, stored or [], dead_letter_reason=reason)
 
     async def dead_letter_only(self, record: InboundRecord, error: BaseException) -> Handled:
         """The last resort when even answering ERROR failed: the record to the dead letters."""

@@ -44,6 +44,8 @@ class InboundRecord:
     headers: list[tuple[str, bytes | None]]
     timestamp_ms: int | None = None
     read_at: float | None = None  # time.monotonic() when it was consumed; None: unknown
+    # Why the record could not be read whole (it is dead-lettered as undecodable), or None.
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'

@@ -25,6 +25,7 @@ DLQ_HEADERS = (
     "dlq-partition",
     "dlq-offset",
     "dlq-redacted",
+    "dlq-truncated",
 )
 
 
@@ -59,6 +60,7 @@ def without_dlq_headers(record: InboundRecord) -> InboundRecord:
         headers,
         record.timestamp_ms,
         record.read_at,
+        record.unreadable,
     )
 
 
@@ -67,6 +69,9 @@ async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> lis
     record holds, it is classified: one that breaks preparing it is FAILED, not the replay."""
     out: list[Classified] = []
     for record in records:
+        if record.unreadable is not None:
+            out.append(Classified(record, Kind.UNDECODABLE, error=record.unreadable))
+            continue
         try:
             raw = await pipeline.intake.decode(record)
         except pipeline.intake.decode_error as exc:

@@ -5,6 +5,7 @@ reply lands on the worker's own topics, and the partition moves on (contract sec
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ from decimal import Decimal
 
 import pytest
 
+from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.testing import command_record
+from tests.rawkafka import produce_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -197,3 +200,78 @@ def test_a_reply_to_an_existing_internal_topic_is_refused(
     assert reply.record["errorMessage"].startswith("Invalid header reply-to: ")
     assert db.execute("SELECT count(*) FROM payments").fetchone() == (0,)
     assert kafka.read(internal, idle_s=1.0) == []
+
+
+def _replay(worker_env) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "payment_worker", "replay"],
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_worker_goes_on(
+    start_worker, kafka, devserver, topics, broker, worker_env
+):
+    """A payable command whose header names include bytes ff fe (written below confluent-kafka,
+    as any librdkafka producer can) is dead-lettered `undecodable` with that name kept in hex
+    and its other headers as sent, and is not answered; the worker stays up, the good command
+    after it on the same partition is answered, and a replay of the topic exits 0."""
+    worker = start_worker()
+    bad, good = _payable(devserver), _payable(devserver)
+    value = AvroCodec(SchemaSet()).encode("ProcessPayment", bad, topics.commands)
+    produce_raw(
+        broker,
+        topics.commands,
+        key=bad["orderId"].encode(),
+        value=value,
+        headers=[(b"\xff\xfe", b"v"), (b"x-kept", b"as sent"), (b"\xc3(", None)],
+        partition=0,
+    )
+    kafka.send(good, partition=0)
+
+    [reply] = kafka.replies(expect=1)
+    assert reply.record["commandId"] == good["commandId"]
+    assert reply.record["outcome"] == "SUCCEEDED"
+    [dead] = kafka.read(topics.dlq, expect=1)
+    assert dead.headers["dlq-reason"] == b"undecodable"
+    assert b"not UTF-8" in (dead.headers["dlq-error"] or b"")
+    assert (dead.key, dead.value) == (bad["orderId"].encode(), value)
+    assert dead.header_list[:3] == [
+        ("dlq-name-hex:fffe", b"v"),
+        ("x-kept", b"as sent"),
+        ("dlq-name-hex:c328", None),
+    ]
+    assert worker.process.poll() is None, worker.logs()[-3000:]
+    assert worker.stop() == 0
+
+    result = _replay(worker_env)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    summary = result.stdout.decode(errors="replace")
+    assert re.search(r"records read\W+2\b", summary), summary
+    assert re.search(r"undecodable\W+1\b", summary), summary
+
+
+def test_a_megabyte_digit_command_id_does_not_hold_up_another_partition(
+    start_worker, kafka, devserver, topics
+):
+    """A command whose commandId is 900,000 digits (no 13-19 digit window passing Luhn, the
+    search's worst case) is answered INVALID_REQUEST with its id cut to 255 characters, and a
+    good command sent just after it on another partition is answered within 10 s."""
+    worker = start_worker()
+    huge = _payable(devserver)
+    huge["commandId"] = "1" * 900_000  # near 1 MB, the producer's default limit
+    good = _payable(devserver)
+    kafka.send(huge, partition=0)
+    sent = time.monotonic()
+    kafka.send(good, partition=1)
+
+    replies = kafka.replies_by_command(expect=1, timeout_s=10)
+    assert good["commandId"] in replies, "the good command was not answered within 10 s"
+    assert time.monotonic() - sent < 10
+    assert replies[good["commandId"]][0].record["outcome"] == "SUCCEEDED"
+    replies = kafka.replies_by_command(expect=2)
+    [answer] = replies["1" * 255]
+    assert answer.record["outcome"] == "INVALID_REQUEST"
+    assert worker.process.poll() is None, worker.logs()[-3000:]

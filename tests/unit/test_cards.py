@@ -7,11 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from payment_worker.domain import cards
 from payment_worker.domain.cards import (
+    MAX_CARD_SPAN,
     contains_card_number,
     luhn_ok,
     mask_card_numbers,
     mask_card_numbers_in_bytes,
+    redacted_prefix,
 )
 from tests.strategies import CARD_NUMBERS, spell_card_number
 
@@ -95,3 +98,50 @@ def test_luhn() -> None:
     """The Luhn check on the classic test numbers."""
     assert luhn_ok("4111111111111111") and luhn_ok("79927398713")
     assert not luhn_ok("4111111111111112")
+
+
+def _any_window_passes_luhn(digits: str) -> bool:
+    """The search as first written: every 13-19 digit window, one Luhn check each (quadratic
+    in practice, kept here as the reference the linear search must agree with)."""
+    return any(
+        luhn_ok(digits[start : start + length])
+        for length in range(13, min(19, len(digits)) + 1)
+        for start in range(len(digits) - length + 1)
+    )
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="0123456789", max_size=60) | st.text(alphabet="0129", max_size=60))
+def test_the_linear_search_answers_as_the_window_by_window_search(digits: str) -> None:
+    """For any run of digits, some 13-19 digit window passes Luhn by the linear search exactly
+    when one does by checking every window on its own."""
+    assert cards._looks_like_a_card(digits) == _any_window_passes_luhn(digits)
+
+
+@pytest.mark.parametrize("length", [200_000, 200_001])
+def test_a_long_run_without_a_passing_window_is_searched_to_its_end(length: int) -> None:
+    """A run of ones has no window passing Luhn (sums 19, 21, 22, 24, 25, 27, 28); a card at
+    the very end of 200,000 of them is still found, and masked."""
+    run = "1" * length
+    assert not contains_card_number(run)
+    assert contains_card_number(run + "4111111111111111")
+    masked, changed = mask_card_numbers(run + "4111111111111111")
+    assert changed and masked.count("*") == len(run) + 16 - 10
+
+
+def test_a_capped_echo_keeps_no_digit_of_a_number_the_cut_would_hide() -> None:
+    """The first `limit` characters are kept; a card number crossing the cut is found in the
+    whole (searched past the cut) and masked, so its unmasked digits are the first six only."""
+    text = "x" * 10 + "4111 1111 1111 1111" + "y" * 1000
+    kept = redacted_prefix(text, 20)
+    assert kept == "x" * 10 + "4111 11** " and len(kept) == 20
+    assert redacted_prefix("id-123", 20) == "id-123"
+
+
+def test_a_capped_echo_searches_a_bounded_part_of_a_huge_field() -> None:
+    """Whatever the field's length, what is searched is at most the cap plus one card's span:
+    a card number far past the cut cannot change what is kept."""
+    run = "1" * 1_000_000
+    assert redacted_prefix(run, 255) == "1" * 255
+    assert redacted_prefix(run + "4111111111111111", 255) == "1" * 255
+    assert MAX_CARD_SPAN == 19 + 18 * 3

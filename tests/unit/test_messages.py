@@ -22,7 +22,14 @@ from payment_worker.domain.model import (
     reply,
 )
 from payment_worker.domain.routing import ReplyRoute, RouteRules, route_from_headers
-from payment_worker.service.messages import MessageFactory, Topics, _micros, ce_time
+from payment_worker.service.messages import (
+    DEAD_LETTER_FIELD_BYTES,
+    DEAD_LETTER_RECORD_BYTES,
+    MessageFactory,
+    Topics,
+    _micros,
+    ce_time,
+)
 from payment_worker.service.ports import InboundRecord, OutboxMessage
 
 COMMAND_ID = "5b6a9b7e-3c1d-4e2f-9a8b-7c6d5e4f3a2b"
@@ -307,6 +314,34 @@ def test_dead_letter_of_a_null_record_keeps_the_nulls(factory: MessageFactory) -
     """A tombstone (null key and value) is dead-lettered with null key and value."""
     message = factory.dead_letter(InboundRecord("t", 0, 0, None, None, []), "undecodable", "empty")
     assert (message.key, message.value) == (None, None)
+
+
+def test_a_dead_letters_fields_are_capped_before_they_are_searched(
+    factory: MessageFactory,
+) -> None:
+    """A 1 MiB digit-run value is cut to its cap (what was not searched is not written), a
+    card number crossing the cut is masked, and `dlq-truncated` says what was cut."""
+    value = b"1" * (DEAD_LETTER_FIELD_BYTES - 8) + b"4111111111111111" + b"1" * (1 << 20)
+    record = InboundRecord("process-payment", 0, 7, b"k", value, [("x-a", b"ok")])
+    message = factory.dead_letter(record, "undecodable", "huge")
+    assert message.value is not None and len(message.value) == DEAD_LETTER_FIELD_BYTES
+    assert message.value.endswith(b"*" * 8)
+    assert headers_of(message)["dlq-truncated"] == b"value"
+    assert headers_of(message)["dlq-redacted"] == b"card-number"
+    assert headers_of(message)["x-a"] == b"ok"
+
+
+def test_a_dead_letters_headers_share_one_budget(factory: MessageFactory) -> None:
+    """Many large headers are written until the record's budget is spent; the rest are not
+    (never searched), and `dlq-truncated: headers` says so. Small records are untouched."""
+    big = [(f"h{i}", b"2" * DEAD_LETTER_FIELD_BYTES) for i in range(16)]
+    message = factory.dead_letter(InboundRecord("t", 0, 0, None, b"v", big), "undecodable", "x")
+    kept = [h for h in message.headers if h[0].startswith("h")]
+    written = sum(len(v or b"") + len(n) for n, v in kept)
+    assert written <= DEAD_LETTER_RECORD_BYTES and len(kept) < len(big)
+    assert headers_of(message)["dlq-truncated"] == b"headers"
+    small = factory.dead_letter(InboundRecord("t", 0, 0, b"k", b"v", [("a", b"b")]), "x", "y")
+    assert "dlq-truncated" not in headers_of(small)
 
 
 # -- helpers -----------------------------------------------------------------------------------

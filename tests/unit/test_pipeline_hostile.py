@@ -262,3 +262,24 @@ async def test_a_dead_letter_without_card_numbers_is_kept_as_received(world: Wor
     assert dead.value == b"\xffnot avro 1234"
     assert dead.headers[:2] == [("h", b"\x00\x01"), ("n", None)]
     assert "dlq-redacted" not in dict(dead.headers)
+
+
+async def test_an_unreadable_record_is_dead_lettered_unanswered_whatever_it_holds(
+    world: World,
+) -> None:
+    """A record the consumer could not read whole (header names not UTF-8) is dead-lettered
+    `undecodable` with the reason, even when its value is a payable command: no reply, no
+    charge, its headers kept as read (names in hex)."""
+    command = world.payable()
+    record = replace(
+        world.inbound(command, headers=[("dlq-name-hex:fffe", b"v")]),
+        unreadable="header names not UTF-8 (SystemError)",
+    )
+
+    handled = await world.pipeline.handle(record)
+
+    assert handled.dead_letter_reason == "undecodable"
+    assert world.ledger.messages("reply") == [] and world.gateway.calls == 0
+    [dead] = world.ledger.messages("dead_letter")
+    assert dead.headers[0] == ("dlq-name-hex:fffe", b"v")
+    assert dict(dead.headers)["dlq-error"] == b"header names not UTF-8 (SystemError)"

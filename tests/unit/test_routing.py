@@ -132,6 +132,8 @@ def test_unknown_headers_are_ignored() -> None:
         ([("correlation-id", b"\xc3\x28")], "correlation-id", "not UTF-8"),
         ([("correlation-id", CARD.encode())], "correlation-id", "card number"),
         ([("kafka_correlationId", f"id {CARD}".encode())], "kafka_correlationId", "card number"),
+        ([("kafka_correlationId", b"7" * 256)], "kafka_correlationId", "longer than 255 bytes"),
+        ([("kafka_correlationId", b"1" * 1_000_000)], "kafka_correlationId", "longer than 255"),
     ],
 )
 def test_a_bad_routing_header_is_refused_with_its_name_and_why(

@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from payment_worker.domain.model import Command, ValidCommand
-from payment_worker.domain.validation import ValidationFailed, validate_command
+from payment_worker.domain.validation import (
+    MAX_ECHOED_ID_LENGTH,
+    ValidationFailed,
+    echoed,
+    validate_command,
+)
 
 NIL = "00000000-0000-0000-0000-000000000000"
 MALFORMED_IDS = [
@@ -376,3 +381,11 @@ def test_canonical_writes_ids_and_currency_as_stored(
     assert result == replace(command, **expected)
     if not expected:
         assert result is command
+
+
+def test_an_echoed_id_is_capped_before_it_is_searched() -> None:
+    """An id that is not a UUID is echoed cut to 255 characters, card numbers masked, however
+    long it came (a 1 MB run of digits is not searched whole)."""
+    assert echoed("1" * 1_000_000) == "1" * MAX_ECHOED_ID_LENGTH
+    assert echoed("x" * 250 + "4111111111111111") == "x" * 250 + "41111"
+    assert echoed("not-an-id 4111111111111111") == "not-an-id 411111******1111"

@@ -18,6 +18,7 @@ from payment_worker.adapters.kafka.config import (
     for_consumer,
     kafka_error,
 )
+from payment_worker.adapters.kafka.raw import RawHeaders, message_headers
 from payment_worker.domain.ids import token_hex
 from payment_worker.service.ports import AssignHandler, InboundRecord, RevokeHandler
 
@@ -42,17 +43,63 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
+# A header name that is not UTF-8 is carried under this prefix, in hex: dead letters are
+# written with `str` names, and the bytes of the name are kept whole (contract section 2).
+HEX_NAME_PREFIX = "dlq-name-hex:"
+
+
+def readable_headers(raw: RawHeaders) -> list[tuple[str, bytes | None]]:
+    """Raw headers with `str` names: a UTF-8 name as it is, any other in hex."""
+    return _readable(raw)[0]
+
+
+def _readable(raw: RawHeaders) -> tuple[list[tuple[str, bytes | None]], bool]:
+    """readable_headers(), and whether every name was UTF-8."""
+    out: list[tuple[str, bytes | None]] = []
+    all_utf8 = True
+    for name, value in raw:
+        try:
+            out.append((name.decode("utf-8"), value))
+        except UnicodeDecodeError:
+            out.append((HEX_NAME_PREFIX + name.hex(), value))
+            all_utf8 = False
+    return out, all_utf8
+
+
 def to_record(message: Message) -> InboundRecord:
+    """The record as the pipeline takes it; never raises. Headers are read as bytes from
+    librdkafka (`raw.message_headers`), so a name that is not UTF-8 never reaches
+    confluent-kafka's conversion, which raises or crashes on one: such a record comes back
+    `unreadable`, every header kept (names that are not UTF-8 in hex)."""
+    topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset()
     timestamp = message.timestamp()
+    unreadable: str | None = None
+    try:
+        key, value = message.key(), message.value()
+    except Exception as exc:  # no record's bytes may stop a consumer
+        key = value = None
+        unreadable = f"key or value unreadable ({type(exc).__name__})"
+    raw = message_headers(message)
+    if raw is not None:
+        headers, all_utf8 = _readable(raw)
+        if not all_utf8:
+            unreadable = "header names not UTF-8"
+    else:
+        try:  # the library's own conversion: only where the bytes could not be read first
+            headers = [(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])]
+        except Exception as exc:  # SystemError from confluent-kafka for a name not UTF-8
+            headers = []
+            unreadable = f"header names not UTF-8 ({type(exc).__name__}); headers not kept"
     return InboundRecord(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-        headers=[(str(h[0]), _header_bytes(h[1])) for h in (message.headers() or [])],
+        topic=topic,
+        partition=partition,
+        offset=offset or 0,
+        key=key if isinstance(key, bytes | None) else _header_bytes(key),
+        value=value if isinstance(value, bytes | None) else _header_bytes(value),
+        headers=headers,
         timestamp_ms=timestamp[1] if timestamp and timestamp[0] else None,
         read_at=time.monotonic(),
+        unreadable=unreadable,
     )
 
 

@@ -9,11 +9,15 @@ committed offsets reach the end of the topic."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 import unicodedata
 import uuid
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -22,7 +26,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from payment_worker.adapters.kafka import ensure_topics
+from payment_worker.adapters.kafka.consumer import readable_headers
+from payment_worker.testing import command_record
 from tests.e2e.reliability.conftest import scale
+from tests.rawkafka import RawProducer
 from tests.strategies import Hostile, hostile_record
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +229,89 @@ def test_generated_hostile_records_never_wedge_leak_or_keep_a_card(
     assert not elsewhere, f"replies outside the reply topics: {elsewhere[:5]}"
     assert not [t for t in created if t.startswith("no-such-topic-")], "a hostile topic was created"
     assert not leaks, f"card numbers kept: {leaks[:5]}"
+
+
+# librdkafka reads a header name up to its first NUL byte (confluent-kafka and the raw reader
+# alike), so the bytes after one cannot be kept: names are generated without NUL.
+_RAW_NAMES = st.binary(min_size=1, max_size=16).filter(lambda name: b"\x00" not in name)
+
+
+def _payable(devserver: Any) -> dict[str, Any]:
+    command = command_record(amount=Decimal("10.00"))
+    devserver.add_order(command["orderId"], command["customerId"], "10.00")
+    return command
+
+
+def _utf8(names: list[bytes]) -> bool:
+    try:
+        for name in names:
+            name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_generated_header_names_of_random_bytes_never_stop_the_worker(
+    start_worker, kafka, devserver, topics, broker, worker_env, report
+):
+    """Payable commands whose header names are random bytes, written below confluent-kafka:
+    a record with a name that is not UTF-8 is dead-lettered `undecodable` with every name kept
+    (those in hex) and is not answered; any other is answered once. The worker stays up, a
+    good command after them on each partition is answered, and a replay of the topic exits 0."""
+    worker = start_worker()
+    producer = RawProducer(broker)
+    sent: list[tuple[dict[str, Any], list[tuple[bytes, bytes | None]]]] = []
+
+    @settings(
+        max_examples=scale(40, 1000),
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        st.lists(st.tuples(_RAW_NAMES, st.none() | st.binary(max_size=40)), max_size=4),
+        st.integers(min_value=0, max_value=3),
+    )
+    def produce(headers: list[tuple[bytes, bytes | None]], partition: int) -> None:
+        command = _payable(devserver)
+        producer.produce(
+            topics.commands,
+            key=command["orderId"].encode(),
+            value=kafka.codec.encode("ProcessPayment", command, topics.commands),
+            headers=headers,
+            partition=partition,
+        )
+        sent.append((command, headers))
+
+    try:
+        produce()
+        producer.flush(60)
+    finally:
+        producer.close()
+    goods = [kafka.send(_payable(devserver), partition=p) for p in range(4)]
+
+    unreadable = {c["orderId"]: h for c, h in sent if not _utf8([n for n, _ in h])}
+    answered = {c["commandId"] for c, _ in sent if c["orderId"] not in unreadable}
+    answered |= {g["commandId"] for g in goods if g is not None}
+    replies = kafka.replies_by_command(expect=len(answered), timeout_s=120)
+    dead = kafka.read(topics.dlq, expect=len(unreadable), timeout_s=60)
+    report.sent, report.replies, report.dead_letters = len(sent) + 4, len(replies), len(dead)
+    report.notes = {"names not UTF-8": len(unreadable)}
+
+    assert worker.process.poll() is None, worker.logs()[-3000:]
+    assert set(replies) == answered, "each readable command answered, no unreadable one"
+    assert all(len(r) == 1 for r in replies.values()), "one reply each"
+    assert len(dead) == len(unreadable)
+    for letter in dead:
+        assert letter.headers["dlq-reason"] == b"undecodable"
+        expected = readable_headers(unreadable[(letter.key or b"").decode()])
+        assert letter.header_list[: len(expected)] == expected
+    assert worker.stop() == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "payment_worker", "replay"],
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
