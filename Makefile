@@ -89,7 +89,7 @@ bench: install services ## Benchmark worker (beside a FastStream peer), shim and
 	$(BIN)/python -m bench.run
 
 .PHONY: bench-quick
-bench-quick: install services ## A small benchmark (about 2 minutes here); writes bench/results-quick.json
+bench-quick: install services ## A small benchmark (about 5 minutes here); writes bench/results-quick.json
 	$(BIN)/python -m bench.run --quick
 
 .PHONY: migrate

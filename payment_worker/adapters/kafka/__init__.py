@@ -33,14 +33,13 @@ from payment_worker.adapters.kafka.consumer import (
     ready_messages,
     to_record,
 )
-from payment_worker.adapters.kafka.direct import DIRECT_PRODUCER_DEFAULTS, DirectProducer
+from payment_worker.adapters.kafka.direct import DirectProducer
 from payment_worker.adapters.kafka.lag import GroupLag
 from payment_worker.adapters.kafka.producer import OutboxProducer, produce_waiting
 from payment_worker.adapters.kafka.replies import CommandProducer, ReplyListener
 
 __all__ = [
     "CONSUMER_DEFAULTS",
-    "DIRECT_PRODUCER_DEFAULTS",
     "PRODUCER_DEFAULTS",
     "BrokerUnavailable",
     "CommandProducer",

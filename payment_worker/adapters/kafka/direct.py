@@ -22,19 +22,6 @@ from payment_worker.service.ports import OutboxMessage
 
 log = structlog.get_logger("payment_worker.kafka")
 
-# DirectProducer's own defaults (PAYMENT_KAFKA_CONFIG still overrides them). What it sends are
-# answers again (replay's, marked duplicate): a copy written twice by a retried request
-# changes nothing for a caller that matches replies by correlation id, so it needs no
-# idempotent producer; one request in flight per connection keeps the answers in order. On
-# Tansu, two idempotent producers at once (replay's two processes) held the answers back by
-# 0.1-0.3 s per 20,000 records: replay ran at 17,700-18,700 records/s against 20,600-23,400
-# without idempotence (three runs each).
-DIRECT_PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": False,
-    "max.in.flight.requests.per.connection": 1,
-    "acks": "all",
-}
-
 
 class DirectProducer:
     """Messages that need no outbox (replay's answers from the ledger): produced straight away,
@@ -47,7 +34,6 @@ class DirectProducer:
     def __init__(self, config: dict[str, Any], attempts: int = 5) -> None:
         self.config = {
             **PRODUCER_DEFAULTS,
-            **DIRECT_PRODUCER_DEFAULTS,
             **for_producer(config),
             "delivery.report.only.error": True,
         }
