@@ -202,7 +202,11 @@ async def open_app(
     lag: GroupLag | None = None
     try:
         store = PostgresStore(pool)
-        gateway = SimulatedGateway(settings.gateway_latency_ms, settings.gateway_failure_rate)
+        gateway = SimulatedGateway(
+            settings.gateway_latency_ms,
+            settings.gateway_failure_rate,
+            settings.gateway_unknown_rate,
+        )
         common: dict[str, Any] = settings.kafka_common()
         directory = TopicDirectory({**common, "client.id": f"{client_id}-metadata"})
         pipeline = Pipeline(

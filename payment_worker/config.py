@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     inventory_url: str = "http://127.0.0.1:5003"
     gateway_latency_ms: Annotated[tuple[int, int], NoDecode] = (100, 500)
     gateway_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    gateway_unknown_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     schema_registry_url: str | None = None
     topic_commands: str = "process-payment"
     topic_succeeded: str = "payment-succeeded"

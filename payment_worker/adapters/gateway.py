@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 
 import structlog
 
 from payment_worker import metrics
-from payment_worker.domain.gateway_rules import decide
+from payment_worker.domain.gateway_rules import answers_unknown, decide, unknown_result
 from payment_worker.domain.model import GatewayResult, Payment
 
 log = structlog.get_logger("payment_worker.gateway")
@@ -17,9 +18,17 @@ log = structlog.get_logger("payment_worker.gateway")
 class SimulatedGateway:
     """GatewayPort. The payment id is the idempotency key: one id, one answer, every time."""
 
-    def __init__(self, latency_ms: tuple[int, int] = (100, 500), failure_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        latency_ms: tuple[int, int] = (100, 500),
+        failure_rate: float = 0.0,
+        unknown_rate: float = 0.0,
+    ) -> None:
         self.latency_ms = latency_ms
         self.failure_rate = failure_rate
+        self.unknown_rate = unknown_rate
+        # Payment ids whose first answer this process lost: asked again, they are answered.
+        self._lost_once: set[uuid.UUID] = set()
 
     async def charge(self, payment: Payment) -> GatewayResult:
         with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
@@ -27,11 +36,15 @@ class SimulatedGateway:
             if high > 0:
                 await asyncio.sleep(random.uniform(low, high) / 1000)
             result = decide(payment.id, payment.amount, self.failure_rate)
-            call.outcome = "ok" if result.success else "declined"
+            if payment.id not in self._lost_once and answers_unknown(payment.id, self.unknown_rate):
+                self._lost_once.add(payment.id)
+                result = unknown_result("the simulated processor did not answer in time")
+            call.outcome = "unknown" if result.unknown else "ok" if result.success else "declined"
         log.debug(
             "gateway_charge",
             payment_id=str(payment.id),
             success=result.success,
+            unknown=result.unknown,
             code=result.error_code,
             transaction_id=result.transaction_id,
         )

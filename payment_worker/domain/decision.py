@@ -186,6 +186,10 @@ COMMAND_ID_REUSED = reply(
 UNREADABLE_ORDER = reply(Outcome.ORDER_INVALID, "unreadable order")
 UNREADABLE_RESERVATION = reply(Outcome.RESERVATION_INVALID, "unreadable reservation")
 ORDER_BUSY = reply(Outcome.CONFLICT, "another payment for this order is in progress; retry later")
+# Not final (I1): the payment stays pending until the gateway answers approved or declined.
+OUTCOME_UNKNOWN = reply(
+    Outcome.ERROR, "the gateway's answer is unknown; the payment is pending and will be settled"
+)
 
 
 def decide(valid: ValidCommand, checked: Checked, ledger: Snapshot | None) -> Decision:

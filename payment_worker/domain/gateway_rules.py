@@ -29,6 +29,16 @@ def transaction_id(payment_id: uuid.UUID) -> str:
     return "txn_" + hashlib.blake2b(payment_id.bytes, digest_size=8, person=b"txn").hexdigest()
 
 
+def answers_unknown(payment_id: uuid.UUID, unknown_rate: float) -> bool:
+    """Whether the simulator loses its first answer for this payment id (the charge is made,
+    the answer never arrives): a share `unknown_rate` of payment ids, always the same ones."""
+    return unknown_rate > 0 and _unit_interval(payment_id, b"unknown-rate") < unknown_rate
+
+
+def unknown_result(detail: str) -> GatewayResult:
+    return GatewayResult(False, None, None, None, None, f"Unknown - {detail}", unknown=True)
+
+
 def decide(payment_id: uuid.UUID, amount: Decimal, failure_rate: float = 0.0) -> GatewayResult:
     """The gateway's answer for a charge: a function of the payment id and amount only."""
     failure: tuple[str, str, str] | None = None

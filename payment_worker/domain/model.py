@@ -107,7 +107,9 @@ class ValidCommand:
 
 @dataclass(frozen=True, slots=True)
 class GatewayResult:
-    """What the (simulated) gateway answered for one payment id."""
+    """What the gateway answered for one payment id: approved (`success`), declined, or
+    `unknown` (a timeout, a 5xx, a connection lost after the request was sent: the money may
+    have moved, so the payment stays pending and the gateway is asked again with the same id)."""
 
     success: bool
     transaction_id: str | None
@@ -115,6 +117,7 @@ class GatewayResult:
     error_message: str | None
     failure_reason: str | None
     simulated_response: str
+    unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ PROCESSING = [
     "redis_url",
     "gateway_latency_ms",
     "gateway_failure_rate",
+    "gateway_unknown_rate",
     "reply_topic_pattern",
     "outbox_max_attempts",
     "max_in_flight",

@@ -18,6 +18,7 @@ import structlog
 from payment_worker import tracing
 from payment_worker.domain.decision import (
     ORDER_BUSY,
+    OUTCOME_UNKNOWN,
     Answer,
     AnswerRecorded,
     Charge,
@@ -357,6 +358,14 @@ class Pipeline:
         """Charge a pending payment and record its outcome. `valid` is the command being
         answered; None for the reconciler, whose command went away."""
         result = await self.gateway.charge(payment)
+        if result.unknown:
+            # The money may have moved: the payment stays pending, nothing is recorded final,
+            # and the gateway is asked again with the same payment id (the redelivered or
+            # retried command resumes it; else the reconciler does).
+            bound.warning("payment_outcome_unknown", payment_id=str(payment.id))
+            if valid is None:
+                raise RetryableError(f"payment {payment.id}: the gateway's answer is unknown")
+            return await self._answer(command, route, OUTCOME_UNKNOWN)
         final = payment.finalized(result, self.clock())
         answer = charged(final, result)
         if result.success:

@@ -16,7 +16,7 @@ import structlog.testing
 
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
 from payment_worker.adapters.redis_lock import NoLock
-from payment_worker.domain.gateway_rules import decide
+from payment_worker.domain.gateway_rules import decide, unknown_result
 from payment_worker.domain.model import GatewayResult, Outcome, Payment, PaymentStatus
 from payment_worker.domain.routing import ReplyRoute, RouteRules
 from payment_worker.service.messages import MessageFactory, Topics
@@ -232,6 +232,7 @@ class FakeGateway:
         self.charged: list[uuid.UUID] = []
         self.fail_next = 0
         self.crash_next = 0
+        self.unknown_next = 0  # charges whose answer is lost (the charge itself is made)
         self.before_answer: Any = None  # an async callable run once, mid-charge
 
     @property
@@ -246,6 +247,9 @@ class FakeGateway:
         if self.before_answer is not None:
             hook, self.before_answer = self.before_answer, None
             await hook()
+        if self.unknown_next:
+            self.unknown_next -= 1
+            return unknown_result("no answer in time")
         rate = 1.0 if self.fail_next else 0.0
         self.fail_next = max(0, self.fail_next - 1)
         return decide(payment.id, payment.amount, rate)
@@ -1111,3 +1115,26 @@ async def test_an_order_lock_held_elsewhere_past_the_wait_charges_nothing(world:
     assert (reply["outcome"], reply["httpStatus"]) == ("CONFLICT", 409)
     assert world.gateway.calls == 0
     assert world.ledger.order_payments(command["orderId"]) == []
+
+
+async def test_an_unknown_gateway_answer_leaves_the_payment_pending_and_the_retry_settles_it(
+    world: World,
+) -> None:
+    """The gateway cannot say whether it charged: the reply is ERROR (not final), the payment
+    stays pending (never recorded failed), no event is written; the same command again asks the
+    gateway with the same payment id and records what it then answers."""
+    world.gateway.unknown_next = 1
+    command = world.payable()
+    await world.send(command)
+    reply = world.last_reply()
+    assert reply["outcome"] == "ERROR"
+    assert reply["errorMessage"].startswith("Payment processing error: the gateway's answer is")
+    [payment] = world.ledger.order_payments(command["orderId"])
+    assert payment.status == PaymentStatus.PENDING
+    assert world.events() == []
+    await world.send(command)
+    assert world.last_reply()["outcome"] == "SUCCEEDED"
+    assert world.gateway.charged == [payment.id, payment.id]
+    [settled] = world.ledger.order_payments(command["orderId"])
+    assert settled.status == PaymentStatus.SUCCEEDED
+    assert len(world.events()) == 1

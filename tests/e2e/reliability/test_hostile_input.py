@@ -308,6 +308,10 @@ def test_generated_header_names_of_random_bytes_never_stop_the_worker(
         expected = readable_headers(unreadable[(letter.key or b"").decode()])
         assert letter.header_list[: len(expected)] == expected
     assert worker.stop() == 0
+    from tests.e2e.test_replay import replay
+
+    replayed = replay(worker_env)
+    assert replayed.returncode == 0, replayed.stdout[-2000:] + replayed.stderr[-2000:]
     result = subprocess.run(
         [sys.executable, "-m", "payment_worker", "replay"],
         env={**os.environ, **worker_env},
