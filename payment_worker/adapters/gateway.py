@@ -9,7 +9,7 @@ import uuid
 import structlog
 
 from payment_worker import metrics
-from payment_worker.domain.gateway_rules import answers_unknown, decide, unknown_result
+from payment_worker.domain.gateway_rules import answers_unknown, simulated_answer, unknown_result
 from payment_worker.domain.model import GatewayResult, Payment
 
 log = structlog.get_logger("payment_worker.gateway")
@@ -35,7 +35,7 @@ class SimulatedGateway:
             low, high = self.latency_ms
             if high > 0:
                 await asyncio.sleep(random.uniform(low, high) / 1000)
-            result = decide(payment.id, payment.amount, self.failure_rate)
+            result = simulated_answer(payment.id, payment.amount, self.failure_rate)
             if payment.id not in self._lost_once and answers_unknown(payment.id, self.unknown_rate):
                 self._lost_once.add(payment.id)
                 result = unknown_result("the simulated processor did not answer in time")

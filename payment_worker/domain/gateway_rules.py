@@ -39,7 +39,9 @@ def unknown_result(detail: str) -> GatewayResult:
     return GatewayResult(False, None, None, None, None, f"Unknown - {detail}", unknown=True)
 
 
-def decide(payment_id: uuid.UUID, amount: Decimal, failure_rate: float = 0.0) -> GatewayResult:
+def simulated_answer(
+    payment_id: uuid.UUID, amount: Decimal, failure_rate: float = 0.0
+) -> GatewayResult:
     """The gateway's answer for a charge: a function of the payment id and amount only."""
     failure: tuple[str, str, str] | None = None
     cents = f"{amount.quantize(Decimal('0.01')):f}"[-2:]

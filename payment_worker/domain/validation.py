@@ -125,7 +125,7 @@ def command_from_record(raw: dict[str, Any]) -> Command:
     )
 
 
-def canonical(command: Command, valid: ValidCommand) -> Command:
+def with_canonical_ids(command: Command, valid: ValidCommand) -> Command:
     """The command with its ids in canonical form (lower case, hyphenated) for what we write;
     the command itself when it is already so (the usual case: no copy to build)."""
     if (
@@ -163,16 +163,16 @@ def _canonical_id(text: str, parsed: uuid.UUID) -> str:
     return text.lower() if len(text) == 36 else str(parsed)
 
 
-def public(command: Command) -> Command:
+def as_echoed(command: Command) -> Command:
     """An invalid command as its reply echoes it: an id that is a UUID in canonical form, any
     other as received with its card numbers masked."""
-    command_id, order_id = echoed(command.command_id), echoed(command.order_id)
+    command_id, order_id = echoed_id(command.command_id), echoed_id(command.order_id)
     if command_id == command.command_id and order_id == command.order_id:
         return command
     return replace(command, command_id=command_id, order_id=order_id)
 
 
-def echoed(text: str) -> str:
+def echoed_id(text: str) -> str:
     """An id as a reply echoes it: canonical when it is a UUID, else its first
     `MAX_ECHOED_ID_LENGTH` characters with card numbers masked."""
     parsed = parse_uuid(text)

@@ -18,10 +18,10 @@ from payment_worker.domain.routing import (
 )
 from payment_worker.domain.validation import (
     ValidationFailed,
-    canonical,
-    echoed,
-    public,
+    as_echoed,
+    echoed_id,
     validate_command,
+    with_canonical_ids,
 )
 from payment_worker.exceptions import PermanentError
 from payment_worker.service.messages import MessageFactory
@@ -80,7 +80,7 @@ class Intake:
         masked (an invalid command's id is raw input). `read_at` is when the record was read: a
         topic the broker lacks is judged on metadata fetched after it."""
         rules = self.routes
-        route = route_from_headers(headers, echoed(command_id), rules)
+        route = route_from_headers(headers, echoed_id(command_id), rules)
         if isinstance(route, ReplyRoute) and needs_broker_check(route, rules):
             partitions = await self.topics.partitions(route.topic, read_at)
             bad = unknown_route(route, partitions, headers, rules)
@@ -94,9 +94,9 @@ class Intake:
         answered before any field is looked at. An invalid command is answered with its ids
         as received, card numbers masked."""
         if isinstance(route, InvalidHeader):
-            return Prepared(public(command), route.fallback, None, route.message)
+            return Prepared(as_echoed(command), route.fallback, None, route.message)
         try:
             valid = validate_command(command)
         except ValidationFailed as exc:
-            return Prepared(public(command), route, None, str(exc))
-        return Prepared(canonical(command, valid), route, valid)
+            return Prepared(as_echoed(command), route, None, str(exc))
+        return Prepared(with_canonical_ids(command, valid), route, valid)

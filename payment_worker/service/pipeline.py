@@ -49,7 +49,7 @@ from payment_worker.domain.model import (
     reply,
 )
 from payment_worker.domain.routing import InvalidHeader, ReplyRoute, RouteRules
-from payment_worker.domain.validation import command_from_record, public
+from payment_worker.domain.validation import as_echoed, command_from_record
 from payment_worker.exceptions import PermanentError, RetryableError
 from payment_worker.retrying import polling
 from payment_worker.service.intake import Decoder, Intake
@@ -182,7 +182,7 @@ class Pipeline:
         except self.intake.decode_error:
             stored = await self.ledger.record(extra)
             return Handled(None, stored or [], dead_letter_reason="processing-error")
-        command = public(command_from_record(raw))
+        command = as_echoed(command_from_record(raw))
         route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         if isinstance(route, InvalidHeader):
             route = route.fallback

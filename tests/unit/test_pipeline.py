@@ -16,7 +16,7 @@ import structlog.testing
 
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
 from payment_worker.adapters.redis_lock import NoLock
-from payment_worker.domain.gateway_rules import decide, unknown_result
+from payment_worker.domain.gateway_rules import simulated_answer, unknown_result
 from payment_worker.domain.model import GatewayResult, Outcome, Payment, PaymentStatus
 from payment_worker.domain.routing import ReplyRoute, RouteRules
 from payment_worker.service.messages import MessageFactory, Topics
@@ -252,7 +252,7 @@ class FakeGateway:
             return unknown_result("no answer in time")
         rate = 1.0 if self.fail_next else 0.0
         self.fail_next = max(0, self.fail_next - 1)
-        return decide(payment.id, payment.amount, rate)
+        return simulated_answer(payment.id, payment.amount, rate)
 
 
 class FakeTopics:

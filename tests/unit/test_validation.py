@@ -16,7 +16,7 @@ from payment_worker.domain.model import Command, ValidCommand
 from payment_worker.domain.validation import (
     MAX_ECHOED_ID_LENGTH,
     ValidationFailed,
-    echoed,
+    echoed_id,
     validate_command,
 )
 
@@ -312,7 +312,7 @@ def test_validate_command_raises_only_validation_failed(
 )
 def test_canonical_ids_are_lower_case_hyphenated_whatever_form_was_sent(form: Any) -> None:
     """Every form .NET accepts is written (ledger, replies, keys) as str(UUID)."""
-    from payment_worker.domain.validation import canonical
+    from payment_worker.domain.validation import with_canonical_ids
 
     ids = [uuid.uuid4() for _ in range(4)]
     command = Command(
@@ -325,7 +325,7 @@ def test_canonical_ids_are_lower_case_hyphenated_whatever_form_was_sent(form: An
         payment_method="card",
         requested_at=datetime.now(UTC),
     )
-    result = canonical(command, validate_command(command))
+    result = with_canonical_ids(command, validate_command(command))
     assert [result.command_id, result.order_id, result.customer_id, result.reservation_id] == [
         str(u) for u in ids
     ]
@@ -369,15 +369,15 @@ _ID = "0b5e5a3c-6f2d-4d7e-9a41-2f0c7d9e8b6a"
 def test_canonical_writes_ids_and_currency_as_stored(
     changes: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    """canonical() gives lower-case hyphenated ids and the normalised currency whatever the
+    """with_canonical_ids() gives lower-case hyphenated ids and the normalised currency whatever the
     command's spelling, and hands back the command itself when nothing needs changing."""
     from dataclasses import replace
 
-    from payment_worker.domain.validation import canonical
+    from payment_worker.domain.validation import with_canonical_ids
 
     base = Command(_ID, _ID, _ID, _ID, Decimal("25.00"), "USD", "card", datetime.now(UTC))
     command = replace(base, **changes)
-    result = canonical(command, validate_command(command))
+    result = with_canonical_ids(command, validate_command(command))
     assert result == replace(command, **expected)
     if not expected:
         assert result is command
@@ -386,6 +386,6 @@ def test_canonical_writes_ids_and_currency_as_stored(
 def test_an_echoed_id_is_capped_before_it_is_searched() -> None:
     """An id that is not a UUID is echoed cut to 255 characters, card numbers masked, however
     long it came (a 1 MB run of digits is not searched whole)."""
-    assert echoed("1" * 1_000_000) == "1" * MAX_ECHOED_ID_LENGTH
-    assert echoed("x" * 250 + "4111111111111111") == "x" * 250 + "41111"
-    assert echoed("not-an-id 4111111111111111") == "not-an-id 411111******1111"
+    assert echoed_id("1" * 1_000_000) == "1" * MAX_ECHOED_ID_LENGTH
+    assert echoed_id("x" * 250 + "4111111111111111") == "x" * 250 + "41111"
+    assert echoed_id("not-an-id 4111111111111111") == "not-an-id 411111******1111"

@@ -31,7 +31,7 @@ async def insert_outbox(
     return stored
 
 
-class OutboxRelay(Connections):
+class OutboxRows(Connections):
     """What the outbox relay asks of the store."""
 
     async def mark_sent(self, ids: list[int]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from payment_worker.adapters.postgres.health import HealthReads
 from payment_worker.adapters.postgres.ledger import LedgerSteps
-from payment_worker.adapters.postgres.outbox import OutboxRelay
+from payment_worker.adapters.postgres.outbox import OutboxRows
 from payment_worker.adapters.postgres.replay import ReplayBatches
 
 
-class PostgresStore(LedgerSteps, OutboxRelay, ReplayBatches, HealthReads):
+class PostgresStore(LedgerSteps, OutboxRows, ReplayBatches, HealthReads):
     """The LedgerPort, the relay's outbox, replay's BatchLedgerPort and the operator's reads
     over a connection pool. A pool passed in is never closed here."""
