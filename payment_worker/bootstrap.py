@@ -221,12 +221,13 @@ async def open_app(
             topics=directory,
             config=PipelineConfig(routes=route_rules(settings)),
         )
+        outbox_producer = OutboxProducer({**common, "client.id": f"{client_id}-relay"})
         relay = OutboxRelay(
             store,
-            OutboxProducer({**common, "client.id": f"{client_id}-relay"}),
+            outbox_producer,
             topics=directory,
             max_attempts=settings.outbox_max_attempts,
-            sweep_older_than_s=fast_path_lease_s(common),
+            sweep_older_than_s=fast_path_lease_s(outbox_producer.config),
         )
         consumer_config = {
             **common,

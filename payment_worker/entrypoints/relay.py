@@ -44,7 +44,7 @@ class OutboxRelay:
         topics: TopicDirectoryPort | None = None,
         max_attempts: int = 20,
         sweep_every_s: float = 2.0,
-        sweep_older_than_s: float = 35.0,
+        sweep_older_than_s: float = 15.0,
         sweep_batch: int = 500,
         lease_s: float = 60.0,
         max_queued: int = 20_000,

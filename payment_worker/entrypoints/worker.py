@@ -23,6 +23,7 @@ from payment_worker.service.pipeline import Handled, Pipeline
 from payment_worker.service.ports import (
     ConsumerFactory,
     InboundRecord,
+    OutcomeUnknown,
     ReconcilerStorePort,
     RecordConsumerPort,
 )
@@ -267,6 +268,15 @@ class Worker:
                     },
                 ):
                     handled = await self.pipeline.finish_stale(payment, route)
+            except OutcomeUnknown:
+                metrics.RECONCILE_SKIPPED.inc()
+                log.info(
+                    "reconcile_outcome_unknown",
+                    payment_id=str(payment.id),
+                    detail="still pending; the gateway is asked again at the next pass",
+                )
+                await self.store.release_claim(payment.id, self.reconciler_id)
+                continue
             except Exception as exc:
                 metrics.RECONCILE_SKIPPED.inc()
                 log.warning(

@@ -65,6 +65,7 @@ from payment_worker.service.ports import (
     OrderLocked,
     OrderLockPort,
     OutboxMessage,
+    OutcomeUnknown,
     StoredMessage,
     TopicDirectoryPort,
 )
@@ -364,7 +365,7 @@ class Pipeline:
             # retried command resumes it; else the reconciler does).
             bound.warning("payment_outcome_unknown", payment_id=str(payment.id))
             if valid is None:
-                raise RetryableError(f"payment {payment.id}: the gateway's answer is unknown")
+                raise OutcomeUnknown(f"payment {payment.id}: the gateway's answer is unknown")
             return await self._answer(command, route, OUTCOME_UNKNOWN)
         final = payment.finalized(result, self.clock())
         answer = charged(final, result)

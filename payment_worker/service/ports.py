@@ -27,6 +27,11 @@ class DependencyUnavailable(RetryableError):
     InventoryPort raise it)."""
 
 
+class OutcomeUnknown(RetryableError):
+    """The gateway could not say whether it charged: the payment stays pending, to be asked
+    again with the same payment id."""
+
+
 class OrderLocked(RetryableError):
     """Another worker held the order's lock for the whole wait (OrderLockPort.acquire raises
     it): the order is busy, and nothing may be charged for it now."""
@@ -230,6 +235,8 @@ class ReconcilerStorePort(Protocol):
     ) -> list[tuple[Payment, dict[str, Any] | None]]: ...
 
     async def release_claims(self) -> None: ...
+
+    async def release_claim(self, payment_id: uuid.UUID, owner: str) -> None: ...
 
 
 class OutboxStorePort(Protocol):

@@ -184,6 +184,12 @@ ORDER BY p.created_at;
 DELETE FROM reconciler_claims c
 WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = c.payment_id AND p.status = 'pending');
 
+-- name: release_claim
+-- One claim given back at once (its payment's gateway answer was unknown: the next pass asks
+-- again), the claimant's own only.
+DELETE FROM reconciler_claims
+WHERE payment_id = %(payment_id)s::uuid AND claimed_by = %(claimed_by)s;
+
 -- name: recorded_answers
 -- Replay's batch lookup: each ledger entry with its payment in the shape of the reply's
 -- `Payment` record (text ids, timestamp-micros), so that nothing is converted in Python.

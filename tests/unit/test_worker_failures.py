@@ -129,6 +129,7 @@ class ClaimingStore:
         self.payments = payments
         self.claimed_by: list[str] = []
         self.released = 0
+        self.released_early: list[uuid.UUID] = []
         self.runs: list[tuple[str, int]] = []
 
     async def claim_stale(
@@ -140,6 +141,9 @@ class ClaimingStore:
 
     async def release_claims(self) -> None:
         self.released += 1
+
+    async def release_claim(self, payment_id: uuid.UUID, owner: str) -> None:
+        self.released_early.append(payment_id)
 
     async def record_reconciler_run(self, reconciler_id: str, finished: int) -> None:
         self.runs.append((reconciler_id, finished))

@@ -100,12 +100,19 @@ def _failure(stored: StoredMessage, error: KafkaError | None, text: str) -> Deli
     return DeliveryFailure(stored.id, text, broker_wide, message.topic, message.partition)
 
 
+# A row handed to this producer is its relay's until the delivery report must have come (the
+# message timeout, and a margin): a relay that died leaves its rows to the others that long, so
+# the timeout is kept short. A delivery that times out is only tried again (an outage counts
+# against no row), so a short timeout loses nothing.
+OUTBOX_PRODUCER_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 10_000}
+
+
 class OutboxProducer:
     """The relay's idempotent producer. Delivery reports arrive on a polling thread and are
     collected for the relay to mark sent or failed."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = {**PRODUCER_DEFAULTS, **for_producer(config)}
+        self.config = {**PRODUCER_DEFAULTS, **OUTBOX_PRODUCER_DEFAULTS, **for_producer(config)}
         self._producer: Producer | None = None
         self._delivered: deque[int] = deque()
         self._failed: deque[DeliveryFailure] = deque()

@@ -250,6 +250,12 @@ class LedgerSteps(Connections):
         async with self._conn() as conn:
             await conn.execute(self.q["release_claims"])
 
+    async def release_claim(self, payment_id: uuid.UUID, owner: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                self.q["release_claim"], {"payment_id": payment_id, "claimed_by": owner}
+            )
+
 
 def _step(name: str) -> AbstractContextManager[object]:
     """A span for one ledger step, as the caller waits for it (its batch's transaction
