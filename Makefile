@@ -92,6 +92,11 @@ bench: install services ## Benchmark worker (beside a FastStream peer), shim and
 bench-quick: install services ## A small benchmark (about 5 minutes here); writes bench/results-quick.json
 	$(BIN)/python -m bench.run --quick
 
+.PHONY: bench-ab
+bench-ab: install services ## The worker's CPU per command against BASELINE=REV, alternately on one broker
+	@test -n "$(BASELINE)" || { echo "usage: make bench-ab BASELINE=<git revision>"; exit 2; }
+	$(BIN)/python -m bench.ab --baseline $(BASELINE)
+
 .PHONY: migrate
 migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_SCHEMA)
 	$(BIN)/payment-worker migrate
