@@ -64,6 +64,7 @@ class OutboxRelay:
         self._reports = asyncio.Event()
         self._armed = threading.Event()
         self._waiting: deque[StoredMessage] = deque()  # librdkafka's queue was full
+        self._waiting_ids: set[int] = set()
         self._room = asyncio.Event()
         self._probes: dict[int, tuple[str, int | None]] = {}
 
@@ -98,33 +99,57 @@ class OutboxRelay:
         order): the event loop never waits for the broker here."""
         if self._waiting or not self.producer.produce(item):
             self._waiting.append(item)
+            self._waiting_ids.add(item.id)
             self._room.set()
 
     async def _waiting_loop(self) -> None:
         while True:
             await self._room.wait()
-            while self._waiting:
-                if not self.producer.produce(self._waiting[0]):
-                    await asyncio.sleep(0.01)  # the poller thread makes room meanwhile
-                    continue
-                self._waiting.popleft()
+            try:
+                while self._waiting:
+                    if not self.producer.produce(self._waiting[0]):
+                        await asyncio.sleep(0.01)  # the poller thread makes room meanwhile
+                        continue
+                    self._waiting_ids.discard(self._waiting.popleft().id)
+            except Exception:
+                # The rows still waiting stay unsent in the outbox: the sweeper has them later.
+                log.exception("outbox_waiting_rows_dropped", rows=len(self._waiting))
+                self._waiting.clear()
+                self._waiting_ids.clear()
             self._room.clear()
 
-    async def _refused(self, failure: DeliveryFailure) -> bool:
+    def _busy(self, row_id: int) -> bool:
+        """Handed over already: in the producer, or waiting for room in it."""
+        return row_id in self.producer.in_flight or row_id in self._waiting_ids
+
+    async def _gone(self, failures: list[DeliveryFailure]) -> set[tuple[str, int | None]]:
+        """The routes, among these broker-wide failures', that the broker no longer has: each
+        topic asked once, all at once, so that marking never waits a lookup per row."""
+        if self.topics is None:
+            return set()
+        topics = sorted({f.topic for f in failures if f.broker_wide and f.topic})
+
+        async def partitions(topic: str) -> int | BaseException | None:
+            try:
+                return await self.topics.partitions(topic)  # type: ignore[union-attr]
+            except Exception as exc:  # the metadata is unavailable too: an outage
+                return exc
+
+        counts = dict(zip(topics, await asyncio.gather(*map(partitions, topics)), strict=True))
+        gone = set()
+        for f in failures:
+            count = counts.get(f.topic)
+            if isinstance(count, BaseException) or not f.broker_wide:
+                continue
+            if count is None or (f.partition is not None and f.partition >= count):
+                gone.add((f.topic, f.partition))
+        return gone
+
+    def _refused(self, failure: DeliveryFailure, gone: set[tuple[str, int | None]]) -> bool:
         """Whether a failed delivery counts towards parking its row: the broker refused the
         row itself, or the row's topic or partition no longer exists (librdkafka reports that
         as a timeout, like an outage). A broker that is down or slow refuses nothing."""
-        if not failure.broker_wide:
-            return True
-        if self.topics is None or not failure.topic:
-            return False
-        try:
-            partitions = await self.topics.partitions(failure.topic)
-        except Exception:
-            return False
-        if partitions is None:
-            return True
-        return failure.partition is not None and failure.partition >= partitions
+        return not failure.broker_wide or (failure.topic, failure.partition) in gone
 
     async def _mark_once(self) -> None:
         self.producer.reset_if_fatal()
@@ -137,8 +162,9 @@ class OutboxRelay:
         if failed:
             metrics.OUTBOX_FAILED.inc(len(failed))
             counted = []
+            gone = await self._gone(failed)
             for failure in failed:
-                refused = await self._refused(failure)
+                refused = self._refused(failure, gone)
                 counted.append((failure.row_id, failure.error, refused))
                 log.warning(
                     "outbox_delivery_failed",
@@ -174,7 +200,7 @@ class OutboxRelay:
     async def probe_parked(self) -> int:
         """Send one parked row of each route again; returns how many were handed over."""
         probes = await self.store.claim_parked_probes(self.probe_every_s)
-        todo = [p for p in probes if p.id not in self.producer.in_flight]
+        todo = [p for p in probes if not self._busy(p.id)]
         for item in todo:
             self._probes[item.id] = (item.message.topic, item.message.partition)
             self._hand_over(item)
@@ -211,10 +237,10 @@ class OutboxRelay:
         returns how many. Their delivery reports mark them as the fast path's do."""
         older = self.sweep_older_than_s if older_than_s is None else older_than_s
         self.producer.reset_if_fatal()
-        if len(self.producer.in_flight) >= self.max_queued:
+        if len(self.producer.in_flight) + len(self._waiting) >= self.max_queued:
             return 0  # the producer has enough to deliver already (the broker is slow or away)
         claimed = await self.store.claim_unsent(older, self.sweep_batch, self.lease_s)
-        todo = [s for s in claimed if s.id not in self.producer.in_flight]
+        todo = [s for s in claimed if not self._busy(s.id)]
         for item in todo:
             self._hand_over(item)
         if todo:

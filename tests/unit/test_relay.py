@@ -155,3 +155,44 @@ async def test_a_probe_that_goes_through_unparks_its_route() -> None:
     await relay._mark_once()
     assert store.unparked == [("late-replies", 0)]
     assert store.failed == []
+
+
+async def test_many_failures_ask_the_metadata_once_per_topic() -> None:
+    """Two thousand timeouts on one deleted topic and one live one: the relay asks the
+    metadata once per topic for the whole batch (not once a row, which would hold back the
+    marking of every other report), and counts only the deleted topic's rows."""
+
+    class CountingDirectory(FakeDirectory):
+        def __init__(self, topics: dict[str, int]) -> None:
+            super().__init__(topics)
+            self.asked: list[str] = []
+
+        async def partitions(self, topic: str) -> int | None:
+            self.asked.append(topic)
+            return await super().partitions(topic)
+
+    store, producer = FakeStore(), FakeProducer()
+    directory = CountingDirectory({"payment-replies": 2})
+    relay = OutboxRelay(store, producer, topics=directory)
+    producer.failures = [
+        DeliveryFailure(i, "timed out", True, "gone" if i % 2 else "payment-replies", 0)
+        for i in range(2000)
+    ]
+    await relay._mark_once()
+    assert sorted(directory.asked) == ["gone", "payment-replies"]
+    assert sum(counted for _, _, counted in store.failed) == 1000
+
+
+async def test_rows_waiting_for_room_are_not_handed_over_again_by_the_sweeper() -> None:
+    """A row waiting for room in the producer's queue is the relay's already: a sweep that
+    claims it again (its lease ran out) leaves it where it is."""
+
+    class ClaimingAll(FakeStore):
+        async def claim_unsent(self, older_than_s: float, limit: int, lease_s: float = 60.0):  # type: ignore[no-untyped-def]
+            return [_stored(1), _stored(2)]
+
+    store, producer = ClaimingAll(), FakeProducer(room=0)
+    relay = OutboxRelay(store, producer)
+    relay.publish([_stored(1), _stored(2)])
+    assert await relay.sweep_once() == 0
+    assert len(relay._waiting) == 2

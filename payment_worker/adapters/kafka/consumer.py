@@ -16,6 +16,7 @@ from payment_worker.adapters.kafka.config import (
     BrokerUnavailable,
     consumer_defaults,
     for_consumer,
+    incremental_rebalances,
     kafka_error,
 )
 from payment_worker.adapters.kafka.raw import RawHeaders, message_headers
@@ -126,6 +127,8 @@ class ThreadedConsumer:
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
+        self._owned: set[tuple[str, int]] = set()
+        self._incremental = incremental_rebalances(self.config)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
@@ -143,6 +146,7 @@ class ThreadedConsumer:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
+        self._owned = set(keys) | (self._owned if self._incremental else set())
         log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
         self._on_assign(keys)
         if self._paused and partitions:
@@ -150,6 +154,7 @@ class ThreadedConsumer:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
+        self._owned.difference_update(keys)
         log.info("partitions_revoked", partitions=[f"{t}[{p}]" for t, p in keys])
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(self._on_revoke(keys), self._loop)
@@ -178,6 +183,10 @@ class ThreadedConsumer:
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer_error", error=str(error))
+                continue
+            # A rebalance can run inside ready_messages after its first record was fetched:
+            # a record of a partition given up meanwhile is its new owner's, not ours.
+            if (message.topic(), message.partition()) not in self._owned:
                 continue
             records.append(to_record(message))
         return records
