@@ -1,8 +1,7 @@
-"""The consumer group protocols Apache Kafka 4 serves, as users configure them through
-PAYMENT_KAFKA_CONFIG: the classic protocol with its default (eager) assignors, the classic one
-with `cooperative-sticky` (incremental rebalances), and the next-generation protocol
-(`group.protocol=consumer`, KIP-848), whose rebalances are incremental and set by the broker.
-Worker, replay and the shim's reply listener each run under all three."""
+"""The incremental consumer group protocols Apache Kafka 4 serves, as users configure them
+through PAYMENT_KAFKA_CONFIG: the classic protocol with `cooperative-sticky`, and the
+next-generation protocol (`group.protocol=consumer`, KIP-848), whose rebalances are set by the
+broker. Worker, replay and the shim's reply listener each run under both."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from tests.e2e.test_replay import replay
 
 pytestmark = pytest.mark.e2e
 
+# The classic protocol's eager assignors are what every other test of the suite runs on.
 PROTOCOLS = {
-    "classic-eager": {},
     "classic-cooperative-sticky": {"partition.assignment.strategy": "cooperative-sticky"},
     "consumer-kip848": {"group.protocol": "consumer"},
 }

@@ -57,6 +57,7 @@ class ReplyListener:
             "enable.auto.commit": False,
         }
         self._incremental = incremental_rebalances(self.config)
+        self._next: dict[int, int] = {}  # the next offset to read, per partition once owned
         self.topic = topic
         self.decode = decode
         self.partitions: list[int] = []
@@ -91,16 +92,22 @@ class ReplyListener:
         self._thread.start()
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Start each partition at its end, resolved now: a reply produced right after the shim
-        # reports ready must not fall before a lazily resolved "latest" position.
+        # A partition new to this shim starts at its end, resolved now: a reply produced right
+        # after the shim reports ready must not fall before a lazily resolved "latest"
+        # position. One it had before (a rebalance took it away and gave it back) resumes where
+        # it stopped: requests may still wait for the replies written meanwhile.
         positioned = []
         for tp in partitions:
-            try:
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            except KafkaException as exc:
-                log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
-                high = OFFSET_END
-            positioned.append(TopicPartition(tp.topic, tp.partition, high))
+            start = self._next.get(tp.partition)
+            if start is None:
+                try:
+                    start = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                except KafkaException as exc:
+                    log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
+                    start = OFFSET_END
+            if start >= 0:
+                self._next[tp.partition] = start
+            positioned.append(TopicPartition(tp.topic, tp.partition, start))
         # An incremental rebalance (cooperative-sticky, or group.protocol=consumer) hands over
         # only the partitions added; an eager one, the whole new assignment.
         if self._incremental:
@@ -149,6 +156,7 @@ class ReplyListener:
                             log.warning("reply_consumer_error", error=str(error))
                         continue
                     self.missing_topic = False
+                    self._next[message.partition() or 0] = (message.offset() or 0) + 1
                     self._deliver(message.value())
         finally:
             consumer.close()
