@@ -68,7 +68,7 @@ topics: install ## Create the configured topics that are missing (ARGS=--dry-run
 	$(BIN)/payment-worker topics $(ARGS)
 
 .PHONY: services
-services: ## Start PostgreSQL and Redis on this machine when they are down
+services: ## Install (apt-get, when missing) and start PostgreSQL and Redis on this machine
 	@bash scripts/ensure-services.sh
 
 .PHONY: test
