@@ -147,6 +147,11 @@ class RedisOrderLock:
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
                 continue
+            except Exception:
+                # Whatever else broke this round, the held locks still need renewing: going
+                # on keeps them alive, where ending this task would let every one lapse.
+                log.exception("order_lock_renewal_failed")
+                continue
             for (key, token), kept in zip(held, results, strict=True):
                 if not kept and self._held.get(key) == token:
                     del self._held[key]
