@@ -196,3 +196,39 @@ async def test_release_works_after_redis_forgot_its_scripts(
     await client.script_flush()
     await lock.release(order, token)
     assert await client.exists(prefix + str(order)) == 0
+
+
+async def test_acquire_and_renewal_work_after_redis_forgot_its_scripts(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    """Acquiring and renewing are scripts too: after SCRIPT FLUSH each loads its script again,
+    so the lock is taken, kept past its TTL, and still refused to a second caller."""
+    short = RedisOrderLock(client, ttl_ms=300, wait_s=0.2, prefix=prefix)
+    order_id = uuid.uuid4()
+    await client.script_flush()
+    token = await short.acquire(order_id)
+    assert token is not None
+    await client.script_flush()
+    await asyncio.sleep(1.0)  # more than three TTLs: renewed after the flush, or lost
+    assert await client.get(prefix + str(order_id)) == token.encode()
+    with pytest.raises(OrderLocked):
+        await short.acquire(order_id)
+    await short.release(order_id, token)
+
+
+async def test_one_batch_locks_many_orders_and_refuses_the_held_ones(
+    client: aioredis.Redis, lock: RedisOrderLock, prefix: str
+) -> None:
+    """Locks asked for at once go to Redis in one call; each gets its own answer."""
+    orders = [uuid.uuid4() for _ in range(50)]
+    held = await lock.acquire(orders[0])
+    results = await asyncio.gather(*(lock.acquire(o) for o in orders[1:]))
+    assert all(results) and len(set(results)) == len(results)
+    assert lock._sets.batches < len(orders)  # they went to Redis together
+    with pytest.raises(OrderLocked):
+        await lock.acquire(orders[0])
+    await asyncio.gather(
+        lock.release(orders[0], held),
+        *(lock.release(o, t) for o, t in zip(orders[1:], results, strict=True)),
+    )
+    assert [key async for key in client.scan_iter(match=prefix + "*")] == []
