@@ -44,6 +44,7 @@ class _Refused(RetryableError):
 
 
 _ABSENT = object()
+_JSON = json.JSONDecoder(parse_float=Decimal)  # json.loads(parse_float=...) builds one per call
 _AMOUNT = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,30})?")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 
@@ -56,13 +57,17 @@ class _Garbled(Exception):
         self.field = field
 
 
+def _lowered(data: dict[str, Any]) -> dict[str, Any]:
+    """The answer's fields by their names in lower case (lenient reads), built once per answer."""
+    return {str(k).lower(): v for k, v in data.items()}
+
+
 def _field(data: dict[str, Any], *names: str) -> Any:
-    """The first of `names` present in `data` with a value other than null, matched
-    case-insensitively (lenient reads); _ABSENT when none is, None when one is only null."""
-    lowered = {str(k).lower(): v for k, v in data.items()}
+    """The first of `names` present in `data` (as _lowered gives it) with a value other than
+    null; _ABSENT when none is, None when one is only null."""
     found: Any = _ABSENT
     for name in names:
-        value = lowered.get(name.lower(), _ABSENT)
+        value = data.get(name.lower(), _ABSENT)
         if value is not None and value is not _ABSENT:
             return value
         if value is None:
@@ -137,6 +142,7 @@ def read_order(data: dict[str, Any]) -> OrderInfo:
     """An Ordering answer as OrderInfo, read leniently in its names (id|orderId,
     customerId|userId, status|state, totalAmount|amount, currency) and strictly in its values:
     a field that is there but garbled is named in `unreadable`, for the check to refuse."""
+    data = _lowered(data)
     try:
         return OrderInfo(
             customer_id=_uuid_text(data, "customerId", "userId"),
@@ -152,6 +158,7 @@ def read_order(data: dict[str, Any]) -> OrderInfo:
 def read_reservation(data: dict[str, Any]) -> ReservationInfo:
     """An Inventory answer as ReservationInfo (id|reservationId, customerId|userId,
     status|state, expiresAt), garbled fields named in `unreadable` as in read_order."""
+    data = _lowered(data)
     try:
         return ReservationInfo(
             customer_id=_uuid_text(data, "customerId", "userId"),
@@ -278,7 +285,7 @@ class JsonService:
             # 400...: our request is wrong; retrying won't help.
             raise _Refused(f"HTTP {status}")
         try:
-            data = json.loads(body, parse_float=Decimal)
+            data = _JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
         except ValueError as exc:
             raise _Transient("response is not JSON") from exc
         if not isinstance(data, dict):

@@ -187,7 +187,7 @@ class RedisOrderLock:
         if self._held.get(key) == token:
             del self._held[key]
         try:
-            await self._releases.submit((self.prefix + str(order_id), token))
+            await self._releases.submit((key, token))
         except (RedisError, OSError) as exc:
             self._degraded(exc)
 

@@ -195,11 +195,16 @@ class MessageFactory:
     ) -> OutboxMessage:
         """payment-succeeded or payment-failed for a finalized payment."""
         event_id = event_id or new_uuid()
+        event_text, command_id, order_id = (
+            str(event_id),
+            str(payment.command_id),
+            str(payment.order_id),
+        )
         common: dict[str, Any] = {
-            "eventId": str(event_id),
-            "commandId": str(payment.command_id),
+            "eventId": event_text,
+            "commandId": command_id,
             "paymentId": str(payment.id),
-            "orderId": str(payment.order_id),
+            "orderId": order_id,
             "customerId": str(payment.customer_id),
             "reservationId": str(payment.reservation_id) if payment.reservation_id else None,
             "amount": _money(payment.amount),
@@ -227,19 +232,13 @@ class MessageFactory:
             }
         else:
             raise ValueError(f"no event for a {payment.status} payment")
-        headers = _ce_headers(
-            ce_type,
-            str(event_id),
-            str(payment.order_id),
-            route.correlation_id,
-            str(payment.command_id),
-        )
+        headers = _ce_headers(ce_type, event_text, order_id, route.correlation_id, command_id)
         _trace_context(headers, topic, route)
         return OutboxMessage(
             kind="event",
             topic=topic,
             partition=None,
-            key=str(payment.order_id).encode("utf-8"),
+            key=order_id.encode("utf-8"),
             value=self.encoder.encode(name, record, topic),
             headers=headers,
             event_id=event_id,
