@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from payment_worker.domain.model import (
     GatewayResult,
@@ -221,7 +221,41 @@ def decide(valid: ValidCommand, checked: Checked, ledger: Snapshot | None) -> De
     return Charge()
 
 
-def same_request(entry: LedgerEntry, valid: ValidCommand) -> bool:
+class Request(Protocol):
+    """The request a command id stands for, as I1 compares it: a ValidCommand, or replay's
+    prepared command (ids as canonical text, on both sides alike)."""
+
+    @property
+    def command_id(self) -> object: ...
+    @property
+    def order_id(self) -> object: ...
+    @property
+    def customer_id(self) -> object: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def currency(self) -> str: ...
+
+
+class Recorded(Request, Protocol):
+    """A command id's ledger entry as it is answered again: the request and its outcome."""
+
+    @property
+    def outcome(self) -> Outcome | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+
+class Owned(Protocol):
+    """Whose a recorded payment is."""
+
+    @property
+    def order_id(self) -> object: ...
+    @property
+    def customer_id(self) -> object: ...
+
+
+def same_request(entry: Request, valid: Request) -> bool:
     """Rule I1: a command id answers again only for the same order, customer and money."""
     return (
         entry.order_id == valid.order_id
@@ -242,11 +276,10 @@ def order_already_paid(valid: ValidCommand, paid: Payment) -> Reply:
     return Reply(Outcome.SUCCEEDED, None, paid, duplicate=True)
 
 
-def recorded_answer(
-    valid: ValidCommand, entry: LedgerEntry, payment: Payment | None
-) -> Reply | Inconsistent:
+def recorded_answer(valid: Request, entry: Recorded, payment: Owned | None) -> Reply | Inconsistent:
     """The recorded outcome as it is answered again (I1), given only to the same request (I7);
-    a recorded payment of another order or customer is an inconsistency."""
+    a recorded payment of another order or customer is an inconsistency. The answer carries
+    `payment` when it is a Payment (replay carries the payment as the reply's record apart)."""
     if not same_request(entry, valid):
         return COMMAND_ID_REUSED
     if payment is not None and (
@@ -255,7 +288,12 @@ def recorded_answer(
         return Inconsistent(
             f"ledger entry {valid.command_id} names a payment of another order or customer"
         )
-    return Reply(entry.outcome or Outcome.ERROR, entry.error_message, payment, duplicate=True)
+    return Reply(
+        entry.outcome or Outcome.ERROR,
+        entry.error_message,
+        payment if isinstance(payment, Payment) else None,
+        duplicate=True,
+    )
 
 
 def charged(payment: Payment, result: GatewayResult) -> Reply:

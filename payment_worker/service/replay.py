@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from decimal import Decimal
 
+from payment_worker.domain.decision import recorded_answer
 from payment_worker.domain.model import Command, Outcome, Reply, ValidCommand, reply
 from payment_worker.domain.routing import ReplyRoute
 from payment_worker.domain.validation import command_from_record
@@ -45,6 +47,7 @@ class Classified:
     route: ReplyRoute | None = None
     valid: ValidCommand | None = None
     entry: RecordedAnswer | None = None
+    answer: Reply | None = None
     error: str | None = None
 
 
@@ -103,8 +106,10 @@ async def prepare_batch(pipeline: Pipeline, records: list[InboundRecord]) -> lis
 
 
 async def look_up(items: list[Classified], ledger: BatchLedgerPort) -> None:
-    """One ledger query for the batch: valid commands with a final recorded outcome for the
-    same request become RECORDED (answered again from the ledger); the others stay NEW."""
+    """One ledger query for the batch: valid commands whose recorded final outcome the domain
+    answers again (`recorded_answer`: the same request, its payment of that order and
+    customer) become RECORDED; the others stay NEW, and the pipeline decides them as the
+    worker would (CONFLICT for another request, an inconsistent ledger refused)."""
     # Only valid commands: an invalid one's id may not even be a UUID (and is never recorded).
     # The prepared command's ids are canonical text already.
     answers = await ledger.recorded_answers(
@@ -114,19 +119,35 @@ async def look_up(items: list[Classified], ledger: BatchLedgerPort) -> None:
         if item.valid is None or item.command is None:
             continue
         found = answers.get(item.command.command_id)
-        if found is not None and found.final and _same_request(found, item.command, item.valid):
-            item.kind = Kind.RECORDED
-            item.entry = found
+        if found is None or not found.final:
+            continue
+        command, valid, payment = item.command, item.valid, found.payment
+        request = _Request(
+            command.command_id, command.order_id, command.customer_id, valid.amount, valid.currency
+        )
+        owner = _Owner(payment.get("orderId"), payment.get("customerId")) if payment else None
+        answer = recorded_answer(request, found, owner)
+        if isinstance(answer, Reply) and answer.duplicate:
+            item.kind, item.entry, item.answer = Kind.RECORDED, found, answer
 
 
-def _same_request(entry: RecordedAnswer, command: Command, valid: ValidCommand) -> bool:
-    """Rule I1 (as `same_request`), on the canonical text ids of a prepared command."""
-    return (
-        entry.order_id == command.order_id
-        and entry.customer_id == command.customer_id
-        and entry.amount == valid.amount
-        and entry.currency == valid.currency
-    )
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A prepared command's request with canonical text ids, as the ledger's are read here."""
+
+    command_id: str
+    order_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    """Whose a recorded payment is, from the reply's record of it (text ids)."""
+
+    order_id: object
+    customer_id: object
 
 
 def replies_for(pipeline: Pipeline, items: list[Classified]) -> list[OutboxMessage]:
@@ -137,10 +158,8 @@ def replies_for(pipeline: Pipeline, items: list[Classified]) -> list[OutboxMessa
         if item.kind is Kind.INVALID:
             answer = reply(Outcome.INVALID_REQUEST, item.error or "invalid")
         else:
-            assert item.entry is not None
-            answer = Reply(
-                item.entry.outcome or Outcome.ERROR, item.entry.error_message, duplicate=True
-            )
+            assert item.entry is not None and item.answer is not None
+            answer = item.answer
             messages.append(
                 pipeline.messages.reply(item.command, item.route, answer, item.entry.payment)
             )

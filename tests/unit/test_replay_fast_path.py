@@ -98,6 +98,41 @@ async def test_not_final_or_other_request_is_processed_anew() -> None:
     assert [i.kind for i in items] == [Kind.NEW, Kind.NEW]
 
 
+async def test_a_recorded_payment_of_another_order_or_customer_is_never_answered() -> None:
+    """An entry whose payment belongs to another order or customer (a ledger contradicting
+    itself) is not answered from the ledger: the pipeline refuses it as the worker does,
+    so replay cannot hand one customer's payment to another."""
+    world = World()
+    other_order, other_customer = command_record(), command_record()
+    ledger = FakeBatchLedger(
+        {
+            other_order["commandId"]: _recorded(
+                other_order,
+                payment={
+                    **PAYMENT,
+                    "orderId": str(uuid.uuid4()),
+                    "customerId": other_order["customerId"],
+                },
+            ),
+            other_customer["commandId"]: _recorded(
+                other_customer,
+                payment={
+                    **PAYMENT,
+                    "orderId": other_customer["orderId"],
+                    "customerId": str(uuid.uuid4()),
+                },
+            ),
+        }
+    )
+    items = await prepare_batch(
+        world.pipeline, [world.inbound(other_order), world.inbound(other_customer)]
+    )
+
+    await look_up(items, ledger)
+
+    assert [i.kind for i in items] == [Kind.NEW, Kind.NEW]
+
+
 async def test_recorded_answer_is_the_recorded_outcome_marked_duplicate() -> None:
     """The reply given again carries the recorded outcome and payment, `duplicate: true`,
     to the command's reply route."""
