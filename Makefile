@@ -101,6 +101,10 @@ bench-ab: install services ## The worker's CPU per command against BASELINE=REV,
 migrate: install services ## Create or upgrade the database schema (PAYMENT_DB_SCHEMA)
 	$(BIN)/payment-worker migrate
 
+.PHONY: schema
+schema: install services ## Write payment_worker/sql/schema.sql again from a freshly migrated schema
+	$(BIN)/python -m payment_worker.adapters.postgres.schema_dump
+
 .PHONY: broker
 broker: install ## Run Apache Kafka (KRaft, one node) on 127.0.0.1:9092 (foreground; fetched once)
 	$(BIN)/python -m payment_worker.devstack.broker --port 9092

@@ -17,6 +17,8 @@ from payment_worker.exceptions import PaymentWorkerError
 log = structlog.get_logger("payment_worker.migrate")
 
 _LOCK_KEY = 0x7061796D  # "paym": one migrator at a time per database
+# Only NNN_name.sql files are migrations: queries.sql and schema.sql (the schema they leave,
+# written by schema_dump) sit beside them and are never applied.
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
