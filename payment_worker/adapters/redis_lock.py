@@ -85,12 +85,12 @@ class RedisOrderLock:
         """One of the scripts over `keys` (one result each), by EVALSHA: a registered script
         run through redis-py first asks Redis whether it knows it (SCRIPT EXISTS), one more
         round trip. Redis forgets scripts when it restarts: then it is loaded and run again."""
-        command = ("EVALSHA", self._scripts[script], len(keys), *keys, *args)
+        sha, arguments = self._scripts[script], [*keys, *(str(a) for a in args)]
         try:
-            results = await self.client.execute_command(*command)
+            results = await self.client.evalsha(sha, len(keys), *arguments)
         except NoScriptError:
             await self.client.script_load(script)
-            results = await self.client.execute_command(*command)
+            results = await self.client.evalsha(sha, len(keys), *arguments)
         if not isinstance(results, list) or len(results) != len(keys):
             raise RedisError(
                 f"the lock script answered {type(results).__name__}, not one result per key"

@@ -21,9 +21,10 @@ The rules, in the order they apply:
 
 What the ledger records comes first (rules 1 to 5), so a retried or replayed command gets its
 recorded answer even when the order has moved on. The worker asks the ledger only when the
-services did not accept the command: for an accepted one, `begin_payments` makes checks 1 to 5
-in the statement that inserts the pending payment, and its answer is decided here again (the
-agreement of the two is tested against PostgreSQL).
+services did not accept the command: for an accepted one, `begin_payments` inserts the pending
+payment in the same statement that reads the facts, when nothing blocks it, and answers the
+facts; they are decided here (the whole table is run against PostgreSQL's answers). This is
+the only place the rule order is written.
 """
 
 from __future__ import annotations

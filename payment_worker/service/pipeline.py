@@ -325,24 +325,26 @@ class Pipeline:
                 created_at=self.clock(),
                 command_id=valid.command_id,
             )
-            began = await self.ledger.begin_payment(
+            begun = await self.ledger.begin_payment(
                 candidate, _ledger_fields(valid), route.to_json()
             )
-            decision = decide(valid, None, began.snapshot)
+            decision = decide(valid, None, begun.facts)
+            if isinstance(decision, Charge):
+                # Nothing blocks it, yet it was not inserted: a candidate before it in the
+                # batch took its command id. Asked again, it sees what that one wrote.
+                return None
             if isinstance(decision, Wait):
                 waited_for.append(decision.payment)
                 return None
             if isinstance(decision, Resume) and decision.payment.id != candidate.id:
                 bound.info("payment_resumed", payment_id=str(decision.payment.id))
-            if isinstance(decision, Charge):  # begin_payments inserts or says what it found
-                return Inconsistent(f"ledger entry {valid.command_id} was neither begun nor found")
             return decision
 
         decision: Decision | None = await polling(
             begin, budget_s=self.config.busy_retry_budget_s, first_wait_s=0.05, max_wait_s=1.0
         )
         if decision is None:
-            bound.warning("order_busy", payment_id=str(waited_for[-1].id))
+            bound.warning("order_busy", payment_id=str(waited_for[-1].id) if waited_for else None)
             return await self._answer(command, route, ORDER_BUSY)
         if isinstance(decision, Resume):
             return await self._charge(command, valid, route, decision.payment, bound)

@@ -76,21 +76,14 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class Began:
-    """begin_payment's answer: the command id's ledger entry, if it has one, and at most one
-    of the payment fields. A final entry decides alone (rule I1); so does an entry written for
-    another request (a CONFLICT), whatever the payment fields say. An entry in progress with
-    no payment field is an inconsistency: its payment should be pending."""
+class Begun:
+    """begin_payment's answer, facts only: what the ledger records of the command id and its
+    order once the batch's inserts are made, and whether this candidate was inserted (then
+    `facts` holds it, pending, with its in-progress entry). `decide` turns the facts into what
+    to do; begin_payments inserts only when nothing blocks the candidate."""
 
-    pending: Payment | None = None  # a new (or our own resumed) pending payment: charge it
-    succeeded: Payment | None = None  # the order was paid meanwhile
-    busy: Payment | None = None  # another command's payment for this order is pending
-    ledger: LedgerEntry | None = None  # this command id's entry (final: recorded meanwhile)
-
-    @property
-    def snapshot(self) -> Snapshot:
-        """The answer as the decision reads it: the order's pending payment, ours or not."""
-        return Snapshot(self.ledger, self.succeeded, self.pending or self.busy)
+    facts: Snapshot
+    inserted: bool
 
 
 class OrderingPort(Protocol):
@@ -130,7 +123,7 @@ class LedgerPort(Protocol):
 
     async def begin_payment(
         self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
-    ) -> Began: ...
+    ) -> Begun: ...
 
     async def finish_payment(
         self,

@@ -116,14 +116,7 @@ CREATE FUNCTION begin_payments(
     l_customer_ids uuid[], l_amounts numeric[], l_currencies text[], l_reply_routes jsonb[]
 )
     RETURNS TABLE (
-        n integer, verdict text, first_n integer, l_command_id uuid, l_order_id uuid,
-        l_customer_id uuid, l_amount numeric, l_currency text, l_state text, l_outcome text,
-        l_error_message text, l_payment_id uuid, l_reply_route jsonb, p_id uuid, p_order_id uuid,
-        p_customer_id uuid, p_reservation_id uuid, p_amount numeric, p_currency text,
-        p_payment_method text, p_status text, p_error_code text, p_error_message text,
-        p_failure_reason text, p_transaction_id text, p_created_at timestamp with time zone,
-        p_processed_at timestamp with time zone, p_is_simulated boolean, p_simulated_response text,
-        p_command_id uuid
+        n integer, inserted boolean, ledger command_ledger, succeeded payments, pending payments
     )
     LANGUAGE plpgsql VOLATILE
     SET search_path FROM CURRENT
@@ -154,66 +147,49 @@ BEGIN
                   created_at, command_id, l_order_id, l_customer_id, l_amount, l_currency,
                   reply_route, n)
     ),
-    judged AS (
-        SELECT f.*, coalesce(f.succeeded, f.pending) AS payment,
-               CASE WHEN (f.ledger).state = 'final' THEN 'ledger'
-                    WHEN (f.succeeded).id IS NOT NULL THEN 'succeeded'
-                    WHEN (f.pending).id IS NOT NULL THEN
-                         CASE WHEN (f.pending).command_id = f.command_id
-                              THEN 'pending' ELSE 'busy' END
-                    WHEN (f.ledger).command_id IS NOT NULL THEN 'error'
-                    ELSE 'new' END AS verdict
+    unblocked AS (
+        SELECT f.*, (f.ledger).command_id IS NULL AND (f.succeeded).id IS NULL
+                    AND (f.pending).id IS NULL AS free
         FROM found f
     ),
-    -- The first 'new' candidate of an order gets its pending payment; the order's later
-    -- 'new' or 'error' candidates find that payment pending.
-    ranked AS (
-        SELECT j.*,
-               first_value(j.n) OVER w AS first_n,
-               first_value(j.command_id) OVER w AS first_command_id,
-               first_value(j.verdict) OVER w = 'new' AS order_has_new
-        FROM judged j
-        WINDOW w AS (PARTITION BY j.order_id ORDER BY j.verdict <> 'new', j.n)
-    ),
-    decided AS (
-        SELECT r.*,
-               CASE WHEN r.verdict IN ('new', 'error') AND r.order_has_new AND r.first_n < r.n
-                         THEN CASE WHEN r.first_command_id = r.command_id
-                                   THEN 'pending_in_batch' ELSE 'busy_in_batch' END
-                    WHEN r.verdict = 'new' THEN 'inserted'
-                    ELSE r.verdict END AS decision
-        FROM ranked r
+    chosen AS (
+        SELECT u.*,
+               u.free
+               AND u.n = min(u.n) FILTER (WHERE u.free) OVER (PARTITION BY u.order_id)
+               AND u.n = min(u.n) FILTER (WHERE u.free) OVER (PARTITION BY u.command_id)
+               AS insert_it
+        FROM unblocked u
     ),
     inserted_payments AS (
         INSERT INTO payments (id, order_id, customer_id, reservation_id, amount, currency,
                               payment_method, status, created_at, is_simulated, command_id)
-        SELECT d.id, d.order_id, d.customer_id, d.reservation_id, d.amount, d.currency,
-               d.payment_method, 'pending', d.created_at, true, d.command_id
-        FROM decided d
-        WHERE d.decision = 'inserted'
-        ORDER BY d.n
+        SELECT c.id, c.order_id, c.customer_id, c.reservation_id, c.amount, c.currency,
+               c.payment_method, 'pending', c.created_at, true, c.command_id
+        FROM chosen c
+        WHERE c.insert_it
+        ORDER BY c.n
+        RETURNING *
     ),
     inserted_ledgers AS (
         INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency, state,
                                     payment_id, reply_route)
-        SELECT d.command_id, d.l_order_id, d.l_customer_id, d.l_amount, d.l_currency,
-               'in_progress', d.id, d.reply_route
-        FROM decided d
-        WHERE d.decision = 'inserted'
-        ORDER BY d.n
+        SELECT c.command_id, c.l_order_id, c.l_customer_id, c.l_amount, c.l_currency,
+               'in_progress', c.id, c.reply_route
+        FROM chosen c
+        WHERE c.insert_it
+        ORDER BY c.n
+        RETURNING *
     )
-    SELECT d.n::integer, d.decision, d.first_n::integer,
-           (d.ledger).command_id, (d.ledger).order_id, (d.ledger).customer_id,
-           (d.ledger).amount, (d.ledger).currency, (d.ledger).state, (d.ledger).outcome,
-           (d.ledger).error_message, (d.ledger).payment_id, (d.ledger).reply_route,
-           (d.payment).id, (d.payment).order_id, (d.payment).customer_id,
-           (d.payment).reservation_id, (d.payment).amount, (d.payment).currency,
-           (d.payment).payment_method, (d.payment).status, (d.payment).error_code,
-           (d.payment).error_message, (d.payment).failure_reason, (d.payment).transaction_id,
-           (d.payment).created_at, (d.payment).processed_at, (d.payment).is_simulated,
-           (d.payment).simulated_response, (d.payment).command_id
-    FROM decided d
-    ORDER BY d.n;
+    -- What was found, or what this batch inserted (never both: a candidate inserts only where
+    -- nothing was found for its command id and its order).
+    SELECT c.n::integer, c.insert_it,
+           coalesce(c.ledger, (SELECT ROW(il.*)::command_ledger FROM inserted_ledgers il
+                               WHERE il.command_id = c.command_id)),
+           c.succeeded,
+           coalesce(c.pending, (SELECT ROW(ip.*)::payments FROM inserted_payments ip
+                                WHERE ip.order_id = c.order_id))
+    FROM chosen c
+    ORDER BY c.n;
 END
 $$;
 

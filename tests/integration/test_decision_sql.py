@@ -1,157 +1,122 @@
-"""The ledger rules that begin_payments repeats in SQL agree with domain.decision: for each
-situation the ledger can be in, the decision made on a plain read of the ledger and the one
-made on begin_payments' answer are the same."""
+"""The whole decision table of tests/unit/test_decision.py against the real database: for each
+row, the ledger is made to hold what the row says, and the decision made on what PostgreSQL
+gives back is the row's. `snapshots` (the pipeline's read) is asked for every row;
+`begin_payments` (the begin step, which states facts and inserts only when nothing blocks)
+for every row whose services accepted the command. Neither function decides anything: the
+rule order is `decide`'s alone, and these tests show the facts they give are the ones it
+needs."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from payment_worker.adapters.postgres import PostgresStore
-from payment_worker.domain.decision import (
-    Answer,
-    AnswerRecorded,
-    Charge,
-    Decision,
-    Inconsistent,
-    Resume,
-    Wait,
-    decide,
-)
-from payment_worker.domain.model import Outcome, Payment, ValidCommand
-from tests.integration.support import (
-    ROUTE,
-    declined,
-    final_ledger,
-    ledger_fields,
-    message,
-    pending_payment,
-    succeeded,
-)
+from payment_worker.adapters.postgres.rows import PAYMENT_COLUMNS
+from payment_worker.domain.decision import Charge, Checked, Resume, Snapshot, decide
+from payment_worker.domain.model import Payment, PaymentStatus
+from tests.integration.support import ROUTE, ledger_fields
+from tests.unit.test_decision import ACCEPTED, CASES, VALID
 
 pytestmark = pytest.mark.integration
 
 Conn = psycopg.Connection[Any]
-OTHER_CUSTOMER = uuid.UUID("5e2a8a52-6f1b-4c8e-9d6f-2f4b7c9e1a03")
-Arrange = Callable[[PostgresStore, Conn, Payment], Awaitable[None]]
 
 
-async def nothing(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Nothing recorded for the command or its order."""
+def _hold(db: Conn, snapshot: Snapshot | None) -> None:
+    """The ledger holds exactly what `snapshot` says (nothing else, no earlier row's data)."""
+    db.execute("TRUNCATE reconciler_claims, command_ledger, outbox, payments")
+    if snapshot is None:
+        return
+    for payment in (snapshot.succeeded, snapshot.pending):
+        if payment is not None:
+            values = [getattr(payment, c) for c in PAYMENT_COLUMNS]
+            values[PAYMENT_COLUMNS.index("status")] = str(payment.status)
+            db.execute(
+                f"INSERT INTO payments ({', '.join(PAYMENT_COLUMNS)})"
+                f" VALUES ({', '.join(['%s'] * len(PAYMENT_COLUMNS))})",
+                values,
+            )
+    entry = snapshot.ledger
+    if entry is not None:
+        db.execute(
+            "INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency,"
+            " state, outcome, error_message, payment_id, reply_route)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                entry.command_id,
+                entry.order_id,
+                entry.customer_id,
+                entry.amount,
+                entry.currency,
+                "final" if entry.final else "in_progress",
+                str(entry.outcome) if entry.outcome else None,
+                entry.error_message,
+                entry.payment_id,
+                Jsonb(entry.reply_route),
+            ),
+        )
 
 
-async def final_outcome(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """The command id has a final outcome for this very request."""
-    await store.record([message()], final_ledger(ours, "DECLINED"))
-
-
-async def id_reused(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """The command id has a final outcome for another amount."""
-    await store.record([message()], final_ledger(replace(ours, amount=Decimal("99.00"))))
-
-
-async def _paid_by_another(store: PostgresStore, ours: Payment, **changes: Any) -> None:
-    other = replace(pending_payment(order_id=ours.order_id), **changes)
-    await store.begin_payment(other, ledger_fields(other), ROUTE)
-    assert await store.finish_payment(succeeded(other), Outcome.SUCCEEDED, None, []) == []
-
-
-async def order_paid(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Another command paid the order, with the same customer and money."""
-    await _paid_by_another(store, ours)
-
-
-async def order_paid_by_another_customer(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Another customer's command paid the order."""
-    await _paid_by_another(store, ours, customer_id=OTHER_CUSTOMER)
-
-
-async def order_paid_with_other_money(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Another command paid the order with another amount."""
-    await _paid_by_another(store, ours, amount=Decimal("1.00"))
-
-
-async def own_pending(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """The command began its payment before a crash: it is still pending."""
-    await store.begin_payment(ours, ledger_fields(ours), ROUTE)
-
-
-async def others_pending(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Another command's payment for the order is pending."""
-    other = pending_payment(order_id=ours.order_id)
-    await store.begin_payment(other, ledger_fields(other), ROUTE)
-
-
-async def all_declined(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """Another command's payment for the order was declined (rule I4: it may be paid)."""
-    other = pending_payment(order_id=ours.order_id)
-    await store.begin_payment(other, ledger_fields(other), ROUTE)
-    assert await store.finish_payment(declined(other), Outcome.DECLINED, "declined", []) == []
-
-
-async def in_progress_not_pending(store: PostgresStore, db: Conn, ours: Payment) -> None:
-    """The command's entry is in progress, but its payment is no longer pending."""
-    await store.begin_payment(ours, ledger_fields(ours), ROUTE)
-    db.execute(
-        "UPDATE payments SET status = 'failed', processed_at = now() WHERE id = %s", (ours.id,)
+def _candidate() -> Payment:
+    """The pending payment the pipeline would begin for VALID."""
+    return Payment(
+        id=uuid.uuid4(),
+        order_id=VALID.order_id,
+        customer_id=VALID.customer_id,
+        reservation_id=VALID.reservation_id,
+        amount=VALID.amount,
+        currency=VALID.currency,
+        payment_method=VALID.payment_method,
+        status=PaymentStatus.PENDING,
+        created_at=VALID.requested_at,
+        command_id=VALID.command_id,
     )
 
 
-SITUATIONS: list[tuple[Arrange, type]] = [
-    (nothing, Charge),
-    (final_outcome, AnswerRecorded),
-    (id_reused, Answer),
-    (order_paid, Answer),
-    (order_paid_by_another_customer, Answer),
-    (order_paid_with_other_money, Answer),
-    (own_pending, Resume),
-    (others_pending, Wait),
-    (all_declined, Charge),
-    (in_progress_not_pending, Inconsistent),
-]
+@pytest.mark.parametrize(
+    ("checked", "snapshot", "expected"),
+    [case[1:] for case in CASES if case[2] is not None],
+    ids=[case[0] for case in CASES if case[2] is not None],
+)
+async def test_the_decision_on_what_snapshots_reads(
+    store: PostgresStore, db: Conn, checked: Checked, snapshot: Snapshot, expected: object
+) -> None:
+    """The row's ledger, read back by `snapshots`, gives the row's decision."""
+    _hold(db, snapshot)
+
+    read = await store.snapshot(VALID.command_id, VALID.order_id)
+
+    assert read == snapshot
+    assert decide(VALID, checked, read) == expected
 
 
-def _valid(payment: Payment) -> ValidCommand:
-    assert payment.command_id is not None
-    return ValidCommand(
-        command_id=payment.command_id,
-        order_id=payment.order_id,
-        customer_id=payment.customer_id,
-        reservation_id=payment.reservation_id,
-        amount=payment.amount,
-        currency=payment.currency,
-        payment_method=payment.payment_method,
-        requested_at=payment.created_at,
-    )
+@pytest.mark.parametrize(
+    ("snapshot", "expected"),
+    [(case[2], case[3]) for case in CASES if case[1] is ACCEPTED],
+    ids=[case[0] for case in CASES if case[1] is ACCEPTED],
+)
+async def test_the_decision_on_what_begin_payments_states(
+    store: PostgresStore, db: Conn, snapshot: Snapshot | None, expected: object
+) -> None:
+    """An accepted command's row (its ledger not read: nothing recorded), begun: where the row
+    decides Charge, begin_payments inserted the candidate and the facts resume it; anywhere
+    else it inserted nothing and the facts give the row's decision."""
+    _hold(db, snapshot)
+    candidate = _candidate()
 
+    begun = await store.begin_payment(candidate, ledger_fields(candidate), ROUTE)
 
-def _comparable(decision: Decision, candidate: Payment) -> Decision:
-    """begin_payments answers a charge by inserting the candidate: that is a Charge."""
-    if isinstance(decision, Resume) and decision.payment.id == candidate.id:
-        return Charge()
-    return decision
-
-
-async def test_begin_payments_decides_as_the_domain_does(store: PostgresStore, db: Conn) -> None:
-    """For every situation of SITUATIONS (one order each), decide() on the ledger as read and
-    decide() on begin_payments' answer give the same decision, and it is the expected kind."""
-    seen: dict[str, tuple[Decision, Decision]] = {}
-    for arrange, kind in SITUATIONS:
-        ours = pending_payment()
-        await arrange(store, db, ours)
-        valid = _valid(ours)
-        assert ours.command_id is not None
-        read = decide(valid, None, await store.snapshot(ours.command_id, ours.order_id))
-        candidate = replace(ours, id=uuid.uuid4())
-        began = await store.begin_payment(candidate, ledger_fields(candidate), ROUTE)
-        in_sql = _comparable(decide(valid, None, began.snapshot), candidate)
-        seen[arrange.__name__] = (read, in_sql)
-        assert isinstance(read, kind), arrange.__name__
-    disagreeing = {name: pair for name, pair in seen.items() if pair[0] != pair[1]}
-    assert disagreeing == {}
+    decision = decide(VALID, None, begun.facts)
+    if expected == Charge():
+        assert begun.inserted
+        assert decision == Resume(candidate)
+    else:
+        assert not begun.inserted
+        assert decision == expected
+        written = db.execute("SELECT count(*) FROM payments WHERE id = %s", (candidate.id,))
+        assert written.fetchone() == (0,)

@@ -101,7 +101,7 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
         conn.execute("SET search_path TO public")
         begun = conn.execute(
             sql.SQL(
-                "SELECT n, verdict FROM {}.begin_payments("
+                "SELECT n, inserted FROM {}.begin_payments("
                 "ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[NULL]::uuid[],"
                 " ARRAY[10.00]::numeric[], ARRAY['USD'], ARRAY['card'], ARRAY[now()],"
                 " ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[10.00]::numeric[],"
@@ -132,7 +132,7 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
             (command_id, order_id),
         ).fetchall()
 
-    assert begun == [(1, "inserted")]
+    assert begun == [(1, True)]
     assert finished is not None and finished[0] == [1] and len(finished[1]) == 1
     assert status == ("succeeded",)
     assert seen == [("final", payment_id, None)]

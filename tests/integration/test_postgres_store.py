@@ -20,10 +20,12 @@ from payment_worker.adapters.postgres import (
     PostgresStore,
     make_pool,
 )
+from payment_worker.adapters.postgres.queries import WrittenMeanwhile, translate
 from payment_worker.devstack.broker import free_port
 from payment_worker.domain.model import Outcome, PaymentStatus
+from payment_worker.exceptions import RetryableError
 from payment_worker.service.messages import payment_record
-from payment_worker.service.ports import Began, Snapshot
+from payment_worker.service.ports import Begun, Snapshot
 from tests.integration.support import (
     ROUTE,
     declined,
@@ -52,12 +54,15 @@ async def test_begin_payment_inserts_pending_payment_and_in_progress_ledger_row(
     store: PostgresStore, db: Conn
 ) -> None:
     """A first begin_payment for an order writes the pending payment and an in_progress
-    ledger row pointing at it, and answers Began(pending=that payment)."""
+    ledger row pointing at it, and answers inserted, with both among the facts."""
     payment = pending_payment(amount=Decimal("123.45"))
 
-    began = await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    begun = await store.begin_payment(payment, ledger_fields(payment), ROUTE)
 
-    assert began == Began(pending=payment)
+    assert begun.inserted
+    assert (begun.facts.pending, begun.facts.succeeded) == (payment, None)
+    assert begun.facts.ledger is not None
+    assert (begun.facts.ledger.final, begun.facts.ledger.payment_id) == (False, payment.id)
     row = db.execute(
         "SELECT status, amount, command_id FROM payments WHERE id = %s", (payment.id,)
     ).fetchone()
@@ -72,16 +77,17 @@ async def test_begin_payment_inserts_pending_payment_and_in_progress_ledger_row(
 async def test_begin_payment_by_another_command_while_pending_is_busy(
     store: PostgresStore, db: Conn
 ) -> None:
-    """While an order has a pending payment, another command for it gets Began(busy=...)
-    with the existing payment, and nothing new is written."""
+    """While an order has a pending payment, another command for it is not inserted: the
+    facts show the existing payment pending, and nothing new is written."""
     first = pending_payment()
     await store.begin_payment(first, ledger_fields(first), ROUTE)
     second = pending_payment(order_id=first.order_id)
 
-    began = await store.begin_payment(second, ledger_fields(second), ROUTE)
+    begun = await store.begin_payment(second, ledger_fields(second), ROUTE)
 
-    assert began.busy is not None and began.busy.id == first.id
-    assert (began.pending, began.succeeded, began.ledger) == (None, None, None)
+    assert not begun.inserted
+    assert begun.facts.pending is not None and begun.facts.pending.id == first.id
+    assert (begun.facts.succeeded, begun.facts.ledger) == (None, None)
     assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
     assert (
         _count(db, "SELECT count(*) FROM command_ledger WHERE command_id = %s", second.command_id)
@@ -98,56 +104,58 @@ async def test_begin_payment_by_the_same_command_resumes_its_pending_payment(
     await store.begin_payment(first, ledger_fields(first), ROUTE)
     retry = pending_payment(order_id=first.order_id, command_id=first.command_id)
 
-    began = await store.begin_payment(retry, ledger_fields(retry), ROUTE)
+    begun = await store.begin_payment(retry, ledger_fields(retry), ROUTE)
 
-    assert began.pending is not None
-    assert began.pending.id == first.id != retry.id
-    assert began.pending.status is PaymentStatus.PENDING
+    assert not begun.inserted
+    assert begun.facts.pending is not None
+    assert begun.facts.pending.id == first.id != retry.id
+    assert begun.facts.pending.status is PaymentStatus.PENDING
     assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
 
 
 async def test_begin_payment_after_success_returns_the_succeeded_payment(
     store: PostgresStore, db: Conn
 ) -> None:
-    """Once an order's payment succeeded, another command gets Began(succeeded=...) and no
+    """Once an order's payment succeeded, another command finds it among the facts and no
     second payment is started (rule I2)."""
     first = pending_payment()
     await store.begin_payment(first, ledger_fields(first), ROUTE)
     assert await store.finish_payment(succeeded(first), Outcome.SUCCEEDED, None, []) == []
     other = pending_payment(order_id=first.order_id)
 
-    began = await store.begin_payment(other, ledger_fields(other), ROUTE)
+    begun = await store.begin_payment(other, ledger_fields(other), ROUTE)
 
-    assert began.succeeded is not None
-    assert began.succeeded.id == first.id
-    assert began.succeeded.status is PaymentStatus.SUCCEEDED
-    assert began.succeeded.transaction_id == "txn_0123456789abcdef"
+    paid = begun.facts.succeeded
+    assert not begun.inserted and paid is not None
+    assert (paid.id, paid.status) == (first.id, PaymentStatus.SUCCEEDED)
+    assert paid.transaction_id == "txn_0123456789abcdef"
     assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", first.order_id) == 1
 
 
 async def test_begin_payment_of_a_finalized_command_returns_its_ledger_entry(
     store: PostgresStore,
 ) -> None:
-    """A command id whose outcome is recorded gets Began(ledger=...) with that final entry
-    (rule I1), even when its order could be paid again."""
+    """A command id whose outcome is recorded finds that final entry among the facts (rule
+    I1), and nothing is inserted even though its order could be paid again."""
     first = pending_payment()
     await store.begin_payment(first, ledger_fields(first), ROUTE)
     await store.finish_payment(declined(first), Outcome.DECLINED, "Payment failed: x", [])
     again = pending_payment(order_id=first.order_id, command_id=first.command_id)
 
-    began = await store.begin_payment(again, ledger_fields(again), ROUTE)
+    begun = await store.begin_payment(again, ledger_fields(again), ROUTE)
 
-    assert began.ledger is not None
-    assert began.ledger.final and began.ledger.outcome is Outcome.DECLINED
-    assert began.ledger.payment_id == first.id
+    entry = begun.facts.ledger
+    assert not begun.inserted and entry is not None
+    assert entry.final and entry.outcome is Outcome.DECLINED
+    assert entry.payment_id == first.id
 
 
 async def test_begin_payment_returns_the_commands_ledger_entry_with_every_verdict(
     store: PostgresStore,
 ) -> None:
     """A command id in progress for one order, begun again for another order (free, or already
-    paid): the answer carries that in-progress entry beside the verdict, so that the pipeline
-    can tell a reused command id (rule I1) from a new command, and nothing is inserted."""
+    paid): the facts carry that in-progress entry beside the order's payments, so that the
+    domain can tell a reused command id (rule I1) from a new command; nothing is inserted."""
     first = pending_payment()
     await store.begin_payment(first, ledger_fields(first), ROUTE)
     paid = pending_payment()
@@ -163,21 +171,19 @@ async def test_begin_payment_returns_the_commands_ledger_entry_with_every_verdic
         ROUTE,
     )
 
-    for began in (free, on_paid):
-        assert began.ledger is not None
-        assert (began.ledger.order_id, began.ledger.final) == (first.order_id, False)
-    assert (free.pending, free.succeeded, free.busy) == (None, None, None)
-    assert on_paid.succeeded is not None and on_paid.succeeded.id == paid.id
-    assert await store.snapshot(reused.command_id, reused.order_id) == Snapshot(
-        free.ledger, None, None
-    )
+    for begun in (free, on_paid):
+        assert not begun.inserted and begun.facts.ledger is not None
+        assert (begun.facts.ledger.order_id, begun.facts.ledger.final) == (first.order_id, False)
+    assert (free.facts.pending, free.facts.succeeded) == (None, None)
+    assert on_paid.facts.succeeded is not None and on_paid.facts.succeeded.id == paid.id
+    assert await store.snapshot(reused.command_id, reused.order_id) == free.facts
 
 
 async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
     database_url: str, migrated_schema: str, db: Conn
 ) -> None:
     """Twenty commands for one order racing through begin_payment leave exactly one pending
-    payment: one caller gets it, the other nineteen are told the order is busy (rule I3)."""
+    payment: one caller inserts it, the other nineteen find it pending (rule I3)."""
     order_id = uuid.uuid4()
     payments = [pending_payment(order_id=order_id) for _ in range(20)]
     # Twenty open connections, so the twenty calls really run at the same time.
@@ -192,34 +198,74 @@ async def test_concurrent_begin_payment_for_one_order_starts_one_payment(
     finally:
         await pool.close()
 
-    assert [a for a in answers if not isinstance(a, Began)] == []
-    winners = [a.pending for a in answers if isinstance(a, Began) and a.pending is not None]
-    busy = [a.busy for a in answers if isinstance(a, Began) and a.busy is not None]
-    assert len(winners) == 1 and len(busy) == 19
-    assert {b.id for b in busy} == {winners[0].id}
+    begun = [a for a in answers if isinstance(a, Begun)]
+    assert len(begun) == 20, answers
+    winners = [a.facts.pending for a in begun if a.inserted]
+    assert len(winners) == 1 and winners[0] is not None
+    assert {a.facts.pending.id for a in begun if a.facts.pending} == {winners[0].id}
+    assert all(a.facts.pending for a in begun)
     assert _count(db, "SELECT count(*) FROM payments WHERE order_id = %s", order_id) == 1
     assert _count(db, "SELECT count(*) FROM command_ledger WHERE order_id = %s", order_id) == 1
 
 
 async def test_a_begin_batch_that_fails_writes_nothing(store: PostgresStore, db: Conn) -> None:
-    """The begin step is one transaction: when one ledger entry cannot be inserted (two
-    candidates of one command id for two orders), neither candidate's pending payment nor
-    any ledger entry stays written, and the error is raised for the batch to be retried item
-    by item."""
-    first = pending_payment()
-    second = pending_payment(command_id=first.command_id)  # another order, same command id
+    """The begin step is one transaction: when one candidate cannot be inserted (an amount the
+    table refuses), no other candidate's pending payment or ledger entry stays written, and
+    the error is raised for the batch to be retried item by item."""
+    good, bad = pending_payment(), pending_payment(amount=Decimal("0.00"))
 
     with pytest.raises(DatabaseError):
-        await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in (first, second)])
+        await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in (good, bad)])
 
     assert _count(db, "SELECT count(*) FROM payments") == 0
     assert _count(db, "SELECT count(*) FROM command_ledger") == 0
 
 
+async def test_one_command_id_for_two_orders_in_one_batch_is_inserted_once(
+    store: PostgresStore, db: Conn
+) -> None:
+    """Two candidates of one command id for two orders in one batch: the first is inserted,
+    the second finds that entry (for another order: a CONFLICT for the domain) and writes
+    nothing, where inserting both would break the ledger's key."""
+    first = pending_payment()
+    second = pending_payment(command_id=first.command_id)  # another order, same command id
+
+    one, two = await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in (first, second)])
+
+    assert isinstance(one, Begun) and isinstance(two, Begun)
+    assert (one.inserted, two.inserted) == (True, False)
+    assert two.facts.ledger is not None and two.facts.ledger.order_id == first.order_id
+    assert two.facts.pending is None
+    assert _count(db, "SELECT count(*) FROM payments") == 1
+
+
+async def test_a_key_written_meanwhile_is_a_retry_and_any_other_a_named_error(
+    store: PostgresStore, db: Conn
+) -> None:
+    """UniqueViolation is translated by its constraint's name: the ledger's key written by
+    another transaction first is WrittenMeanwhile (retried, then read), a unique constraint
+    the rules do not race on is a DatabaseError that names it."""
+    first = pending_payment()
+    await store.begin_payment(first, ledger_fields(first), ROUTE)
+    with pytest.raises(psycopg.errors.UniqueViolation) as raced:
+        db.execute(
+            "INSERT INTO command_ledger (command_id, order_id, customer_id, amount, currency,"
+            " state, reply_route) VALUES (%s, %s, %s, 1, 'USD', 'in_progress', '{}')",
+            (first.command_id, uuid.uuid4(), uuid.uuid4()),
+        )
+    translated = translate(raced.value)
+    assert isinstance(translated, WrittenMeanwhile) and isinstance(translated, RetryableError)
+    assert "command_ledger_pkey" in str(translated)
+    with pytest.raises(psycopg.errors.UniqueViolation) as bug:
+        db.execute("INSERT INTO reconciler_runs VALUES ('a', now(), 0, 0), ('a', now(), 0, 0)")
+    translated = translate(bug.value)
+    assert isinstance(translated, DatabaseError) and "reconciler_runs_pkey" in str(translated)
+
+
 async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time(
     store: PostgresStore, db: Conn
 ) -> None:
-    """One batch holding every case: each candidate gets the answer it would get alone, in
+    """One batch holding every case: each candidate gets the facts it would get alone, in
     batch order (an earlier candidate's new payment counts for the later ones of its order),
     and only the new payments and their ledger entries are written."""
     # What the database holds before the batch.
@@ -254,24 +300,26 @@ async def test_one_begin_batch_decides_each_candidate_as_if_served_one_at_a_time
     ]
     answers = await store._begin_batch([(c, ledger_fields(c), ROUTE) for c in candidates])
 
-    assert answers[0] == Began(pending=candidates[0])
-    assert answers[1] == Began(busy=candidates[0])
-    assert answers[2] == Began(pending=candidates[0])
-    assert isinstance(answers[3], Began) and answers[3].succeeded is not None
-    assert answers[3].succeeded.id == paid.id
-    assert isinstance(answers[4], Began) and answers[4].busy is not None
-    assert answers[4].busy.id == waiting.id
-    assert isinstance(answers[5], Began) and answers[5].pending is not None
-    assert answers[5].pending.id == waiting.id
-    assert isinstance(answers[6], Began) and answers[6].ledger is not None
-    assert answers[6].ledger.outcome is Outcome.ORDER_NOT_FOUND
-    # In progress, its payment no longer pending: the entry alone (the pipeline raises).
-    assert isinstance(answers[7], Began) and answers[7].ledger is not None
-    assert (answers[7].ledger.command_id, answers[7].ledger.final) == (stranded.command_id, False)
-    assert (answers[7].pending, answers[7].succeeded, answers[7].busy) == (None, None, None)
-    assert answers[8] == Began(pending=candidates[8])
-    assert isinstance(answers[9], Began) and answers[9].busy == candidates[8]
-    assert answers[9].ledger is not None and answers[9].ledger.command_id == stranded_too.command_id
+    begun = [a for a in answers if isinstance(a, Begun)]
+    assert len(begun) == len(candidates), answers
+    assert [b.inserted for b in begun] == [i in (0, 8) for i in range(len(candidates))]
+    pending = [b.facts.pending.id if b.facts.pending else None for b in begun]
+    entries = [b.facts.ledger for b in begun]
+    # The new payment is the order's pending one for the later candidates of its order; the
+    # same command finds its own new entry, another command none.
+    assert pending[:3] == [candidates[0].id] * 3
+    assert entries[0] is not None and entries[0].payment_id == candidates[0].id
+    assert entries[1] is None
+    assert entries[2] == entries[0]
+    assert begun[3].facts.succeeded is not None and begun[3].facts.succeeded.id == paid.id
+    assert pending[4:6] == [waiting.id, waiting.id]
+    assert entries[6] is not None and entries[6].outcome is Outcome.ORDER_NOT_FOUND
+    # In progress, its payment no longer pending: the entry alone (the domain says it cannot be).
+    assert entries[7] is not None
+    assert (entries[7].command_id, entries[7].final) == (stranded.command_id, False)
+    assert (pending[7], begun[7].facts.succeeded) == (None, None)
+    assert pending[8:] == [candidates[8].id] * 2
+    assert entries[9] is not None and entries[9].command_id == stranded_too.command_id
     written = {r[0] for r in db.execute("SELECT id FROM payments").fetchall()}
     assert {c.id for c in candidates} & written == {candidates[0].id, candidates[8].id}
     assert (
@@ -835,6 +883,6 @@ async def test_a_route_with_a_nul_correlation_id_is_stored_and_read_back(
     route = ReplyRoute("payment-replies", None, "corr\x00elation")
     payment = pending_payment()
     began = await store.begin_payment(payment, ledger_fields(payment), route.to_json())
-    assert began.pending is not None
+    assert began.inserted
     [(_, stored)] = await store.claim_stale(-1, "r")
     assert ReplyRoute.from_json(stored) == route

@@ -28,7 +28,7 @@ from payment_worker.service.pipeline import (
     PipelineConfig,
 )
 from payment_worker.service.ports import (
-    Began,
+    Begun,
     InboundRecord,
     LedgerEntry,
     OrderInfo,
@@ -103,32 +103,23 @@ class FakeLedger:
 
     async def begin_payment(
         self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
-    ) -> Began:
-        entry = self.entries.get(payment.command_id)  # type: ignore[arg-type]
-        if entry is not None and entry.final:
-            return Began(ledger=entry)
-        succeeded = self._for_order(payment.order_id, PaymentStatus.SUCCEEDED)
-        if succeeded is not None:
-            return Began(succeeded=succeeded, ledger=entry)
-        pending = self._for_order(payment.order_id, PaymentStatus.PENDING)
-        if pending is not None:
-            if pending.command_id == payment.command_id:
-                return Began(pending=pending, ledger=entry)
-            return Began(busy=pending, ledger=entry)
-        if entry is not None:  # in progress, and its payment is not pending
-            return Began(ledger=entry)
-        assert payment.status is PaymentStatus.PENDING
-        self._check_payment(payment)
-        self.payments[payment.id] = payment
-        self.entries[payment.command_id] = LedgerEntry(  # type: ignore[index]
-            **ledger_fields,
-            final=False,
-            outcome=None,
-            error_message=None,
-            payment_id=payment.id,
-            reply_route=route,
-        )
-        return Began(pending=payment)
+    ) -> Begun:
+        """Insert when nothing is found; the facts either way (begin_payments, one at a time)."""
+        assert payment.command_id is not None and payment.status is PaymentStatus.PENDING
+        found = await self.snapshot(payment.command_id, payment.order_id)
+        inserted = found == Snapshot(None, None, None)
+        if inserted:
+            self._check_payment(payment)
+            self.payments[payment.id] = payment
+            self.entries[payment.command_id] = LedgerEntry(
+                **ledger_fields,
+                final=False,
+                outcome=None,
+                error_message=None,
+                payment_id=payment.id,
+                reply_route=route,
+            )
+        return Begun(await self.snapshot(payment.command_id, payment.order_id), inserted)
 
     async def finish_payment(
         self,

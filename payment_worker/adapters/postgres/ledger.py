@@ -7,6 +7,7 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -16,17 +17,16 @@ from payment_worker.adapters.postgres.connections import Connections
 from payment_worker.adapters.postgres.outbox import insert_outbox
 from payment_worker.adapters.postgres.queries import DatabaseError
 from payment_worker.adapters.postgres.rows import (
-    LEDGER_COLUMNS,
     PAYMENT_COLUMNS,
     REQUEST_COLUMNS,
     ledger_arrays,
-    ledger_from,
     outbox_arrays,
     payment_arrays,
     payment_from,
+    snapshot_named,
 )
 from payment_worker.domain.model import Outcome, Payment
-from payment_worker.service.ports import Began, OutboxMessage, Snapshot, StoredMessage
+from payment_worker.service.ports import Begun, OutboxMessage, Snapshot, StoredMessage
 
 # The payment columns begin_payments inserts (a pending payment's: its request, when and by
 # which command) and finish_payments sets (the gateway's answer, keyed by id and command id).
@@ -42,13 +42,6 @@ _FINISHED = (
     "simulated_response",
     "command_id",
 )
-
-# Where each part of a row starts. snapshots: the ledger entry, the succeeded payment, the
-# pending one. begin_payments: n, verdict and first_n, the ledger entry, a payment.
-_SNAPSHOT_SUCCEEDED = len(LEDGER_COLUMNS)
-_SNAPSHOT_PENDING = _SNAPSHOT_SUCCEEDED + len(PAYMENT_COLUMNS)
-_BEGIN_LEDGER = 3
-_BEGIN_PAYMENT = _BEGIN_LEDGER + len(LEDGER_COLUMNS)
 
 
 class LedgerSteps(Connections):
@@ -73,7 +66,7 @@ class LedgerSteps(Connections):
 
     async def begin_payment(
         self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
-    ) -> Began:
+    ) -> Begun:
         """Insert the pending payment and in-progress ledger row, unless something forbids it.
 
         Per-order advisory locks make the checks and the insert one atomic step across
@@ -115,28 +108,21 @@ class LedgerSteps(Connections):
         """One call of the snapshots function (sql/003_key_lookup_plans.sql): one row per item,
         in order."""
         async with self._conn() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
                 self.q["snapshots"],
                 {"command_ids": [c for c, _ in items], "order_ids": [o for _, o in items]},
             )
             rows = await cur.fetchall()
         if len(rows) != len(items):
             raise DatabaseError(f"snapshots answered {len(rows)} rows for {len(items)} items")
-        succeeded, pending = _SNAPSHOT_SUCCEEDED, _SNAPSHOT_PENDING
-        return [
-            Snapshot(
-                ledger_from(row[:succeeded]) if row[0] else None,
-                payment_from(row[succeeded:pending]) if row[succeeded] else None,
-                payment_from(row[pending:]) if row[pending] else None,
-            )
-            for row in rows
-        ]
+        return [snapshot_named(row) for row in rows]
 
     async def _begin_batch(
         self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
-    ) -> list[Began | BaseException]:
-        """One call of begin_payments (sql/003_key_lookup_plans.sql): the locks, the checks and
-        the inserts of the whole batch in one statement, hence one transaction."""
+    ) -> list[Begun | BaseException]:
+        """One call of begin_payments (sql/006_begin_facts.sql): the locks, the inserts and the
+        facts of the whole batch in one statement, hence one transaction."""
         payments = [p for p, _, _ in items]
         fields = [f for _, f, _ in items]
         params = {
@@ -146,35 +132,12 @@ class LedgerSteps(Connections):
             "reply_route": [Jsonb(route) for _, _, route in items],
         }
         async with self._conn() as conn:
-            cur = await conn.execute(self.q["begin_payments"], params)
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(self.q["begin_payments"], params)
             rows = await cur.fetchall()
-        results: list[Began | BaseException] = []
-        for row in rows:  # one per item, in item order
-            n, verdict, first_n = row[0], row[1], row[2]
-            payment = payments[n - 1]
-            # The command id's ledger entry, whatever its state, comes with every verdict: the
-            # pipeline answers CONFLICT when it was written for another request (rule I1).
-            ledger = row[_BEGIN_LEDGER:_BEGIN_PAYMENT]
-            entry = ledger_from(ledger) if ledger[0] is not None else None
-            if verdict == "inserted":
-                results.append(Began(pending=payment))
-            elif verdict in ("ledger", "error"):  # error: in progress, its payment not pending
-                results.append(Began(ledger=entry))
-            elif verdict == "succeeded":
-                results.append(Began(succeeded=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
-            elif verdict == "pending":
-                results.append(Began(pending=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
-            elif verdict == "busy":
-                results.append(Began(busy=payment_from(row[_BEGIN_PAYMENT:]), ledger=entry))
-            elif verdict == "pending_in_batch":
-                results.append(Began(pending=payments[first_n - 1], ledger=entry))
-            elif verdict == "busy_in_batch":
-                results.append(Began(busy=payments[first_n - 1], ledger=entry))
-            else:
-                results.append(DatabaseError(f"begin_payments answered verdict {verdict!r}"))
-        if len(results) != len(items):
-            raise DatabaseError(f"begin_payments answered {len(results)} of {len(items)} items")
-        return results
+        if [row["n"] for row in rows] != list(range(1, len(items) + 1)):
+            raise DatabaseError(f"begin_payments answered {len(rows)} rows for {len(items)} items")
+        return [Begun(snapshot_named(row), inserted=row["inserted"]) for row in rows]
 
     async def _finish_batch(
         self, items: list[tuple[Payment, Outcome, str | None, list[OutboxMessage]]]

@@ -10,7 +10,11 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 
-from payment_worker.exceptions import InfrastructureUnavailable, PaymentWorkerError
+from payment_worker.exceptions import (
+    InfrastructureUnavailable,
+    PaymentWorkerError,
+    RetryableError,
+)
 
 
 class DatabaseUnavailable(InfrastructureUnavailable):
@@ -19,6 +23,21 @@ class DatabaseUnavailable(InfrastructureUnavailable):
 
 class DatabaseError(PaymentWorkerError):
     """A database error that retrying will not fix (a bug or a broken schema)."""
+
+
+class WrittenMeanwhile(RetryableError):
+    """Another transaction wrote the same key first (a unique constraint the rules rely on):
+    the step is tried again, and then reads what the other one wrote."""
+
+
+# The unique constraints two workers can meet on at once, with what each one guards: a
+# violation of any other is a bug, not a race.
+RACES = {
+    "command_ledger_pkey": "the command id was recorded meanwhile (for another order)",
+    "payments_one_pending_per_order": "another payment for the order became pending meanwhile",
+    "payments_one_succeeded_per_order": "the order was paid meanwhile",
+    "outbox_one_event_per_payment": "the payment's event was written meanwhile",
+}
 
 
 def sql_dir() -> Path:
@@ -47,6 +66,11 @@ def translate(exc: BaseException) -> Exception:
         | pg_errors.CannotConnectNow,
     ):
         return DatabaseUnavailable(f"{type(exc).__name__}: {exc}".strip())
+    if isinstance(exc, pg_errors.UniqueViolation):
+        constraint = exc.diag.constraint_name or "?"
+        if constraint in RACES:
+            return WrittenMeanwhile(f"{RACES[constraint]} ({constraint})")
+        return DatabaseError(f"UniqueViolation of {constraint}: {exc}".strip())
     if isinstance(exc, psycopg.Error):
         return DatabaseError(f"{type(exc).__name__}: {exc}".strip())
     return DatabaseError(str(exc))

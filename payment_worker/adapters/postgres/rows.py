@@ -7,13 +7,13 @@ shift the others). Batch statements take one array per column, named after it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from payment_worker.domain.model import Outcome, Payment, PaymentStatus
-from payment_worker.service.ports import LedgerEntry, OutboxMessage, RecordedAnswer
+from payment_worker.service.ports import LedgerEntry, OutboxMessage, RecordedAnswer, Snapshot
 
 # The payments table's columns, in table order; each is also the name of a `Payment` field.
 PAYMENT_COLUMNS = (
@@ -88,6 +88,27 @@ def ledger_from(values: Sequence[Any]) -> LedgerEntry:
     state, outcome = fields.pop("state"), fields.pop("outcome")
     return LedgerEntry(
         **fields, final=state == "final", outcome=Outcome(outcome) if outcome else None
+    )
+
+
+def payment_named(row: Mapping[str, Any], part: str) -> Payment | None:
+    """The payment a row names `<part>_<column>` (None when its id is NULL: none found)."""
+    if row[f"{part}_id"] is None:
+        return None
+    return payment_from([row[f"{part}_{column}"] for column in PAYMENT_COLUMNS])
+
+
+def ledger_named(row: Mapping[str, Any]) -> LedgerEntry | None:
+    """The ledger entry a row names `ledger_<column>` (None when there is none)."""
+    if row["ledger_command_id"] is None:
+        return None
+    return ledger_from([row[f"ledger_{column}"] for column in LEDGER_COLUMNS])
+
+
+def snapshot_named(row: Mapping[str, Any]) -> Snapshot:
+    """What a row of `snapshots` or `begin_payments` says the ledger records, by column name."""
+    return Snapshot(
+        ledger_named(row), payment_named(row, "succeeded"), payment_named(row, "pending")
     )
 
 
