@@ -4,9 +4,19 @@ order; what was not needed is cancelled and its error, nobody's concern, swallow
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from payment_worker.domain.decision import OrderInfo, ReservationInfo
+from payment_worker.domain.decision import (
+    Checked,
+    OrderInfo,
+    Rejected,
+    ReservationInfo,
+    Unchecked,
+    check_order,
+    check_reservation,
+)
 from payment_worker.domain.model import ValidCommand
 from payment_worker.service.ports import InventoryPort, OrderingPort
 
@@ -17,6 +27,7 @@ class Lookups:
     def __init__(
         self, ordering: OrderingPort, inventory: InventoryPort, valid: ValidCommand
     ) -> None:
+        self.valid = valid
         self._order = asyncio.ensure_future(ordering.get_order(valid.order_id))
         self._reservation = (
             asyncio.ensure_future(inventory.get_reservation(valid.reservation_id))
@@ -30,6 +41,18 @@ class Lookups:
     async def reservation(self) -> ReservationInfo | None:
         assert self._reservation is not None
         return await self._reservation
+
+    async def check(self, clock: Callable[[], datetime]) -> Checked:
+        """What the order, then the reservation, say of the command, in the contract's order:
+        None when both accept it; a lookup that failed is Unchecked, never a pass."""
+        valid = self.valid
+        try:
+            answer = check_order(valid, await self.order())
+            if answer is None and valid.reservation_id is not None:
+                answer = check_reservation(valid, await self.reservation(), clock())
+        except Exception as exc:
+            return Unchecked(exc)
+        return None if answer is None else Rejected(answer)
 
     def drop(self) -> None:
         """Cancel what was not needed; an error nobody asked for is not an error."""

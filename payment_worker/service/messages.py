@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from payment_worker import tracing
 from payment_worker.domain.cards import MAX_CARD_SPAN, mask_card_numbers_in_bytes, redacted_prefix
 from payment_worker.domain.ids import new_uuid, random_uuid
-from payment_worker.domain.model import Command, Payment, PaymentStatus, Reply
+from payment_worker.domain.model import Payment, PaymentStatus, Reply
 from payment_worker.domain.routing import ReplyRoute
 from payment_worker.service.ports import InboundRecord, OutboxMessage
 
@@ -126,6 +126,15 @@ def _ce_headers(
     ]
 
 
+class Echoed(Protocol):
+    """The ids a reply echoes: a command's as it sent them (a Command, a pipeline Request)."""
+
+    @property
+    def command_id(self) -> str: ...
+    @property
+    def order_id(self) -> str: ...
+
+
 class MessageFactory:
     """Turns replies, finalized payments and bad records into outbox messages."""
 
@@ -142,13 +151,14 @@ class MessageFactory:
 
     def reply(
         self,
-        command: Command,
+        command: Echoed,
         route: ReplyRoute,
         answer: Reply,
         payment_fields: dict[str, Any] | None = None,
     ) -> OutboxMessage:
-        """The reply to a command. `payment_fields`, when given, is the reply's `Payment` as
-        already read from the database (replay's fast path) in place of `answer.payment`."""
+        """The reply to a command (its ids as it sent them). `payment_fields`, when given, is the
+        reply's `Payment` as already read from the database (replay's fast path) in place of
+        `answer.payment`."""
         if payment_fields is None and answer.payment is not None:
             payment_fields = payment_record(answer.payment)
         record = {

@@ -827,7 +827,7 @@ async def test_the_order_lock_is_held_through_the_charge_and_released_after_the_
     order lock is released exactly once, after its reply is recorded; the gateway is only
     called while the order's lock is held."""
     lock = RecordingLock(world.ledger)
-    world.pipeline.locks = lock
+    world.pipeline.payer.locks = lock
     charge = world.gateway.charge
 
     async def charge_under_lock(payment: Payment) -> GatewayResult:
@@ -842,12 +842,12 @@ async def test_the_order_lock_is_held_through_the_charge_and_released_after_the_
 
     for number, command in enumerate([paid, paid, rejected], start=1):
         await world.send(command)
-        await asyncio.gather(*world.pipeline._releases)
+        await asyncio.gather(*world.pipeline.payer._releases)
         assert lock.held == {}
         assert lock.replies_at_release[-1] == number == len(world.replies())
     with pytest.raises(RuntimeError):
         await world.send(broken)
-    await asyncio.gather(*world.pipeline._releases)
+    await asyncio.gather(*world.pipeline.payer._releases)
     assert lock.held == {} and len(lock.replies_at_release) == 4
     assert world.gateway.calls == 1
 
@@ -1099,7 +1099,7 @@ async def test_an_order_lock_held_elsewhere_past_the_wait_charges_nothing(world:
         async def release(self, order_id: Any, token: str | None) -> None:
             raise AssertionError("nothing to release: the lock was never held")
 
-    world.pipeline.locks = HeldElsewhere()
+    world.pipeline.payer.locks = HeldElsewhere()
     command = world.payable()
     await world.send(command)
     reply = world.last_reply()
