@@ -137,7 +137,13 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing_and_charges_once(
     for cmd in commands:
         kafka.send(cmd, flush=False)
     kafka.flush()
-    env = {"PAYMENT_GATEWAY_LATENCY_MS": "100-500", "PAYMENT_RECONCILE_AFTER_S": "3"}
+    # A worker started after a kill joins once the broker has dropped the killed one: its
+    # session (the broker's shortest, 6 s) ends that wait sooner than our default 10 s.
+    env = {
+        "PAYMENT_GATEWAY_LATENCY_MS": "100-500",
+        "PAYMENT_RECONCILE_AFTER_S": "3",
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000}',
+    }
     for _ in range(2):
         worker = start_worker(**env)
         deadline = time.monotonic() + 20
