@@ -75,10 +75,14 @@ services: ## Install (apt-get, when missing) and start PostgreSQL and Redis on t
 test: install services ## Run every test (unit, integration, e2e) on real services
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# The property tests below run a fraction of their examples in `make test` (tests/scale.py).
+PROPERTY_TESTS := tests/unit/test_shim_request.py tests/unit/test_validation.py \
+	tests/unit/test_codec.py
+
 .PHONY: reliability
 reliability: install services ## Fault-injection and bad-input suite at full scale, with a summary table
 	RELIABILITY_FULL=1 $(BIN)/pytest -q -p no:cacheprovider tests/e2e/reliability \
-		tests/e2e/test_resilience.py $(PYTEST_ARGS)
+		tests/e2e/test_resilience.py $(PROPERTY_TESTS) $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install ## Run the unit tests only (no services needed)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from payment_worker.adapters.kafka import ensure_topics
-from payment_worker.devstack.broker import free_port, local_broker, port_open
+from payment_worker.devstack.broker import Broker, free_port, local_broker, port_open
 from payment_worker.testing import KafkaHarness, command_record
 from tests.conftest import ARTIFACTS
 
@@ -135,7 +137,13 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing_and_charges_once(
     for cmd in commands:
         kafka.send(cmd, flush=False)
     kafka.flush()
-    env = {"PAYMENT_GATEWAY_LATENCY_MS": "100-500", "PAYMENT_RECONCILE_AFTER_S": "3"}
+    # A worker started after a kill joins once the broker has dropped the killed one: its
+    # session (the broker's shortest, 6 s) ends that wait sooner than our default 10 s.
+    env = {
+        "PAYMENT_GATEWAY_LATENCY_MS": "100-500",
+        "PAYMENT_RECONCILE_AFTER_S": "3",
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000}',
+    }
     for _ in range(2):
         worker = start_worker(**env)
         deadline = time.monotonic() + 20
@@ -202,63 +210,74 @@ def test_redis_stopped_mid_stream_keeps_payments_correct(
             redis.kill()
 
 
+@pytest.fixture(scope="module")
+def outage_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker apart from the session's, for the tests that stop and kill it: started once for
+    them (each leaves it running again, on the same data, with topics of its own)."""
+    data = tmp_path_factory.mktemp("outage-broker")
+    broker = local_broker(
+        log_path=ARTIFACTS / f"broker-outage-{data.name}.log", data_dir=data / "kafka"
+    ).start()
+    yield broker
+    broker.kill()
+
+
 @pytest.mark.parametrize("outage", ["stopped", "killed"])
 def test_a_broker_stopped_or_killed_mid_stream_and_restarted_loses_nothing(
-    outage, start_worker, devserver, db, topics, tmp_path
+    outage, outage_broker, start_worker, devserver, db, topics
 ):
     """A broker of its own, stopped (SIGTERM: a controlled shutdown) or killed (SIGKILL) while
     payments are being charged, then restarted on the same data: every command answered, no
     order paid twice, nothing pending, and every event relayed once the broker is back."""
-    broker = local_broker(
-        log_path=ARTIFACTS / f"broker-{outage}-{tmp_path.name}.log", data_dir=tmp_path / "kafka"
-    ).start()
-    try:
-        ensure_topics(
-            {"bootstrap.servers": broker.bootstrap},
-            {
-                topics.commands: 4,
-                topics.succeeded: 2,
-                topics.failed: 2,
-                topics.replies: 2,
-                topics.dlq: 1,
-            },
-        )
-        kafka = KafkaHarness(broker.bootstrap, topics)
-        start_worker(
-            PAYMENT_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
-            PAYMENT_GATEWAY_LATENCY_MS="300-600",
-            PAYMENT_KAFKA_CONFIG='{"message.timeout.ms": 3000}',
-        )
-        commands = [_order(devserver) for _ in range(40)]
-        for cmd in commands[:20]:
-            kafka.send(cmd, flush=False)
-        kafka.flush()
-        deadline = time.monotonic() + 30
-        while db.execute("SELECT count(*) FROM payments").fetchone()[0] < 10:
-            assert time.monotonic() < deadline, "no payments began"
-            time.sleep(0.05)
-        pending = db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()
-        (broker.stop if outage == "stopped" else broker.kill)()
-        assert pending[0] > 0, "the outage did not fall while payments were being charged"
-        time.sleep(4)  # past message.timeout.ms: the producers give their deliveries up
-        broker.start()
-        for cmd in commands[20:]:
-            kafka.send(cmd, flush=False)
-        kafka.flush()
-        deadline = time.monotonic() + 90
-        while db.execute(
-            "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
-            " + (SELECT count(*) FROM payments WHERE status = 'pending')"
-            " + (%s - (SELECT count(*) FROM payments))",
-            (len(commands),),
-        ).fetchone()[0]:
-            assert time.monotonic() < deadline, "not every command was paid and relayed"
-            time.sleep(0.2)
-        _invariants(db, kafka, topics, commands)
-        paid = {r[0] for r in db.execute("SELECT order_id::text FROM payments").fetchall()}
-        assert paid == {c["orderId"] for c in commands}
-    finally:
-        broker.kill()
+    broker = outage_broker
+    if broker.process is None or broker.process.poll() is not None:
+        broker.start()  # an earlier case failed while it was down
+    ensure_topics(
+        {"bootstrap.servers": broker.bootstrap},
+        {
+            topics.commands: 4,
+            topics.succeeded: 2,
+            topics.failed: 2,
+            topics.replies: 2,
+            topics.dlq: 1,
+        },
+    )
+    kafka = KafkaHarness(broker.bootstrap, topics)
+    # The restarted broker holds the group's old member until its session ends: the
+    # broker's shortest (6 s) rather than our 10 s lets the worker back in sooner.
+    start_worker(
+        PAYMENT_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+        PAYMENT_GATEWAY_LATENCY_MS="300-600",
+        PAYMENT_KAFKA_CONFIG=json.dumps({"message.timeout.ms": 3000, "session.timeout.ms": 6000}),
+    )
+    commands = [_order(devserver) for _ in range(40)]
+    for cmd in commands[:20]:
+        kafka.send(cmd, flush=False)
+    kafka.flush()
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT count(*) FROM payments").fetchone()[0] < 10:
+        assert time.monotonic() < deadline, "no payments began"
+        time.sleep(0.05)
+    pending = db.execute("SELECT count(*) FROM payments WHERE status = 'pending'").fetchone()
+    (broker.stop if outage == "stopped" else broker.kill)()
+    assert pending[0] > 0, "the outage did not fall while payments were being charged"
+    time.sleep(4)  # past message.timeout.ms: the producers give their deliveries up
+    broker.start()
+    for cmd in commands[20:]:
+        kafka.send(cmd, flush=False)
+    kafka.flush()
+    deadline = time.monotonic() + 90
+    while db.execute(
+        "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
+        " + (SELECT count(*) FROM payments WHERE status = 'pending')"
+        " + (%s - (SELECT count(*) FROM payments))",
+        (len(commands),),
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline, "not every command was paid and relayed"
+        time.sleep(0.2)
+    _invariants(db, kafka, topics, commands)
+    paid = {r[0] for r in db.execute("SELECT order_id::text FROM payments").fetchall()}
+    assert paid == {c["orderId"] for c in commands}
 
 
 def test_a_reply_topic_deleted_while_its_commands_are_in_flight_is_parked_alone(
@@ -271,10 +290,15 @@ def test_a_reply_topic_deleted_while_its_commands_are_in_flight_is_parked_alone(
     admin = AdminClient({"bootstrap.servers": broker})
     ensure_topics({"bootstrap.servers": broker}, {callers: 2})
     metrics_port = free_port()
+    # librdkafka takes a topic missing from the metadata for a deleted one only after
+    # topic.metadata.propagation.max.ms (30 s by default; until then the replies' deliveries
+    # just time out, uncounted, as in an outage): 3 s lets the sweeper's next round meet it.
     start_worker(
         PAYMENT_GATEWAY_LATENCY_MS="1500-2000",
         PAYMENT_OUTBOX_MAX_ATTEMPTS="1",
-        PAYMENT_KAFKA_CONFIG='{"message.timeout.ms": 3000}',
+        PAYMENT_KAFKA_CONFIG=json.dumps(
+            {"message.timeout.ms": 3000, "topic.metadata.propagation.max.ms": 3000}
+        ),
         PAYMENT_METRICS_PORT=str(metrics_port),
     )
     theirs = [_order(devserver) for _ in range(5)]

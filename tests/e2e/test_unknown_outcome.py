@@ -38,11 +38,14 @@ def test_unknown_answers_survive_a_kill_and_are_settled_by_the_reconciler(
     restarted; the reconciler asks the gateway again with the same payment ids until it
     answers: every payment ends succeeded (or failed for a declined card), with one gateway
     answer and one event per payment id."""
+    # The worker started after the kill joins once the broker has dropped the killed one: its
+    # session (the broker's shortest, 6 s) ends that wait sooner than our default 10 s.
     env = {
         "PAYMENT_GATEWAY_UNKNOWN_RATE": "1",
         "PAYMENT_GATEWAY_LATENCY_MS": "0",
         "PAYMENT_RECONCILE_AFTER_S": "2",
         "PAYMENT_LOG_LEVEL": "DEBUG",
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000}',
     }
     commands = []
     for i in range(12):

@@ -25,6 +25,7 @@ from payment_worker.adapters.avro_codec import (
 )
 from payment_worker.exceptions import RetryableError
 from payment_worker.testing import command_record
+from tests.scale import scale
 
 AT = datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=UTC)
 
@@ -353,7 +354,9 @@ _BODIES = st.one_of(
 )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=scale(300, 1000), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(prefix=st.sampled_from(sorted(_HEADS)), body=_BODIES)
 def test_decode_raises_only_decode_error(prefix: str, body: bytes) -> None:
     """On random bytes (sometimes behind a correct header) decode returns or raises DecodeError."""

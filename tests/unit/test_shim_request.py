@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from payment_worker.domain.validation import ValidationFailed
 from payment_worker.entrypoints.shim import BadRequest, parse_payment_request, render_json
+from tests.scale import scale
 
 CONTRACT_MESSAGES = (
     "Payment request is required",
@@ -61,7 +62,9 @@ KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=scale(500, 3000), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     body=st.one_of(
         st.dictionaries(KEYS, ANY_VALUE, max_size=8).map(lambda d: json.dumps(d).encode()),

@@ -19,6 +19,7 @@ from payment_worker.domain.validation import (
     echoed_id,
     validate_command,
 )
+from tests.scale import scale
 
 NIL = "00000000-0000-0000-0000-000000000000"
 MALFORMED_IDS = [
@@ -263,7 +264,9 @@ _methods = st.one_of(
 )
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=scale(400, 2000), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     command_id=_ids,
     order_id=_ids,

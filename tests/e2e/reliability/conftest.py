@@ -4,7 +4,6 @@ written to .devstack/reliability.json (docs/reliability.md quotes a real run).""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -13,14 +12,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import ARTIFACTS
+from tests.scale import FULL, scale
 
-FULL = os.environ.get("RELIABILITY_FULL") == "1"
+__all__ = ["FULL", "scale"]
+
 ROWS: list[dict[str, Any]] = []
-
-
-def scale(quick: int, full: int) -> int:
-    """The size of a scenario: small in `make test`, full in `make reliability`."""
-    return full if FULL else quick
 
 
 @dataclass

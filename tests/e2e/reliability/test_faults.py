@@ -84,10 +84,13 @@ def test_worker_killed_repeatedly_during_a_stream(
     latency, restarted each time: nothing lost, nobody charged twice, nothing pending."""
     n, kills = scale(400, 5000), scale(2, 5)
     commands = _commands(devserver, n)
+    # A worker started after a kill joins once the broker has dropped the killed one: its
+    # session (the broker's shortest, 6 s) ends that wait sooner than our default 10 s.
     env = {
         "PAYMENT_GATEWAY_LATENCY_MS": "100-500",
         "PAYMENT_RECONCILE_AFTER_S": "5",
         "PAYMENT_LOG_LEVEL": "DEBUG",
+        "PAYMENT_KAFKA_CONFIG": '{"session.timeout.ms": 6000}',
     }
     producer = _stream(kafka, commands, rate=scale(300, 400))
     workers = []
