@@ -7,7 +7,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -37,11 +37,13 @@ from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.gauges import StateGauges
 from payment_worker.entrypoints.relay import OutboxRelay
-from payment_worker.entrypoints.shim import ShimClients
 from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
+
+if TYPE_CHECKING:
+    from payment_worker.entrypoints.shim import ShimClients
 
 
 def topics(settings: Settings) -> Topics:
@@ -133,6 +135,9 @@ def http_client_options(settings: Settings, service: str) -> dict[str, Any]:
 
 def shim_clients(settings: Settings) -> ShimClients:
     """The shim's command producer and reply listener (its own group on the reply topic)."""
+    # Imported here: the shim's web stack (FastAPI) is the shim's alone, not every process's.
+    from payment_worker.entrypoints.shim import ShimClients
+
     common = settings.kafka_common()
     listener_config = {
         **common,
