@@ -30,15 +30,52 @@ os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ARTIFACTS = ROOT / ".devstack" / "test-logs"
+# A run spread over processes (`make test`: pytest -n 2) starts its broker once, in the process
+# that spreads it, and names it here for the others.
+_SHARED_BROKER = "PAYMENT_TEST_SHARED_BROKER"
+# The groups of a spread run (--dist loadgroup): each group's tests run one after another in
+# one process, the two groups side by side, the unit tests wherever there is room. Balanced by
+# their durations; a group restarts nothing the other one uses (tests/postgres.py).
+_GROUPS = (
+    ("tests/integration/", "services-b"),
+    ("tests/e2e/reliability/", "services-b"),
+    ("tests/e2e/test_resilience.py", "services-b"),
+    ("tests/e2e/", "services-a"),
+)
+
+
+def _spreading(config: pytest.Config) -> bool:
+    """This process hands the tests out to others (pytest -n N, N > 0)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+
+
+def _needs_services(config: pytest.Config) -> bool:
+    """Anything but the unit tests was asked for (no path at all: everything)."""
+    unit = ROOT / "tests" / "unit"
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args] or [ROOT]
+    return any(not path.is_relative_to(unit) for path in paths)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """PAYMENT_TEST_CONTAINERS=1 without a Docker engine stops the run here, in one line."""
+    """PAYMENT_TEST_CONTAINERS=1 without a Docker engine stops the run here, in one line. A
+    spread run starts the broker here, before its processes, and names it in its first line."""
     try:
         if containers.wanted():
             containers.docker_client()
     except containers.ContainersUnavailable as exc:
         raise pytest.UsageError(str(exc)) from None
+    if _spreading(session.config) and not containers.wanted() and _needs_services(session.config):
+        _start_broker(session.config)
+        assert _BROKER is not None
+        os.environ[_SHARED_BROKER] = _BROKER.bootstrap
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path)).relative_to(ROOT).as_posix()
+        group = next((g for prefix, g in _GROUPS if path.startswith(prefix)), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +127,19 @@ _BROKER: Broker | None = None
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """When a collected test needs the broker, start it now and name it in the run's first line,
-    so a log shows what was proven on."""
-    global _BROKER
-    if containers.wanted() or not any("broker" in item.fixturenames for item in session.items):
+    so a log shows what was proven on (a spread run's processes use the one started for them)."""
+    if containers.wanted() or os.environ.get(_SHARED_BROKER):
         return
+    if any("broker" in item.fixturenames for item in session.items):
+        _start_broker(session.config)
+
+
+def _start_broker(config: pytest.Config) -> None:
+    global _BROKER
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="kafka-", dir=ARTIFACTS))
     _BROKER = local_broker(log_path=ARTIFACTS / "broker.log", data_dir=data).start()
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"broker: {_BROKER.describe()}")
 
@@ -114,6 +156,8 @@ def broker(infrastructure: containers.Containers | None) -> str:
     """The session's broker: 127.0.0.1:PORT (or the Kafka container)."""
     if infrastructure is not None:
         return infrastructure.bootstrap
+    if os.environ.get(_SHARED_BROKER):
+        return os.environ[_SHARED_BROKER]
     assert _BROKER is not None, "the broker starts when a collected test needs it"
     return _BROKER.bootstrap
 

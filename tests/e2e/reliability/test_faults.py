@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import threading
 import time
 import uuid
@@ -132,50 +131,6 @@ def test_rebalances_while_workers_leave_and_join(
     last_reply = max(r.timestamp_ms for r in found["replies"])
     report.notes["drained_after_ms"] = last_reply - last_sent
     assert last_reply - last_sent < 15_000, last_reply - last_sent
-
-
-def _pg_restart() -> None:
-    version = subprocess.run(
-        ["ls", "/etc/postgresql"], capture_output=True, text=True
-    ).stdout.split()[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def test_postgresql_restarted_mid_stream(
-    start_worker, kafka, devserver, db, topics, report, database_url
-):
-    """The database restarts while commands flow: the worker waits, retries and resumes;
-    nothing is committed to Kafka that is not in the database."""
-    import psycopg
-
-    n = scale(300, 2000)
-    commands = _commands(devserver, n)
-    worker = start_worker(PAYMENT_GATEWAY_LATENCY_MS="20-80")
-    producer = _stream(kafka, commands, rate=scale(100, 200))
-    time.sleep(1.5)
-    _pg_restart()
-    producer.join()
-    db_fresh = psycopg.connect(database_url, autocommit=True)
-    db_fresh.execute(f"SET search_path TO {worker.env['PAYMENT_DB_SCHEMA']}")
-    found = measure(db_fresh, kafka, topics, commands, report)
-    report.notes["retries_logged"] = worker.logs().count("record_retry")
-    assert_invariants(found)
-    # Every reply on Kafka is backed by a ledger entry or is an answer that needs none.
-    recorded = {
-        r[0]
-        for r in db_fresh.execute(
-            "SELECT command_id::text FROM command_ledger WHERE state = 'final'"
-        ).fetchall()
-    }
-    for reply in found["replies"]:
-        if reply.record["outcome"] in ("SUCCEEDED", "DECLINED"):
-            assert reply.record["commandId"] in recorded
-    db_fresh.close()
 
 
 def test_ordering_slow_or_failing_for_a_share_of_requests(
