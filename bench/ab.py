@@ -1,7 +1,9 @@
 """`make bench-ab BASELINE=REV`: the worker's CPU per command, this checkout's against another
 revision's, measured alternately on one stack (one broker, one database, one dev server), so
-that the machine's drift falls on both alike. Only the worker process runs the baseline's code
-(its package first on PYTHONPATH); the load generator and the stack are this checkout's.
+that the machine's drift falls on both alike. Only the worker process runs the baseline's code;
+the load generator and the stack are this checkout's. Each worker finds its package on
+PYTHONPATH alone (PYTHONSAFEPATH: `python -m` would otherwise put the current directory, this
+checkout, first, and the baseline's run would be this checkout's code).
 
 Prints each pair and the medians; writes bench/ab.json.
 """
@@ -47,7 +49,8 @@ def main() -> None:
                 # Alternate which goes first, so neither always meets a warmer machine.
                 order = ["baseline", "this"] if pair % 2 == 0 else ["this", "baseline"]
                 for variant in order:
-                    env = {"PYTHONPATH": str(baseline)} if variant == "baseline" else {}
+                    tree = baseline if variant == "baseline" else ROOT
+                    env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
                     result = e2e(stack, f"ab-{variant}-{pair}", args.n, **env)
                     figures[variant].append(result["cpu_ms_per_command"])
                     print(

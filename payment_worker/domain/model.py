@@ -66,15 +66,7 @@ class PaymentStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-# Per-message values. The classes built once or more for every record (Command, ValidCommand,
-# Reply; InboundRecord, OutboxMessage, RecordedAnswer, ReplyRoute, Prepared) are slotted but
-# not frozen: a frozen dataclass sets each field through object.__setattr__, and replay, which
-# builds several of them per record, answers about a tenth fewer records per second with them
-# frozen (`make bench`, replay_1process_per_s). They are values all the same: nothing assigns to
-# their fields after construction; a changed copy is made with dataclasses.replace.
-
-
-@dataclass(slots=True)  # per message: see 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class Command:
     """A decoded ProcessPayment command, fields as received (validation comes later).
 
@@ -91,7 +83,7 @@ class Command:
     requested_at: datetime
 
 
-@dataclass(slots=True)  # per message: see 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class ValidCommand:
     """A command that passed validation: ids parsed, currency normalised."""
 
@@ -158,7 +150,7 @@ class Payment:
         )
 
 
-@dataclass(slots=True)  # per message: see 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to one command (PaymentReply without the routing fields)."""
 

@@ -33,7 +33,7 @@ ROUTING_HEADERS = frozenset(
 )
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class ReplyRoute:
     """Where and how to answer one command."""
 

@@ -35,7 +35,7 @@ class Decoder(Protocol):
     def decode(self, name: str, value: bytes | None) -> dict[str, Any]: ...
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A decoded command, where to answer it, and its validated form (or why it is invalid)."""
 

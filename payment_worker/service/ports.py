@@ -37,7 +37,7 @@ class OrderLocked(RetryableError):
     it): the order is busy, and nothing may be charged for it now."""
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class InboundRecord:
     """One Kafka record as consumed."""
 
@@ -53,7 +53,7 @@ class InboundRecord:
     unreadable: str | None = None
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """A message to publish, written to the outbox in the same transaction as its cause."""
 
@@ -140,7 +140,7 @@ class LedgerPort(Protocol):
     ) -> list[StoredMessage] | None: ...
 
 
-@dataclass(slots=True)  # per message: see domain/model.py, 'Per-message values'
+@dataclass(frozen=True, slots=True)
 class RecordedAnswer:
     """A ledger entry as replay answers it again: the request it was for (canonical text ids),
     its outcome, and the payment exactly as a reply carries it (`PaymentReply.payment`)."""

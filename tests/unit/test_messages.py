@@ -377,11 +377,10 @@ def test_micros_is_exact_microseconds_since_the_epoch(at: datetime) -> None:
         1_767_225_600_000_000_000,
     ],
 )
-def test_ce_time_is_the_instant_in_rfc3339_utc(monkeypatch: pytest.MonkeyPatch, nanos: int) -> None:
-    """ce_time keeps the formatted whole second between calls: each instant (also across a
-    second, a minute and a year boundary, in this order) reads back exactly, to the µs."""
-    monkeypatch.setattr("payment_worker.service.messages.time.time_ns", lambda: nanos)
-    text = ce_time()
+def test_ce_time_is_the_instant_in_rfc3339_utc(nanos: int) -> None:
+    """ce_time writes each instant (a second's last microsecond, a whole second, a year's
+    boundary) in RFC 3339 UTC with all six digits of microseconds, and it reads back exactly."""
     expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=nanos // 1000)
+    text = ce_time(expected)
     assert text.endswith("Z") and len(text) == len("2026-11-29T12:00:00.000000Z")
     assert datetime.fromisoformat(text.replace("Z", "+00:00")) == expected
