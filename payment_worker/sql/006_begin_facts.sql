@@ -5,7 +5,8 @@
 -- inserts only when nothing blocks the candidate: no entry for its command id, no succeeded or
 -- pending payment for its order, and no earlier unblocked candidate of the batch for the same
 -- order or the same command id. No verdicts: the rule order lives in `decide` alone.
-DROP FUNCTION begin_payments(
+-- The former begin_payments (which decided verdicts) of a database migrated before this one.
+DROP FUNCTION IF EXISTS begin_payments(
     uuid[], uuid[], uuid[], uuid[], numeric[], text[], text[], timestamptz[], uuid[],
     uuid[], uuid[], numeric[], text[], jsonb[]);
 

@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from payment_worker.adapters.postgres.migrations import (
+    REWRITTEN,
     SchemaMismatch,
     available,
     latest_version,
@@ -330,3 +331,44 @@ def test_a_changed_applied_migration_is_an_error_unless_accepted(
         migrate(database_url, migrated_schema)
     assert migrate(database_url, migrated_schema, accept_changed=True) == []
     assert migrate(database_url, migrated_schema) == []
+
+
+def test_a_database_migrated_before_002_and_003_were_rewritten_reaches_the_current_schema(
+    database_url: str, migrated_schema: str
+) -> None:
+    """002 and 003 were rewritten only to drop the verdict-deciding begin_payments that 006
+    replaces: a database that applied their former text (recorded under its checksum, with
+    that function) is accepted, its checksums updated, and 006 replaces the function."""
+    schema = sql.Identifier(migrated_schema)
+    args = (
+        "uuid[], uuid[], uuid[], uuid[], numeric[], text[], text[], timestamptz[], uuid[],"
+        " uuid[], uuid[], numeric[], text[], jsonb[]"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+        conn.execute(f"DROP FUNCTION begin_payments({args})")
+        conn.execute(
+            f"CREATE FUNCTION begin_payments({args}) RETURNS TABLE (n integer, verdict text)"
+            " LANGUAGE sql AS $$ SELECT 1, 'inserted' $$"
+        )
+        for version, former in REWRITTEN.items():
+            conn.execute(
+                "UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+                (next(iter(former)), version),
+            )
+
+    assert migrate(database_url, migrated_schema) == [6]
+
+    current = {m.version: m.checksum for m in available()}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        returns = conn.execute(
+            "SELECT pg_get_function_result(oid) FROM pg_proc WHERE proname = 'begin_payments'"
+            " AND pronamespace = %s::regnamespace",
+            (migrated_schema,),
+        ).fetchall()
+    assert recorded == current
+    assert len(returns) == 1 and "inserted boolean" in returns[0][0]
+    assert "verdict" not in returns[0][0]
