@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg import sql
 
 from bench.classify import worst_classify_ms
+from bench.stages import Sampler
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.adapters.postgres.migrations import migrate
@@ -453,10 +454,12 @@ def e2e(
     *,
     peer: bool = False,
     warm_up: int | None = None,
+    stages: bool = False,
     **env: str,
 ) -> dict[str, Any]:
     """Commands through `workers` worker processes (or the peer's): throughput, reply latency,
-    and the CPU each process kind used per command answered in the measured run."""
+    and the CPU each process kind used per command answered in the measured run (`stages`:
+    and, for one worker, where its CPU went, stage by stage: bench/stages.py)."""
     sc = scenario(stack, name, **env)
     warm = WARM_UP if warm_up is None else warm_up
     commands = preload_orders(stack, n + warm, sc.group)
@@ -467,10 +470,14 @@ def e2e(
         # a small warm-up batch is answered before the measured run starts.
         produce(stack.bootstrap, sc.topics["commands"], warm_commands)
         collect_replies(stack, sc.topics["replies"], warm, timeout_s=120)
+        sampler = Sampler(procs[0].pid, LOGS / f"{name}-stages.txt") if stages else None
+        if sampler is not None:
+            sampler.start()
         before = process_cpu(stack, procs)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies, outcomes = collect_replies(stack, sc.topics["replies"], n + warm, timeout_s=900)
         used = {k: v - before[k] for k, v in process_cpu(stack, procs).items()}
+        by_thread = sampler.stop() if sampler is not None else None
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
     finally:
@@ -497,6 +504,8 @@ def e2e(
         # not a clean measurement, and is flagged (after the table too).
         "not_succeeded": not_succeeded(outcomes),
     }
+    if sampler is not None and by_thread is not None:
+        result["stages_us_per_command"] = sampler.stages(by_thread, answered)
     result["scenario"] = sc
     if result["not_succeeded"]:
         print(
@@ -861,6 +870,16 @@ def main() -> None:
         drop(half["scenario"])
         print(f"  reply p99 at half rate: {half['p99_ms']:.0f} ms", flush=True)
 
+        # Where the worker's CPU goes, stage by stage, at the maximum rate and at half of it:
+        # runs of their own, so that the sampler's CPU takes nothing from the figures above.
+        n_stages = max(1000, n * 3 // 5)
+        for key, rate in (("max_rate", None), ("half_rate", max(50.0, lat0["per_s"] / 2))):
+            staged = measured(f"stages-{key}", n_stages, rate=rate, stages=True)
+            results[f"stages_us_per_command_{key}"] = staged.get("stages_us_per_command", {})
+            results[f"stages_cpu_ms_per_command_{key}"] = staged["cpu_ms_per_command"]
+            drop(staged["scenario"])
+        print_stages(results)
+
         two = measured("latency0-2workers", n, workers=2)
         results["e2e_latency0_2workers_per_s"] = two["per_s"]
         drop(two["scenario"])
@@ -980,6 +999,19 @@ TARGETS = [  # (figure, at least or at most, bound)
     ("replay_per_s", ">=", 20000.0),
     ("worker_peak_rss_mb", "<=", 250.0),
 ]
+
+
+def print_stages(results: dict[str, Any]) -> None:
+    """The worker's CPU per command by stage, at the maximum rate and at half of it (µs)."""
+    top = results.get("stages_us_per_command_max_rate") or {}
+    half = results.get("stages_us_per_command_half_rate") or {}
+    if not top and not half:
+        print("  stages: py-spy could not sample the worker here", flush=True)
+        return
+    print(f"  {'stage (CPU µs per command)':<40} {'max rate':>9} {'half rate':>9}", flush=True)
+    for stage in sorted(set(top) | set(half), key=lambda s: -top.get(s, 0.0)):
+        print(f"  {stage:<40} {top.get(stage, 0.0):>9.0f} {half.get(stage, 0.0):>9.0f}")
+    print(f"  {'total':<40} {sum(top.values()):>9.0f} {sum(half.values()):>9.0f}", flush=True)
 
 
 def target_lines(results: dict[str, Any]) -> list[str]:
