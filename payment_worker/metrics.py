@@ -94,7 +94,7 @@ SHIM_REPLIES_DROPPED = Counter(
     "payment_shim_replies_dropped_total",
     "Replies the shim dropped, by reason (undecodable; unexpected: nobody waits for its"
     " correlation id; mismatched: it carries a waiting request's correlation id but answers"
-    " another command).",
+    " another command; error: delivering it failed).",
     ["reason"],
 )
 

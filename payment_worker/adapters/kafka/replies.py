@@ -67,6 +67,7 @@ class ReplyListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self.errors = 0  # rounds that failed and were listened again
         self.missing_topic = False  # the broker says the replies topic does not exist
 
     @property
@@ -140,26 +141,42 @@ class ReplyListener:
         )
         try:
             while not self._stop.is_set():
-                for message in ready_messages(consumer, 500, 0.1):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                            if not self.missing_topic:
-                                log.warning(
-                                    "topic_missing",
-                                    topic=self.topic,
-                                    variable="PAYMENT_TOPIC_REPLIES",
-                                    hint="create it with `payment-worker topics`",
-                                )
-                            self.missing_topic = True
-                        elif error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("reply_consumer_error", error=str(error))
-                        continue
-                    self.missing_topic = False
-                    self._next[message.partition() or 0] = (message.offset() or 0) + 1
-                    self._deliver(message.value())
+                try:
+                    self._poll(consumer)
+                except Exception:
+                    # Whatever broke this round, the listener goes on: ending it would leave
+                    # every caller waiting for replies nobody reads, the shim still ready.
+                    self.errors += 1
+                    log.exception("reply_listener_error", detail="listening again in 1 s")
+                    self._stop.wait(1.0)
         finally:
             consumer.close()
+
+    def _poll(self, consumer: Consumer) -> None:
+        for message in ready_messages(consumer, 500, 0.1):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    if not self.missing_topic:
+                        log.warning(
+                            "topic_missing",
+                            topic=self.topic,
+                            variable="PAYMENT_TOPIC_REPLIES",
+                            hint="create it with `payment-worker topics`",
+                        )
+                    self.missing_topic = True
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("reply_consumer_error", error=str(error))
+                continue
+            self.missing_topic = False
+            self._next[message.partition() or 0] = (message.offset() or 0) + 1
+            try:
+                self._deliver(message.value())
+            except Exception:
+                # This reply is lost to its caller (who gets a 504, and the same answer from
+                # the ledger when it retries with its key); the replies after it are not.
+                self._drop("error")
+                log.exception("reply_delivery_failed", partition=message.partition())
 
     def _deliver(self, value: bytes | None) -> None:
         reply = self.decode(value)
