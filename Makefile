@@ -72,8 +72,8 @@ services: ## Install (apt-get, when missing) and start PostgreSQL and Redis on t
 	@bash scripts/ensure-services.sh
 
 .PHONY: test
-test: install services ## Run every test (unit, integration, e2e) on real services, two processes
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup $(PYTEST_ARGS)
+test: install services ## Run every test (unit, integration, e2e) on real services, two files at a time
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The property tests below run a fraction of their examples in `make test` (tests/scale.py).
 PROPERTY_TESTS := tests/unit/test_shim_request.py tests/unit/test_validation.py \

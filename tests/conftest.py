@@ -33,15 +33,6 @@ ARTIFACTS = ROOT / ".devstack" / "test-logs"
 # A run spread over processes (`make test`: pytest -n 2) starts its broker once, in the process
 # that spreads it, and names it here for the others.
 _SHARED_BROKER = "PAYMENT_TEST_SHARED_BROKER"
-# The groups of a spread run (--dist loadgroup): each group's tests run one after another in
-# one process, the two groups side by side, the unit tests wherever there is room. Balanced by
-# their durations; a group restarts nothing the other one uses (tests/postgres.py).
-_GROUPS = (
-    ("tests/integration/", "services-b"),
-    ("tests/e2e/reliability/", "services-b"),
-    ("tests/e2e/test_resilience.py", "services-b"),
-    ("tests/e2e/", "services-a"),
-)
 
 
 def _spreading(config: pytest.Config) -> bool:
@@ -68,14 +59,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _start_broker(session.config)
         assert _BROKER is not None
         os.environ[_SHARED_BROKER] = _BROKER.bootstrap
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(str(item.path)).relative_to(ROOT).as_posix()
-        group = next((g for prefix, g in _GROUPS if path.startswith(prefix)), None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
