@@ -6,10 +6,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from payment_worker import metrics
 from payment_worker.adapters.coalesce import Coalescer
@@ -85,17 +86,31 @@ class RedisOrderLock:
         """One of the scripts over `keys` (one result each), by EVALSHA: a registered script
         run through redis-py first asks Redis whether it knows it (SCRIPT EXISTS), one more
         round trip. Redis forgets scripts when it restarts: then it is loaded and run again."""
-        sha, arguments = self._scripts[script], [*keys, *(str(a) for a in args)]
         try:
-            results = await self.client.evalsha(sha, len(keys), *arguments)
-        except NoScriptError:
-            await self.client.script_load(script)
-            results = await self.client.evalsha(sha, len(keys), *arguments)
+            results = await self._evalsha(script, keys, args)
+        except ResponseError as exc:
+            if "CROSSSLOT" not in str(exc):
+                raise
+            # A cluster endpoint takes a script's keys only within one hash slot: one call
+            # per key there (the batch's round trip is lost, not the lock).
+            shared = args[len(keys) :]
+            results = [
+                (await self._evalsha(script, [key], [args[i], *shared]))[0]
+                for i, key in enumerate(keys)
+            ]
         if not isinstance(results, list) or len(results) != len(keys):
             raise RedisError(
                 f"the lock script answered {type(results).__name__}, not one result per key"
             )
         return results
+
+    async def _evalsha(self, script: str, keys: list[str], args: list[str | int]) -> Any:
+        sha, arguments = self._scripts[script], [*keys, *(str(a) for a in args)]
+        try:
+            return await self.client.evalsha(sha, len(keys), *arguments)
+        except NoScriptError:
+            await self.client.script_load(script)
+            return await self.client.evalsha(sha, len(keys), *arguments)
 
     async def _set_batch(self, items: list[tuple[str, str]]) -> list[bool | BaseException]:
         try:

@@ -21,7 +21,7 @@ The rules, in the order they apply:
 
 What the ledger records comes first (rules 1 to 5), so a retried or replayed command gets its
 recorded answer even when the order has moved on. The worker asks the ledger only when the
-services did not accept the command: for an accepted one, `begin_payments` inserts the pending
+services did not accept the command: for an accepted one, `begin_facts` inserts the pending
 payment in the same statement that reads the facts, when nothing blocks it, and answers the
 facts; they are decided here (the whole table is run against PostgreSQL's answers). This is
 the only place the rule order is written.
@@ -195,7 +195,7 @@ OUTCOME_UNKNOWN = reply(
 
 def decide(valid: ValidCommand, checked: Checked, ledger: Snapshot | None) -> Decision:
     """The one decision for `valid` (rules 1 to 7 above). `ledger` is None when it was not read:
-    an accepted command is then charged (begin_payments checks the ledger as it inserts)."""
+    an accepted command is then charged (begin_facts checks the ledger as it inserts)."""
     if ledger is None:
         return Charge() if checked is None else ReadLedger()
     entry = ledger.ledger

@@ -88,7 +88,7 @@ class Payer:
 
     async def process(self, request: Request, valid: ValidCommand) -> Handled:
         # The order and the reservation are fetched, and the order lock asked for, at once.
-        # An accepted command goes straight to begin_payments, which inserts the pending
+        # An accepted command goes straight to begin_facts, which inserts the pending
         # payment when nothing blocks it; any other is decided with the ledger read first.
         lookups = Lookups(self.ordering, self.inventory, valid)
         lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
@@ -169,8 +169,9 @@ class Payer:
             begun = await self.ledger.begin_payment(candidate, ledger_fields(valid), route)
             decision = decide(valid, None, begun.facts)
             if isinstance(decision, Charge):
-                # Nothing blocks it, yet it was not inserted: a candidate before it in the
-                # batch took its command id. Asked again, it sees what that one wrote.
+                # Nothing blocks it, yet it was not inserted: a candidate before it in the batch
+                # came first for its order (and gave way itself, to an earlier one of its
+                # command id). Asked again, it sees what was written meanwhile.
                 return None
             if isinstance(decision, Wait):
                 waited_for.append(decision.payment)

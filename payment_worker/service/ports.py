@@ -80,7 +80,7 @@ class Begun:
     """begin_payment's answer, facts only: what the ledger records of the command id and its
     order once the batch's inserts are made, and whether this candidate was inserted (then
     `facts` holds it, pending, with its in-progress entry). `decide` turns the facts into what
-    to do; begin_payments inserts only when nothing blocks the candidate."""
+    to do; begin_facts inserts only when nothing blocks the candidate."""
 
     facts: Snapshot
     inserted: bool

@@ -67,4 +67,4 @@ BEGIN
 END
 $$;
 
--- begin_payments is 006_begin_facts.sql's: it states facts, and the domain decides.
+-- The begin step is 006_begin_facts.sql's begin_facts: it states facts, and the domain decides.

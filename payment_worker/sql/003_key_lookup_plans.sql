@@ -16,7 +16,7 @@
 
 -- snapshots: the pipeline's first read (it was the `snapshots` query): for each
 -- (command id, order id), in input order, the command's ledger entry and the order's succeeded
--- and pending payments (each NULL when absent). It reads committed data; begin_payments checks
+-- and pending payments (each NULL when absent). It reads committed data; the begin step checks
 -- everything again under the order's lock.
 CREATE FUNCTION snapshots(p_command_ids uuid[], p_order_ids uuid[])
 RETURNS TABLE (ledger command_ledger, succeeded payments, pending payments)
@@ -42,5 +42,5 @@ ALTER FUNCTION finish_payments(
     SET enable_mergejoin = off
     SET plan_cache_mode = force_generic_plan;
 
--- begin_payments is 006_begin_facts.sql's, with these settings: it states facts, and the
+-- The begin step is 006_begin_facts.sql's begin_facts, with these settings: it states facts, and the
 -- domain decides.

@@ -1,16 +1,14 @@
--- 006: begin_payments states facts; the domain decides (domain/decision.py `decide`).
+-- 006: begin_facts, the begin step that states facts; the domain decides (domain/decision.py
+-- `decide`). A new name: workers of the previous release go on calling the begin_payments they
+-- know (it decided verdicts) while the new ones start, on a database migrated before this
+-- migration; the next release's migration drops it.
 -- For each candidate pending payment it answers what the ledger records once the batch's
 -- inserts are made: the command id's entry, the order's succeeded payment, the order's pending
 -- payment, and whether it inserted this candidate's pending payment and in-progress entry. It
 -- inserts only when nothing blocks the candidate: no entry for its command id, no succeeded or
 -- pending payment for its order, and no earlier unblocked candidate of the batch for the same
 -- order or the same command id. No verdicts: the rule order lives in `decide` alone.
--- The former begin_payments (which decided verdicts) of a database migrated before this one.
-DROP FUNCTION IF EXISTS begin_payments(
-    uuid[], uuid[], uuid[], uuid[], numeric[], text[], text[], timestamptz[], uuid[],
-    uuid[], uuid[], numeric[], text[], jsonb[]);
-
-CREATE FUNCTION begin_payments(
+CREATE FUNCTION begin_facts(
     p_ids uuid[], p_order_ids uuid[], p_customer_ids uuid[], p_reservation_ids uuid[],
     p_amounts numeric[], p_currencies text[], p_payment_methods text[],
     p_created_ats timestamptz[], p_command_ids uuid[],
@@ -74,7 +72,9 @@ BEGIN
                'in_progress', c.id, c.reply_route
         FROM chosen c
         WHERE c.insert_it
-        ORDER BY c.n
+        -- In key order, as the advisory locks: two batches holding one command id for two
+        -- orders meet on it in one order (one waits, then finds it written), never deadlock.
+        ORDER BY c.command_id
         RETURNING *
     )
     -- What was found, or what this batch inserted (never both: a candidate inserts only where

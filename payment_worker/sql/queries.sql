@@ -9,7 +9,7 @@
 -- The pipeline's first read (sql/003_key_lookup_plans.sql), one row per (command id, order id)
 -- in input order: the command's ledger entry, the order's succeeded payment and its pending one
 -- (each all NULL when absent). One statement with no transaction block: it reads committed
--- data, and begin_payments checks everything again under the order's lock.
+-- data, and begin_facts checks everything again under the order's lock.
 -- Columns named one by one, each after its part (not `(succeeded).*`): the store reads them
 -- by name, and a column added to payments later is not read until it is named here.
 SELECT (ledger).command_id AS ledger_command_id, (ledger).order_id AS ledger_order_id,
@@ -53,8 +53,8 @@ SELECT id, order_id, customer_id, reservation_id, amount, currency, payment_meth
        is_simulated, simulated_response, command_id
 FROM payments WHERE id = %(id)s;
 
--- name: begin_payments
--- The begin step in one statement (sql/006_begin_facts.sql): the orders' locks, the new pending
+-- name: begin_facts
+-- The begin step in one statement (begin_facts, sql/006_begin_facts.sql): the orders' locks, the new pending
 -- payments with their ledger entries, and per candidate in input order whether it was inserted
 -- and what the ledger records of its command id and order (named as in `snapshots`). The
 -- batch statements take one array per column (unnest): one statement per batch, however many
@@ -93,7 +93,7 @@ SELECT n, inserted,
        (pending).is_simulated AS pending_is_simulated,
        (pending).simulated_response AS pending_simulated_response,
        (pending).command_id AS pending_command_id
-FROM begin_payments(
+FROM begin_facts(
     %(id)b::uuid[], %(order_id)b::uuid[], %(customer_id)b::uuid[],
     %(reservation_id)b::uuid[], %(amount)b::numeric[], %(currency)b::text[],
     %(payment_method)b::text[], %(created_at)b::timestamptz[], %(command_id)b::uuid[],

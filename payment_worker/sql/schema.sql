@@ -109,7 +109,7 @@ CREATE SEQUENCE outbox_id_seq AS bigint
     START 1 INCREMENT 1 MINVALUE 1 MAXVALUE 9223372036854775807 CACHE 1
     OWNED BY outbox.id;
 
-CREATE FUNCTION begin_payments(
+CREATE FUNCTION begin_facts(
     p_ids uuid[], p_order_ids uuid[], p_customer_ids uuid[], p_reservation_ids uuid[],
     p_amounts numeric[], p_currencies text[], p_payment_methods text[],
     p_created_ats timestamp with time zone[], p_command_ids uuid[], l_order_ids uuid[],
@@ -177,7 +177,9 @@ BEGIN
                'in_progress', c.id, c.reply_route
         FROM chosen c
         WHERE c.insert_it
-        ORDER BY c.n
+        -- In key order, as the advisory locks: two batches holding one command id for two
+        -- orders meet on it in one order (one waits, then finds it written), never deadlock.
+        ORDER BY c.command_id
         RETURNING *
     )
     -- What was found, or what this batch inserted (never both: a candidate inserts only where

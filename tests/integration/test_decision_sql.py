@@ -1,7 +1,7 @@
 """The whole decision table of tests/unit/test_decision.py against the real database: for each
 row, the ledger is made to hold what the row says, and the decision made on what PostgreSQL
 gives back is the row's. `snapshots` (the pipeline's read) is asked for every row;
-`begin_payments` (the begin step, which states facts and inserts only when nothing blocks)
+`begin_facts` (the begin step, which states facts and inserts only when nothing blocks)
 for every row whose services accepted the command. Neither function decides anything: the
 rule order is `decide`'s alone, and these tests show the facts they give are the ones it
 needs."""
@@ -100,11 +100,11 @@ async def test_the_decision_on_what_snapshots_reads(
     [(case[2], case[3]) for case in CASES if case[1] is ACCEPTED],
     ids=[case[0] for case in CASES if case[1] is ACCEPTED],
 )
-async def test_the_decision_on_what_begin_payments_states(
+async def test_the_decision_on_what_begin_facts_states(
     store: PostgresStore, db: Conn, snapshot: Snapshot | None, expected: object
 ) -> None:
     """An accepted command's row (its ledger not read: nothing recorded), begun: where the row
-    decides Charge, begin_payments inserted the candidate and the facts resume it; anywhere
+    decides Charge, begin_facts inserted the candidate and the facts resume it; anywhere
     else it inserted nothing and the facts give the row's decision."""
     _hold(db, snapshot)
     candidate = _candidate()

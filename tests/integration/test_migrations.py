@@ -93,7 +93,7 @@ def test_first_migrate_applies_every_available_version(database_url: str, db_sch
 def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
     database_url: str, migrated_schema: str
 ) -> None:
-    """The step functions (begin_payments, finish_payments, snapshots) live in the configured
+    """The step functions (begin_facts, finish_payments, snapshots) live in the configured
     schema and resolve its tables themselves: called from a session whose search_path is only
     `public`, they read and write that schema's tables."""
     order_id, payment_id, command_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -102,7 +102,7 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
         conn.execute("SET search_path TO public")
         begun = conn.execute(
             sql.SQL(
-                "SELECT n, inserted FROM {}.begin_payments("
+                "SELECT n, inserted FROM {}.begin_facts("
                 "ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[NULL]::uuid[],"
                 " ARRAY[10.00]::numeric[], ARRAY['USD'], ARRAY['card'], ARRAY[now()],"
                 " ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[%s]::uuid[], ARRAY[10.00]::numeric[],"
@@ -336,9 +336,10 @@ def test_a_changed_applied_migration_is_an_error_unless_accepted(
 def test_a_database_migrated_before_002_and_003_were_rewritten_reaches_the_current_schema(
     database_url: str, migrated_schema: str
 ) -> None:
-    """002 and 003 were rewritten only to drop the verdict-deciding begin_payments that 006
-    replaces: a database that applied their former text (recorded under its checksum, with
-    that function) is accepted, its checksums updated, and 006 replaces the function."""
+    """002 and 003 were rewritten only to drop the verdict-deciding begin_payments that 006's
+    begin_facts replaces: a database that applied their former text (recorded under its
+    checksum, with that function) is accepted, its checksums updated, and 006 adds begin_facts
+    beside the former function, which workers of the previous release go on calling."""
     schema = sql.Identifier(migrated_schema)
     args = (
         "uuid[], uuid[], uuid[], uuid[], numeric[], text[], text[], timestamptz[], uuid[],"
@@ -347,7 +348,7 @@ def test_a_database_migrated_before_002_and_003_were_rewritten_reaches_the_curre
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(schema))
         conn.execute("DELETE FROM schema_migrations WHERE version = 6")
-        conn.execute(f"DROP FUNCTION begin_payments({args})")
+        conn.execute(f"DROP FUNCTION begin_facts({args})")
         conn.execute(
             f"CREATE FUNCTION begin_payments({args}) RETURNS TABLE (n integer, verdict text)"
             " LANGUAGE sql AS $$ SELECT 1, 'inserted' $$"
@@ -364,11 +365,14 @@ def test_a_database_migrated_before_002_and_003_were_rewritten_reaches_the_curre
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(schema))
         recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
-        returns = conn.execute(
-            "SELECT pg_get_function_result(oid) FROM pg_proc WHERE proname = 'begin_payments'"
-            " AND pronamespace = %s::regnamespace",
-            (migrated_schema,),
-        ).fetchall()
+        returns = dict(
+            conn.execute(
+                "SELECT proname, pg_get_function_result(oid) FROM pg_proc"
+                " WHERE proname IN ('begin_facts', 'begin_payments')"
+                " AND pronamespace = %s::regnamespace",
+                (migrated_schema,),
+            ).fetchall()
+        )
     assert recorded == current
-    assert len(returns) == 1 and "inserted boolean" in returns[0][0]
-    assert "verdict" not in returns[0][0]
+    assert "inserted boolean" in returns["begin_facts"]
+    assert "verdict" in returns["begin_payments"]

@@ -20,6 +20,7 @@ from payment_worker.adapters.postgres import (
     PostgresStore,
     make_pool,
 )
+from payment_worker.adapters.postgres.ledger import begin_params
 from payment_worker.adapters.postgres.queries import WrittenMeanwhile, translate
 from payment_worker.devstack.broker import free_port
 from payment_worker.domain.model import Outcome, PaymentStatus
@@ -237,6 +238,37 @@ async def test_one_command_id_for_two_orders_in_one_batch_is_inserted_once(
     assert two.facts.ledger is not None and two.facts.ledger.order_id == first.order_id
     assert two.facts.pending is None
     assert _count(db, "SELECT count(*) FROM payments") == 1
+
+
+async def test_a_command_id_written_by_another_worker_meanwhile_fails_no_other_command(
+    store: PostgresStore, database_url: str, migrated_schema: str, db: Conn
+) -> None:
+    """Another worker's batch inserts command X for order O1 and commits while this batch
+    holds X for order O2 beside an unrelated command: this batch's statement meets X's key,
+    runs again, and then finds X written (for another order: a CONFLICT for the domain) while
+    the unrelated command is inserted, instead of every command of the batch failing."""
+    theirs = pending_payment()
+    reused = pending_payment(command_id=theirs.command_id)  # another order, same command id
+    unrelated = pending_payment()
+    other_worker = psycopg.connect(database_url)
+    other_worker.execute(f'SET search_path TO "{migrated_schema}"')
+    other_worker.execute(
+        store.q["begin_facts"], begin_params([(theirs, ledger_fields(theirs), ROUTE)])
+    ).fetchall()  # inserted, not yet committed
+
+    batch = asyncio.ensure_future(
+        store._begin_batch([(c, ledger_fields(c), ROUTE) for c in (reused, unrelated)])
+    )
+    await asyncio.sleep(0.5)  # this batch now waits on X's key
+    other_worker.commit()
+    other_worker.close()
+    reused_begun, unrelated_begun = await asyncio.wait_for(batch, 10)
+
+    assert isinstance(reused_begun, Begun) and isinstance(unrelated_begun, Begun)
+    assert not reused_begun.inserted and unrelated_begun.inserted
+    assert reused_begun.facts.ledger is not None
+    assert reused_begun.facts.ledger.order_id == theirs.order_id
+    assert _count(db, "SELECT count(*) FROM payments WHERE id = %s", unrelated.id) == 1
 
 
 async def test_a_key_written_meanwhile_is_a_retry_and_any_other_a_named_error(

@@ -7,9 +7,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from payment_worker.adapters.redis_lock import RedisOrderLock
 from payment_worker.devstack.broker import free_port
@@ -232,3 +234,42 @@ async def test_one_batch_locks_many_orders_and_refuses_the_held_ones(
         *(lock.release(o, t) for o, t in zip(orders[1:], results, strict=True)),
     )
     assert [key async for key in client.scan_iter(match=prefix + "*")] == []
+
+
+class _ClusterEndpoint:
+    """The real Redis, answering a script over keys of several hash slots as a cluster-mode
+    endpoint does (CROSSSLOT)."""
+
+    def __init__(self, real: aioredis.Redis) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def evalsha(self, sha: str, numkeys: int, *args: str) -> Any:
+        if numkeys > 1:
+            raise ResponseError("CROSSSLOT Keys in request don't hash to the same slot")
+        return await self.real.evalsha(sha, numkeys, *args)
+
+
+async def test_a_cluster_endpoint_gets_one_script_call_per_key(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    """Where a batch's keys cannot go in one script call (CROSSSLOT), each goes alone: locks are
+    still taken, refused while held and released, never degraded."""
+    degraded: list[int] = []
+    lock = RedisOrderLock(
+        _ClusterEndpoint(client),  # type: ignore[arg-type]
+        ttl_ms=5_000,
+        wait_s=0.3,
+        prefix=prefix,
+        on_degraded=lambda: degraded.append(1),
+    )
+    orders = [uuid.uuid4() for _ in range(10)]
+    tokens = await asyncio.gather(*(lock.acquire(o) for o in orders))
+    assert all(tokens) and degraded == []
+    with pytest.raises(OrderLocked):
+        await lock.acquire(orders[0])
+    await asyncio.gather(*(lock.release(o, t) for o, t in zip(orders, tokens, strict=True)))
+    assert [key async for key in client.scan_iter(match=prefix + "*")] == []
+    assert degraded == []

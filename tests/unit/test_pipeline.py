@@ -104,7 +104,7 @@ class FakeLedger:
     async def begin_payment(
         self, payment: Payment, ledger_fields: dict[str, Any], route: dict[str, Any]
     ) -> Begun:
-        """Insert when nothing is found; the facts either way (begin_payments, one at a time)."""
+        """Insert when nothing is found; the facts either way (begin_facts, one at a time)."""
         assert payment.command_id is not None and payment.status is PaymentStatus.PENDING
         found = await self.snapshot(payment.command_id, payment.order_id)
         inserted = found == Snapshot(None, None, None)

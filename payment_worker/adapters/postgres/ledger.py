@@ -15,7 +15,7 @@ from payment_worker import tracing
 from payment_worker.adapters.coalesce import Coalescer
 from payment_worker.adapters.postgres.connections import Connections
 from payment_worker.adapters.postgres.outbox import insert_outbox
-from payment_worker.adapters.postgres.queries import DatabaseError
+from payment_worker.adapters.postgres.queries import DatabaseError, WrittenMeanwhile
 from payment_worker.adapters.postgres.rows import (
     PAYMENT_COLUMNS,
     REQUEST_COLUMNS,
@@ -28,7 +28,7 @@ from payment_worker.adapters.postgres.rows import (
 from payment_worker.domain.model import Outcome, Payment
 from payment_worker.service.ports import Begun, OutboxMessage, Snapshot, StoredMessage
 
-# The payment columns begin_payments inserts (a pending payment's: its request, when and by
+# The payment columns begin_facts inserts (a pending payment's: its request, when and by
 # which command) and finish_payments sets (the gateway's answer, keyed by id and command id).
 _BEGUN = (*PAYMENT_COLUMNS[:7], "created_at", "command_id")
 _FINISHED = (
@@ -121,22 +121,24 @@ class LedgerSteps(Connections):
     async def _begin_batch(
         self, items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]
     ) -> list[Begun | BaseException]:
-        """One call of begin_payments (sql/006_begin_facts.sql): the locks, the inserts and the
+        """One call of begin_facts (sql/006_begin_facts.sql): the locks, the inserts and the
         facts of the whole batch in one statement, hence one transaction."""
-        payments = [p for p, _, _ in items]
-        fields = [f for _, f, _ in items]
-        params = {
-            **payment_arrays(payments, _BEGUN),
-            # The ledger entry's command id is its payment's.
-            **{f"ledger_{c}": [f[c] for f in fields] for c in REQUEST_COLUMNS[1:]},
-            "reply_route": [Jsonb(route) for _, _, route in items],
-        }
-        async with self._conn() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(self.q["begin_payments"], params)
-            rows = await cur.fetchall()
+        params = begin_params(items)
+        for attempt in range(1, 4):
+            try:
+                async with self._conn() as conn:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(self.q["begin_facts"], params)
+                    rows = await cur.fetchall()
+                break
+            except WrittenMeanwhile:
+                # Another worker's batch wrote one of these command ids first (for another
+                # order) and has committed: the statement again finds it written and inserts
+                # the others, instead of failing every command of the batch for one.
+                if attempt == 3:
+                    raise
         if [row["n"] for row in rows] != list(range(1, len(items) + 1)):
-            raise DatabaseError(f"begin_payments answered {len(rows)} rows for {len(items)} items")
+            raise DatabaseError(f"begin_facts answered {len(rows)} rows for {len(items)} items")
         return [Begun(snapshot_named(row), inserted=row["inserted"]) for row in rows]
 
     async def _finish_batch(
@@ -218,6 +220,17 @@ class LedgerSteps(Connections):
             await conn.execute(
                 self.q["release_claim"], {"payment_id": payment_id, "claimed_by": owner}
             )
+
+
+def begin_params(items: list[tuple[Payment, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The arrays of one begin_facts call: the candidates' columns, their ledger entries'
+    requests (the entry's command id is its payment's) and reply routes."""
+    fields = [f for _, f, _ in items]
+    return {
+        **payment_arrays([p for p, _, _ in items], _BEGUN),
+        **{f"ledger_{c}": [f[c] for f in fields] for c in REQUEST_COLUMNS[1:]},
+        "reply_route": [Jsonb(route) for _, _, route in items],
+    }
 
 
 def _step(name: str) -> AbstractContextManager[object]:

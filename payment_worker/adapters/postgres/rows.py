@@ -106,7 +106,7 @@ def ledger_named(row: Mapping[str, Any]) -> LedgerEntry | None:
 
 
 def snapshot_named(row: Mapping[str, Any]) -> Snapshot:
-    """What a row of `snapshots` or `begin_payments` says the ledger records, by column name."""
+    """What a row of `snapshots` or `begin_facts` says the ledger records, by column name."""
     return Snapshot(
         ledger_named(row), payment_named(row, "succeeded"), payment_named(row, "pending")
     )
