@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from bench.run import ROOT, close_producers, e2e, start_stack
+from bench.run import ROOT, close_producers, e2e, exit_on_sigterm, start_stack
 
 
 def export(revision: str, into: Path) -> Path:
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("-n", type=int, default=3000, help="commands per run")
     args = parser.parse_args()
+    exit_on_sigterm()
     stack = start_stack()
     figures: dict[str, list[float]] = {"baseline": [], "this": []}
     try:

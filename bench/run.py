@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,12 @@ class Stack:
         self.broker.stop()
         if self.broker.data_dir is not None:
             shutil.rmtree(self.broker.data_dir, ignore_errors=True)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout) ends the run as Ctrl-C does: through its `finally`, which
+    stops the broker and the dev server it started instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def start_stack(kind: str = "kafka") -> Stack:
@@ -800,6 +807,7 @@ def main() -> None:
     n_naive = 10 if args.quick else 60
     n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
+    exit_on_sigterm()
     stack = start_stack(args.broker)
     broker = stack.broker.describe()
     if args.broker == "tansu":  # chosen, not a fallback
