@@ -108,7 +108,6 @@ class Pipeline:
         route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         prepared = self.intake.prepare(command, route)
         command, valid = prepared.command, prepared.valid
-        request = Request(command.command_id, command.order_id, prepared.route, valid)
         if valid is None:
             # Raw field values are not logged: they are input, and may hold a card number.
             log.info(
@@ -119,6 +118,7 @@ class Pipeline:
                 offset=record.offset,
             )
             answer = reply(Outcome.INVALID_REQUEST, prepared.invalid or "invalid")
+            request = Request(command.command_id, command.order_id, prepared.route)
             return await self.answers.reply(request, answer)
         tracing.annotate(
             {"payment.command_id": command.command_id, "payment.order_id": command.order_id}
@@ -126,9 +126,9 @@ class Pipeline:
         bound = log.bind(
             command_id=command.command_id,
             order_id=command.order_id,
-            correlation_id=request.route.correlation_id,
+            correlation_id=prepared.route.correlation_id,
         )
-        request = replace(request, log=bound)
+        request = Request(command.command_id, command.order_id, prepared.route, valid, bound)
         try:
             return await self.payer.process(request, valid)
         except DependencyUnavailable as exc:
@@ -138,20 +138,20 @@ class Pipeline:
 
     async def handle_failure(self, record: InboundRecord, error: BaseException) -> Handled:
         """An unexpected error: answer ERROR (if the command decodes) and dead-letter it."""
-        extra = [self.messages.dead_letter(record, "processing-error", type(error).__name__)]
+        reason, name = "processing-error", type(error).__name__
         try:
             raw = await self.intake.decode(record)
         except self.intake.decode_error:
-            stored = await self.ledger.record(extra)
-            return Handled(None, stored or [], dead_letter_reason="processing-error")
+            return await self.answers.dead_letter(record, reason, name)
         command = as_echoed(command_from_record(raw))
         route = await self.intake.resolve_route(record.headers, command.command_id, record.read_at)
         if isinstance(route, InvalidHeader):
             route = route.fallback
-        answer = reply(Outcome.ERROR, f"unexpected {type(error).__name__}")
+        answer = reply(Outcome.ERROR, f"unexpected {name}")
         request = Request(command.command_id, command.order_id, route)
+        extra = [self.messages.dead_letter(record, reason, name)]
         handled = await self.answers.reply(request, answer, extra=extra)
-        return replace(handled, dead_letter_reason="processing-error")
+        return replace(handled, dead_letter_reason=reason)
 
     async def _dead_letter(self, record: InboundRecord, reason: str, error: str) -> Handled:
         log.warning(
@@ -166,9 +166,7 @@ class Pipeline:
 
     async def dead_letter_only(self, record: InboundRecord, error: BaseException) -> Handled:
         """The last resort when even answering ERROR failed: the record to the dead letters."""
-        reason = "processing-error"
-        handled = await self.answers.dead_letter(record, reason, type(error).__name__)
-        return handled
+        return await self.answers.dead_letter(record, "processing-error", type(error).__name__)
 
     async def finish_stale(self, payment: Payment, route: ReplyRoute) -> Handled:
         """The reconciler's step (rule I5): charge a pending payment whose command went away."""

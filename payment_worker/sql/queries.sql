@@ -10,41 +10,11 @@
 -- in input order: the command's ledger entry, the order's succeeded payment and its pending one
 -- (each all NULL when absent). One statement with no transaction block: it reads committed
 -- data, and begin_facts checks everything again under the order's lock.
--- Columns named one by one, each after its part (not `(succeeded).*`): the store reads them
--- by name, and a column added to payments later is not read until it is named here.
-SELECT (ledger).command_id AS ledger_command_id, (ledger).order_id AS ledger_order_id,
-       (ledger).customer_id AS ledger_customer_id, (ledger).amount AS ledger_amount,
-       (ledger).currency AS ledger_currency, (ledger).state AS ledger_state,
-       (ledger).outcome AS ledger_outcome, (ledger).error_message AS ledger_error_message,
-       (ledger).payment_id AS ledger_payment_id, (ledger).reply_route AS ledger_reply_route,
-       (succeeded).id AS succeeded_id, (succeeded).order_id AS succeeded_order_id,
-       (succeeded).customer_id AS succeeded_customer_id,
-       (succeeded).reservation_id AS succeeded_reservation_id,
-       (succeeded).amount AS succeeded_amount, (succeeded).currency AS succeeded_currency,
-       (succeeded).payment_method AS succeeded_payment_method,
-       (succeeded).status AS succeeded_status, (succeeded).error_code AS succeeded_error_code,
-       (succeeded).error_message AS succeeded_error_message,
-       (succeeded).failure_reason AS succeeded_failure_reason,
-       (succeeded).transaction_id AS succeeded_transaction_id,
-       (succeeded).created_at AS succeeded_created_at,
-       (succeeded).processed_at AS succeeded_processed_at,
-       (succeeded).is_simulated AS succeeded_is_simulated,
-       (succeeded).simulated_response AS succeeded_simulated_response,
-       (succeeded).command_id AS succeeded_command_id,
-       (pending).id AS pending_id, (pending).order_id AS pending_order_id,
-       (pending).customer_id AS pending_customer_id,
-       (pending).reservation_id AS pending_reservation_id, (pending).amount AS pending_amount,
-       (pending).currency AS pending_currency,
-       (pending).payment_method AS pending_payment_method, (pending).status AS pending_status,
-       (pending).error_code AS pending_error_code,
-       (pending).error_message AS pending_error_message,
-       (pending).failure_reason AS pending_failure_reason,
-       (pending).transaction_id AS pending_transaction_id,
-       (pending).created_at AS pending_created_at,
-       (pending).processed_at AS pending_processed_at,
-       (pending).is_simulated AS pending_is_simulated,
-       (pending).simulated_response AS pending_simulated_response,
-       (pending).command_id AS pending_command_id
+-- The facts placeholder below is each part's columns named one by one after it,
+-- `(succeeded).id AS succeeded_id`... (FACTS in adapters/postgres/rows.py, made from the column
+-- lists the store reads them by; never `(succeeded).*`: a column added to payments later is
+-- not read until it is listed there).
+SELECT {facts}
 FROM snapshots(%(command_ids)b::uuid[], %(order_ids)b::uuid[]);
 
 -- name: payment_by_id
@@ -54,45 +24,12 @@ SELECT id, order_id, customer_id, reservation_id, amount, currency, payment_meth
 FROM payments WHERE id = %(id)s;
 
 -- name: begin_facts
--- The begin step in one statement (begin_facts, sql/006_begin_facts.sql): the orders' locks, the new pending
--- payments with their ledger entries, and per candidate in input order whether it was inserted
--- and what the ledger records of its command id and order (named as in `snapshots`). The
+-- The begin step in one statement (begin_facts, sql/006_begin_facts.sql): the orders' locks,
+-- the new pending payments with their ledger entries, and per candidate in input order whether it was inserted
+-- and what the ledger records of its command id and order (the facts, as in `snapshots`). The
 -- batch statements take one array per column (unnest): one statement per batch, however many
 -- commands it serves, instead of one statement per row.
-SELECT n, inserted,
-       (ledger).command_id AS ledger_command_id, (ledger).order_id AS ledger_order_id,
-       (ledger).customer_id AS ledger_customer_id, (ledger).amount AS ledger_amount,
-       (ledger).currency AS ledger_currency, (ledger).state AS ledger_state,
-       (ledger).outcome AS ledger_outcome, (ledger).error_message AS ledger_error_message,
-       (ledger).payment_id AS ledger_payment_id, (ledger).reply_route AS ledger_reply_route,
-       (succeeded).id AS succeeded_id, (succeeded).order_id AS succeeded_order_id,
-       (succeeded).customer_id AS succeeded_customer_id,
-       (succeeded).reservation_id AS succeeded_reservation_id,
-       (succeeded).amount AS succeeded_amount, (succeeded).currency AS succeeded_currency,
-       (succeeded).payment_method AS succeeded_payment_method,
-       (succeeded).status AS succeeded_status, (succeeded).error_code AS succeeded_error_code,
-       (succeeded).error_message AS succeeded_error_message,
-       (succeeded).failure_reason AS succeeded_failure_reason,
-       (succeeded).transaction_id AS succeeded_transaction_id,
-       (succeeded).created_at AS succeeded_created_at,
-       (succeeded).processed_at AS succeeded_processed_at,
-       (succeeded).is_simulated AS succeeded_is_simulated,
-       (succeeded).simulated_response AS succeeded_simulated_response,
-       (succeeded).command_id AS succeeded_command_id,
-       (pending).id AS pending_id, (pending).order_id AS pending_order_id,
-       (pending).customer_id AS pending_customer_id,
-       (pending).reservation_id AS pending_reservation_id, (pending).amount AS pending_amount,
-       (pending).currency AS pending_currency,
-       (pending).payment_method AS pending_payment_method, (pending).status AS pending_status,
-       (pending).error_code AS pending_error_code,
-       (pending).error_message AS pending_error_message,
-       (pending).failure_reason AS pending_failure_reason,
-       (pending).transaction_id AS pending_transaction_id,
-       (pending).created_at AS pending_created_at,
-       (pending).processed_at AS pending_processed_at,
-       (pending).is_simulated AS pending_is_simulated,
-       (pending).simulated_response AS pending_simulated_response,
-       (pending).command_id AS pending_command_id
+SELECT n, inserted, {facts}
 FROM begin_facts(
     %(id)b::uuid[], %(order_id)b::uuid[], %(customer_id)b::uuid[],
     %(reservation_id)b::uuid[], %(amount)b::numeric[], %(currency)b::text[],

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 
+from payment_worker.adapters.postgres.rows import FACTS
 from payment_worker.exceptions import (
     InfrastructureUnavailable,
     PaymentWorkerError,
@@ -51,7 +52,7 @@ def queries() -> dict[str, str]:
     text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
     blocks: dict[str, str] = {}
     for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", text, re.S | re.M):
-        blocks[match.group(1)] = match.group(2).strip()
+        blocks[match.group(1)] = match.group(2).strip().replace("{facts}", FACTS)
     return blocks
 
 

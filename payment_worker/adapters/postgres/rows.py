@@ -91,24 +91,27 @@ def ledger_from(values: Sequence[Any]) -> LedgerEntry:
     )
 
 
-def payment_named(row: Mapping[str, Any], part: str) -> Payment | None:
-    """The payment a row names `<part>_<column>` (None when its id is NULL: none found)."""
-    if row[f"{part}_id"] is None:
-        return None
-    return payment_from([row[f"{part}_{column}"] for column in PAYMENT_COLUMNS])
-
-
-def ledger_named(row: Mapping[str, Any]) -> LedgerEntry | None:
-    """The ledger entry a row names `ledger_<column>` (None when there is none)."""
-    if row["ledger_command_id"] is None:
-        return None
-    return ledger_from([row[f"ledger_{column}"] for column in LEDGER_COLUMNS])
+# A row of `snapshots` or `begin_facts` names each column of its three parts `<part>_<column>`:
+# FACTS is that select list (the queries' {facts}), _NAMED the keys read back, both from here.
+_PARTS = {"ledger": LEDGER_COLUMNS, "succeeded": PAYMENT_COLUMNS, "pending": PAYMENT_COLUMNS}
+_NAMED = {part: tuple(f"{part}_{c}" for c in columns) for part, columns in _PARTS.items()}
+FACTS = ", ".join(
+    f"({part}).{column} AS {name}"
+    for part, columns in _PARTS.items()
+    for column, name in zip(columns, _NAMED[part], strict=True)
+)
 
 
 def snapshot_named(row: Mapping[str, Any]) -> Snapshot:
-    """What a row of `snapshots` or `begin_facts` says the ledger records, by column name."""
+    """What a row of `snapshots` or `begin_facts` says the ledger records, by column name (each
+    part None when its first column, the key, is NULL: none found)."""
+    ledger, succeeded, pending = (
+        [row[name] for name in _NAMED[part]] for part in ("ledger", "succeeded", "pending")
+    )
     return Snapshot(
-        ledger_named(row), payment_named(row, "succeeded"), payment_named(row, "pending")
+        ledger_from(ledger) if ledger[0] is not None else None,
+        payment_from(succeeded) if succeeded[0] is not None else None,
+        payment_from(pending) if pending[0] is not None else None,
     )
 
 
