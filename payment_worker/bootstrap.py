@@ -33,6 +33,7 @@ from payment_worker.adapters.kafka import (
 )
 from payment_worker.adapters.postgres import PostgresStore, make_pool
 from payment_worker.adapters.redis_lock import RedisOrderLock
+from payment_worker.adapters.stripe_gateway import StripeGateway
 from payment_worker.config import Settings
 from payment_worker.domain.routing import RouteRules
 from payment_worker.entrypoints.gauges import StateGauges
@@ -41,6 +42,7 @@ from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
+from payment_worker.service.ports import GatewayPort
 
 if TYPE_CHECKING:
     from payment_worker.entrypoints.shim import ShimClients
@@ -160,7 +162,7 @@ class App:
     pipeline: Pipeline
     relay: OutboxRelay
     worker: Worker
-    gateway: SimulatedGateway
+    gateway: GatewayPort
     gauges: StateGauges
     direct_sender: Callable[[], DirectProducer]  # replay's answers from the ledger
     reading_consumer: Callable[[], Any]  # replay's consumer: no group offsets, no commits
@@ -200,18 +202,16 @@ async def open_app(
         retry_budget_s=settings.http_retry_budget_s,
         **http_client_options(settings, "inventory"),
     )
+    gateway = make_gateway(settings)
     await pool.open(wait=False)
     await ordering.open()
     await inventory.open()
+    if isinstance(gateway, StripeGateway):
+        await gateway.open()
     the_codec = codec(settings)
     lag: GroupLag | None = None
     try:
         store = PostgresStore(pool)
-        gateway = SimulatedGateway(
-            settings.gateway_latency_ms,
-            settings.gateway_failure_rate,
-            settings.gateway_unknown_rate,
-        )
         common: dict[str, Any] = settings.kafka_common()
         directory = TopicDirectory({**common, "client.id": f"{client_id}-metadata"})
         pipeline = Pipeline(
@@ -271,8 +271,28 @@ async def open_app(
         await the_codec.close()
         await ordering.close()
         await inventory.close()
+        if isinstance(gateway, StripeGateway):
+            await gateway.close()
         await redis_client.aclose()
         await pool.close()
+
+
+def make_gateway(settings: Settings) -> SimulatedGateway | StripeGateway:
+    """The gateway PAYMENT_GATEWAY names (not opened yet: open_app opens and closes it)."""
+    if settings.gateway == "stripe":
+        if settings.stripe_api_key is None:  # Settings refuses this; kept for the type checker
+            raise ConfigurationError("PAYMENT_STRIPE_API_KEY is required with the Stripe gateway")
+        return StripeGateway(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            timeout_s=settings.stripe_timeout_s,
+            retry_budget_s=settings.http_retry_budget_s,
+        )
+    return SimulatedGateway(
+        settings.gateway_latency_ms,
+        settings.gateway_failure_rate,
+        settings.gateway_unknown_rate,
+    )
 
 
 @contextlib.asynccontextmanager

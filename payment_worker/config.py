@@ -7,6 +7,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import (
     Field,
     FilePath,
@@ -24,6 +25,7 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 _API_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+_STRIPE_KEY = re.compile(r"(sk|rk)_[A-Za-z0-9_]{1,250}")
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,12 @@ class Settings(BaseSettings):
     gateway_latency_ms: Annotated[tuple[int, int], NoDecode] = (100, 500)
     gateway_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     gateway_unknown_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    gateway: Literal["simulated", "stripe"] = "simulated"
+    stripe_api_key: SecretStr | None = None  # required when gateway is stripe
+    stripe_api_base: str = "https://api.stripe.com"
+    # Not http_timeout_s (2 s, for Ordering and Inventory): a card authorization can take
+    # Stripe several seconds, and an answer cut short is an unknown outcome, not a retry.
+    stripe_timeout_s: float = Field(default=30.0, gt=0)
     schema_registry_url: str | None = None
     topic_commands: str = "process-payment"
     topic_succeeded: str = "payment-succeeded"
@@ -158,6 +166,7 @@ class Settings(BaseSettings):
         "schema_registry_ca_file",
         "shim_tls_cert_file",
         "shim_tls_key_file",
+        "stripe_api_key",
         mode="before",
     )
     @classmethod
@@ -170,6 +179,22 @@ class Settings(BaseSettings):
         if value is not None and not _HEADER_VALUE.fullmatch(value.get_secret_value()):
             raise ValueError("expected one header value of printable ASCII (e.g. 'Bearer abc')")
         return value
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _stripe_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _STRIPE_KEY.fullmatch(value.get_secret_value()):
+            raise ValueError("expected a Stripe secret or restricted key (sk_... or rk_...)")
+        return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_base(cls, value: str) -> str:
+        url = httpx.URL(value)
+        local = url.host in ("127.0.0.1", "localhost", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and local):
+            raise ValueError("expected https:// (plain http only to a stand-in on this machine)")
+        return value.rstrip("/")
 
     @field_validator("schema_registry_user_info")
     @classmethod
@@ -208,6 +233,8 @@ class Settings(BaseSettings):
                 )
             _pair(self, f"{service}_cert_file", f"{service}_key_file")
         _pair(self, "shim_tls_cert_file", "shim_tls_key_file")
+        if self.gateway == "stripe" and self.stripe_api_key is None:
+            raise ValueError("PAYMENT_STRIPE_API_KEY is required when PAYMENT_GATEWAY is stripe")
         if self.schema_registry_user_info and self.schema_registry_bearer_token:
             raise ValueError(
                 "PAYMENT_SCHEMA_REGISTRY_USER_INFO and PAYMENT_SCHEMA_REGISTRY_BEARER_TOKEN"

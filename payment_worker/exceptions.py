@@ -20,3 +20,9 @@ class InfrastructureUnavailable(RetryableError):
 
 class PermanentError(PaymentWorkerError):
     """A failure that will not go away by trying again (undecodable input, broken rule)."""
+
+
+class GatewayRefusedCredentials(InfrastructureUnavailable):
+    """The payment gateway refused our API key (401) or its permissions (403): a fault of
+    ours, never the customer's, so no payment is declined for it; records wait, as for any
+    dependency every record needs, until the key is fixed."""

@@ -113,6 +113,10 @@ def test_topic_names_can_be_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PAYMENT_RECONCILE_AFTER_S", "0"),
         ("PAYMENT_SHIM_REPLY_TIMEOUT_S", "soon"),
         ("PAYMENT_DATABASE_URL", "localhost"),
+        ("PAYMENT_GATEWAY", "paypal"),
+        ("PAYMENT_STRIPE_API_KEY", "pk_live_publishable"),
+        ("PAYMENT_STRIPE_API_BASE", "http://api.stripe.example"),
+        ("PAYMENT_STRIPE_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_value_error_starts_with_the_variable_name(
@@ -221,3 +225,37 @@ def test_a_ca_file_that_is_not_a_certificate_stops_start_up(tmp_path) -> None:  
     settings = load_settings(ordering_url="https://o", ordering_ca_file=junk)
     with pytest.raises(ConfigurationError, match=r"^PAYMENT_ORDERING_CA_FILE: not a PEM CA"):
         http_client_options(settings, "ordering")
+
+
+# -- the Stripe gateway ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_the_stripe_gateway_without_a_key_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, key: str | None
+) -> None:
+    """PAYMENT_GATEWAY=stripe with PAYMENT_STRIPE_API_KEY unset or blank: one line naming it."""
+    if key is not None:
+        monkeypatch.setenv("PAYMENT_STRIPE_API_KEY", key)
+    message = error_for(monkeypatch, "PAYMENT_GATEWAY", "stripe")
+    assert message == "PAYMENT_STRIPE_API_KEY is required when PAYMENT_GATEWAY is stripe"
+
+
+def test_the_stripe_key_is_a_secret_and_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed key is refused without printing it, and a good one never shows in repr."""
+    message = error_for(monkeypatch, "PAYMENT_STRIPE_API_KEY", "pk_test_hunter2")
+    assert "hunter2" not in message
+    monkeypatch.setenv("PAYMENT_GATEWAY", "stripe")
+    monkeypatch.setenv("PAYMENT_STRIPE_API_KEY", "sk_test_hunter2")
+    monkeypatch.setenv("PAYMENT_STRIPE_API_BASE", "http://127.0.0.1:8420/")
+    settings = load_settings()
+    assert settings.stripe_api_key is not None
+    assert settings.stripe_api_key.get_secret_value() == "sk_test_hunter2"
+    assert "hunter2" not in repr(settings)
+    assert settings.stripe_api_base == "http://127.0.0.1:8420"
+
+
+def test_the_simulated_gateway_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without PAYMENT_GATEWAY the simulator runs, and it needs no Stripe key."""
+    settings = load_settings()
+    assert (settings.gateway, settings.stripe_api_key) == ("simulated", None)
