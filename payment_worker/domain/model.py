@@ -110,6 +110,7 @@ class GatewayResult:
     failure_reason: str | None
     simulated_response: str
     unknown: bool = False
+    simulated: bool = True  # False for a real gateway's answer (the payment's is_simulated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class Payment:
             error_message=result.error_message,
             failure_reason=result.failure_reason,
             processed_at=at,
+            is_simulated=result.simulated,
             simulated_response=result.simulated_response,
         )
 

@@ -38,8 +38,9 @@ FROM begin_facts(
     %(ledger_currency)b::text[], %(reply_route)b::jsonb[]);
 
 -- name: finish_payments
--- The finish step in one statement (sql/002_step_functions.sql, its settings in 003): final
--- states, ledger entries and outbox rows of the payments still pending.
+-- The finish step in one statement (sql/002_step_functions.sql, its settings in 003, the
+-- is_simulated overload in 007): final states, ledger entries and outbox rows of the payments
+-- still pending.
 SELECT done, outbox_ids
 FROM finish_payments(
     %(id)b::uuid[], %(status)b::text[], %(error_code)b::text[], %(error_message)b::text[],
@@ -48,7 +49,7 @@ FROM finish_payments(
     %(command_id)b::uuid[], %(outcome)b::text[], %(ledger_error_message)b::text[],
     %(item)b::integer[], %(kind)b::text[], %(topic)b::text[], %(partition)b::integer[],
     %(key)b::bytea[], %(value)b::bytea[], %(headers)b::jsonb[], %(event_id)b::uuid[],
-    %(payment_id)b::uuid[]);
+    %(payment_id)b::uuid[], %(is_simulated)b::boolean[]);
 
 -- name: insert_ledgers_final
 -- Returns the command ids that were new (an entry recorded before is left as it was).
@@ -250,3 +251,19 @@ VALUES (%(reconciler_id)s, now(), %(finished)s, %(finished)s)
 ON CONFLICT (reconciler_id) DO UPDATE
     SET last_run_at = now(), last_finished = excluded.last_finished,
         total_finished = reconciler_runs.total_finished + excluded.last_finished;
+
+-- name: remember_reference
+-- The gateway's reference for a payment's charge; the first recorded is kept and answered.
+WITH written AS (
+    INSERT INTO gateway_references (payment_id, gateway, reference)
+    VALUES (%(payment_id)s, %(gateway)s, %(reference)s)
+    ON CONFLICT (payment_id) DO NOTHING
+    RETURNING reference
+)
+SELECT reference FROM written
+UNION ALL
+SELECT reference FROM gateway_references WHERE payment_id = %(payment_id)s
+LIMIT 1;
+
+-- name: recall_reference
+SELECT reference FROM gateway_references WHERE payment_id = %(payment_id)s AND gateway = %(gateway)s;

@@ -28,6 +28,15 @@ CREATE TABLE command_ledger (
 );
 CREATE INDEX command_ledger_by_order ON command_ledger USING btree (order_id);
 
+CREATE TABLE gateway_references (
+    payment_id  uuid NOT NULL,
+    gateway     text NOT NULL,
+    reference   text NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT gateway_references_pkey PRIMARY KEY (payment_id),
+    CONSTRAINT gateway_references_payment_id_fkey FOREIGN KEY (payment_id) REFERENCES payments(id)
+);
+
 CREATE TABLE outbox (
     id              bigint DEFAULT nextval('outbox_id_seq'::regclass) NOT NULL,
     kind            text NOT NULL,
@@ -250,6 +259,38 @@ BEGIN
         RETURNING id
     )
     SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO outbox_ids FROM written;
+END
+$$;
+
+CREATE FUNCTION finish_payments(
+    p_ids uuid[], p_statuses text[], p_error_codes text[], p_error_messages text[],
+    p_failure_reasons text[], p_transaction_ids text[], p_processed_ats timestamp with time zone[],
+    p_simulated_responses text[], l_command_ids uuid[], l_outcomes text[], l_error_messages text[],
+    o_items integer[], o_kinds text[], o_topics text[], o_partitions integer[], o_keys bytea[],
+    o_values bytea[], o_headers jsonb[], o_event_ids uuid[], o_payment_ids uuid[],
+    p_is_simulated boolean[], OUT done integer[], OUT outbox_ids bigint[]
+)
+    RETURNS record
+    LANGUAGE plpgsql VOLATILE
+    SET search_path FROM CURRENT
+    SET enable_seqscan = off
+    SET enable_hashjoin = off
+    SET enable_mergejoin = off
+    SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    PERFORM 1 FROM payments WHERE id = ANY(p_ids) AND status = 'pending' ORDER BY id FOR UPDATE;
+    UPDATE payments p
+    SET is_simulated = v.is_simulated
+    FROM unnest(p_ids, p_is_simulated) AS v(id, is_simulated)
+    WHERE p.id = v.id AND p.status = 'pending' AND p.is_simulated IS DISTINCT FROM v.is_simulated;
+    SELECT f.done, f.outbox_ids INTO done, outbox_ids
+    FROM finish_payments(
+        p_ids, p_statuses, p_error_codes, p_error_messages, p_failure_reasons,
+        p_transaction_ids, p_processed_ats, p_simulated_responses,
+        l_command_ids, l_outcomes, l_error_messages,
+        o_items, o_kinds, o_topics, o_partitions, o_keys, o_values, o_headers, o_event_ids,
+        o_payment_ids) AS f;
 END
 $$;
 

@@ -29,7 +29,7 @@ Conn = psycopg.Connection[Any]
 
 def _hold(db: Conn, snapshot: Snapshot | None) -> None:
     """The ledger holds exactly what `snapshot` says (nothing else, no earlier row's data)."""
-    db.execute("TRUNCATE reconciler_claims, command_ledger, outbox, payments")
+    db.execute("TRUNCATE reconciler_claims, command_ledger, outbox, gateway_references, payments")
     if snapshot is None:
         return
     for payment in (snapshot.succeeded, snapshot.pending):

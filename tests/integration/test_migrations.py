@@ -142,8 +142,8 @@ def test_step_functions_use_their_own_schema_whatever_the_callers_search_path(
 def test_creates_exactly_the_tables_of_the_implementation(
     database_url: str, migrated_schema: str
 ) -> None:
-    """The schema holds payments, command_ledger, outbox, reconciler_claims, reconciler_runs
-    and schema_migrations, nothing else."""
+    """The schema holds payments, command_ledger, outbox, reconciler_claims, reconciler_runs,
+    gateway_references and schema_migrations, nothing else."""
     with psycopg.connect(database_url) as conn:
         tables = {
             row[0]
@@ -159,6 +159,7 @@ def test_creates_exactly_the_tables_of_the_implementation(
         "outbox",
         "reconciler_claims",
         "reconciler_runs",
+        "gateway_references",
         "schema_migrations",
     }
 

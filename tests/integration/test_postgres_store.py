@@ -434,6 +434,26 @@ async def test_finish_payment_records_final_state_ledger_and_outbox_rows(
     ).fetchone() == ("final", "SUCCEEDED")
 
 
+async def test_finish_payment_records_whether_the_answer_was_simulated(
+    store: PostgresStore, db: Conn
+) -> None:
+    """A real gateway's answer (simulated false) finalizes the payment with is_simulated
+    false; the simulator's keeps it true."""
+    real, simulated = pending_payment(), pending_payment()
+    for payment in (real, simulated):
+        await store.begin_payment(payment, ledger_fields(payment), ROUTE)
+    await store.finish_payment(
+        replace(succeeded(real), is_simulated=False), Outcome.SUCCEEDED, None, []
+    )
+    await store.finish_payment(succeeded(simulated), Outcome.SUCCEEDED, None, [])
+    rows = dict(
+        db.execute(
+            "SELECT id, is_simulated FROM payments WHERE id = ANY(%s)", ([real.id, simulated.id],)
+        ).fetchall()
+    )
+    assert rows == {real.id: False, simulated.id: True}
+
+
 async def test_finish_payment_is_one_transaction(store: PostgresStore, db: Conn) -> None:
     """When one outbox row cannot be written, the payment stays pending, the ledger stays
     in_progress and no outbox row exists: state and messages commit together (habit 6)."""

@@ -103,12 +103,17 @@ def test_the_step_functions_plan_once_per_connection_and_only_by_key(
 ) -> None:
     """Each step function carries the settings of sql/003_key_lookup_plans.sql: generic plans
     (under the default plan_cache_mode begin_facts was planned anew on every call) and no
-    sequential scans."""
+    sequential scans; so does 007's finish_payments overload."""
     rows = db.execute(
         "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = current_schema()::regnamespace"
         " AND proname IN ('snapshots', 'begin_facts', 'finish_payments')"
     ).fetchall()
-    assert sorted(name for name, _ in rows) == ["begin_facts", "finish_payments", "snapshots"]
+    assert sorted(name for name, _ in rows) == [
+        "begin_facts",
+        "finish_payments",
+        "finish_payments",
+        "snapshots",
+    ]
     for name, config in rows:
         assert "plan_cache_mode=force_generic_plan" in config, (name, config)
         assert "enable_seqscan=off" in config, (name, config)

@@ -4,6 +4,7 @@ payment's one transition from pending to succeeded or failed."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -147,6 +148,13 @@ def test_finalized_with_failure_is_failed_with_the_error() -> None:
         None,
     )
     assert final.simulated_response == DECLINE.simulated_response
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_finalized_payment_is_simulated_as_its_gateway_answered(simulated: bool) -> None:
+    """is_simulated is the answer's: true for the simulator's, false for a real gateway's."""
+    answer = replace(SUCCESS, simulated=simulated)
+    assert pending_payment().finalized(answer, PROCESSED).is_simulated is simulated
 
 
 def test_finalized_leaves_the_original_pending() -> None:

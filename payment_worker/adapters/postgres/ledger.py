@@ -41,6 +41,7 @@ _FINISHED = (
     "processed_at",
     "simulated_response",
     "command_id",
+    "is_simulated",
 )
 
 
@@ -94,6 +95,28 @@ class LedgerSteps(Connections):
         """Outbox rows (and a final ledger entry); None when the ledger entry already existed."""
         with _step("record"):
             return await self._records.submit((messages, ledger))
+
+    async def remember_reference(self, payment_id: uuid.UUID, gateway: str, reference: str) -> str:
+        """Record the gateway's reference for a payment's charge; the reference kept, which is
+        an earlier one when another was recorded first."""
+        params = {"payment_id": payment_id, "gateway": gateway, "reference": reference}
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["remember_reference"], params)
+            row = await cur.fetchone()
+            if row is None:  # recorded by another after this statement's snapshot was taken
+                cur = await conn.execute(self.q["recall_reference"], params)
+                row = await cur.fetchone()
+        if row is None:
+            raise DatabaseError(f"no gateway reference kept for payment {payment_id}")
+        return str(row[0])
+
+    async def recall_reference(self, payment_id: uuid.UUID, gateway: str) -> str | None:
+        """The gateway's reference recorded for a payment's charge, if any."""
+        params = {"payment_id": payment_id, "gateway": gateway}
+        async with self._conn() as conn:
+            cur = await conn.execute(self.q["recall_reference"], params)
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def payment(self, payment_id: uuid.UUID) -> Payment | None:
         with _step("payment"):
