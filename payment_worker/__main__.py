@@ -38,7 +38,7 @@ def _stop_event() -> asyncio.Event:
 async def _run_worker(settings: Settings) -> int:
     from payment_worker.adapters.kafka import broker_problem, topic_partitions
     from payment_worker.adapters.postgres.migrations import schema_problem
-    from payment_worker.bootstrap import open_app, redis_problem
+    from payment_worker.bootstrap import check_gateway, open_app, redis_problem
     from payment_worker.entrypoints.http_status import StatusServer
     from payment_worker.entrypoints.startup import Dependency, load_schemas, wait_for, where
 
@@ -75,6 +75,7 @@ async def _run_worker(settings: Settings) -> int:
             return 0
         if not await load_schemas(settings, app.pipeline.messages.load, stop):
             return 0
+        await check_gateway(app.gateway)
         redis_down = await redis_problem(settings)
         if redis_down is not None:
             log.warning(

@@ -10,6 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+import structlog
 
 from payment_worker import metrics
 from payment_worker.adapters.avro_codec import (
@@ -42,7 +43,9 @@ from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
-from payment_worker.service.ports import GatewayPort
+from payment_worker.service.ports import GatewayPort, GatewayReferences
+
+log = structlog.get_logger("payment_worker.bootstrap")
 
 if TYPE_CHECKING:
     from payment_worker.entrypoints.shim import ShimClients
@@ -202,7 +205,8 @@ async def open_app(
         retry_budget_s=settings.http_retry_budget_s,
         **http_client_options(settings, "inventory"),
     )
-    gateway = make_gateway(settings)
+    store = PostgresStore(pool)
+    gateway = make_gateway(settings, store)
     await pool.open(wait=False)
     await ordering.open()
     await inventory.open()
@@ -211,7 +215,6 @@ async def open_app(
     the_codec = codec(settings)
     lag: GroupLag | None = None
     try:
-        store = PostgresStore(pool)
         common: dict[str, Any] = settings.kafka_common()
         directory = TopicDirectory({**common, "client.id": f"{client_id}-metadata"})
         pipeline = Pipeline(
@@ -277,13 +280,27 @@ async def open_app(
         await pool.close()
 
 
-def make_gateway(settings: Settings) -> SimulatedGateway | StripeGateway:
-    """The gateway PAYMENT_GATEWAY names (not opened yet: open_app opens and closes it)."""
+async def check_gateway(gateway: GatewayPort) -> None:
+    """At start-up: a real gateway's key is asked about once. GatewayRefusedCredentials (one
+    line, the worker does not start) when refused; a gateway that does not answer is logged
+    and asked again by the first charge."""
+    if isinstance(gateway, StripeGateway):
+        problem = await gateway.check_key()
+        if problem is not None:
+            log.warning("gateway_unreachable", variable="PAYMENT_STRIPE_API_BASE", error=problem)
+
+
+def make_gateway(
+    settings: Settings, references: GatewayReferences
+) -> SimulatedGateway | StripeGateway:
+    """The gateway PAYMENT_GATEWAY names (not opened yet: open_app opens and closes it);
+    a real one records its references for payments in `references`."""
     if settings.gateway == "stripe":
         if settings.stripe_api_key is None:  # Settings refuses this; kept for the type checker
             raise ConfigurationError("PAYMENT_STRIPE_API_KEY is required with the Stripe gateway")
         return StripeGateway(
             settings.stripe_api_key.get_secret_value(),
+            references,
             api_base=settings.stripe_api_base,
             timeout_s=settings.stripe_timeout_s,
             retry_budget_s=settings.http_retry_budget_s,

@@ -22,7 +22,8 @@ class PermanentError(PaymentWorkerError):
     """A failure that will not go away by trying again (undecodable input, broken rule)."""
 
 
-class GatewayRefusedCredentials(InfrastructureUnavailable):
+class GatewayRefusedCredentials(PaymentWorkerError):
     """The payment gateway refused our API key (401) or its permissions (403): a fault of
-    ours, never the customer's, so no payment is declined for it; records wait, as for any
-    dependency every record needs, until the key is fixed."""
+    ours, never the customer's, so no payment is declined for it. Whoever meets it stops
+    taking commands and says so in one line; the command is not committed, so it is taken
+    again (its payment still pending) once a worker runs with a key the gateway accepts."""

@@ -10,7 +10,7 @@ import structlog
 
 from payment_worker import metrics
 from payment_worker.domain.gateway_rules import answers_unknown, simulated_answer, unknown_result
-from payment_worker.domain.model import GatewayResult, Payment
+from payment_worker.domain.model import GatewayResult, Payment, ValidCommand
 
 log = structlog.get_logger("payment_worker.gateway")
 
@@ -29,6 +29,9 @@ class SimulatedGateway:
         self.unknown_rate = unknown_rate
         # Payment ids whose first answer this process lost: asked again, they are answered.
         self._lost_once: set[uuid.UUID] = set()
+
+    def refusal(self, valid: ValidCommand) -> str | None:
+        return None  # it takes any valid command
 
     async def charge(self, payment: Payment) -> GatewayResult:
         with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:

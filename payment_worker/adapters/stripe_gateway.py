@@ -10,10 +10,11 @@ import structlog
 
 from payment_worker import metrics
 from payment_worker.domain.gateway_rules import unknown_result
-from payment_worker.domain.model import GatewayResult, Payment
-from payment_worker.domain.stripe_amounts import minor_units
+from payment_worker.domain.model import GatewayResult, Payment, ValidCommand
+from payment_worker.domain.stripe_inputs import minor_units, stripe_refusal
 from payment_worker.exceptions import GatewayRefusedCredentials
 from payment_worker.retrying import retrying
+from payment_worker.service.ports import GatewayReferences
 
 if TYPE_CHECKING:
     from stripe import PaymentIntent
@@ -25,6 +26,7 @@ T = TypeVar("T")
 log = structlog.get_logger("payment_worker.gateway")
 
 DEFAULT_API_BASE = "https://api.stripe.com"
+GATEWAY = "stripe"  # the gateway column of the references it records
 
 # Stripe could not say whether it acted: a timeout or lost connection (APIConnectionError),
 # a 5xx or a 409 "request in progress with this key" (APIError), a 429 (RateLimitError).
@@ -34,8 +36,9 @@ _TRANSIENT: tuple[type[stripe.StripeError], ...] = (
     stripe.APIError,
     stripe.RateLimitError,
 )
-# Answers that say what Stripe did; a status Stripe may still move away from is read again.
-_SETTLED = frozenset({"succeeded", "canceled", "requires_payment_method"})
+# How a PaymentIntent this worker cancelled reads: without a reason (the one reason it cancels
+# is authentication it cannot give; localstripe refuses a cancellation_reason), or "abandoned".
+_CANCELLED_BY_US = frozenset({None, "abandoned"})
 
 
 class StripeGateway:
@@ -49,12 +52,14 @@ class StripeGateway:
     def __init__(
         self,
         api_key: str,
+        references: GatewayReferences,
         *,
         api_base: str = DEFAULT_API_BASE,
         timeout_s: float = 30.0,
         retry_budget_s: float = 5.0,
     ) -> None:
         self._api_key = api_key
+        self.references = references
         self.api_base = api_base.rstrip("/")
         self.timeout_s = timeout_s
         self.retry_budget_s = retry_budget_s
@@ -62,7 +67,7 @@ class StripeGateway:
         self._client: stripe.StripeClient | None = None
 
     async def open(self) -> None:
-        """Build the client (no request is made: a bad key shows at the first charge)."""
+        """Build the client (no request is made here: see check_key)."""
         if self._client is not None:
             return
         self._http = stripe.HTTPXClient(timeout=self.timeout_s)
@@ -79,12 +84,28 @@ class StripeGateway:
             await self._http.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated
         self._http = self._client = None
 
+    async def check_key(self) -> str | None:
+        """Whether Stripe takes our key, asked once at start-up with a request that changes
+        nothing: GatewayRefusedCredentials when it refuses it, a short reason when Stripe could
+        not be asked (then the first charge asks again), None when it takes it."""
+        client = self._opened()
+        try:
+            await client.v1.payment_intents.list_async({"limit": 1})
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise _refused(exc) from exc
+        except stripe.StripeError as exc:
+            return f"Stripe did not answer ({_why(exc)})"
+        return None
+
     async def __aenter__(self) -> StripeGateway:
         await self.open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def refusal(self, valid: ValidCommand) -> str | None:
+        return stripe_refusal(valid.payment_method, valid.amount, valid.currency)
 
     async def charge(self, payment: Payment) -> GatewayResult:
         with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
@@ -101,12 +122,44 @@ class StripeGateway:
         return result
 
     async def _charge(self, payment: Payment) -> GatewayResult:
+        """Continue the payment's PaymentIntent when one is recorded, else create it (not yet
+        confirmed) and record its id before confirming it: whoever asks again for this payment
+        (a redelivery, the reconciler, a restarted worker) meets that PaymentIntent, never a
+        second one that could be charged."""
         try:
             amount = minor_units(payment.amount, payment.currency)
         except ValueError as exc:
             # Nothing is sent, so nothing is charged: a final answer, never a guess.
-            # (Intake validation is meant to refuse such a command before it gets here.)
+            # (Intake refuses such a command first; this guards a payment begun before.)
             return _declined("INVALID_AMOUNT", str(exc), "invalid_request", None)
+        try:
+            known = await self.references.recall_reference(payment.id, GATEWAY)
+        except Exception as exc:  # the database: nothing sent yet, so asked again later
+            return unknown_result(f"the PaymentIntent id could not be read ({_why(exc)})")
+        try:
+            if known is None:
+                intent = await self._create(payment, amount)
+                if isinstance(intent, GatewayResult):
+                    return intent
+                kept = await self._remember(payment, intent.id)
+                if kept is None:
+                    return unknown_result(f"PaymentIntent {intent.id} could not be recorded")
+                if kept != intent.id:
+                    intent = await self._retrieve(payment, kept)
+            else:
+                intent = await self._retrieve(payment, known)
+            if intent.status == "requires_confirmation":
+                confirmed = await self._confirm(payment, intent.id)
+                if isinstance(confirmed, GatewayResult):
+                    return confirmed
+                intent = confirmed
+        except _TRANSIENT as exc:
+            return unknown_result(f"Stripe did not answer ({_why(exc)})")
+        return await self._settle(payment, intent)
+
+    async def _create(self, payment: Payment, amount: int) -> PaymentIntent | GatewayResult:
+        """The payment's PaymentIntent, created unconfirmed (the payment id as idempotency key:
+        Stripe answers a second create with the first's PaymentIntent); or why none was."""
         client = self._opened()
         params: Any = {
             "amount": amount,
@@ -114,7 +167,6 @@ class StripeGateway:
             "payment_method": payment.payment_method,
             # Cards only: a server-side confirm needs no return_url for redirect methods.
             "payment_method_types": ["card"],
-            "confirm": True,
             "metadata": {
                 "payment_id": str(payment.id),
                 "order_id": str(payment.order_id),
@@ -124,13 +176,9 @@ class StripeGateway:
         }
         options: Any = {"idempotency_key": str(payment.id)}
         try:
-            intent = await self._call(
-                payment,
-                "create",
-                lambda: client.v1.payment_intents.create_async(params, options),
+            return await self._call(
+                payment, "create", lambda: client.v1.payment_intents.create_async(params, options)
             )
-        except stripe.CardError as exc:
-            return _card_declined(exc)
         except stripe.IdempotencyError as exc:
             # The key was used with other parameters: what the first request did is not
             # known from here. Never declined; someone has to look (logged as an error).
@@ -142,30 +190,80 @@ class StripeGateway:
             log.warning("gateway_request_refused", payment_id=str(payment.id), code=exc.code)
             code = (exc.code or "invalid_request").upper()
             return _declined(code, exc.user_message or "request refused", "invalid_request", None)
-        except _TRANSIENT as exc:
-            return unknown_result(f"Stripe did not answer ({_why(exc)})")
-        return await self._settle(payment, intent)
+
+    async def _remember(self, payment: Payment, intent_id: str) -> str | None:
+        """Record the PaymentIntent id before it is confirmed; the id kept (a PaymentIntent
+        recorded first by another try of this payment wins, and ours is cancelled), or None
+        when it could not be recorded (then nothing is confirmed)."""
+        try:
+            kept = await self.references.remember_reference(payment.id, GATEWAY, intent_id)
+        except Exception as exc:
+            log.warning(
+                "gateway_reference_not_recorded", payment_id=str(payment.id), error=_why(exc)
+            )
+            return None
+        if kept != intent_id:
+            # Only a stand-in that ignores idempotency keys gets here (Stripe answers the same
+            # PaymentIntent for the same key): ours was never confirmed, so it is cancelled.
+            log.warning(
+                "gateway_second_intent_cancelled", payment_id=str(payment.id), intent=intent_id
+            )
+            client = self._opened()
+            try:
+                await self._call(
+                    payment, "cancel", lambda: client.v1.payment_intents.cancel_async(intent_id)
+                )
+            except stripe.StripeError as exc:
+                log.error(
+                    "gateway_second_intent_not_cancelled",
+                    payment_id=str(payment.id),
+                    intent=intent_id,
+                    error=_why(exc),
+                )
+        return kept
+
+    async def _retrieve(self, payment: Payment, intent_id: str) -> PaymentIntent:
+        client = self._opened()
+        return await self._call(
+            payment, "retrieve", lambda: client.v1.payment_intents.retrieve_async(intent_id)
+        )
+
+    async def _confirm(self, payment: Payment, intent_id: str) -> PaymentIntent | GatewayResult:
+        """Confirm the recorded PaymentIntent (its own idempotency key: a second confirm of the
+        same payment is answered as the first); a card error is the decline."""
+        client = self._opened()
+        options: Any = {"idempotency_key": f"{payment.id}:confirm"}
+        try:
+            return await self._call(
+                payment,
+                "confirm",
+                lambda: client.v1.payment_intents.confirm_async(intent_id, {}, options),
+            )
+        except stripe.CardError as exc:
+            return _card_declined(exc, intent_id)
+        except stripe.InvalidRequestError as exc:
+            # Its state moved on (confirmed by an earlier try whose answer was lost, or
+            # cancelled): what it is now says the outcome.
+            log.info("gateway_confirm_refused", payment_id=str(payment.id), code=exc.code)
+            return await self._retrieve(payment, intent_id)
 
     async def _settle(self, payment: Payment, intent: PaymentIntent) -> GatewayResult:
-        """The result for the PaymentIntent the create call answered. A replayed answer (same
-        idempotency key) is the first one, so an unsettled status is read again by id."""
-        client = self._opened()
-        first_status = intent.status
-        try:
-            if first_status not in _SETTLED:
-                intent = await self._call(
-                    payment, "retrieve", lambda: client.v1.payment_intents.retrieve_async(intent.id)
-                )
-            if intent.status == "requires_action" or (
-                first_status == "requires_action" and intent.status == "canceled"
-            ):
-                return await self._authentication_required(payment, intent)
-        except _TRANSIENT as exc:
-            return unknown_result(f"Stripe did not answer ({_why(exc)})")
+        """The result its PaymentIntent's status says (as just created, confirmed or read)."""
         status = intent.status
+        if status == "requires_action":
+            try:
+                return await self._authentication_required(payment, intent)
+            except _TRANSIENT as exc:
+                return unknown_result(f"Stripe did not answer ({_why(exc)})")
         if status == "succeeded":
             return GatewayResult(
-                True, intent.id, None, None, None, f"Stripe PaymentIntent {intent.id}: succeeded"
+                True,
+                intent.id,
+                None,
+                None,
+                None,
+                f"Stripe PaymentIntent {intent.id}: succeeded",
+                simulated=False,
             )
         if status == "requires_payment_method":  # the last attempt failed
             error = _field(intent, "last_payment_error")
@@ -173,10 +271,12 @@ class StripeGateway:
             message = _field(error, "message") or "The payment failed"
             return _declined(code.upper(), message, "card_declined", intent.id)
         if status == "canceled":
-            reason = _field(intent, "cancellation_reason") or "canceled"
+            reason = _field(intent, "cancellation_reason")
+            if reason in _CANCELLED_BY_US:
+                return _authentication_declined(intent.id)
             return _declined("PAYMENT_CANCELED", f"PaymentIntent {reason}", "canceled", intent.id)
-        # processing (Stripe is still waiting for the network), or a status our create call
-        # cannot lead to (requires_confirmation, requires_capture): asked again later.
+        # processing (Stripe is still waiting for the network), or a status our calls cannot
+        # lead to (requires_capture): asked again later, with the same PaymentIntent.
         if status != "processing":
             log.warning("gateway_unexpected_status", payment_id=str(payment.id), status=status)
         return unknown_result(f"Stripe PaymentIntent {intent.id} is {status}")
@@ -187,27 +287,20 @@ class StripeGateway:
         """3-D Secure was asked for: there is no customer here to answer it, so the
         PaymentIntent is cancelled, and the payment declined only once it is."""
         client = self._opened()
+        intent_id = intent.id
+        try:
+            intent = await self._call(
+                payment, "cancel", lambda: client.v1.payment_intents.cancel_async(intent_id)
+            )
+        except stripe.InvalidRequestError:
+            # Cancelled (or finished) meanwhile, by an earlier try of this payment: read it.
+            intent = await self._retrieve(payment, intent_id)
+            if intent.status != "canceled":
+                return await self._settle(payment, intent)
         if intent.status != "canceled":
-            try:
-                intent = await self._call(
-                    payment, "cancel", lambda: client.v1.payment_intents.cancel_async(intent.id)
-                )
-            except stripe.InvalidRequestError:
-                # Cancelled (or finished) meanwhile, by an earlier try of this payment: read it.
-                intent = await self._call(
-                    payment, "retrieve", lambda: client.v1.payment_intents.retrieve_async(intent.id)
-                )
-        if intent.status == "succeeded":  # authenticated after all, before the cancel
-            return await self._settle(payment, intent)
-        if intent.status != "canceled":
-            return unknown_result(f"Stripe PaymentIntent {intent.id} is {intent.status}")
-        log.info("gateway_intent_cancelled", payment_id=str(payment.id), intent=intent.id)
-        return _declined(
-            "AUTHENTICATION_REQUIRED",
-            "The card requires authentication",
-            "authentication_required",
-            intent.id,
-        )
+            return unknown_result(f"Stripe PaymentIntent {intent_id} is {intent.status}")
+        log.info("gateway_intent_cancelled", payment_id=str(payment.id), intent=intent_id)
+        return _authentication_declined(intent_id)
 
     async def _call(self, payment: Payment, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """One Stripe request, tried again on a transient failure within the retry budget;
@@ -228,9 +321,7 @@ class StripeGateway:
                 request=what,
             )
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            raise GatewayRefusedCredentials(
-                f"Stripe refused the API key (HTTP {exc.http_status}): check PAYMENT_STRIPE_API_KEY"
-            ) from exc
+            raise _refused(exc) from exc
 
     def _opened(self) -> stripe.StripeClient:
         if self._client is None:
@@ -238,15 +329,29 @@ class StripeGateway:
         return self._client
 
 
-def _card_declined(exc: stripe.CardError) -> GatewayResult:
+def _refused(exc: stripe.StripeError) -> GatewayRefusedCredentials:
+    return GatewayRefusedCredentials(
+        f"Stripe refused the API key (HTTP {exc.http_status}): check PAYMENT_STRIPE_API_KEY"
+    )
+
+
+def _card_declined(exc: stripe.CardError, intent_id: str) -> GatewayResult:
     error = exc.error
     code = _field(error, "decline_code") or exc.code or "card_declined"
-    intent = _field(error, "payment_intent")
     return _declined(
         code.upper(),
         exc.user_message or "Your card was declined",
         exc.code or "card_declined",
-        intent.id if intent is not None else None,
+        intent_id,
+    )
+
+
+def _authentication_declined(intent_id: str) -> GatewayResult:
+    return _declined(
+        "AUTHENTICATION_REQUIRED",
+        "The card requires authentication",
+        "authentication_required",
+        intent_id,
     )
 
 
@@ -259,6 +364,7 @@ def _declined(code: str, message: str, reason: str, intent_id: str | None) -> Ga
         message,  # the reply puts "Payment failed: " before it
         reason,
         f"{where}: declined {code}: {message}",
+        simulated=False,
     )
 
 
@@ -267,10 +373,11 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None) if obj is not None else None
 
 
-def _why(exc: stripe.StripeError) -> str:
+def _why(exc: BaseException) -> str:
     """A short reason without the library's paragraph: the HTTP status or the network error."""
-    if exc.http_status is not None:
-        return f"HTTP {exc.http_status}"
+    status = getattr(exc, "http_status", None)
+    if status is not None:
+        return f"HTTP {status}"
     cause = exc.__cause__
     return type(cause).__name__ if cause is not None else type(exc).__name__
 

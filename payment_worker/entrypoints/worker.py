@@ -17,7 +17,11 @@ from payment_worker.domain.routing import checked_route, record_trace_context
 from payment_worker.entrypoints.chains import KeyedChains
 from payment_worker.entrypoints.relay import OutboxRelay
 from payment_worker.entrypoints.tracking import OffsetTracker, PartitionOffsets
-from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
+from payment_worker.exceptions import (
+    GatewayRefusedCredentials,
+    InfrastructureUnavailable,
+    RetryableError,
+)
 from payment_worker.retrying import wait_before
 from payment_worker.service.pipeline import Handled, Pipeline
 from payment_worker.service.ports import (
@@ -66,6 +70,7 @@ class Worker:
         self._chains = KeyedChains()
         self._by_partition: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
+        self._refused_by: GatewayRefusedCredentials | None = None
         self._room = asyncio.Event()
         self.ready = False
 
@@ -183,6 +188,9 @@ class Worker:
                     detail="neither answered nor dead-lettered; its offset is committed",
                 )
                 return Handled(None)
+            except GatewayRefusedCredentials as exc:
+                self._refused(exc)
+                return None  # not committed: taken again under a key the gateway accepts
             except InfrastructureUnavailable as exc:
                 if self._stopping.is_set() and tries > 1:
                     log.warning(
@@ -212,6 +220,17 @@ class Worker:
                         "record_failure_handling_failed", stage=stage, offset=record.offset
                     )
                 stage, tries = stage + 1, 0
+
+    def _refused(self, exc: GatewayRefusedCredentials) -> None:
+        """The gateway refused our key: stop taking commands (run() ends and raises it)."""
+        if self._refused_by is None:
+            self._refused_by = exc
+            log.error(
+                "gateway_refused_credentials",
+                error=str(exc),
+                detail="the worker stops taking commands; no payment is declined for it",
+            )
+        self._room.set()
 
     async def _backoff(self, record: InboundRecord, attempt: int, exc: BaseException) -> None:
         metrics.RETRIES.labels(type(exc).__name__).inc()
@@ -268,6 +287,10 @@ class Worker:
                     },
                 ):
                     handled = await self.pipeline.finish_stale(payment, route)
+            except GatewayRefusedCredentials as exc:
+                await self.store.release_claim(payment.id, self.reconciler_id)
+                self._refused(exc)
+                break
             except OutcomeUnknown:
                 metrics.RECONCILE_SKIPPED.inc()
                 log.info(
@@ -327,7 +350,7 @@ class Worker:
         paused = False
         full_since: float | None = None
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._refused_by is None:
                 running = len(self._chains.tasks)
                 window = self.tracker.unfinished()
                 room = min(500, self.max_in_flight - running, max_window - window)
@@ -378,3 +401,5 @@ class Worker:
             await self.relay.stop()
             await consumer.close()
             log.info("worker_stopped")
+        if self._refused_by is not None:
+            raise self._refused_by

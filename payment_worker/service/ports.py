@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from payment_worker.domain.decision import LedgerEntry, OrderInfo, ReservationInfo, Snapshot
 from payment_worker.domain.health import PartitionLag, StoreState
-from payment_worker.domain.model import GatewayResult, Outcome, Payment
+from payment_worker.domain.model import GatewayResult, Outcome, Payment, ValidCommand
 from payment_worker.exceptions import RetryableError
 
 __all__ = [  # what the ledger and the services answer lives in the domain; re-exported here
@@ -95,7 +95,22 @@ class InventoryPort(Protocol):
 
 
 class GatewayPort(Protocol):
+    def refusal(self, valid: ValidCommand) -> str | None:
+        """Why this gateway cannot take the command (its INVALID_REQUEST message), or None."""
+        ...
+
     async def charge(self, payment: Payment) -> GatewayResult: ...
+
+
+class GatewayReferences(Protocol):
+    """Where a real gateway keeps its own id for a payment's charge (a Stripe PaymentIntent
+    id) as soon as it has one, so that asking again continues that charge."""
+
+    async def remember_reference(self, payment_id: uuid.UUID, gateway: str, reference: str) -> str:
+        """Record it; the reference kept (an earlier one when another was recorded first)."""
+        ...
+
+    async def recall_reference(self, payment_id: uuid.UUID, gateway: str) -> str | None: ...
 
 
 class OrderLockPort(Protocol):

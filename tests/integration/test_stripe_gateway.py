@@ -1,46 +1,35 @@
-"""StripeGateway against localstripe, a stateful Stripe stand-in started here as a process,
-and against small servers that fail the way a network does (nothing of ours is faked)."""
+"""StripeGateway against localstripe, a stateful Stripe stand-in started here as a process
+(payment_worker/devstack/localstripe.py), and against small servers that fail the way a
+network does; its PaymentIntent ids recorded in the real database. Nothing of ours is faked."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import httpx
+import psycopg
 import pytest
 import stripe
-from aiohttp import web
 
+from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.adapters.stripe_gateway import StripeGateway
+from payment_worker.devstack import localstripe as standin
 from payment_worker.devstack.broker import free_port
+from payment_worker.devstack.localstripe import (
+    API_KEY,
+    DECLINED_AT_CHARGE,
+    NEEDS_AUTHENTICATION,
+    PAYS,
+)
 from payment_worker.domain.model import Payment, PaymentStatus
 from payment_worker.exceptions import GatewayRefusedCredentials
 
 pytestmark = pytest.mark.integration
-
-API_KEY = "sk_test_localstripe"  # localstripe takes any key shaped sk_ + 3 characters or more
-# localstripe keeps its state in /tmp/localstripe.pickle, shared by every copy on the machine;
-# this one keeps it in memory only (--from-scratch: nothing loaded either).
-_SERVER = (
-    "import sys\n"
-    "from localstripe import resources, server\n"
-    "resources.Store.dump_to_disk = lambda self: None\n"
-    "server.start()\n"
-)
-
-PAYS = "4242424242424242"
-DECLINED_AT_CHARGE = "4000000000000341"
-NEEDS_AUTHENTICATION = "4000002500003155"
 
 
 @pytest.fixture(scope="module")
@@ -48,38 +37,13 @@ def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A localstripe server on a free port, answering before the first test; stopped after."""
     port = free_port()
     logs = tmp_path_factory.mktemp("localstripe") / "server.log"
-    with logs.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, "--port", str(port), "--from-scratch"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=logs.parent,
-        )
+    process = standin.start(port, logs)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_answering(url, process, logs)
+        standin.wait_until_answering(url, process, logs)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_answering(url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"localstripe exited ({process.returncode}): {logs.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, "")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"localstripe did not answer within 20 s: {logs.read_text()[-2000:]}")
+        standin.stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +78,25 @@ def payment(payment_method: str, amount: str = "12.34", currency: str = "USD") -
     )
 
 
+def pending(db: psycopg.Connection[Any], *payments: Payment) -> None:
+    """The payments' pending rows, as the begin step writes them (a reference needs one)."""
+    for p in payments:
+        db.execute(
+            "INSERT INTO payments (id, order_id, customer_id, amount, currency, payment_method,"
+            " status, created_at, command_id) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
+            (p.id, p.order_id, p.customer_id, p.amount, p.currency, p.payment_method,
+             p.created_at, p.command_id),
+        )  # fmt: skip
+
+
+def reference(db: psycopg.Connection[Any], the_payment: Payment) -> str | None:
+    row = db.execute(
+        "SELECT reference FROM gateway_references WHERE payment_id = %s AND gateway = 'stripe'",
+        (the_payment.id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def intents_of(admin: stripe.StripeClient, the_payment: Payment) -> list[Any]:
     """Every PaymentIntent on localstripe made for this payment (by its metadata)."""
     listed = admin.v1.payment_intents.list({"limit": 100})
@@ -123,21 +106,24 @@ def intents_of(admin: stripe.StripeClient, the_payment: Payment) -> list[Any]:
 
 
 @pytest.fixture
-async def gateway(localstripe: str) -> AsyncIterator[StripeGateway]:
-    async with StripeGateway(API_KEY, api_base=localstripe, retry_budget_s=0.5) as opened:
+async def gateway(localstripe: str, store: PostgresStore) -> AsyncIterator[StripeGateway]:
+    async with StripeGateway(API_KEY, store, api_base=localstripe, retry_budget_s=0.5) as opened:
         yield opened
 
 
 async def test_a_card_that_pays_succeeds_with_its_payment_intent(
-    gateway: StripeGateway, stripe_admin: stripe.StripeClient
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
-    """A 4242 card: success, the transaction id is the PaymentIntent's, and the PaymentIntent
-    carries the amount in cents, the currency and the payment's ids."""
+    """A 4242 card: success, not simulated, the transaction id is the PaymentIntent's (recorded
+    as the payment's reference), and the PaymentIntent carries the amount in cents, the
+    currency and the payment's ids."""
     paid = payment(card(stripe_admin, PAYS))
+    pending(db, paid)
     result = await gateway.charge(paid)
-    assert result.success and not result.unknown
+    assert result.success and not result.unknown and not result.simulated
     assert result.transaction_id is not None and result.transaction_id.startswith("pi_")
     assert result.simulated_response == f"Stripe PaymentIntent {result.transaction_id}: succeeded"
+    assert reference(db, paid) == result.transaction_id
     intent = stripe_admin.v1.payment_intents.retrieve(result.transaction_id)
     assert (intent.status, intent.amount, intent.currency) == ("succeeded", 1234, "usd")
     assert intent.metadata.to_dict() == {
@@ -149,146 +135,192 @@ async def test_a_card_that_pays_succeeds_with_its_payment_intent(
 
 
 async def test_a_zero_decimal_amount_is_sent_without_cents(
-    gateway: StripeGateway, stripe_admin: stripe.StripeClient
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
     """500 JPY is sent as amount 500, not 50000."""
-    result = await gateway.charge(payment(card(stripe_admin, PAYS), "500", "JPY"))
+    paid = payment(card(stripe_admin, PAYS), "500", "JPY")
+    pending(db, paid)
+    result = await gateway.charge(paid)
     assert result.transaction_id is not None
     intent = stripe_admin.v1.payment_intents.retrieve(result.transaction_id)
     assert (intent.amount, intent.currency) == (500, "jpy")
 
 
 async def test_a_card_declined_at_charge_is_declined_with_stripes_code(
-    gateway: StripeGateway, stripe_admin: stripe.StripeClient
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
     """4000000000000341 (declined when charged): declined, not unknown, with Stripe's code in
-    upper case and Stripe's message (the reply adds `Payment failed: ` before it)."""
-    result = await gateway.charge(payment(card(stripe_admin, DECLINED_AT_CHARGE)))
-    assert not result.success and not result.unknown
+    upper case and Stripe's message (the reply adds `Payment failed: ` before it); asked again,
+    the same decline is read from the same PaymentIntent, and no second one is made."""
+    declined = payment(card(stripe_admin, DECLINED_AT_CHARGE))
+    pending(db, declined)
+    result = await gateway.charge(declined)
+    assert not result.success and not result.unknown and not result.simulated
     # localstripe sends no decline_code, so the code is the error's; Stripe's would be its
     # decline_code (generic_decline for this card).
     assert result.error_code == "CARD_DECLINED"
     assert result.error_message == "Your card was declined."
     assert result.failure_reason == "card_declined"
     assert result.transaction_id is None
+    again = await gateway.charge(declined)
+    assert (again.success, again.unknown, again.error_code) == (False, False, "CARD_DECLINED")
+    [intent] = intents_of(stripe_admin, declined)
+    assert intent.status == "requires_payment_method" and reference(db, declined) == intent.id
 
 
 async def test_a_card_needing_authentication_is_declined_and_its_intent_cancelled(
-    gateway: StripeGateway, stripe_admin: stripe.StripeClient
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
     """4000002500003155 (3-D Secure required): declined AUTHENTICATION_REQUIRED, and its
-    PaymentIntent is cancelled, so nobody can complete it later."""
+    PaymentIntent is cancelled, so nobody can complete it later. Asked again (a redelivery),
+    the cancelled PaymentIntent gives the same decline, and no second one is made."""
     the_payment = payment(card(stripe_admin, NEEDS_AUTHENTICATION))
+    pending(db, the_payment)
     result = await gateway.charge(the_payment)
     assert not result.success and not result.unknown
     assert result.error_code == "AUTHENTICATION_REQUIRED"
+    again = await gateway.charge(the_payment)
+    assert again.error_code == "AUTHENTICATION_REQUIRED" and not again.unknown
     [intent] = intents_of(stripe_admin, the_payment)
     assert intent.status == "canceled"
 
 
-async def test_a_refused_api_key_raises_and_declines_nobody(
-    localstripe: str, stripe_admin: stripe.StripeClient
+async def test_a_payment_still_processing_stays_unknown_until_stripe_settles_it(
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
-    """A key Stripe answers 401 to raises GatewayRefusedCredentials (records wait) instead of
-    answering the payment, and nothing is created. localstripe refuses only keys not shaped
-    sk_..., it checks no key's value."""
+    """A PaymentIntent left `processing` (localstripe settles this SEPA debit, declined, half a
+    second later) is unknown, not final; asked again once settled (the reconciler's call), the
+    recorded PaymentIntent is read and gives the decline, with no second PaymentIntent."""
+    method = stripe_admin.v1.payment_methods.create(
+        {"type": "sepa_debit", "sepa_debit": {"iban": "DE62370400440532013001"}}
+    )
+    slow = payment(method.id, "20.00", "EUR")
+    pending(db, slow)
+    first = await gateway.charge(slow)
+    assert first.unknown and not first.success
+    assert "processing" in first.simulated_response
+    await asyncio.sleep(1.0)
+    settled = await gateway.charge(slow)
+    assert not settled.success and not settled.unknown and settled.error_code is not None
+    [intent] = intents_of(stripe_admin, slow)
+    assert intent.status == "requires_payment_method" and reference(db, slow) == intent.id
+
+
+async def test_a_refused_api_key_raises_and_declines_nobody(
+    localstripe: str,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """A key Stripe answers 401 to raises GatewayRefusedCredentials naming the setting, at the
+    start-up check and at a charge, instead of answering the payment; nothing is created.
+    localstripe refuses only keys not shaped sk_..., it checks no key's value."""
     the_payment = payment(card(stripe_admin, PAYS))
-    async with StripeGateway("sk_x", api_base=localstripe, retry_budget_s=0.5) as refused:
+    pending(db, the_payment)
+    async with StripeGateway("sk_x", store, api_base=localstripe, retry_budget_s=0.5) as refused:
+        with pytest.raises(GatewayRefusedCredentials, match="PAYMENT_STRIPE_API_KEY"):
+            await refused.check_key()
         with pytest.raises(GatewayRefusedCredentials, match="PAYMENT_STRIPE_API_KEY"):
             await refused.charge(the_payment)
     assert intents_of(stripe_admin, the_payment) == []
+    async with StripeGateway(API_KEY, store, api_base=localstripe) as accepted:
+        assert await accepted.check_key() is None
 
 
-# -- asking again: Stripe's idempotency keys --------------------------------------------------
-
-
-class IdempotentFront:
-    """What Stripe does with an Idempotency-Key and localstripe does not: the first answer to
-    a POST with a key is stored and replayed for every later POST with that key. It stands in
-    front of localstripe and records the keys it saw."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.keys: list[str | None] = []
-        self._answers: dict[str, tuple[int, bytes]] = {}
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._forward)
-        self._session = aiohttp.ClientSession()
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    async def _forward(self, request: web.Request) -> web.Response:
-        key = request.headers.get("Idempotency-Key")
-        if request.method == "POST":
-            self.keys.append(key)
-            if key is not None and key in self._answers:
-                status, body = self._answers[key]
-                return web.Response(status=status, body=body, content_type="application/json")
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self._session.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-        ) as answer:
-            body = await answer.read()
-        if request.method == "POST" and key is not None and answer.status != 401:
-            self._answers[key] = (answer.status, body)
-        return web.Response(status=answer.status, body=body, content_type="application/json")
-
-
-@pytest.fixture
-async def idempotent_front(localstripe: str) -> AsyncIterator[IdempotentFront]:
-    front = IdempotentFront(localstripe)
-    await front.start()
-    yield front
-    await front.stop()
+# -- asking again: the recorded PaymentIntent, Stripe's idempotency keys ----------------------
 
 
 async def test_charging_the_same_payment_twice_meets_one_payment_intent(
-    idempotent_front: IdempotentFront, stripe_admin: stripe.StripeClient
+    gateway: StripeGateway, stripe_admin: stripe.StripeClient, db: psycopg.Connection[Any]
 ) -> None:
-    """Asked twice for one payment (a redelivered command, the reconciler), the gateway sends
-    the payment id as the Idempotency-Key both times: the same PaymentIntent answers, and only
-    one exists, charged once."""
+    """Asked twice for one payment (a redelivered command, the reconciler): the second time
+    continues the recorded PaymentIntent; only one exists, charged once."""
     the_payment = payment(card(stripe_admin, PAYS))
-    async with StripeGateway(API_KEY, api_base=idempotent_front.url) as gateway:
-        first = await gateway.charge(the_payment)
-        second = await gateway.charge(the_payment)
+    pending(db, the_payment)
+    first = await gateway.charge(the_payment)
+    second = await gateway.charge(the_payment)
     assert first.success and second == first
-    assert idempotent_front.keys == [str(the_payment.id), str(the_payment.id)]
     [intent] = intents_of(stripe_admin, the_payment)
     assert intent.id == first.transaction_id and intent.status == "succeeded"
 
 
-async def test_asking_again_after_authentication_required_gives_the_same_decline(
-    idempotent_front: IdempotentFront, stripe_admin: stripe.StripeClient
+class ForgetfulReferences:
+    """The real store, but the first `fail` records of a reference fail, as when the database
+    is lost between Stripe's answer and our record of it (a crash there)."""
+
+    def __init__(self, store: PostgresStore, fail: int = 1) -> None:
+        self.store = store
+        self.fail = fail
+
+    async def remember_reference(self, payment_id: uuid.UUID, gateway: str, ref: str) -> str:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionResetError("the database went away")
+        return await self.store.remember_reference(payment_id, gateway, ref)
+
+    async def recall_reference(self, payment_id: uuid.UUID, gateway: str) -> str | None:
+        return await self.store.recall_reference(payment_id, gateway)
+
+
+async def test_a_payment_intent_not_recorded_is_reused_not_doubled(
+    localstripe: str,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
 ) -> None:
-    """The replayed answer says requires_action although the PaymentIntent was cancelled
-    since: the gateway reads it again and declines AUTHENTICATION_REQUIRED once more, with no
-    second PaymentIntent."""
-    the_payment = payment(card(stripe_admin, NEEDS_AUTHENTICATION))
-    async with StripeGateway(API_KEY, api_base=idempotent_front.url) as gateway:
-        first = await gateway.charge(the_payment)
-        second = await gateway.charge(the_payment)
-    assert first.error_code == second.error_code == "AUTHENTICATION_REQUIRED"
+    """Stripe answered a PaymentIntent that could not be recorded: nothing is confirmed and the
+    answer is unknown. Asked again, the same Idempotency-Key meets the same PaymentIntent
+    (as Stripe promises, and the stand-in keeps), which is recorded, confirmed and succeeds:
+    one PaymentIntent, charged once."""
+    the_payment = payment(card(stripe_admin, PAYS))
+    pending(db, the_payment)
+    references = ForgetfulReferences(store)
+    async with StripeGateway(API_KEY, references, api_base=localstripe) as gateway:
+        lost = await gateway.charge(the_payment)
+        assert lost.unknown
+        [unconfirmed] = intents_of(stripe_admin, the_payment)
+        assert unconfirmed.status == "requires_confirmation"
+        result = await gateway.charge(the_payment)
+    assert result.success and result.transaction_id == unconfirmed.id
     [intent] = intents_of(stripe_admin, the_payment)
-    assert intent.status == "canceled"
+    assert intent.status == "succeeded" and reference(db, the_payment) == intent.id
+
+
+async def test_a_second_payment_intent_is_cancelled_and_the_recorded_one_charged(
+    gateway: StripeGateway,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """Where a PaymentIntent was recorded first for the payment (by another try, on a gateway
+    that did not keep the key), the one just created is cancelled, never confirmed, and the
+    recorded one is confirmed: one charge."""
+    the_payment = payment(card(stripe_admin, PAYS))
+    pending(db, the_payment)
+    first = stripe_admin.v1.payment_intents.create(
+        {
+            "amount": 1234,
+            "currency": "usd",
+            "payment_method": the_payment.payment_method,
+            "metadata": {"payment_id": str(the_payment.id)},
+        }
+    )
+    # Recorded meanwhile, after this try found none: the try creates its own, then meets it.
+    recall = gateway.references.recall_reference
+
+    async def none_yet(payment_id: uuid.UUID, name: str) -> str | None:
+        await store.remember_reference(payment_id, name, first.id)
+        return None
+
+    gateway.references.recall_reference = none_yet  # type: ignore[method-assign]
+    try:
+        result = await gateway.charge(the_payment)
+    finally:
+        gateway.references.recall_reference = recall  # type: ignore[method-assign]
+    assert result.success and result.transaction_id == first.id
+    statuses = {pi.id: pi.status for pi in intents_of(stripe_admin, the_payment)}
+    assert statuses.pop(first.id) == "succeeded"
+    assert list(statuses.values()) == ["canceled"]
 
 
 # -- a gateway that cannot say: unknown, never declined ---------------------------------------
@@ -334,13 +366,17 @@ class Failing:
 @pytest.mark.parametrize(
     "status", [None, 500, 503, 429], ids=["connection-lost", "500", "503", "429"]
 )
-async def test_a_gateway_that_cannot_say_answers_unknown(status: int | None) -> None:
+async def test_a_gateway_that_cannot_say_answers_unknown(
+    status: int | None, store: PostgresStore
+) -> None:
     """The connection lost after the request was sent, a 5xx or a 429: tried again with the
     same key within the budget, then unknown (the payment stays pending), never declined."""
     server = Failing(status)
     await server.start()
     try:
-        async with StripeGateway(API_KEY, api_base=server.url, retry_budget_s=0.5) as gateway:
+        async with StripeGateway(
+            API_KEY, store, api_base=server.url, retry_budget_s=0.5
+        ) as gateway:
             result = await gateway.charge(payment("pm_card_visa"))
     finally:
         await server.stop()
@@ -349,24 +385,28 @@ async def test_a_gateway_that_cannot_say_answers_unknown(status: int | None) -> 
     assert server.requests >= 2  # tried again before giving up
 
 
-async def test_an_unreachable_stripe_answers_unknown() -> None:
+async def test_an_unreachable_stripe_answers_unknown(store: PostgresStore) -> None:
     """Nothing listening at the API base: unknown, not declined."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    async with StripeGateway(API_KEY, api_base=url, retry_budget_s=0.3) as gateway:
+    async with StripeGateway(API_KEY, store, api_base=url, retry_budget_s=0.3) as gateway:
         result = await gateway.charge(payment("pm_card_visa"))
     assert result.unknown and not result.success
 
 
-async def test_an_amount_the_currency_cannot_express_is_declined_without_a_request() -> None:
+async def test_an_amount_the_currency_cannot_express_is_declined_without_a_request(
+    store: PostgresStore,
+) -> None:
     """1.5 JPY: declined INVALID_AMOUNT before anything is sent (the API base here answers
     nothing, so a request would have been unknown)."""
     server = Failing(None)
     await server.start()
     try:
-        async with StripeGateway(API_KEY, api_base=server.url, retry_budget_s=0.3) as gateway:
+        async with StripeGateway(
+            API_KEY, store, api_base=server.url, retry_budget_s=0.3
+        ) as gateway:
             result = await gateway.charge(payment("pm_card_visa", "1.5", "JPY"))
     finally:
         await server.stop()

@@ -17,8 +17,15 @@ import structlog.testing
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
 from payment_worker.adapters.redis_lock import NoLock
 from payment_worker.domain.gateway_rules import simulated_answer, unknown_result
-from payment_worker.domain.model import GatewayResult, Outcome, Payment, PaymentStatus
+from payment_worker.domain.model import (
+    GatewayResult,
+    Outcome,
+    Payment,
+    PaymentStatus,
+    ValidCommand,
+)
 from payment_worker.domain.routing import ReplyRoute, RouteRules
+from payment_worker.domain.stripe_inputs import stripe_refusal
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import (
     DependencyUnavailable,
@@ -225,10 +232,14 @@ class FakeGateway:
         self.crash_next = 0
         self.unknown_next = 0  # charges whose answer is lost (the charge itself is made)
         self.before_answer: Any = None  # an async callable run once, mid-charge
+        self.refuses: Any = None  # a GatewayPort.refusal in place of the simulator's (none)
 
     @property
     def calls(self) -> int:
         return len(self.charged)
+
+    def refusal(self, valid: ValidCommand) -> str | None:
+        return None if self.refuses is None else self.refuses(valid)  # type: ignore[no-any-return]
 
     async def charge(self, payment: Payment) -> GatewayResult:
         if self.crash_next:
@@ -452,6 +463,27 @@ async def test_card_number_in_payment_method_is_rejected_before_any_work(world: 
     assert reply["outcome"] == "INVALID_REQUEST"
     assert "4111" not in (reply["errorMessage"] or "")
     assert world.ledger.payments == {}
+
+
+async def test_a_command_the_gateway_cannot_take_is_invalid_before_any_work(
+    world: World,
+) -> None:
+    """With the Stripe gateway's rule, a payment method that is not a PaymentMethod id is
+    INVALID_REQUEST with the contract's message, and nothing is asked, charged or recorded
+    but its answer; a pm_ id goes on to be charged."""
+    world.gateway.refuses = lambda valid: stripe_refusal(
+        valid.payment_method, valid.amount, valid.currency
+    )
+    await world.send(world.payable(paymentMethod="credit_card"))
+    reply = world.last_reply()
+    assert (reply["outcome"], reply["httpStatus"], reply["errorMessage"]) == (
+        "INVALID_REQUEST",
+        400,
+        "PaymentMethod must be a Stripe payment method id",
+    )
+    assert (world.ordering.calls, world.gateway.calls, world.ledger.payments) == (0, 0, {})
+    await world.send(world.payable(paymentMethod="pm_1PgQx2LkdIwHu7ixKqVz3bXp"))
+    assert (world.last_reply()["outcome"], world.gateway.calls) == ("SUCCEEDED", 1)
 
 
 async def test_unknown_order_replies_404(world: World) -> None:

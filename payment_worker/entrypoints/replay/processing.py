@@ -18,6 +18,7 @@ from payment_worker.entrypoints.replay.exceptions import ReplayError
 from payment_worker.entrypoints.replay.options import ReplayOptions
 from payment_worker.entrypoints.replay.reading import Batches, PartitionReader
 from payment_worker.entrypoints.replay.summary import ReplaySummary
+from payment_worker.exceptions import GatewayRefusedCredentials
 from payment_worker.retrying import retrying
 from payment_worker.service.pipeline import Handled, Pipeline
 from payment_worker.service.ports import BatchLedgerPort, DirectSenderPort, InboundRecord
@@ -71,6 +72,7 @@ class Replayer:
         self.summary = ReplaySummary()
         self._republished: set[str] = set()
         self._chains = KeyedChains()
+        self._refused_by: GatewayRefusedCredentials | None = None
         self._slots = asyncio.Semaphore(options.max_in_flight)
         # Answers from the ledger go straight to Kafka, not through the outbox: they change
         # nothing in the database, so there is no state to keep atomic with them, and a lost
@@ -97,6 +99,8 @@ class Replayer:
                 while (batch := await batches.get()) is not None:
                     if isinstance(batch, Exception):
                         raise batch
+                    if self._refused_by is not None:
+                        break
                     self.summary.read += len(batch)
                     items = await _retried(partial(prepare_batch, self.app.pipeline, batch))
                     lookup = asyncio.ensure_future(
@@ -118,6 +122,8 @@ class Replayer:
                 await asyncio.gather(reader, return_exceptions=True)
             if self._chains.tasks:
                 await asyncio.gather(*self._chains.tasks)
+            if self._refused_by is not None:
+                raise self._refused_by
             if not self.options.dry_run:
                 left = await asyncio.to_thread(self._sender.drain)
                 if left:
@@ -169,6 +175,11 @@ class Replayer:
         pipeline = self.app.pipeline
         try:
             handled: Handled = await _retried(lambda: pipeline.handle(record))
+        except GatewayRefusedCredentials as exc:
+            # Our key, not the customer's: nothing is declined or dead-lettered, and the
+            # replay stops with this one line (its payment stays pending, for the reconciler).
+            self._refused_by = self._refused_by or exc
+            return
         except Exception as exc:
             log.error(
                 "replay_record_failed",

@@ -1,8 +1,13 @@
-"""Amounts in minor units as Stripe's API counts them (ISK differs from ISO 4217). Pure."""
+"""What the Stripe gateway takes: a PaymentMethod id, and amounts in minor units as Stripe's
+API counts them (ISK differs from ISO 4217). Pure."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
+
+# A Stripe PaymentMethod id: pm_ and Stripe's id characters (the length check is the command's).
+_PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]+")
 
 # Stripe's zero-decimal currencies (docs.stripe.com/currencies#zero-decimal): 500 JPY is 500.
 ZERO_DECIMAL = frozenset(
@@ -50,3 +55,15 @@ def _precision(code: str) -> str:
     if code in WHOLE_UNITS_IN_HUNDREDTHS:
         return f"{code} is charged in whole units"
     return f"{code} has two decimals"
+
+
+def stripe_refusal(payment_method: str, amount: Decimal, currency: str) -> str | None:
+    """Why the Stripe gateway cannot take a valid command (its INVALID_REQUEST message), or
+    None: the method must be a PaymentMethod id, the amount one the currency can express."""
+    if _PAYMENT_METHOD_ID.fullmatch(payment_method) is None:
+        return "PaymentMethod must be a Stripe payment method id"
+    try:
+        minor_units(amount, currency)
+    except ValueError as exc:
+        return f"Amount {exc}"
+    return None

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from payment_worker.domain.stripe_amounts import minor_units
+from payment_worker.domain.stripe_inputs import minor_units, stripe_refusal
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,24 @@ def test_an_amount_the_currency_cannot_express_is_refused(amount: str, currency:
     charged a different sum than the one ordered."""
     with pytest.raises(ValueError, match=currency.upper()):
         minor_units(Decimal(amount), currency)
+
+
+@pytest.mark.parametrize(
+    ("method", "amount", "currency", "refusal"),
+    [
+        ("pm_1PgQx2LkdIwHu7ixKqVz3bXp", "12.34", "USD", None),
+        ("pm_card_visa", "500", "JPY", None),
+        ("credit_card", "12.34", "USD", "PaymentMethod must be a Stripe payment method id"),
+        ("pm_", "12.34", "USD", "PaymentMethod must be a Stripe payment method id"),
+        ("pm_abc def", "12.34", "USD", "PaymentMethod must be a Stripe payment method id"),
+        ("tok_visa", "12.34", "USD", "PaymentMethod must be a Stripe payment method id"),
+        ("PM_ABC", "12.34", "USD", "PaymentMethod must be a Stripe payment method id"),
+        ("pm_abc", "1.50", "JPY", "Amount 1.50 JPY cannot be charged: JPY has no minor unit"),
+    ],
+)
+def test_what_the_stripe_gateway_cannot_take_is_named(
+    method: str, amount: str, currency: str, refusal: str | None
+) -> None:
+    """A payment method that is not a PaymentMethod id, or an amount its currency cannot
+    express, is refused with the INVALID_REQUEST message; anything else is taken."""
+    assert stripe_refusal(method, Decimal(amount), currency) == refusal

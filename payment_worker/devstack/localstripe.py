@@ -1,0 +1,130 @@
+"""localstripe, a stateful Stripe stand-in, for the demo, the bench and the tests: a process
+on a port, in memory, keeping Stripe's promise about Idempotency-Key that localstripe alone
+does not (a second POST with a key gets the first's answer).
+
+Run as `python -m payment_worker.devstack.localstripe --port N`. Not the worker's code: only
+the devstack, the bench and the tests start it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+API_KEY = "sk_test_localstripe"  # localstripe takes any key shaped sk_ + 3 characters or more
+
+# Stripe's test cards as localstripe plays them.
+PAYS = "4242424242424242"
+DECLINED_AT_CHARGE = "4000000000000341"
+NEEDS_AUTHENTICATION = "4000002500003155"
+
+
+def start(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """localstripe on 127.0.0.1:`port`, its output in `log_path`; wait_until_answering next."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "payment_worker.devstack.localstripe", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def wait_until_answering(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 30.0
+) -> None:
+    """Return once localstripe answers at `url`; RuntimeError with its log's tail if not."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"localstripe exited ({process.returncode}): {log_path.read_text()[-2000:]}"
+            )
+        try:
+            if httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, "")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"localstripe did not answer within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def card(url: str, number: str) -> str:
+    """A PaymentMethod made on localstripe for a test card number: its pm_ id."""
+    answer = httpx.post(
+        f"{url}/v1/payment_methods",
+        auth=(API_KEY, ""),
+        data={
+            "type": "card",
+            "card[number]": number,
+            "card[exp_month]": "12",
+            "card[exp_year]": "2034",
+            "card[cvc]": "123",
+        },
+    )
+    answer.raise_for_status()
+    return str(answer.json()["id"])
+
+
+def intents(url: str) -> list[dict[str, Any]]:
+    """Every PaymentIntent localstripe holds."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, str] = {"limit": "100"}
+    while True:
+        page = httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, ""), params=params).json()
+        found.extend(page["data"])
+        if not page.get("has_more") or not page["data"]:
+            return found
+        params["starting_after"] = page["data"][-1]["id"]
+
+
+def _idempotency(web: Any) -> Callable[..., Awaitable[Any]]:
+    """What Stripe does with an Idempotency-Key: a POST's first successful answer is kept and
+    given again to every later POST with that key on that path (localstripe ignores keys)."""
+    answers: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+    @web.middleware  # type: ignore[misc]  # aiohttp is untyped where localstripe uses it
+    async def middleware(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        key = request.headers.get("Idempotency-Key")
+        if request.method != "POST" or key is None:
+            return await handler(request)
+        seen = answers.get((request.path, key))
+        if seen is not None:
+            return web.Response(status=seen[0], body=seen[1], content_type="application/json")
+        response = await handler(request)
+        if response.status == 200:
+            answers[(request.path, key)] = (response.status, response.body)
+        return response
+
+    return middleware
+
+
+def main() -> None:
+    from aiohttp import web
+    from localstripe import resources, server
+
+    # In memory only: localstripe otherwise shares /tmp/localstripe.pickle machine-wide.
+    resources.Store.dump_to_disk = lambda self: None
+    server.app.middlewares.append(_idempotency(web))
+    if "--from-scratch" not in sys.argv:
+        sys.argv.append("--from-scratch")
+    server.start()
+
+
+if __name__ == "__main__":
+    main()
