@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from payment_worker.adapters.kafka import ensure_topics
+from payment_worker.devstack import localstripe as stripe_standin
 from payment_worker.devstack.broker import Broker, free_port, local_broker, port_open
 from payment_worker.service.messages import Topics
 from tests import containers
@@ -259,6 +260,31 @@ def devserver() -> Iterator[DevServer]:
     process.terminate()
     process.wait(10)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[str]:
+    """localstripe (a stateful Stripe stand-in that keeps Idempotency-Key as Stripe does,
+    payment_worker/devstack/localstripe.py) in its own process: its URL."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    logs = ARTIFACTS / f"localstripe-{port}.log"
+    process = stripe_standin.start(port, logs)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        stripe_standin.wait_until_answering(url, process, logs)
+        yield url
+    finally:
+        stripe_standin.stop(process)
+
+
+def stripe_environment(api_base: str) -> dict[str, str]:
+    """What a `payment-worker run` needs to charge through the Stripe gateway at `api_base`."""
+    return {
+        "PAYMENT_GATEWAY": "stripe",
+        "PAYMENT_STRIPE_API_KEY": stripe_standin.API_KEY,
+        "PAYMENT_STRIPE_API_BASE": api_base,
+    }
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,8 +18,6 @@ import stripe
 
 from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.adapters.stripe_gateway import StripeGateway
-from payment_worker.devstack import localstripe as standin
-from payment_worker.devstack.broker import free_port
 from payment_worker.devstack.localstripe import (
     API_KEY,
     DECLINED_AT_CHARGE,
@@ -30,20 +28,6 @@ from payment_worker.domain.model import Payment, PaymentStatus
 from payment_worker.exceptions import GatewayRefusedCredentials
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A localstripe server on a free port, answering before the first test; stopped after."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("localstripe") / "server.log"
-    process = standin.start(port, logs)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        standin.wait_until_answering(url, process, logs)
-        yield url
-    finally:
-        standin.stop(process)
 
 
 @pytest.fixture(scope="module")
