@@ -121,6 +121,11 @@ kafka-lock: install ## Resolve payment_worker/devstack/kafka/pom.xml again into 
 devserver: install ## Run the development Ordering/Inventory server on :5002 (foreground)
 	$(BIN)/python -m payment_worker.devstack.services --port 5002 --seed 100
 
+.PHONY: stripe-mock
+stripe-mock: ## Run stripe-mock, Stripe's own API stand-in, on 127.0.0.1:12111 (foreground; built once)
+	@tool=$$(bash scripts/stripe-mock.sh) && \
+		exec "$$tool" -http-addr 127.0.0.1:12111 -https-addr 127.0.0.1:12112
+
 .PHONY: run
 run: install services ## Migrate, then run the worker against PAYMENT_* settings (foreground)
 	$(BIN)/payment-worker migrate

@@ -1,0 +1,268 @@
+"""StripeGateway's requests against stripe-mock, Stripe's own stand-in made from its OpenAPI spec
+(scripts/stripe-mock.sh builds it once): stripe-mock answers 400 to a parameter or a path that
+Stripe's API does not have, so every request the adapter sends must get less than 400.
+
+stripe-mock keeps no state and answers with fixture objects (a PaymentIntent's status is the
+fixture's), so what is checked here is that the requests are accepted, not what comes of them.
+Its spec may be a little older than the API version the stripe library asks for."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import aiohttp
+import httpx
+import pytest
+import stripe
+from aiohttp import web
+
+from payment_worker.adapters.stripe_gateway import StripeGateway
+from payment_worker.devstack.broker import free_port
+from payment_worker.domain.model import Payment, PaymentStatus
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk_test_123"  # stripe-mock takes any sk_test_ key of letters and digits
+PAYMENT_METHOD = "pm_card_visa"
+
+# The PaymentIntents endpoints and what each does (any other path is not one of them).
+ENDPOINTS = {
+    ("POST", re.compile(r"/v1/payment_intents")): "create",
+    ("GET", re.compile(r"/v1/payment_intents/pi_\w+")): "retrieve",
+    ("POST", re.compile(r"/v1/payment_intents/pi_\w+/confirm")): "confirm",
+    ("POST", re.compile(r"/v1/payment_intents/pi_\w+/cancel")): "cancel",
+}
+
+
+def endpoint(method: str, path: str) -> str | None:
+    """Which PaymentIntents request this is, None when it is none of them."""
+    for (verb, pattern), name in ENDPOINTS.items():
+        if method == verb and pattern.fullmatch(path):
+            return name
+    return None
+
+
+@pytest.fixture(scope="module")
+def stripe_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """stripe-mock on a free port, answering before the first test; stopped after. The module
+    is skipped, with the script's reason, where stripe-mock cannot be built."""
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stripe-mock.sh")],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    if built.returncode != 0:
+        pytest.skip(built.stderr.strip() or f"scripts/stripe-mock.sh exited {built.returncode}")
+    port = free_port()
+    logs = tmp_path_factory.mktemp("stripe-mock") / "server.log"
+    with logs.open("wb") as out:
+        # HTTPS too is always served: on a port the system chooses, never the fixed default.
+        process = subprocess.Popen(
+            [built.stdout.strip(), "-http-addr", f"127.0.0.1:{port}", "-https-addr", "127.0.0.1:"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(url, process, logs)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"stripe-mock exited ({process.returncode}): {logs.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, "")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"stripe-mock did not answer within 30 s: {logs.read_text()[-2000:]}")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request that went through the recorder, and stripe-mock's status for it."""
+
+    method: str
+    path: str
+    status: int
+    form: dict[str, str]
+    idempotency_key: str | None
+
+
+class Recorder:
+    """Forwards every request to stripe-mock and records it. `statuses` (endpoint name to a
+    PaymentIntent status) rewrites the status of such answers, to lead the adapter on to the
+    requests that follow one; the requests themselves are stripe-mock's to judge."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.seen: list[Seen] = []
+        self.statuses: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        self._session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        sent = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=sent
+        ) as answer:
+            status, body = answer.status, await answer.read()
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                status,
+                dict(parse_qsl(request.query_string or sent.decode(), keep_blank_values=True)),
+                request.headers.get("Idempotency-Key"),
+            )
+        )
+        said = self.statuses.get(endpoint(request.method, request.path) or "")
+        if said is not None and status == 200:
+            body = json.dumps({**json.loads(body), "status": said}).encode()
+        return web.Response(status=status, body=body, content_type="application/json")
+
+
+@pytest.fixture
+async def recorder(stripe_mock: str) -> AsyncIterator[Recorder]:
+    front = Recorder(stripe_mock)
+    await front.start()
+    yield front
+    await front.stop()
+
+
+@pytest.fixture
+async def gateway(recorder: Recorder) -> AsyncIterator[StripeGateway]:
+    async with StripeGateway(API_KEY, api_base=recorder.url, retry_budget_s=0.5) as opened:
+        yield opened
+
+
+def payment(amount: str = "12.34", currency: str = "USD") -> Payment:
+    return Payment(
+        id=uuid.uuid4(),
+        order_id=uuid.uuid4(),
+        customer_id=uuid.uuid4(),
+        reservation_id=None,
+        amount=Decimal(amount),
+        currency=currency,
+        payment_method=PAYMENT_METHOD,
+        status=PaymentStatus.PENDING,
+        created_at=datetime.now(UTC),
+        command_id=uuid.uuid4(),
+    )
+
+
+def assert_all_accepted(seen: list[Seen]) -> None:
+    """Something was sent, and stripe-mock took every request, each on a PaymentIntents path."""
+    assert seen, "the adapter sent nothing"
+    refused = [s for s in seen if s.status >= 400]
+    assert not refused, f"stripe-mock refused: {refused}"
+    assert [s.path for s in seen if endpoint(s.method, s.path) is None] == []
+
+
+async def test_stripe_mock_refuses_a_parameter_stripes_api_does_not_have(
+    recorder: Recorder,
+) -> None:
+    """A create request with a parameter Stripe does not have is answered 400: the check
+    below is one a wrong request fails."""
+    client = stripe.StripeClient(API_KEY, base_addresses={"api": recorder.url})
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        await client.v1.payment_intents.create_async(
+            {"amount": 1234, "currency": "usd", "no_such_parameter": "x"}  # type: ignore[typeddict-unknown-key]
+        )
+    assert refused.value.http_status == 400
+    assert [(s.method, s.path, s.status) for s in recorder.seen] == [
+        ("POST", "/v1/payment_intents", 400)
+    ]
+
+
+async def test_a_charge_creates_its_payment_intent_with_a_request_stripe_accepts(
+    gateway: StripeGateway, recorder: Recorder
+) -> None:
+    """charge() sends a create request stripe-mock accepts, on the payment's id as the
+    idempotency key, with the amount in minor units, the currency, the payment method, a
+    confirm, and the payment's ids as metadata; whatever follows is accepted too."""
+    paid = payment("12.34", "USD")
+    await gateway.charge(paid)
+    assert_all_accepted(recorder.seen)
+    create = recorder.seen[0]
+    assert (create.method, create.path) == ("POST", "/v1/payment_intents")
+    assert create.idempotency_key == str(paid.id)
+    assert create.form == {
+        "amount": "1234",
+        "currency": "usd",
+        "payment_method": PAYMENT_METHOD,
+        "payment_method_types[0]": "card",
+        "confirm": "true",
+        "metadata[payment_id]": str(paid.id),
+        "metadata[order_id]": str(paid.order_id),
+        "metadata[customer_id]": str(paid.customer_id),
+        "metadata[command_id]": str(paid.command_id),
+    }
+
+
+async def test_a_zero_decimal_currency_is_sent_in_an_accepted_request(
+    gateway: StripeGateway, recorder: Recorder
+) -> None:
+    """A yen amount goes as whole yen, and stripe-mock accepts it."""
+    await gateway.charge(payment("1234", "JPY"))
+    assert_all_accepted(recorder.seen)
+    assert (recorder.seen[0].form["amount"], recorder.seen[0].form["currency"]) == ("1234", "jpy")
+
+
+async def test_the_requests_after_an_authentication_answer_are_accepted(
+    gateway: StripeGateway, recorder: Recorder
+) -> None:
+    """When the PaymentIntent comes back asking for 3-D Secure, the adapter's follow-up
+    requests on it (reading it again, cancelling it) are accepted too."""
+    recorder.statuses = {
+        "create": "requires_action",
+        "retrieve": "requires_action",
+        "confirm": "requires_action",
+        "cancel": "canceled",
+    }
+    await gateway.charge(payment())
+    assert_all_accepted(recorder.seen)
+    assert len(recorder.seen) > 1, "nothing was sent after the create: only it was checked"
