@@ -103,3 +103,15 @@ def message(
         event_id=uuid.uuid4() if kind == "event" else None,
         payment_id=payment_id,
     )
+
+
+def insert_pending(db: Any, *payments: Payment) -> None:
+    """The payments' pending rows as the begin step writes them, straight into the table (a
+    gateway's reference for a payment needs its row)."""
+    for p in payments:
+        db.execute(
+            "INSERT INTO payments (id, order_id, customer_id, amount, currency, payment_method,"
+            " status, created_at, command_id) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
+            (p.id, p.order_id, p.customer_id, p.amount, p.currency, p.payment_method,
+             p.created_at, p.command_id),
+        )  # fmt: skip

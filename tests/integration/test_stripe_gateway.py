@@ -26,6 +26,7 @@ from payment_worker.devstack.localstripe import (
 )
 from payment_worker.domain.model import Payment, PaymentStatus
 from payment_worker.exceptions import GatewayRefusedCredentials
+from tests.integration.support import insert_pending
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +63,6 @@ def payment(payment_method: str, amount: str = "12.34", currency: str = "USD") -
     )
 
 
-def pending(db: psycopg.Connection[Any], *payments: Payment) -> None:
-    """The payments' pending rows, as the begin step writes them (a reference needs one)."""
-    for p in payments:
-        db.execute(
-            "INSERT INTO payments (id, order_id, customer_id, amount, currency, payment_method,"
-            " status, created_at, command_id) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
-            (p.id, p.order_id, p.customer_id, p.amount, p.currency, p.payment_method,
-             p.created_at, p.command_id),
-        )  # fmt: skip
-
-
 def reference(db: psycopg.Connection[Any], the_payment: Payment) -> str | None:
     row = db.execute(
         "SELECT reference FROM gateway_references WHERE payment_id = %s AND gateway = 'stripe'",
@@ -102,7 +92,7 @@ async def test_a_card_that_pays_succeeds_with_its_payment_intent(
     as the payment's reference), and the PaymentIntent carries the amount in cents, the
     currency and the payment's ids."""
     paid = payment(card(stripe_admin, PAYS))
-    pending(db, paid)
+    insert_pending(db, paid)
     result = await gateway.charge(paid)
     assert result.success and not result.unknown and not result.simulated
     assert result.transaction_id is not None and result.transaction_id.startswith("pi_")
@@ -123,7 +113,7 @@ async def test_a_zero_decimal_amount_is_sent_without_cents(
 ) -> None:
     """500 JPY is sent as amount 500, not 50000."""
     paid = payment(card(stripe_admin, PAYS), "500", "JPY")
-    pending(db, paid)
+    insert_pending(db, paid)
     result = await gateway.charge(paid)
     assert result.transaction_id is not None
     intent = stripe_admin.v1.payment_intents.retrieve(result.transaction_id)
@@ -137,7 +127,7 @@ async def test_a_card_declined_at_charge_is_declined_with_stripes_code(
     upper case and Stripe's message (the reply adds `Payment failed: ` before it); asked again,
     the same decline is read from the same PaymentIntent, and no second one is made."""
     declined = payment(card(stripe_admin, DECLINED_AT_CHARGE))
-    pending(db, declined)
+    insert_pending(db, declined)
     result = await gateway.charge(declined)
     assert not result.success and not result.unknown and not result.simulated
     # localstripe sends no decline_code, so the code is the error's; Stripe's would be its
@@ -159,7 +149,7 @@ async def test_a_card_needing_authentication_is_declined_and_its_intent_cancelle
     PaymentIntent is cancelled, so nobody can complete it later. Asked again (a redelivery),
     the cancelled PaymentIntent gives the same decline, and no second one is made."""
     the_payment = payment(card(stripe_admin, NEEDS_AUTHENTICATION))
-    pending(db, the_payment)
+    insert_pending(db, the_payment)
     result = await gateway.charge(the_payment)
     assert not result.success and not result.unknown
     assert result.error_code == "AUTHENTICATION_REQUIRED"
@@ -179,7 +169,7 @@ async def test_a_payment_still_processing_stays_unknown_until_stripe_settles_it(
         {"type": "sepa_debit", "sepa_debit": {"iban": "DE62370400440532013001"}}
     )
     slow = payment(method.id, "20.00", "EUR")
-    pending(db, slow)
+    insert_pending(db, slow)
     first = await gateway.charge(slow)
     assert first.unknown and not first.success
     assert "processing" in first.simulated_response
@@ -200,7 +190,7 @@ async def test_a_refused_api_key_raises_and_declines_nobody(
     start-up check and at a charge, instead of answering the payment; nothing is created.
     localstripe refuses only keys not shaped sk_..., it checks no key's value."""
     the_payment = payment(card(stripe_admin, PAYS))
-    pending(db, the_payment)
+    insert_pending(db, the_payment)
     async with StripeGateway("sk_x", store, api_base=localstripe, retry_budget_s=0.5) as refused:
         with pytest.raises(GatewayRefusedCredentials, match="PAYMENT_STRIPE_API_KEY"):
             await refused.check_key()
@@ -220,7 +210,7 @@ async def test_charging_the_same_payment_twice_meets_one_payment_intent(
     """Asked twice for one payment (a redelivered command, the reconciler): the second time
     continues the recorded PaymentIntent; only one exists, charged once."""
     the_payment = payment(card(stripe_admin, PAYS))
-    pending(db, the_payment)
+    insert_pending(db, the_payment)
     first = await gateway.charge(the_payment)
     second = await gateway.charge(the_payment)
     assert first.success and second == first
@@ -257,7 +247,7 @@ async def test_a_payment_intent_not_recorded_is_reused_not_doubled(
     (as Stripe promises, and the stand-in keeps), which is recorded, confirmed and succeeds:
     one PaymentIntent, charged once."""
     the_payment = payment(card(stripe_admin, PAYS))
-    pending(db, the_payment)
+    insert_pending(db, the_payment)
     references = ForgetfulReferences(store)
     async with StripeGateway(API_KEY, references, api_base=localstripe) as gateway:
         lost = await gateway.charge(the_payment)
@@ -280,7 +270,7 @@ async def test_a_second_payment_intent_is_cancelled_and_the_recorded_one_charged
     that did not keep the key), the one just created is cancelled, never confirmed, and the
     recorded one is confirmed: one charge."""
     the_payment = payment(card(stripe_admin, PAYS))
-    pending(db, the_payment)
+    insert_pending(db, the_payment)
     first = stripe_admin.v1.payment_intents.create(
         {
             "amount": 1234,

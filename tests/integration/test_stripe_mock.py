@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -26,9 +27,11 @@ import pytest
 import stripe
 from aiohttp import web
 
+from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.adapters.stripe_gateway import StripeGateway
 from payment_worker.devstack.broker import free_port
 from payment_worker.domain.model import Payment, PaymentStatus
+from tests.integration.support import insert_pending
 
 pytestmark = pytest.mark.integration
 
@@ -174,13 +177,14 @@ async def recorder(stripe_mock: str) -> AsyncIterator[Recorder]:
 
 
 @pytest.fixture
-async def gateway(recorder: Recorder) -> AsyncIterator[StripeGateway]:
-    async with StripeGateway(API_KEY, api_base=recorder.url, retry_budget_s=0.5) as opened:
+async def gateway(recorder: Recorder, store: PostgresStore) -> AsyncIterator[StripeGateway]:
+    async with StripeGateway(API_KEY, store, api_base=recorder.url, retry_budget_s=0.5) as opened:
         yield opened
 
 
-def payment(amount: str = "12.34", currency: str = "USD") -> Payment:
-    return Payment(
+def payment(db: Any, amount: str = "12.34", currency: str = "USD") -> Payment:
+    """A pending payment, its row written (the adapter records its PaymentIntent id)."""
+    made = Payment(
         id=uuid.uuid4(),
         order_id=uuid.uuid4(),
         customer_id=uuid.uuid4(),
@@ -192,6 +196,8 @@ def payment(amount: str = "12.34", currency: str = "USD") -> Payment:
         created_at=datetime.now(UTC),
         command_id=uuid.uuid4(),
     )
+    insert_pending(db, made)
+    return made
 
 
 def assert_all_accepted(seen: list[Seen]) -> None:
@@ -218,51 +224,54 @@ async def test_stripe_mock_refuses_a_parameter_stripes_api_does_not_have(
     ]
 
 
-async def test_a_charge_creates_its_payment_intent_with_a_request_stripe_accepts(
-    gateway: StripeGateway, recorder: Recorder
+async def test_a_charge_creates_records_and_confirms_with_requests_stripe_accepts(
+    gateway: StripeGateway, recorder: Recorder, db: Any
 ) -> None:
-    """charge() sends a create request stripe-mock accepts, on the payment's id as the
-    idempotency key, with the amount in minor units, the currency, the payment method, a
-    confirm, and the payment's ids as metadata; whatever follows is accepted too."""
-    paid = payment("12.34", "USD")
-    await gateway.charge(paid)
+    """charge() creates the PaymentIntent (the payment's id as the idempotency key, the amount
+    in minor units, the currency, the payment method, the payment's ids as metadata, no
+    confirm), then confirms it (its own key); asked again, it reads the recorded one. Each
+    request is one stripe-mock accepts."""
+    recorder.statuses = {"create": "requires_confirmation", "confirm": "succeeded"}
+    paid = payment(db, "12.34", "USD")
+    assert (await gateway.charge(paid)).success
+    recorder.statuses = {"retrieve": "succeeded"}
+    assert (await gateway.charge(paid)).success
     assert_all_accepted(recorder.seen)
-    create = recorder.seen[0]
-    assert (create.method, create.path) == ("POST", "/v1/payment_intents")
+    assert [endpoint(s.method, s.path) for s in recorder.seen] == ["create", "confirm", "retrieve"]
+    create, confirm, _ = recorder.seen
     assert create.idempotency_key == str(paid.id)
     assert create.form == {
         "amount": "1234",
         "currency": "usd",
         "payment_method": PAYMENT_METHOD,
         "payment_method_types[0]": "card",
-        "confirm": "true",
         "metadata[payment_id]": str(paid.id),
         "metadata[order_id]": str(paid.order_id),
         "metadata[customer_id]": str(paid.customer_id),
         "metadata[command_id]": str(paid.command_id),
     }
+    assert confirm.idempotency_key == f"{paid.id}:confirm"
 
 
 async def test_a_zero_decimal_currency_is_sent_in_an_accepted_request(
-    gateway: StripeGateway, recorder: Recorder
+    gateway: StripeGateway, recorder: Recorder, db: Any
 ) -> None:
     """A yen amount goes as whole yen, and stripe-mock accepts it."""
-    await gateway.charge(payment("1234", "JPY"))
+    await gateway.charge(payment(db, "1234", "JPY"))
     assert_all_accepted(recorder.seen)
     assert (recorder.seen[0].form["amount"], recorder.seen[0].form["currency"]) == ("1234", "jpy")
 
 
 async def test_the_requests_after_an_authentication_answer_are_accepted(
-    gateway: StripeGateway, recorder: Recorder
+    gateway: StripeGateway, recorder: Recorder, db: Any
 ) -> None:
-    """When the PaymentIntent comes back asking for 3-D Secure, the adapter's follow-up
-    requests on it (reading it again, cancelling it) are accepted too."""
+    """When the confirmed PaymentIntent asks for 3-D Secure, the adapter's cancel of it is
+    accepted too."""
     recorder.statuses = {
-        "create": "requires_action",
-        "retrieve": "requires_action",
+        "create": "requires_confirmation",
         "confirm": "requires_action",
         "cancel": "canceled",
     }
-    await gateway.charge(payment())
+    await gateway.charge(payment(db))
     assert_all_accepted(recorder.seen)
-    assert len(recorder.seen) > 1, "nothing was sent after the create: only it was checked"
+    assert [endpoint(s.method, s.path) for s in recorder.seen] == ["create", "confirm", "cancel"]
