@@ -12,7 +12,11 @@ from typing import Any
 
 from payment_worker.domain.model import Outcome, Payment, PaymentStatus
 from payment_worker.entrypoints.worker import Worker
-from payment_worker.exceptions import InfrastructureUnavailable, RetryableError
+from payment_worker.exceptions import (
+    GatewayRefusedCredentials,
+    InfrastructureUnavailable,
+    RetryableError,
+)
 from payment_worker.service.pipeline import Handled, PipelineConfig
 from payment_worker.service.ports import InboundRecord
 from tests.unit.test_worker_flow import NullRelay
@@ -183,3 +187,34 @@ async def test_each_worker_claims_under_its_own_name() -> None:
     await _worker(ReconcilingPipeline(set()), store).reconcile_once()
     await _worker(ReconcilingPipeline(set()), store).reconcile_once()
     assert len(set(store.claimed_by)) == 2
+
+
+async def test_a_refused_gateway_key_stops_the_worker_without_answering_or_committing() -> None:
+    """The gateway refusing our key is nobody's payment's fault: the record is neither
+    answered nor dead-lettered nor committed (it is taken again under a good key), and the
+    worker stops taking commands, raising the refusal for its one start-up-style line."""
+    refused = GatewayRefusedCredentials("Stripe refused the API key (HTTP 401)")
+    pipeline = FailingPipeline(handle=refused)
+    worker = _worker(pipeline)
+    offsets = worker.tracker.started(RECORD.topic, RECORD.partition, RECORD.offset)
+    await worker._run(RECORD, offsets)
+    assert pipeline.calls == ["handle"]
+    assert worker.tracker.to_commit() == {}
+    assert worker._refused_by is refused
+
+
+async def test_a_refused_gateway_key_ends_the_reconciler_pass_and_keeps_the_payment() -> None:
+    """Met by the reconciler, the refusal ends its pass: the payment's claim is released (it
+    stays pending, for a worker with a good key) and no other payment is charged meanwhile."""
+    payments = [_stale(i) for i in range(2)]
+
+    class Refusing(ReconcilingPipeline):
+        async def finish_stale(self, payment: Payment, route: Any) -> Handled:
+            raise GatewayRefusedCredentials("refused")
+
+    pipeline = Refusing(set())
+    store = ClaimingStore(payments)
+    worker = _worker(pipeline, store)
+    assert await worker.reconcile_once() == 0
+    assert store.released_early == [payments[0].id]
+    assert worker._refused_by is not None
