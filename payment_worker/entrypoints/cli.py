@@ -37,6 +37,10 @@ SERVICES = [
 ]
 PROCESSING = [
     "redis_url",
+    "gateway",
+    "stripe_api_key",
+    "stripe_api_base",
+    "stripe_timeout_s",
     "gateway_latency_ms",
     "gateway_failure_rate",
     "gateway_unknown_rate",
