@@ -27,3 +27,8 @@ class GatewayRefusedCredentials(PaymentWorkerError):
     ours, never the customer's, so no payment is declined for it. Whoever meets it stops
     taking commands and says so in one line; the command is not committed, so it is taken
     again (its payment still pending) once a worker runs with a key the gateway accepts."""
+
+
+class GatewayMisconfigured(PaymentWorkerError):
+    """The payment gateway answered our start-up check with something other than yes or a
+    transient failure (a wrong API base, a key of the wrong kind): the worker does not start."""

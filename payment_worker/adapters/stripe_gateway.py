@@ -12,7 +12,7 @@ from payment_worker import metrics
 from payment_worker.domain.gateway_rules import unknown_result
 from payment_worker.domain.model import GatewayResult, Payment, ValidCommand
 from payment_worker.domain.stripe_inputs import minor_units, stripe_refusal
-from payment_worker.exceptions import GatewayRefusedCredentials
+from payment_worker.exceptions import GatewayMisconfigured, GatewayRefusedCredentials
 from payment_worker.retrying import retrying
 from payment_worker.service.ports import GatewayReferences
 
@@ -36,9 +36,20 @@ _TRANSIENT: tuple[type[stripe.StripeError], ...] = (
     stripe.APIError,
     stripe.RateLimitError,
 )
-# How a PaymentIntent this worker cancelled reads: without a reason (the one reason it cancels
-# is authentication it cannot give; localstripe refuses a cancellation_reason), or "abandoned".
-_CANCELLED_BY_US = frozenset({None, "abandoned"})
+# The reason this worker gives when it cancels a PaymentIntent that asked for authentication,
+# by which a PaymentIntent read again is known to be that decline.
+_AUTHENTICATION_CANCEL = "abandoned"
+# What Stripe refuses a create for that is the customer's to fix, not ours: no such
+# PaymentMethod (or one that cannot be used), an amount Stripe will not charge.
+_CUSTOMERS_INPUT = frozenset(
+    {
+        "amount_too_small",
+        "amount_too_large",
+        "payment_method_unactivated",
+        "payment_method_unexpected_state",
+        "payment_method_not_available",
+    }
+)
 
 
 class StripeGateway:
@@ -85,16 +96,27 @@ class StripeGateway:
         self._http = self._client = None
 
     async def check_key(self) -> str | None:
-        """Whether Stripe takes our key, asked once at start-up with a request that changes
-        nothing: GatewayRefusedCredentials when it refuses it, a short reason when Stripe could
-        not be asked (then the first charge asks again), None when it takes it."""
+        """Whether Stripe takes our key and our API base, asked once at start-up with a request
+        that changes nothing: GatewayRefusedCredentials when it refuses the key,
+        GatewayMisconfigured when it answers anything else but a transient failure (a 404
+        from a wrong PAYMENT_STRIPE_API_BASE...), a short reason when Stripe could not be asked
+        (then the first charge asks again), None when it takes both."""
         client = self._opened()
         try:
             await client.v1.payment_intents.list_async({"limit": 1})
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise _refused(exc) from exc
         except stripe.StripeError as exc:
-            return f"Stripe did not answer ({_why(exc)})"
+            status = exc.http_status
+            if isinstance(exc, _TRANSIENT) and not (status and 400 <= status < 500):
+                return f"Stripe did not answer ({_why(exc)})"
+            if status in (409, 429):
+                return f"Stripe did not answer ({_why(exc)})"
+            # Any other 4xx, JSON or not (a wrong path answers a plain 404): not Stripe's API.
+            raise GatewayMisconfigured(
+                f"Stripe refused the start-up check at {self.api_base} ({_why(exc)}: "
+                f"{exc.user_message}): check PAYMENT_STRIPE_API_BASE and PAYMENT_STRIPE_API_KEY"
+            ) from exc
         return None
 
     async def __aenter__(self) -> StripeGateway:
@@ -109,7 +131,20 @@ class StripeGateway:
 
     async def charge(self, payment: Payment) -> GatewayResult:
         with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
-            result = await self._charge(payment)
+            try:
+                result = await self._charge(payment)
+            except GatewayRefusedCredentials:
+                raise
+            except (stripe.StripeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                # An answer nobody planned for (an error on a recorded PaymentIntent, a
+                # malformed body...): the money may have moved, so never final. The payment
+                # stays pending and is asked again; someone has to look (an error line).
+                log.error(
+                    "gateway_unexpected_answer",
+                    payment_id=str(payment.id),
+                    error=f"{type(exc).__name__}: {_why(exc)}",
+                )
+                result = unknown_result(f"Stripe's answer could not be read ({_why(exc)})")
             call.outcome = "unknown" if result.unknown else "ok" if result.success else "declined"
         log.debug(
             "gateway_charge",
@@ -125,12 +160,13 @@ class StripeGateway:
         """Continue the payment's PaymentIntent when one is recorded, else create it (not yet
         confirmed) and record its id before confirming it: whoever asks again for this payment
         (a redelivery, the reconciler, a restarted worker) meets that PaymentIntent, never a
-        second one that could be charged."""
+        second one that could be charged. Every PaymentIntent answered is checked to be this
+        payment's before it is confirmed or believed."""
         try:
             amount = minor_units(payment.amount, payment.currency)
         except ValueError as exc:
             # Nothing is sent, so nothing is charged: a final answer, never a guess.
-            # (Intake refuses such a command first; this guards a payment begun before.)
+            # (Such a command is refused before it is begun; this guards one begun before.)
             return _declined("INVALID_AMOUNT", str(exc), "invalid_request", None)
         try:
             known = await self.references.recall_reference(payment.id, GATEWAY)
@@ -138,24 +174,32 @@ class StripeGateway:
             return unknown_result(f"the PaymentIntent id could not be read ({_why(exc)})")
         try:
             if known is None:
-                intent = await self._create(payment, amount)
-                if isinstance(intent, GatewayResult):
-                    return intent
-                kept = await self._remember(payment, intent.id)
+                created = await self._create(payment, amount)
+                if isinstance(created, GatewayResult):
+                    return created
+                kept = await self._remember(payment, created.id)
                 if kept is None:
-                    return unknown_result(f"PaymentIntent {intent.id} could not be recorded")
-                if kept != intent.id:
-                    intent = await self._retrieve(payment, kept)
+                    return unknown_result(f"PaymentIntent {created.id} could not be recorded")
+                intent = created if kept == created.id else await self._retrieve(payment, kept)
+                known = kept
             else:
                 intent = await self._retrieve(payment, known)
+            foreign = _not_this_payments(intent, known, payment, amount)
+            if foreign is not None:
+                log.error("gateway_foreign_intent", payment_id=str(payment.id), detail=foreign)
+                return unknown_result(f"Stripe answered a PaymentIntent that is {foreign}")
             if intent.status == "requires_confirmation":
                 confirmed = await self._confirm(payment, intent.id)
                 if isinstance(confirmed, GatewayResult):
                     return confirmed
+                foreign = _not_this_payments(confirmed, known, payment, amount)
+                if foreign is not None:
+                    log.error("gateway_foreign_intent", payment_id=str(payment.id), detail=foreign)
+                    return unknown_result(f"Stripe answered a PaymentIntent that is {foreign}")
                 intent = confirmed
+            return await self._settle(payment, intent)
         except _TRANSIENT as exc:
             return unknown_result(f"Stripe did not answer ({_why(exc)})")
-        return await self._settle(payment, intent)
 
     async def _create(self, payment: Payment, amount: int) -> PaymentIntent | GatewayResult:
         """The payment's PaymentIntent, created unconfirmed (the payment id as idempotency key:
@@ -185,10 +229,21 @@ class StripeGateway:
             log.error("gateway_idempotency_conflict", payment_id=str(payment.id), error=str(exc))
             return unknown_result(f"Stripe refused the idempotency key: {exc.user_message}")
         except stripe.InvalidRequestError as exc:
-            # Refused before anything was charged (no such PaymentMethod, amount too small,
-            # currency not enabled...): final, and the customer may pay again.
-            log.warning("gateway_request_refused", payment_id=str(payment.id), code=exc.code)
-            code = (exc.code or "invalid_request").upper()
+            if not _customers_input(exc):
+                # Our request, our key's mode or our API base is wrong, not the customer's
+                # payment: nothing was charged, but nobody is declined for our fault either.
+                log.error(
+                    "gateway_request_refused",
+                    payment_id=str(payment.id),
+                    code=exc.code,
+                    param=exc.param,
+                    error=_why(exc),
+                )
+                return unknown_result(f"Stripe refused our request ({_why(exc)}, {exc.code})")
+            # Refused for what the customer gave (no such PaymentMethod, an amount Stripe
+            # will not charge): nothing was charged, a final answer, and they may pay again.
+            log.warning("gateway_payment_refused", payment_id=str(payment.id), code=exc.code)
+            code = str(exc.code or "invalid_request").upper()
             return _declined(code, exc.user_message or "request refused", "invalid_request", None)
 
     async def _remember(self, payment: Payment, intent_id: str) -> str | None:
@@ -208,11 +263,8 @@ class StripeGateway:
             log.warning(
                 "gateway_second_intent_cancelled", payment_id=str(payment.id), intent=intent_id
             )
-            client = self._opened()
             try:
-                await self._call(
-                    payment, "cancel", lambda: client.v1.payment_intents.cancel_async(intent_id)
-                )
+                await self._cancel(payment, intent_id, "duplicate")
             except stripe.StripeError as exc:
                 log.error(
                     "gateway_second_intent_not_cancelled",
@@ -226,6 +278,15 @@ class StripeGateway:
         client = self._opened()
         return await self._call(
             payment, "retrieve", lambda: client.v1.payment_intents.retrieve_async(intent_id)
+        )
+
+    async def _cancel(self, payment: Payment, intent_id: str, reason: str) -> PaymentIntent:
+        client = self._opened()
+        params: Any = {"cancellation_reason": reason}
+        return await self._call(
+            payment,
+            "cancel",
+            lambda: client.v1.payment_intents.cancel_async(intent_id, params),
         )
 
     async def _confirm(self, payment: Payment, intent_id: str) -> PaymentIntent | GatewayResult:
@@ -245,16 +306,21 @@ class StripeGateway:
             # Its state moved on (confirmed by an earlier try whose answer was lost, or
             # cancelled): what it is now says the outcome.
             log.info("gateway_confirm_refused", payment_id=str(payment.id), code=exc.code)
-            return await self._retrieve(payment, intent_id)
+            intent = await self._retrieve(payment, intent_id)
+            if intent.status != "requires_confirmation":
+                return intent
+            # Refused and still unconfirmed: nothing was charged, and the same confirm would
+            # be refused again (Stripe keeps the answer for the key). Cancelled, then declined.
+            await self._cancel(payment, intent_id, "abandoned")
+            code = str(exc.code or "confirm_refused").upper()
+            message = exc.user_message or "Stripe refused to confirm the payment"
+            return _declined(code, message, "invalid_request", intent_id)
 
     async def _settle(self, payment: Payment, intent: PaymentIntent) -> GatewayResult:
         """The result its PaymentIntent's status says (as just created, confirmed or read)."""
         status = intent.status
         if status == "requires_action":
-            try:
-                return await self._authentication_required(payment, intent)
-            except _TRANSIENT as exc:
-                return unknown_result(f"Stripe did not answer ({_why(exc)})")
+            return await self._authentication_required(payment, intent)
         if status == "succeeded":
             return GatewayResult(
                 True,
@@ -267,14 +333,15 @@ class StripeGateway:
             )
         if status == "requires_payment_method":  # the last attempt failed
             error = _field(intent, "last_payment_error")
-            code = _field(error, "decline_code") or _field(error, "code") or "payment_failed"
-            message = _field(error, "message") or "The payment failed"
+            code = _text(error, "decline_code") or _text(error, "code") or "payment_failed"
+            message = _text(error, "message") or "The payment failed"
             return _declined(code.upper(), message, "card_declined", intent.id)
         if status == "canceled":
-            reason = _field(intent, "cancellation_reason")
-            if reason in _CANCELLED_BY_US:
+            reason = _text(intent, "cancellation_reason")
+            if reason == _AUTHENTICATION_CANCEL:
                 return _authentication_declined(intent.id)
-            return _declined("PAYMENT_CANCELED", f"PaymentIntent {reason}", "canceled", intent.id)
+            why = f"PaymentIntent canceled ({reason or 'no reason given'})"
+            return _declined("PAYMENT_CANCELED", why, "canceled", intent.id)
         # processing (Stripe is still waiting for the network), or a status our calls cannot
         # lead to (requires_capture): asked again later, with the same PaymentIntent.
         if status != "processing":
@@ -286,16 +353,13 @@ class StripeGateway:
     ) -> GatewayResult:
         """3-D Secure was asked for: there is no customer here to answer it, so the
         PaymentIntent is cancelled, and the payment declined only once it is."""
-        client = self._opened()
         intent_id = intent.id
         try:
-            intent = await self._call(
-                payment, "cancel", lambda: client.v1.payment_intents.cancel_async(intent_id)
-            )
+            intent = await self._cancel(payment, intent_id, _AUTHENTICATION_CANCEL)
         except stripe.InvalidRequestError:
             # Cancelled (or finished) meanwhile, by an earlier try of this payment: read it.
             intent = await self._retrieve(payment, intent_id)
-            if intent.status != "canceled":
+            if intent.status not in ("canceled", "requires_action"):
                 return await self._settle(payment, intent)
         if intent.status != "canceled":
             return unknown_result(f"Stripe PaymentIntent {intent_id} is {intent.status}")
@@ -337,7 +401,7 @@ def _refused(exc: stripe.StripeError) -> GatewayRefusedCredentials:
 
 def _card_declined(exc: stripe.CardError, intent_id: str) -> GatewayResult:
     error = exc.error
-    code = _field(error, "decline_code") or exc.code or "card_declined"
+    code = _text(error, "decline_code") or exc.code or "card_declined"
     return _declined(
         code.upper(),
         exc.user_message or "Your card was declined",
@@ -366,6 +430,35 @@ def _declined(code: str, message: str, reason: str, intent_id: str | None) -> Ga
         f"{where}: declined {code}: {message}",
         simulated=False,
     )
+
+
+def _customers_input(exc: stripe.InvalidRequestError) -> bool:
+    """Whether Stripe refused the create for what the customer gave (their PaymentMethod, the
+    amount), rather than for our request, our key or where we sent it."""
+    if exc.code == "resource_missing":
+        return bool(exc.param == "payment_method")
+    return exc.code in _CUSTOMERS_INPUT
+
+
+def _not_this_payments(
+    intent: PaymentIntent, expected_id: str, payment: Payment, amount: int
+) -> str | None:
+    """Why the PaymentIntent answered is not this payment's (another id than the recorded one,
+    another amount, currency or payment id), or None: such an answer is never believed."""
+    if intent.id != expected_id:
+        return f"{intent.id}, not the recorded {expected_id}"
+    if _field(intent, "amount") != amount or _text(intent, "currency") != payment.currency.lower():
+        return f"{intent.id} for {_field(intent, 'amount')} {_text(intent, 'currency')}"
+    metadata = _field(intent, "metadata")
+    if _text(metadata, "payment_id") != str(payment.id):
+        return f"{intent.id} of another payment"
+    return None
+
+
+def _text(obj: Any, name: str) -> str | None:
+    """A text field of a Stripe object; None when absent or not text."""
+    value = _field(obj, name)
+    return value if isinstance(value, str) else None
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -98,7 +98,6 @@ def _idempotency(web: Any) -> Callable[..., Awaitable[Any]]:
     given again to every later POST with that key on that path (localstripe ignores keys)."""
     answers: dict[tuple[str, str], tuple[int, bytes]] = {}
 
-    @web.middleware  # type: ignore[misc]  # aiohttp is untyped where localstripe uses it
     async def middleware(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or key is None:
@@ -111,15 +110,52 @@ def _idempotency(web: Any) -> Callable[..., Awaitable[Any]]:
             answers[(request.path, key)] = (response.status, response.body)
         return response
 
-    return middleware
+    return cast(Callable[..., Awaitable[Any]], web.middleware(middleware))
+
+
+def _cancel_with_reason(resources: Any) -> None:
+    """Stripe takes a cancellation_reason and shows it on the PaymentIntent; localstripe
+    refuses the parameter, so its cancel route is given one that keeps it."""
+    cancel = resources.PaymentIntent._api_cancel
+    route = "/v1/payment_intents/{id}/cancel"
+
+    def api_cancel(id: str, cancellation_reason: str | None = None, **kwargs: Any) -> Any:
+        intent = cancel(id, **kwargs)
+        intent.cancellation_reason = cancellation_reason
+        return intent
+
+    routes = resources.extra_apis
+    routes[:] = [(m, u, api_cancel if u == route else f) for m, u, f in routes]
+
+
+def _missing_payment_method_as_stripe_says(resources: Any, errors: Any) -> None:
+    """Stripe answers a PaymentMethod it does not have with code resource_missing on param
+    payment_method; localstripe with a bare 404, which is what a wrong URL gets too."""
+    method = resources.PaymentMethod
+    retrieve = method._api_retrieve
+
+    def api_retrieve(id: str) -> Any:
+        if resources.store.get(f"{method.object}:{id}") is None:
+            raise errors.UserError(
+                404,
+                f"No such PaymentMethod: '{id}'",
+                {"code": "resource_missing", "param": "payment_method"},
+            )
+        return retrieve(id)
+
+    method._api_retrieve = api_retrieve
 
 
 def main() -> None:
     from aiohttp import web
-    from localstripe import resources, server
+    from localstripe import errors, resources
 
     # In memory only: localstripe otherwise shares /tmp/localstripe.pickle machine-wide.
     resources.Store.dump_to_disk = lambda self: None
+    _cancel_with_reason(resources)  # before the server module makes its routes of them
+    _missing_payment_method_as_stripe_says(resources, errors)
+    from localstripe import server
+
     server.app.middlewares.append(_idempotency(web))
     if "--from-scratch" not in sys.argv:
         sys.argv.append("--from-scratch")

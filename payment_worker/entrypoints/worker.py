@@ -288,8 +288,9 @@ class Worker:
                 ):
                     handled = await self.pipeline.finish_stale(payment, route)
             except GatewayRefusedCredentials as exc:
-                await self.store.release_claim(payment.id, self.reconciler_id)
-                self._refused(exc)
+                self._refused(exc)  # first: the worker stops even if the release fails
+                with contextlib.suppress(Exception):  # the claim lapses by itself anyway
+                    await self.store.release_claim(payment.id, self.reconciler_id)
                 break
             except OutcomeUnknown:
                 metrics.RECONCILE_SKIPPED.inc()

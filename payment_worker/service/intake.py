@@ -4,7 +4,6 @@ the worker's pipeline and by replay."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,14 +56,12 @@ class Intake:
         messages: MessageFactory,
         topics: TopicDirectoryPort,
         routes: RouteRules,
-        refusal: Callable[[ValidCommand], str | None] = lambda valid: None,
     ) -> None:
         self.decoder = decoder
         self.decode_error = decode_error
         self.messages = messages
         self.topics = topics
         self.routes = routes
-        self.refusal = refusal  # what the gateway cannot take (GatewayPort.refusal)
 
     async def decode(self, record: InboundRecord) -> dict[str, Any]:
         """The record's command as decoded; `decode_error` when it cannot be."""
@@ -102,7 +99,4 @@ class Intake:
             valid = validate_command(command)
         except ValidationFailed as exc:
             return Prepared(as_echoed(command), route, None, str(exc))
-        refused = self.refusal(valid)
-        if refused is not None:
-            return Prepared(as_echoed(command), route, None, refused)
         return Prepared(with_canonical_ids(command, valid), route, valid)

@@ -15,6 +15,7 @@ from payment_worker.domain.decision import (
     Answer,
     AnswerRecorded,
     Charge,
+    Checked,
     Decision,
     Fail,
     Inconsistent,
@@ -27,7 +28,7 @@ from payment_worker.domain.decision import (
     decide,
 )
 from payment_worker.domain.ids import new_uuid
-from payment_worker.domain.model import Payment, PaymentStatus, ValidCommand
+from payment_worker.domain.model import Outcome, Payment, PaymentStatus, ValidCommand, reply
 from payment_worker.exceptions import RetryableError
 from payment_worker.retrying import polling
 from payment_worker.service.answering import (
@@ -90,10 +91,18 @@ class Payer:
         # The order and the reservation are fetched, and the order lock asked for, at once.
         # An accepted command goes straight to begin_facts, which inserts the pending
         # payment when nothing blocks it; any other is decided with the ledger read first.
-        lookups = Lookups(self.ordering, self.inventory, valid)
+        # What the gateway cannot take is refused like an order that does not match: after
+        # what the ledger records (I1: a command answered before, under another gateway, is
+        # answered the same), before anything is asked of the services.
+        refused = self.gateway.refusal(valid)
+        lookups = None if refused is not None else Lookups(self.ordering, self.inventory, valid)
         lock = asyncio.ensure_future(self.locks.acquire(valid.order_id))
         try:
-            checked = await lookups.check(self.clock)
+            checked: Checked = (
+                await lookups.check(self.clock)
+                if lookups is not None
+                else Rejected(reply(Outcome.INVALID_REQUEST, str(refused)))
+            )
             decision = decide(valid, checked, None)
             if isinstance(decision, ReadLedger):
                 if isinstance(checked, Unchecked) and not isinstance(
@@ -119,7 +128,8 @@ class Payer:
             return await self._act(request, decision)
         finally:
             self._release_later(valid.order_id, lock)
-            lookups.drop()
+            if lookups is not None:
+                lookups.drop()
 
     async def _act(self, request: Request, decision: Decision) -> Handled:
         """Carry out a decision that charges nothing."""

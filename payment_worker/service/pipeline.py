@@ -80,7 +80,6 @@ class Pipeline:
             messages=messages,
             topics=topics,
             routes=self.config.routes,
-            refusal=gateway.refusal,
         )
         self.answers = Answers(ledger, messages)
         self.payer = Payer(

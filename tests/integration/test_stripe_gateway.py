@@ -25,7 +25,7 @@ from payment_worker.devstack.localstripe import (
     PAYS,
 )
 from payment_worker.domain.model import Payment, PaymentStatus
-from payment_worker.exceptions import GatewayRefusedCredentials
+from payment_worker.exceptions import GatewayMisconfigured, GatewayRefusedCredentials
 from tests.integration.support import insert_pending
 
 pytestmark = pytest.mark.integration
@@ -386,3 +386,94 @@ async def test_an_amount_the_currency_cannot_express_is_declined_without_a_reque
         await server.stop()
     assert (result.success, result.unknown, result.error_code) == (False, False, "INVALID_AMOUNT")
     assert server.requests == 0
+
+
+# -- answers that are not what they should be: never believed, never a decline of ours ----------
+
+
+async def test_a_payment_method_stripe_does_not_have_is_declined(
+    gateway: StripeGateway, db: psycopg.Connection[Any]
+) -> None:
+    """A pm_ id Stripe has no PaymentMethod for (resource_missing on payment_method): the
+    customer's input, declined RESOURCE_MISSING, nothing charged."""
+    the_payment = payment("pm_NoSuchMethod0000")
+    insert_pending(db, the_payment)
+    result = await gateway.charge(the_payment)
+    assert (result.success, result.unknown, result.error_code) == (False, False, "RESOURCE_MISSING")
+
+
+async def test_a_wrong_api_base_declines_nobody_and_stops_start_up(
+    localstripe: str,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """An API base one path off (Stripe answers 404 to every URL): the start-up check stops
+    with a line naming PAYMENT_STRIPE_API_BASE, and a charge is unknown, never declined: the
+    fault is ours, not the customer's."""
+    the_payment = payment(card(stripe_admin, PAYS))
+    insert_pending(db, the_payment)
+    async with StripeGateway(API_KEY, store, api_base=f"{localstripe}/v1") as misplaced:
+        with pytest.raises(GatewayMisconfigured, match="PAYMENT_STRIPE_API_BASE"):
+            await misplaced.check_key()
+        result = await misplaced.charge(the_payment)
+    assert result.unknown and not result.success and result.error_code is None
+    assert intents_of(stripe_admin, the_payment) == []
+
+
+async def test_a_recorded_payment_intent_of_another_payment_is_never_believed(
+    gateway: StripeGateway,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """A reference pointing at another payment's succeeded PaymentIntent (a repair gone wrong,
+    another account's id): the answer is unknown, not SUCCEEDED, and nothing is confirmed."""
+    paid, other = payment(card(stripe_admin, PAYS)), payment(card(stripe_admin, PAYS))
+    insert_pending(db, paid, other)
+    succeeded = await gateway.charge(paid)
+    assert succeeded.success and succeeded.transaction_id is not None
+    await store.remember_reference(other.id, "stripe", succeeded.transaction_id)
+    result = await gateway.charge(other)
+    assert result.unknown and not result.success
+    assert intents_of(stripe_admin, other) == []
+
+
+async def test_a_recorded_payment_intent_stripe_does_not_know_is_unknown(
+    gateway: StripeGateway,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """The recorded PaymentIntent is not found (the key of another account or mode): the
+    payment may have been charged elsewhere, so the answer is unknown, never a decline."""
+    the_payment = payment(card(stripe_admin, PAYS))
+    insert_pending(db, the_payment)
+    await store.remember_reference(the_payment.id, "stripe", "pi_GoneElsewhere00")
+    result = await gateway.charge(the_payment)
+    assert result.unknown and not result.success and result.error_code is None
+
+
+async def test_a_payment_intent_cancelled_by_someone_else_is_not_an_authentication_decline(
+    gateway: StripeGateway,
+    stripe_admin: stripe.StripeClient,
+    store: PostgresStore,
+    db: psycopg.Connection[Any],
+) -> None:
+    """A recorded PaymentIntent cancelled elsewhere (the Dashboard, a duplicate): declined
+    PAYMENT_CANCELED with the reason, not read as the authentication decline."""
+    the_payment = payment(card(stripe_admin, PAYS))
+    insert_pending(db, the_payment)
+    intent = stripe_admin.v1.payment_intents.create(
+        {
+            "amount": 1234,
+            "currency": "usd",
+            "payment_method": the_payment.payment_method,
+            "metadata": {"payment_id": str(the_payment.id)},
+        }
+    )
+    stripe_admin.v1.payment_intents.cancel(intent.id, {"cancellation_reason": "fraudulent"})
+    await store.remember_reference(the_payment.id, "stripe", intent.id)
+    result = await gateway.charge(the_payment)
+    assert (result.success, result.unknown, result.error_code) == (False, False, "PAYMENT_CANCELED")
+    assert result.error_message is not None and "fraudulent" in result.error_message

@@ -125,6 +125,7 @@ class Recorder:
         self.upstream = upstream
         self.seen: list[Seen] = []
         self.statuses: dict[str, str] = {}
+        self.fields: dict[str, Any] = {}  # set on every PaymentIntent answered (see `payment`)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -162,9 +163,10 @@ class Recorder:
                 request.headers.get("Idempotency-Key"),
             )
         )
-        said = self.statuses.get(endpoint(request.method, request.path) or "")
-        if said is not None and status == 200:
-            body = json.dumps({**json.loads(body), "status": said}).encode()
+        kind = endpoint(request.method, request.path)
+        if kind is not None and status == 200:
+            said = {"status": self.statuses[kind]} if kind in self.statuses else {}
+            body = json.dumps({**json.loads(body), **self.fields, **said}).encode()
         return web.Response(status=status, body=body, content_type="application/json")
 
 
@@ -182,8 +184,12 @@ async def gateway(recorder: Recorder, store: PostgresStore) -> AsyncIterator[Str
         yield opened
 
 
-def payment(db: Any, amount: str = "12.34", currency: str = "USD") -> Payment:
-    """A pending payment, its row written (the adapter records its PaymentIntent id)."""
+def payment(
+    db: Any, recorder: Recorder, amount: str = "12.34", currency: str = "USD", units: int = 1234
+) -> Payment:
+    """A pending payment, its row written (the adapter records its PaymentIntent id); the
+    recorder makes stripe-mock's fixture PaymentIntents this payment's (amount, currency,
+    metadata), which the adapter checks before it believes one."""
     made = Payment(
         id=uuid.uuid4(),
         order_id=uuid.uuid4(),
@@ -197,6 +203,11 @@ def payment(db: Any, amount: str = "12.34", currency: str = "USD") -> Payment:
         command_id=uuid.uuid4(),
     )
     insert_pending(db, made)
+    recorder.fields = {
+        "amount": units,
+        "currency": currency.lower(),
+        "metadata": {"payment_id": str(made.id)},
+    }
     return made
 
 
@@ -232,7 +243,7 @@ async def test_a_charge_creates_records_and_confirms_with_requests_stripe_accept
     confirm), then confirms it (its own key); asked again, it reads the recorded one. Each
     request is one stripe-mock accepts."""
     recorder.statuses = {"create": "requires_confirmation", "confirm": "succeeded"}
-    paid = payment(db, "12.34", "USD")
+    paid = payment(db, recorder, "12.34", "USD")
     assert (await gateway.charge(paid)).success
     recorder.statuses = {"retrieve": "succeeded"}
     assert (await gateway.charge(paid)).success
@@ -257,7 +268,7 @@ async def test_a_zero_decimal_currency_is_sent_in_an_accepted_request(
     gateway: StripeGateway, recorder: Recorder, db: Any
 ) -> None:
     """A yen amount goes as whole yen, and stripe-mock accepts it."""
-    await gateway.charge(payment(db, "1234", "JPY"))
+    await gateway.charge(payment(db, recorder, "1234", "JPY", 1234))
     assert_all_accepted(recorder.seen)
     assert (recorder.seen[0].form["amount"], recorder.seen[0].form["currency"]) == ("1234", "jpy")
 
@@ -272,6 +283,6 @@ async def test_the_requests_after_an_authentication_answer_are_accepted(
         "confirm": "requires_action",
         "cancel": "canceled",
     }
-    await gateway.charge(payment(db))
+    await gateway.charge(payment(db, recorder))
     assert_all_accepted(recorder.seen)
     assert [endpoint(s.method, s.path) for s in recorder.seen] == ["create", "confirm", "cancel"]

@@ -486,6 +486,23 @@ async def test_a_command_the_gateway_cannot_take_is_invalid_before_any_work(
     assert (world.last_reply()["outcome"], world.gateway.calls) == ("SUCCEEDED", 1)
 
 
+async def test_a_command_answered_before_is_answered_the_same_under_the_stripe_rule(
+    world: World,
+) -> None:
+    """I1 across a gateway switch: a command paid under the simulator (a method that is no
+    pm_ id), delivered again once the Stripe rule applies, is answered with its recorded
+    SUCCEEDED as a duplicate, not refused as invalid."""
+    command = world.payable(paymentMethod="credit_card")
+    await world.send(command)
+    assert world.last_reply()["outcome"] == "SUCCEEDED"
+    world.gateway.refuses = lambda valid: stripe_refusal(
+        valid.payment_method, valid.amount, valid.currency
+    )
+    await world.send(command)
+    again = world.last_reply()
+    assert (again["outcome"], again["duplicate"], world.gateway.calls) == ("SUCCEEDED", True, 1)
+
+
 async def test_unknown_order_replies_404(world: World) -> None:
     """An order Ordering does not know replies ORDER_NOT_FOUND, 404, `Order not found`."""
     await world.send(command_record())

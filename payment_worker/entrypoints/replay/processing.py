@@ -122,12 +122,12 @@ class Replayer:
                 await asyncio.gather(reader, return_exceptions=True)
             if self._chains.tasks:
                 await asyncio.gather(*self._chains.tasks)
-            if self._refused_by is not None:
-                raise self._refused_by
             if not self.options.dry_run:
                 left = await asyncio.to_thread(self._sender.drain)
                 if left:
                     raise ReplayError(f"{left} replies could not be delivered to Kafka")
+            if self._refused_by is not None:  # after the answers already given are delivered
+                raise self._refused_by
         finally:
             await self._reader.close()
             if not self.options.dry_run:
@@ -166,6 +166,9 @@ class Replayer:
                 self._start(item.record)
 
     def _start(self, record: InboundRecord) -> None:
+        if self._refused_by is not None:  # nothing more is sent to a gateway refusing us
+            self._slots.release()
+            return
         key: bytes | str = record.key or f"{record.partition}/{record.offset}"
         self._chains.start(key, lambda: self._process(record), self._slots.release)
 
