@@ -492,7 +492,7 @@ def e2e(
     latencies = latencies_ms(stack, sc, skip={c["commandId"] for c in warm_commands})
     answered = len(replies) - warm
     per_command = {k: v * 1000 / max(1, answered) for k, v in used.items()}
-    result = {
+    result: dict[str, Any] = {
         "n": n,
         "workers": workers,
         "replies": answered,
