@@ -26,13 +26,16 @@ NEEDS_AUTHENTICATION = "4000002500003155"
 
 
 def start(port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """localstripe on 127.0.0.1:`port`, its output in `log_path`; wait_until_answering next."""
+    """localstripe on 127.0.0.1:`port`, its output in `log_path`; wait_until_answering next.
+    In a session of its own, as the broker: a Ctrl-C meant for whoever started it does not end
+    it before the worker that charges through it (its starter stops it, after that worker)."""
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "payment_worker.devstack.localstripe", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
