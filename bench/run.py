@@ -462,14 +462,20 @@ def e2e(
     peer: bool = False,
     warm_up: int | None = None,
     stages: bool = False,
+    payment_methods: list[str] | None = None,
+    watch: dict[str, int] | None = None,
     **env: str,
 ) -> dict[str, Any]:
     """Commands through `workers` worker processes (or the peer's): throughput, reply latency,
     and the CPU each process kind used per command answered in the measured run (`stages`:
-    and, for one worker, where its CPU went, stage by stage: bench/stages.py)."""
+    and, for one worker, where its CPU went, stage by stage: bench/stages.py). The commands'
+    paymentMethod, one each, warm-up first, from `payment_methods` when given; the CPU per
+    command of the processes in `watch` (name: pid) too, as `<name>_cpu_ms_per_command`."""
     sc = scenario(stack, name, **env)
     warm = WARM_UP if warm_up is None else warm_up
     commands = preload_orders(stack, n + warm, sc.group)
+    for command, method in zip(commands, payment_methods or [], strict=False):
+        command["paymentMethod"] = method
     warm_commands, measured = commands[:warm], commands[warm:]
     procs = start_peer(sc, stack) if peer else start_workers(sc, workers)
     try:
@@ -480,10 +486,10 @@ def e2e(
         sampler = Sampler(procs[0].pid, LOGS / f"{name}-stages.txt") if stages else None
         if sampler is not None:
             sampler.start()
-        before = process_cpu(stack, procs)
+        before = process_cpu(stack, procs, watch)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies, outcomes = collect_replies(stack, sc.topics["replies"], n + warm, timeout_s=900)
-        used = {k: v - before[k] for k, v in process_cpu(stack, procs).items()}
+        used = {k: v - before[k] for k, v in process_cpu(stack, procs, watch).items()}
         by_thread = sampler.stop() if sampler is not None else None
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
@@ -511,6 +517,8 @@ def e2e(
         # not a clean measurement, and is flagged (after the table too).
         "not_succeeded": not_succeeded(outcomes),
     }
+    for watched in watch or {}:
+        result[f"{watched}_cpu_ms_per_command"] = per_command[watched]
     if sampler is not None and by_thread is not None:
         result["stages_us_per_command"] = sampler.stages(by_thread, answered)
     result["scenario"] = sc
@@ -522,15 +530,18 @@ def e2e(
     return result
 
 
-def process_cpu(stack: Stack, procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+def process_cpu(
+    stack: Stack, procs: list[subprocess.Popen[bytes]], watch: dict[str, int] | None = None
+) -> dict[str, float]:
     """CPU seconds so far of the measured processes, PostgreSQL (every backend, and those that
     ended, through the postmaster's children's time), the broker (the JVM's every thread, or
-    Tansu's) and the dev services."""
+    Tansu's), the dev services and the processes in `watch`."""
     return {
         "service": sum(cpu_seconds(p.pid) for p in procs),
         "postgresql": postgres_cpu_seconds(),
         "broker": cpu_seconds(stack.broker.pid),
         "dev_services": cpu_seconds(stack.dev.pid),
+        **{name: cpu_seconds(pid) for name, pid in (watch or {}).items()},
     }
 
 
