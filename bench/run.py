@@ -34,6 +34,8 @@ from psycopg import sql
 
 from bench.classify import worst_classify_ms
 from bench.stages import Sampler
+from bench.stripe_phase import record as record_stripe
+from bench.stripe_phase import stripe_phase
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.adapters.postgres.migrations import migrate
@@ -818,6 +820,7 @@ def main() -> None:
     n_naive = 10 if args.quick else 60
     n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
+    n_stripe = 300 if args.quick else 1000  # localstripe slows as it fills: compare like with like
     exit_on_sigterm()
     stack = start_stack(args.broker)
     broker = stack.broker.describe()
@@ -996,6 +999,12 @@ def main() -> None:
             f"p99 {shim['fixed']['p99_ms']:.0f} ms at 400 req/s",
             flush=True,
         )
+
+        # The Stripe gateway on localstripe, beside the simulator's e2e_latency0_per_s (last:
+        # nothing of it is left to weigh on the runs above).
+        on_stripe = stripe_phase(measured, LOGS, n_stripe)
+        drop(on_stripe["scenario"])
+        print(record_stripe(results, on_stripe), flush=True)
     finally:
         close_producers()
         stack.close()
