@@ -115,6 +115,10 @@ def stripe_cases(dev: httpx.Client, stripe_url: str) -> list[Case]:
             "authentication required (…3155)",
             orders.order("49.00", payment_method=card(localstripe.NEEDS_AUTHENTICATION)),
         ),
+        Case(
+            "no such PaymentMethod",
+            orders.order("49.00", payment_method=f"pm_{uuid.uuid4().hex[:14]}"),
+        ),
         Case("not a PaymentMethod id", orders.order("49.00", payment_method="credit_card")),
         *_refused_before_charging(orders),
     ]

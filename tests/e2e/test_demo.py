@@ -32,6 +32,7 @@ STRIPE_EXPECTED = [
     ("new request for the paid", "200"),
     ("card declined", "422"),
     ("authentication required", "422"),
+    ("no such PaymentMethod", "422"),
     ("not a PaymentMethod id", "400"),
     ("invalid request", "400"),
     ("unknown order", "404"),
@@ -68,8 +69,9 @@ def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_pa
 
 def test_the_stripe_demo_charges_test_cards_on_localstripe_and_stops_it(worker_env, tmp_path):
     """`demo --gateway stripe`: the worker charges PaymentIntents on the localstripe the demo
-    starts, each test card answered as Stripe would, a method that is no pm_ id refused before
-    anything is charged; localstripe is stopped with everything else."""
+    starts, each test card (and a PaymentMethod Stripe does not have) answered as Stripe
+    would, a method that is no pm_ id refused before anything is charged; localstripe is
+    stopped with everything else."""
     demo = ["demo", "--once", "--gateway", "stripe", "--workdir", str(tmp_path)]
     done = subprocess.run(
         [sys.executable, "-m", "payment_worker", *demo],
@@ -83,6 +85,7 @@ def test_the_stripe_demo_charges_test_cards_on_localstripe_and_stops_it(worker_e
     rows = outcomes(done.stdout, STRIPE_EXPECTED)
     assert re.search(r"succeeded pi_\w+", rows["card charged"]), rows["card charged"]
     assert "The card requires authentication" in rows["authentication required"]
+    assert "No such PaymentMethod: 'pm_" in rows["no such PaymentMethod"]
     assert "must be a Stripe payment method id" in rows["not a PaymentMethod id"]
     assert re.search(r'"paymentMethod":"pm_\w+"', done.stdout)  # the curl to try it
     all_stopped(tmp_path, {"devservices", "worker", "shim", "localstripe"})
