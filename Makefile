@@ -49,6 +49,10 @@ demo: install services ## Start everything on this machine and send sample payme
 demo-once: install services ## The demo without waiting: print the outcomes and stop
 	$(BIN)/payment-worker demo --once
 
+.PHONY: demo-stripe
+demo-stripe: install services ## The demo with the Stripe gateway on localstripe (Ctrl-C stops it)
+	$(BIN)/payment-worker demo --gateway stripe --keep-running
+
 # The local stack (`make broker`, `make devserver`): defaults for `make run`, `make shim`,
 # `make replay` and `make topics`, unless the variable is already set.
 LOCAL := run shim replay topics

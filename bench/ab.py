@@ -51,8 +51,13 @@ def main() -> None:
                 order = ["baseline", "this"] if pair % 2 == 0 else ["this", "baseline"]
                 for variant in order:
                     tree = baseline if variant == "baseline" else ROOT
-                    env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
-                    result = e2e(stack, f"ab-{variant}-{pair}", args.n, **env)
+                    result = e2e(
+                        stack,
+                        f"ab-{variant}-{pair}",
+                        args.n,
+                        PYTHONPATH=str(tree),
+                        PYTHONSAFEPATH="1",
+                    )
                     figures[variant].append(result["cpu_ms_per_command"])
                     print(
                         f"pair {pair + 1} {variant:>8}: {result['cpu_ms_per_command']:.3f} ms"

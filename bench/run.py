@@ -34,6 +34,8 @@ from psycopg import sql
 
 from bench.classify import worst_classify_ms
 from bench.stages import Sampler
+from bench.stripe_phase import record as record_stripe
+from bench.stripe_phase import stripe_phase
 from payment_worker.adapters.avro_codec import AvroCodec, SchemaSet
 from payment_worker.adapters.kafka import ensure_topics
 from payment_worker.adapters.postgres.migrations import migrate
@@ -462,14 +464,20 @@ def e2e(
     peer: bool = False,
     warm_up: int | None = None,
     stages: bool = False,
+    payment_methods: list[str] | None = None,
+    watch: dict[str, int] | None = None,
     **env: str,
 ) -> dict[str, Any]:
     """Commands through `workers` worker processes (or the peer's): throughput, reply latency,
     and the CPU each process kind used per command answered in the measured run (`stages`:
-    and, for one worker, where its CPU went, stage by stage: bench/stages.py)."""
+    and, for one worker, where its CPU went, stage by stage: bench/stages.py). The commands'
+    paymentMethod, one each, warm-up first, from `payment_methods` when given; the CPU per
+    command of the processes in `watch` (name: pid) too, as `<name>_cpu_ms_per_command`."""
     sc = scenario(stack, name, **env)
     warm = WARM_UP if warm_up is None else warm_up
     commands = preload_orders(stack, n + warm, sc.group)
+    for command, method in zip(commands, payment_methods or [], strict=False):
+        command["paymentMethod"] = method
     warm_commands, measured = commands[:warm], commands[warm:]
     procs = start_peer(sc, stack) if peer else start_workers(sc, workers)
     try:
@@ -480,10 +488,10 @@ def e2e(
         sampler = Sampler(procs[0].pid, LOGS / f"{name}-stages.txt") if stages else None
         if sampler is not None:
             sampler.start()
-        before = process_cpu(stack, procs)
+        before = process_cpu(stack, procs, watch)
         first = produce(stack.bootstrap, sc.topics["commands"], measured, rate=rate)
         replies, outcomes = collect_replies(stack, sc.topics["replies"], n + warm, timeout_s=900)
-        used = {k: v - before[k] for k, v in process_cpu(stack, procs).items()}
+        used = {k: v - before[k] for k, v in process_cpu(stack, procs, watch).items()}
         by_thread = sampler.stop() if sampler is not None else None
         last = max(ts for ts, _ in replies) / 1000 if replies else time.time()
         rss = max(peak_rss_mb(p.pid) for p in procs)
@@ -492,7 +500,7 @@ def e2e(
     latencies = latencies_ms(stack, sc, skip={c["commandId"] for c in warm_commands})
     answered = len(replies) - warm
     per_command = {k: v * 1000 / max(1, answered) for k, v in used.items()}
-    result = {
+    result: dict[str, Any] = {
         "n": n,
         "workers": workers,
         "replies": answered,
@@ -511,6 +519,8 @@ def e2e(
         # not a clean measurement, and is flagged (after the table too).
         "not_succeeded": not_succeeded(outcomes),
     }
+    for watched in watch or {}:
+        result[f"{watched}_cpu_ms_per_command"] = per_command[watched]
     if sampler is not None and by_thread is not None:
         result["stages_us_per_command"] = sampler.stages(by_thread, answered)
     result["scenario"] = sc
@@ -522,15 +532,18 @@ def e2e(
     return result
 
 
-def process_cpu(stack: Stack, procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+def process_cpu(
+    stack: Stack, procs: list[subprocess.Popen[bytes]], watch: dict[str, int] | None = None
+) -> dict[str, float]:
     """CPU seconds so far of the measured processes, PostgreSQL (every backend, and those that
     ended, through the postmaster's children's time), the broker (the JVM's every thread, or
-    Tansu's) and the dev services."""
+    Tansu's), the dev services and the processes in `watch`."""
     return {
         "service": sum(cpu_seconds(p.pid) for p in procs),
         "postgresql": postgres_cpu_seconds(),
         "broker": cpu_seconds(stack.broker.pid),
         "dev_services": cpu_seconds(stack.dev.pid),
+        **{name: cpu_seconds(pid) for name, pid in (watch or {}).items()},
     }
 
 
@@ -807,7 +820,11 @@ def main() -> None:
     n_naive = 10 if args.quick else 60
     n_shim = 300 if args.quick else 2000
     n_replay = 2000 if args.quick else 20000
+    n_stripe = 300 if args.quick else 1000  # localstripe slows as it fills: compare like with like
     exit_on_sigterm()
+    # The slowest classification of one hostile 1 MiB record, measured apart (goal <= 50 ms),
+    # before the stack starts: should it fail, nothing is left running.
+    worst_classify = worst_classify_ms()
     stack = start_stack(args.broker)
     broker = stack.broker.describe()
     if args.broker == "tansu":  # chosen, not a fallback
@@ -817,9 +834,7 @@ def main() -> None:
         "broker": broker,
         "n": n,
     }
-    # The slowest classification of one hostile 1 MiB record, measured apart (goal <= 50 ms).
-    # from the broker; its figures go into the results here.
-    results["worst_classify_ms"] = worst_classify_ms()
+    results["worst_classify_ms"] = worst_classify
     # Replies that were not SUCCEEDED, by run: every bench command is meant to succeed, so a
     # run with any (ERROR: a dependency timed out under the load) measured something else.
     flagged: dict[str, int] = {}
@@ -985,6 +1000,12 @@ def main() -> None:
             f"p99 {shim['fixed']['p99_ms']:.0f} ms at 400 req/s",
             flush=True,
         )
+
+        # The Stripe gateway on localstripe, beside the simulator's e2e_latency0_per_s (last:
+        # nothing of it is left to weigh on the runs above).
+        on_stripe = stripe_phase(measured, LOGS, n_stripe)
+        drop(on_stripe["scenario"])
+        print(record_stripe(results, on_stripe), flush=True)
     finally:
         close_producers()
         stack.close()

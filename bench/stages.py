@@ -79,10 +79,10 @@ def stage_of(frames: list[str]) -> str:
     return LOOP
 
 
-def thread_cpu_s(pid: int) -> Counter[str]:
+def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds so far of each kind of thread: librdkafka's (named rdk:*) and Python's."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: Counter[str] = Counter()
+    found = {"python": 0.0, LIBRDKAFKA: 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
@@ -100,7 +100,7 @@ class Sampler:
     def __init__(self, pid: int, out: Path) -> None:
         self.pid, self.out = pid, out
         self.proc: subprocess.Popen[bytes] | None = None
-        self.before: Counter[str] = Counter()
+        self.before: dict[str, float] = {}
 
     def start(self) -> None:
         spy = Path(sys.executable).with_name("py-spy")
@@ -124,10 +124,9 @@ class Sampler:
             stderr=subprocess.DEVNULL,
         )
 
-    def stop(self) -> Counter[str]:
+    def stop(self) -> dict[str, float]:
         """The CPU seconds each kind of thread used since start()."""
-        used = thread_cpu_s(self.pid)
-        used.subtract(self.before)
+        used = {k: v - self.before.get(k, 0.0) for k, v in thread_cpu_s(self.pid).items()}
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             try:
@@ -136,7 +135,7 @@ class Sampler:
                 self.proc.kill()
         return used
 
-    def stages(self, used: Counter[str], commands: int) -> dict[str, float]:
+    def stages(self, used: dict[str, float], commands: int) -> dict[str, float]:
         """CPU µs per command of each stage (librdkafka's threads apart); empty when py-spy
         could not sample (not permitted on this machine, or no samples)."""
         samples: Counter[str] = Counter()

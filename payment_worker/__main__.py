@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the outcomes and stop (the default; for scripts and tests)",
     )
+    demo.add_argument(
+        "--gateway",
+        choices=("simulated", "stripe"),
+        default="simulated",
+        help="the simulator (the default), or the Stripe gateway on localstripe started here",
+    )
     demo.add_argument("--workdir", default=".devstack/demo", help="where the logs go")
     replay = add_command(sub, "replay")
     start = replay.add_mutually_exclusive_group()
@@ -378,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings,
                 keep_running=args.keep_running and not args.once,
                 workdir=Path(args.workdir),
+                gateway=args.gateway,
             )
         if args.command == "replay":
             return _replay(settings, args)

@@ -26,13 +26,16 @@ NEEDS_AUTHENTICATION = "4000002500003155"
 
 
 def start(port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """localstripe on 127.0.0.1:`port`, its output in `log_path`; wait_until_answering next."""
+    """localstripe on 127.0.0.1:`port`, its output in `log_path`; wait_until_answering next.
+    In a session of its own, as the broker: a Ctrl-C meant for whoever started it does not end
+    it before the worker that charges through it (its starter stops it, after that worker)."""
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "payment_worker.devstack.localstripe", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
@@ -66,19 +69,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def card(url: str, number: str) -> str:
     """A PaymentMethod made on localstripe for a test card number: its pm_ id."""
-    answer = httpx.post(
-        f"{url}/v1/payment_methods",
-        auth=(API_KEY, ""),
-        data={
-            "type": "card",
-            "card[number]": number,
-            "card[exp_month]": "12",
-            "card[exp_year]": "2034",
-            "card[cvc]": "123",
-        },
-    )
-    answer.raise_for_status()
-    return str(answer.json()["id"])
+    return cards(url, number, 1)[0]
+
+
+def cards(url: str, number: str, count: int) -> list[str]:
+    """`count` PaymentMethods made on localstripe for a test card number, over one connection
+    (a client per request costs more than localstripe's answer): their pm_ ids."""
+    fields = {
+        "type": "card",
+        "card[number]": number,
+        "card[exp_month]": "12",
+        "card[exp_year]": "2034",
+        "card[cvc]": "123",
+    }
+    made = []
+    with httpx.Client(base_url=url, auth=(API_KEY, "")) as client:
+        for _ in range(count):
+            answer = client.post("/v1/payment_methods", data=fields)
+            answer.raise_for_status()
+            made.append(str(answer.json()["id"]))
+    return made
 
 
 def intents(url: str) -> list[dict[str, Any]]:

@@ -150,7 +150,8 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "description": "The first run: starts what is missing on this machine (a local Apache "
         "Kafka broker, or Tansu where no Java 17 is present, "
         "the development Ordering/Inventory server), migrates, runs the worker and the shim, "
-        "sends sample payments and prints their outcomes.",
+        "sends sample payments and prints their outcomes. With --gateway stripe the worker "
+        "charges Stripe's API on localstripe, a stand-in started here.",
         "variables": [*DATABASE, "redis_url", "kafka_bootstrap_servers", "shim_port", *LOGS],
         "example": "payment-worker demo --keep-running",
     },

@@ -1,8 +1,9 @@
 """`payment-worker demo`: the newcomer's first run on one machine.
 
-Starts what is missing (a local Apache Kafka broker, the development Ordering/Inventory server),
-migrates, runs the worker and the shim as child processes, sends sample payments over HTTP, prints
-the outcomes, and stops everything it started (and nothing else).
+Starts what is missing (a local Apache Kafka broker, the development Ordering/Inventory server,
+localstripe with `--gateway stripe`), migrates, runs the worker and the shim as child processes,
+sends sample payments over HTTP, prints the outcomes, and stops everything it started (and
+nothing else).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ from rich.table import Table
 from payment_worker.adapters.kafka import broker_reachable
 from payment_worker.adapters.postgres.migrations import migrate
 from payment_worker.config import Settings
+from payment_worker.devstack import localstripe
 from payment_worker.devstack.broker import BrokerUnavailable, free_port, local_broker, port_open
+from payment_worker.entrypoints.demo_cases import Case, simulated_cases, stripe_cases
 from payment_worker.entrypoints.topics import report_topics
 from payment_worker.exceptions import PaymentWorkerError
 
@@ -36,13 +37,6 @@ console = Console()
 
 class DemoError(PaymentWorkerError):
     """The demo cannot run here; the message says what to do."""
-
-
-@dataclass
-class Case:
-    name: str
-    body: dict[str, Any]
-    key: str | None = None
 
 
 def _listening(bootstrap: str) -> bool:
@@ -74,10 +68,16 @@ def _wait_http(
     raise DemoError(f"{what} not ready after {timeout_s:.0f}s; see {log}")
 
 
+# What the demo's clients use; stopped after them (their last calls still reach these).
+BACKING = ("broker", "localstripe")
+
+
 class Demo:
-    def __init__(self, settings: Settings, workdir: Path) -> None:
+    def __init__(self, settings: Settings, workdir: Path, gateway: str = "simulated") -> None:
         self.settings = settings
         self.workdir = workdir
+        self.gateway = gateway
+        self.stripe_url: str | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env: dict[str, str] = {}
 
@@ -116,6 +116,22 @@ class Demo:
         self.children.append((name, proc))
         with open(self.workdir / "pids.txt", "a") as pids:
             pids.write(f"{proc.pid} {name}\n")
+
+    def start_localstripe(self) -> dict[str, str]:
+        """localstripe, a Stripe stand-in (payment_worker/devstack/localstripe.py): the
+        settings that point the Stripe gateway at it."""
+        port = _port(8420)
+        log = self.workdir / "localstripe.log"
+        proc = localstripe.start(port, log)
+        self._track("localstripe", proc)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            localstripe.wait_until_answering(url, proc, log)
+        except RuntimeError:
+            raise DemoError(f"localstripe did not start; see {log}") from None
+        console.print(f"[green]✓[/] localstripe (a Stripe stand-in) at {url}")
+        self.stripe_url = url
+        return {"PAYMENT_STRIPE_API_KEY": localstripe.API_KEY, "PAYMENT_STRIPE_API_BASE": url}
 
     def start(self) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +193,9 @@ class Demo:
             f"[green]✓[/] database schema {settings.db_schema} "
             + ("migrated" if applied else "up to date")
         )
+        gateway = {"PAYMENT_GATEWAY": self.gateway}
+        if self.gateway == "stripe":
+            gateway.update(self.start_localstripe())
         shim_port = _port(settings.shim_port)
         metrics_port = _port(settings.metrics_port or 9100)
         self.env = {
@@ -187,6 +206,7 @@ class Demo:
             "PAYMENT_INVENTORY_URL": dev_url,
             "PAYMENT_SHIM_PORT": str(shim_port),
             "PAYMENT_METRICS_PORT": str(metrics_port),
+            **gateway,
         }
         worker = self._spawn("worker", [sys.executable, "-m", "payment_worker", "run"], self.env)
         shim = self._spawn(
@@ -212,63 +232,10 @@ class Demo:
         return shim_url
 
     def cases(self) -> list[Case]:
-        dev = httpx.Client(base_url=self.dev_url, timeout=5)
-
-        def order(
-            amount: str,
-            customer: str | None = None,
-            owner: str | None = None,
-            reservation: str | None = None,
-        ) -> dict[str, Any]:
-            customer = customer or str(uuid.uuid4())
-            order_id = str(uuid.uuid4())
-            dev.post(
-                "/admin/orders",
-                json={
-                    "id": order_id,
-                    "customerId": owner or customer,
-                    "status": "Pending",
-                    "totalAmount": amount,
-                    "currency": "USD",
-                },
-            ).raise_for_status()
-            body: dict[str, Any] = {
-                "orderId": order_id,
-                "customerId": customer,
-                "amount": amount,
-                "currency": "USD",
-                "paymentMethod": "credit_card",
-            }
-            if reservation:
-                body["reservationId"] = reservation
-            return body
-
-        expired = str(uuid.uuid4())
-        expired_order = order("35.00")
-        dev.post(
-            "/admin/reservations",
-            json={
-                "id": expired,
-                "customerId": expired_order["customerId"],
-                "status": "Active",
-                "expiresAt": "2020-01-01T00:00:00Z",
-            },
-        ).raise_for_status()
-        paid = order("49.00")
-        key = f"demo-{uuid.uuid4()}"
-        return [
-            Case("card charged", paid, key),
-            Case("same request retried (same Idempotency-Key)", paid, key),
-            Case("new request for the paid order", paid, f"demo-{uuid.uuid4()}"),
-            Case("card declined (.13)", order("49.13")),
-            Case("insufficient funds (.66)", order("49.66")),
-            Case("processor timeout (.99)", order("49.99")),
-            Case("amount too large", order("1000000.00")),
-            Case("invalid request (amount 0)", {**order("10.00"), "amount": "0"}),
-            Case("unknown order", {**order("10.00"), "orderId": str(uuid.uuid4())}),
-            Case("another customer's order", order("20.00", owner=str(uuid.uuid4()))),
-            Case("reservation expired", {**expired_order, "reservationId": expired}),
-        ]
+        with httpx.Client(base_url=self.dev_url, timeout=5) as dev:
+            if self.stripe_url is not None:
+                return stripe_cases(dev, self.stripe_url)
+            return simulated_cases(dev)
 
     def send(self, cases: list[Case]) -> list[tuple[Case, int, dict[str, Any]]]:
         results = []
@@ -287,7 +254,8 @@ class Demo:
         return results
 
     def report(self, results: list[tuple[Case, int, dict[str, Any]]]) -> None:
-        table = Table(title="payment-worker demo: sample payments through POST /payments")
+        on = " (Stripe gateway on localstripe)" if self.stripe_url else ""
+        table = Table(title=f"payment-worker demo: sample payments through POST /payments{on}")
         table.add_column("#", justify="right")
         table.add_column("case")
         table.add_column("HTTP", justify="right")
@@ -320,20 +288,38 @@ class Demo:
             f"{self.shim_url}/metrics\n"
             f"  API docs    {self.shim_url}/docs\n"
             f"  logs        {self.workdir}/\n"
-            "  try it      curl -s -X POST " + self.shim_url + "/payments "
-            "-H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' "
+            + self._stripe_lines()
+            + "  try it      curl -s -X POST "
+            + self.shim_url
+            + "/payments -H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' "
             '-d \'{"orderId":"'
             + _seeded_order()
             + '","customerId":"'
             + _seeded_customer()
-            + '","amount":10.50}\'\n'
+            + '","amount":10.50'
+            + self._try_method()
+            + "}'\n"
         )
 
+    def _stripe_lines(self) -> str:
+        if self.stripe_url is None:
+            return ""
+        return (
+            f"  stripe      curl -s -u {localstripe.API_KEY}: "
+            f"{self.stripe_url}/v1/payment_intents (localstripe)\n"
+        )
+
+    def _try_method(self) -> str:
+        """The Stripe gateway charges a PaymentMethod: one of a card that pays, for the curl."""
+        if self.stripe_url is None:
+            return ""
+        return f',"paymentMethod":"{localstripe.card(self.stripe_url, localstripe.PAYS)}"'
+
     def stop(self) -> None:
-        """The worker, the shim and the dev server first, then the broker they were using (so
-        their last commits and deliveries still reach it)."""
-        clients = [(n, p) for n, p in self.children if n != "broker"]
-        for group in (clients, [(n, p) for n, p in self.children if n == "broker"]):
+        """The worker, the shim and the dev server first, then the broker and localstripe they
+        were using (so their last commits, deliveries and charges still reach them)."""
+        clients = [(n, p) for n, p in self.children if n not in BACKING]
+        for group in (clients, [(n, p) for n, p in self.children if n in BACKING]):
             for _, proc in reversed(group):
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -363,8 +349,10 @@ def _seeded_customer() -> str:
     return str(seeded_order(0)["customerId"])
 
 
-def run_demo(settings: Settings, *, keep_running: bool, workdir: Path) -> int:
-    demo = Demo(settings, workdir)
+def run_demo(
+    settings: Settings, *, keep_running: bool, workdir: Path, gateway: str = "simulated"
+) -> int:
+    demo = Demo(settings, workdir, gateway)
     demo.check_services()
     stop_requested = False
 

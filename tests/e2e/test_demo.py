@@ -25,6 +25,20 @@ EXPECTED = [
     ("another customer's order", "401"),
     ("reservation expired", "400"),
 ]
+# With --gateway stripe: what each test card (or a method that is no pm_ id) comes to.
+STRIPE_EXPECTED = [
+    ("card charged", "200"),
+    ("same request retried", "200"),
+    ("new request for the paid", "200"),
+    ("card declined", "422"),
+    ("authentication required", "422"),
+    ("no such PaymentMethod", "422"),
+    ("not a PaymentMethod id", "400"),
+    ("invalid request", "400"),
+    ("unknown order", "404"),
+    ("another customer's order", "401"),
+    ("reservation expired", "400"),
+]
 
 
 def demo_env(worker_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -46,17 +60,55 @@ def test_demo_prints_every_outcome_and_leaves_nothing_running(worker_env, tmp_pa
     )
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, output[-4000:]
+    outcomes(output, EXPECTED)
+    assert "Where to look next" in output
+    assert re.search(r"curl -s -X POST http://127\.0\.0\.1:\d+/payments", output)
+    assert "stopped everything the demo started" in output
+    all_stopped(tmp_path, {"devservices", "worker", "shim"})
+
+
+def test_the_stripe_demo_charges_test_cards_on_localstripe_and_stops_it(worker_env, tmp_path):
+    """`demo --gateway stripe`: the worker charges PaymentIntents on the localstripe the demo
+    starts, each test card (and a PaymentMethod Stripe does not have) answered as Stripe
+    would, a method that is no pm_ id refused before anything is charged; localstripe is
+    stopped with everything else."""
+    demo = ["demo", "--once", "--gateway", "stripe", "--workdir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "payment_worker", *demo],
+        env=demo_env(worker_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    rows = outcomes(done.stdout, STRIPE_EXPECTED)
+    assert re.search(r"succeeded pi_\w+", rows["card charged"]), rows["card charged"]
+    assert "The card requires authentication" in rows["authentication required"]
+    assert "No such PaymentMethod: 'pm_" in rows["no such PaymentMethod"]
+    assert "must be a Stripe payment method id" in rows["not a PaymentMethod id"]
+    assert re.search(r'"paymentMethod":"pm_\w+"', done.stdout)  # the curl to try it
+    all_stopped(tmp_path, {"devservices", "worker", "shim", "localstripe"})
+
+
+def outcomes(output: str, expected: list[tuple[str, str]]) -> dict[str, str]:
+    """The table's row of each expected case, which shows its HTTP status."""
     rows = [line for line in output.splitlines() if line.startswith("│")]
-    for case, status in EXPECTED:
+    found = {}
+    for case, status in expected:
         row = next((r for r in rows if case in r), None)
         assert row is not None, f"no row for {case}:\n{output[-4000:]}"
         cells = [c.strip() for c in row.split("│")]
         assert status in cells, (case, row)
-    assert "Where to look next" in output
-    assert re.search(r"curl -s -X POST http://127\.0\.0\.1:\d+/payments", output)
-    assert "stopped everything the demo started" in output
-    started = [line.split() for line in (tmp_path / "pids.txt").read_text().splitlines()]
-    assert {name for _, name in started} >= {"devservices", "worker", "shim"}
+        found[case] = row
+    assert len(rows) == len(expected), rows
+    return found
+
+
+def all_stopped(workdir, names: set[str]) -> None:
+    """The demo started these (at least), and none of what it started still runs."""
+    started = [line.split() for line in (workdir / "pids.txt").read_text().splitlines()]
+    assert {name for _, name in started} >= names
     for pid, name in started:
         assert not _alive(int(pid)), f"{name} ({pid}) still running"
 

@@ -10,7 +10,8 @@ from payment_worker.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md"]
 VARIABLES = {f"PAYMENT_{name.upper()}" for name in Settings.model_fields}
-NOT_SETTINGS = {"PAYMENT_TEST_CONTAINERS"}  # the test suite's, not the service's
+# The test suite's variable, and the Stripe gateway's error code for a cancelled PaymentIntent.
+NOT_SETTINGS = {"PAYMENT_TEST_CONTAINERS", "PAYMENT_CANCELED"}
 
 
 def named() -> set[str]:
