@@ -65,6 +65,13 @@ def stripe_stack(broker, database_url, redis_url, devserver, localstripe) -> Ite
         yield shim
 
 
+@pytest.fixture
+def gateway_stack(request, broker, gateway):
+    """The module's worker and shim charging through the test's `gateway`, started by the
+    first test that needs it (naming `broker` starts the broker before any test runs)."""
+    return request.getfixturevalue("shared_stack" if gateway == "simulated" else "stripe_stack")
+
+
 def test_health_and_openapi_describe_the_service(stack):
     """GET /health is the C# answer; /openapi.json documents POST /payments and its statuses."""
     health = httpx.get(stack.url + "/health")
@@ -105,16 +112,13 @@ def test_a_payment_over_http_succeeds_with_exact_decimal_amount(stack, devserver
     ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
 )
 def test_each_outcome_maps_to_its_http_status(
-    request, devserver, gateway, amount, setup, status, prefix, card
+    request, gateway_stack, devserver, gateway, amount, setup, status, prefix, card
 ):
     """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body,
     on either gateway: the simulator declines .13 cents; with Stripe the request names a pm_
     id as paymentMethod, and a card declined at charge is declined."""
     order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
-    if gateway == "simulated":
-        stack = request.getfixturevalue("shared_stack")
-    else:
-        stack = request.getfixturevalue("stripe_stack")
+    if gateway == "stripe":
         order["paymentMethod"] = stripe_standin.card(request.getfixturevalue("localstripe"), card)
     if setup == "order":
         devserver.add_order(order["orderId"], order["customerId"], amount)
@@ -122,7 +126,7 @@ def test_each_outcome_maps_to_its_http_status(
         devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
     elif setup == "other-customer":
         devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
-    response = _post(stack, _raw(order))
+    response = _post(gateway_stack, _raw(order))
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"success", "payment", "errorMessage"}
