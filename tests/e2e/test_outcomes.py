@@ -58,6 +58,8 @@ def gateways(
     whenever pytest interleaves the cases of the two gateways, as it does.)"""
     started: dict[str, Gateway] = {}
     with contextlib.ExitStack() as running:
+        # Dropped at the end, so their producers go before the session's broker does.
+        running.callback(started.clear)
 
         def worker_of(name: str, stripe_url: str | None) -> Gateway:
             if name not in started:
