@@ -167,10 +167,11 @@ def test_a_key_refused_while_running_stops_the_worker_declines_nobody_and_a_rest
         paymentMethod=stripe_standin.card(localstripe, PAYS),
     )
     devserver.add_order(cmd["orderId"], customer, "25.00")
+    # No reconciler within the test: only the redelivered command can finish the payment.
+    unreconciled = {**worker_env, "PAYMENT_RECONCILE_AFTER_S": "3600"}
 
     with KeyRevokingProxy(localstripe) as proxy:
-        env = {**worker_env, **stripe_environment(proxy.url)}
-        refused = StderrWorker(env).start()
+        refused = StderrWorker({**unreconciled, **stripe_environment(proxy.url)}).start()
         try:
             refused.wait_assigned()  # past the start-up check of the key, through the proxy
             proxy.revoke()
@@ -192,7 +193,7 @@ def test_a_key_refused_while_running_stops_the_worker_declines_nobody_and_a_rest
     ).fetchall()
     assert status == "pending"
 
-    restarted = StderrWorker({**worker_env, **stripe_environment(localstripe)}).start()
+    restarted = StderrWorker({**unreconciled, **stripe_environment(localstripe)}).start()
     try:
         restarted.wait_assigned()
         [reply] = kafka.replies(expect=1, command_id=cmd["commandId"])
