@@ -53,26 +53,37 @@ class Gateway:
 def gateways(
     broker: str, database_url: str, redis_url: str, devserver: DevServer
 ) -> Iterator[Callable[[str, str | None], Gateway]]:
-    """The module's workers, one per gateway, each started when a case first asks for it and
-    stopped with the module. (A module-scoped parametrized fixture would be set up again
-    whenever pytest interleaves the cases of the two gateways, as it does.)"""
-    started: dict[str, Gateway] = {}
-    with contextlib.ExitStack() as running:
-        # Dropped at the end, so their producers go before the session's broker does.
-        running.callback(started.clear)
+    """The module's worker of one gateway at a time: started when a case first asks for its
+    gateway, stopped when a case asks for the other one (the cases come gateway by gateway)
+    or with the module. One at a time, because a worker holds 16 PostgreSQL connections from
+    its start and the server, shared by the test processes, allows 100. (A module-scoped
+    parametrized fixture would be set up again whenever pytest interleaves the cases of the
+    two gateways, as it does.)"""
+    current: list[tuple[Gateway, contextlib.ExitStack]] = []
 
-        def worker_of(name: str, stripe_url: str | None) -> Gateway:
-            if name not in started:
-                extra = stripe_environment(stripe_url) if stripe_url is not None else {}
-                worker = running.enter_context(
-                    own_worker(broker, database_url, redis_url, devserver, **extra)
-                )
-                db = running.enter_context(psycopg.connect(database_url, autocommit=True))
-                db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(worker.schema)))
-                started[name] = Gateway(name, KafkaHarness(broker, worker.topics), db, stripe_url)
-            return started[name]
+    def stop() -> None:
+        while current:
+            current.pop()[1].close()  # its harness goes too, before the session's broker
 
+    def worker_of(name: str, stripe_url: str | None) -> Gateway:
+        if current and current[0][0].name == name:
+            return current[0][0]
+        stop()
+        with contextlib.ExitStack() as running:
+            extra = stripe_environment(stripe_url) if stripe_url is not None else {}
+            worker = running.enter_context(
+                own_worker(broker, database_url, redis_url, devserver, **extra)
+            )
+            db = running.enter_context(psycopg.connect(database_url, autocommit=True))
+            db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(worker.schema)))
+            gateway = Gateway(name, KafkaHarness(broker, worker.topics), db, stripe_url)
+            current.append((gateway, running.pop_all()))
+        return gateway
+
+    try:
         yield worker_of
+    finally:
+        stop()
 
 
 @pytest.fixture
@@ -224,52 +235,6 @@ CASES = [
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("gateway", "case"), CASES, indirect=["gateway"])
-def test_each_outcome_gets_its_reply_status_and_message(
-    gateway: Gateway, devserver: DevServer, case: Case
-) -> None:
-    """A command leading to OUTCOME gets one reply with its httpStatus and errorMessage prefix,
-    and a payment row only when charged, on the simulator and on Stripe alike. A decline
-    carries the gateway's code. On Stripe, a paid command's transactionId is its one
-    PaymentIntent's id, isSimulated is false, a card asking for 3-D Secure leaves its
-    PaymentIntent cancelled, and a command refused before the charge makes no PaymentIntent."""
-    cmd = case.setup(devserver, gateway)
-    gateway.kafka.send(cmd)
-    [reply] = gateway.kafka.replies(expect=1, command_id=cmd["commandId"])
-    record = reply.record
-    assert record is not None
-    assert record["outcome"] == case.outcome
-    assert record["httpStatus"] == case.status
-    assert record["success"] is (case.outcome == "SUCCEEDED")
-    if case.message is None:
-        assert record["errorMessage"] is None
-    else:
-        assert record["errorMessage"].startswith(case.message), record["errorMessage"]
-    rows = gateway.db.execute(
-        "SELECT status FROM payments WHERE order_id::text = %s", (cmd["orderId"],)
-    ).fetchall()
-    expected_rows = {"SUCCEEDED": [("succeeded",)], "DECLINED": [("failed",)]}.get(case.outcome, [])
-    assert rows == expected_rows
-    payment = record["payment"]
-    if expected_rows:
-        assert payment["isSimulated"] is (gateway.name == "simulated")
-        assert payment["errorCode"] == case.error_code
-    if gateway.name != "stripe":
-        if case.outcome == "SUCCEEDED":
-            assert payment["transactionId"].startswith("txn_")
-        return
-    intents = gateway.intents_of_order(cmd["orderId"])
-    if case.intent is None:
-        assert intents == []
-        return
-    [intent] = intents
-    assert intent["metadata"]["payment_id"] == payment["id"]
-    assert intent["status"] == case.intent
-    if case.outcome == "SUCCEEDED":
-        assert payment["transactionId"] == intent["id"] and intent["id"].startswith("pi_")
-
-
-@pytest.mark.e2e
 def test_replies_carry_routing_and_cloudevents_headers(start_worker, kafka, devserver, topics):
     """reply-to, reply-partition, correlation-id, traceparent and Spring headers are honoured."""
     start_worker()
@@ -324,3 +289,50 @@ def test_spring_reply_topic_and_partition_headers_route_the_reply(
     assert reply.partition == 1
     assert reply.headers["kafka_correlationId"] == b"\x01\x02"
     assert reply.headers["kafka_replyPartition"] == (1).to_bytes(4, "big")
+
+
+# Last in the module: no other test's worker runs beside the cases' (see gateways).
+@pytest.mark.e2e
+@pytest.mark.parametrize(("gateway", "case"), CASES, indirect=["gateway"])
+def test_each_outcome_gets_its_reply_status_and_message(
+    gateway: Gateway, devserver: DevServer, case: Case
+) -> None:
+    """A command leading to OUTCOME gets one reply with its httpStatus and errorMessage prefix,
+    and a payment row only when charged, on the simulator and on Stripe alike. A decline
+    carries the gateway's code. On Stripe, a paid command's transactionId is its one
+    PaymentIntent's id, isSimulated is false, a card asking for 3-D Secure leaves its
+    PaymentIntent cancelled, and a command refused before the charge makes no PaymentIntent."""
+    cmd = case.setup(devserver, gateway)
+    gateway.kafka.send(cmd)
+    [reply] = gateway.kafka.replies(expect=1, command_id=cmd["commandId"])
+    record = reply.record
+    assert record is not None
+    assert record["outcome"] == case.outcome
+    assert record["httpStatus"] == case.status
+    assert record["success"] is (case.outcome == "SUCCEEDED")
+    if case.message is None:
+        assert record["errorMessage"] is None
+    else:
+        assert record["errorMessage"].startswith(case.message), record["errorMessage"]
+    rows = gateway.db.execute(
+        "SELECT status FROM payments WHERE order_id::text = %s", (cmd["orderId"],)
+    ).fetchall()
+    expected_rows = {"SUCCEEDED": [("succeeded",)], "DECLINED": [("failed",)]}.get(case.outcome, [])
+    assert rows == expected_rows
+    payment = record["payment"]
+    if expected_rows:
+        assert payment["isSimulated"] is (gateway.name == "simulated")
+        assert payment["errorCode"] == case.error_code
+    if gateway.name != "stripe":
+        if case.outcome == "SUCCEEDED":
+            assert payment["transactionId"].startswith("txn_")
+        return
+    intents = gateway.intents_of_order(cmd["orderId"])
+    if case.intent is None:
+        assert intents == []
+        return
+    [intent] = intents
+    assert intent["metadata"]["payment_id"] == payment["id"]
+    assert intent["status"] == case.intent
+    if case.outcome == "SUCCEEDED":
+        assert payment["transactionId"] == intent["id"] and intent["id"].startswith("pi_")

@@ -99,41 +99,6 @@ def test_a_payment_over_http_succeeds_with_exact_decimal_amount(stack, devserver
     assert body["payment"]["orderId"] == order["orderId"]
 
 
-@pytest.mark.parametrize("gateway", ["simulated", "stripe"])
-@pytest.mark.parametrize(
-    ("amount", "setup", "status", "prefix", "card"),
-    [
-        ("20.13", "order", 422, "Payment failed: ", DECLINED_AT_CHARGE),
-        ("20.00", "none", 404, "Order not found", PAYS),
-        ("20.00", "paid-state", 400, "Order validation failed: ", PAYS),
-        ("20.00", "other-customer", 401, "Unauthorized: ", PAYS),
-        ("0", "order", 400, "Amount must be greater than zero", PAYS),
-    ],
-    ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
-)
-def test_each_outcome_maps_to_its_http_status(
-    request, gateway_stack, devserver, gateway, amount, setup, status, prefix, card
-):
-    """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body,
-    on either gateway: the simulator declines .13 cents; with Stripe the request names a pm_
-    id as paymentMethod, and a card declined at charge is declined."""
-    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
-    if gateway == "stripe":
-        order["paymentMethod"] = stripe_standin.card(request.getfixturevalue("localstripe"), card)
-    if setup == "order":
-        devserver.add_order(order["orderId"], order["customerId"], amount)
-    elif setup == "paid-state":
-        devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
-    elif setup == "other-customer":
-        devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
-    response = _post(gateway_stack, _raw(order))
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"success", "payment", "errorMessage"}
-    assert body["success"] is False
-    assert body["errorMessage"].startswith(prefix)
-
-
 def test_bad_bodies_are_400_with_a_clear_message_never_500(stack):
     """Malformed JSON, wrong types and empty bodies are 400s in the contract body shape."""
     for raw, message in [
@@ -525,3 +490,41 @@ def test_deeply_nested_and_huge_bodies_are_400(stack):
         response = _post(stack, raw)
         assert response.status_code == 400, (raw[:80], response.text)
         PaymentResponse.model_validate_json(response.text)
+
+
+# Last in the module, its Stripe cases last: the Stripe stack, which stays up until the
+# module ends, then runs beside the module's shared stack only (each worker holds 16
+# PostgreSQL connections, and the server shared by the test processes allows 100).
+@pytest.mark.parametrize(
+    ("amount", "setup", "status", "prefix", "card"),
+    [
+        ("20.13", "order", 422, "Payment failed: ", DECLINED_AT_CHARGE),
+        ("20.00", "none", 404, "Order not found", PAYS),
+        ("20.00", "paid-state", 400, "Order validation failed: ", PAYS),
+        ("20.00", "other-customer", 401, "Unauthorized: ", PAYS),
+        ("0", "order", 400, "Amount must be greater than zero", PAYS),
+    ],
+    ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
+)
+@pytest.mark.parametrize("gateway", ["simulated", "stripe"])
+def test_each_outcome_maps_to_its_http_status(
+    request, gateway_stack, devserver, gateway, amount, setup, status, prefix, card
+):
+    """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body,
+    on either gateway: the simulator declines .13 cents; with Stripe the request names a pm_
+    id as paymentMethod, and a card declined at charge is declined."""
+    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
+    if gateway == "stripe":
+        order["paymentMethod"] = stripe_standin.card(request.getfixturevalue("localstripe"), card)
+    if setup == "order":
+        devserver.add_order(order["orderId"], order["customerId"], amount)
+    elif setup == "paid-state":
+        devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
+    elif setup == "other-customer":
+        devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
+    response = _post(gateway_stack, _raw(order))
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"success", "payment", "errorMessage"}
+    assert body["success"] is False
+    assert body["errorMessage"].startswith(prefix)
