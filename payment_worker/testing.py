@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -121,9 +122,11 @@ class KafkaHarness:
         timeout_s: float = 30.0,
         idle_s: float = 1.5,
         decode: str | None = None,
+        where: Callable[[Received], bool] | None = None,
     ) -> list[Received]:
-        """Every record of `topic` from the start: until `expect` are in (then `idle_s` more,
-        to catch extras) or, without `expect`, until nothing new came for `idle_s`."""
+        """Every record of `topic` from the start (only those `where` holds for, when given):
+        until `expect` are in (then `idle_s` more, to catch extras) or, without `expect`, until
+        nothing new came for `idle_s`."""
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -151,19 +154,20 @@ class KafkaHarness:
                         except Exception:
                             record = None
                     headers = to_record(message).headers
-                    out.append(
-                        Received(
-                            message.topic() or "",
-                            message.partition() or 0,
-                            message.offset() or 0,
-                            message.key(),
-                            message.value(),
-                            dict(headers),
-                            record,
-                            message.timestamp()[1],
-                            headers,
-                        )
+                    received = Received(
+                        message.topic() or "",
+                        message.partition() or 0,
+                        message.offset() or 0,
+                        message.key(),
+                        message.value(),
+                        dict(headers),
+                        record,
+                        message.timestamp()[1],
+                        headers,
                     )
+                    if where is not None and not where(received):
+                        continue
+                    out.append(received)
                     last_new = time.monotonic()
                 waited = time.monotonic() - last_new
                 if expect is not None and len(out) >= expect and waited >= min(idle_s, 0.5):
@@ -185,10 +189,19 @@ class KafkaHarness:
             consumer.close()
 
     def replies(
-        self, expect: int | None = None, timeout_s: float = 60.0, topic: str | None = None
+        self,
+        expect: int | None = None,
+        timeout_s: float = 60.0,
+        topic: str | None = None,
+        command_id: str | None = None,
     ) -> list[Received]:
+        """Replies from the start (only those to `command_id`, when given), as read() reads."""
         return self.read(
-            topic or self.topics.replies, expect=expect, timeout_s=timeout_s, decode="PaymentReply"
+            topic or self.topics.replies,
+            expect=expect,
+            timeout_s=timeout_s,
+            decode="PaymentReply",
+            where=None if command_id is None else _answers(command_id),
         )
 
     def replies_by_command(self, expect: int, timeout_s: float = 60.0) -> dict[str, list[Received]]:
@@ -197,3 +210,8 @@ class KafkaHarness:
             assert reply.record is not None
             grouped.setdefault(reply.record["commandId"], []).append(reply)
         return grouped
+
+
+def _answers(command_id: str) -> Callable[[Received], bool]:
+    """Whether a read reply answers the command `command_id`."""
+    return lambda reply: reply.record is not None and reply.record["commandId"] == command_id

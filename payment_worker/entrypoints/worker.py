@@ -84,23 +84,30 @@ class Worker:
         deadline (and wait until they have stopped), then say what to commit: the partitions
         are given up only once none of their work can go on here. A cancelled record is not
         committed, so its new owner gets it again; a payment it left pending is resumed with
-        the same payment id (the gateway's idempotency key) or finished by the reconciler."""
+        the same payment id (the gateway's idempotency key) or finished by the reconciler.
+        What is waited for is the records still running: one given up (abandoned at stop, or
+        kept uncommitted for a key the gateway refused) stays unfinished for the tracker, and
+        waiting for it would hold the partitions until the deadline for nothing."""
+
+        def running() -> set[asyncio.Task[None]]:
+            return {t for key in keys for t in self._by_partition.get(key, ()) if not t.done()}
+
         deadline = time.monotonic() + self.drain_timeout_s
-        # Polling a count that many tasks change; an event per partition would not be simpler.
-        while self.tracker.unfinished(keys) and time.monotonic() < deadline:  # noqa: ASYNC110
+        # Polling a set that many tasks change; an event per partition would not be simpler.
+        while running() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        running = {t for key in keys for t in self._by_partition.get(key, ()) if not t.done()}
-        if running:
+        still = running()
+        if still:
             log.warning(
                 "revoked_commands_cancelled",
-                commands=len(running),
+                commands=len(still),
                 partitions=[f"{t}[{p}]" for t, p in keys],
                 detail=f"still running {self.drain_timeout_s:g} s after the revocation;"
                 " their new owner processes them again",
             )
-            for task in running:
+            for task in still:
                 task.cancel()
-            await asyncio.wait(running)
+            await asyncio.wait(still)
         points = self.tracker.to_commit(keys)
         self.tracker.forget(keys)
         return points

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -128,6 +130,64 @@ def start_shim(worker_env: dict[str, str]) -> Iterator[callable]:  # type: ignor
             shim.kill()
 
 
+@dataclass
+class OwnWorker:
+    """A worker started on topics and a schema of its own (own_worker): what a test needs to
+    send it commands and look at what it did."""
+
+    env: dict[str, str]
+    topics: Topics
+    schema: str
+    process: WorkerProcess
+
+
+@contextlib.contextmanager
+def own_worker(
+    broker: str,
+    database_url: str,
+    redis_url: str,
+    devserver: DevServer,
+    **overrides: str,
+) -> Iterator[OwnWorker]:
+    """A worker (`overrides` added to its environment) on new topics and a new migrated
+    schema, assigned its partitions; stopped, and its schema dropped, on leaving."""
+    from payment_worker.adapters.postgres.migrations import migrate
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    migrate(database_url, schema)
+    topics = new_topics(broker)
+    env = {
+        **worker_environment(broker, topics, schema, database_url, redis_url, devserver),
+        **overrides,
+    }
+    worker = WorkerProcess(env).start()
+    try:
+        worker.wait_assigned()
+        yield OwnWorker(env, topics, schema, worker)
+    finally:
+        if worker.process is not None and worker.process.poll() is None:
+            worker.stop()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
+def own_stack(
+    broker: str, database_url: str, redis_url: str, devserver: DevServer, **overrides: str
+) -> Iterator[ShimProcess]:
+    """own_worker's worker and a shim in front of it, ready."""
+    with own_worker(broker, database_url, redis_url, devserver, **overrides) as started:
+        group = f"payment-shim-{uuid.uuid4().hex[:8]}"
+        shim = ShimProcess({**started.env, "PAYMENT_SHIM_GROUP": group})
+        try:
+            shim.start()
+            shim.wait_ready()
+            yield shim
+        finally:
+            if shim.process is not None and shim.process.poll() is None:
+                shim.stop()
+
+
 @pytest.fixture(scope="module")
 def shared_stack(
     broker: str, database_url: str, redis_url: str, devserver: DevServer
@@ -135,24 +195,8 @@ def shared_stack(
     """One worker and one shim, on topics and a schema of their own, for a module's tests that
     only send payments for orders (and idempotency keys) of their own: starting the pair for
     each such test cost about 8 s a test."""
-    from payment_worker.adapters.postgres.migrations import migrate
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    migrate(database_url, schema)
-    env = worker_environment(broker, new_topics(broker), schema, database_url, redis_url, devserver)
-    worker = WorkerProcess(env).start()
-    shim = ShimProcess({**env, "PAYMENT_SHIM_GROUP": f"payment-shim-{uuid.uuid4().hex[:8]}"})
-    try:
-        worker.wait_assigned()
-        shim.start()
-        shim.wait_ready()
+    with own_stack(broker, database_url, redis_url, devserver) as shim:
         yield shim
-    finally:
-        for process in (shim, worker):
-            if process.process is not None and process.process.poll() is None:
-                process.stop()
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,7 +15,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from payment_worker.devstack import localstripe as stripe_standin
+from payment_worker.devstack.localstripe import DECLINED_AT_CHARGE, PAYS
 from payment_worker.entrypoints.shim import PaymentResponse
+from tests.conftest import stripe_environment
+from tests.e2e.conftest import ShimProcess, own_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +39,14 @@ def _post(shim, body: dict | bytes, key: str | None = None, timeout: float = 30)
 
 
 def _raw(order: dict[str, str], pascal: bool = False) -> bytes:
-    """The JSON body with the amount as a JSON number (not a string)."""
+    """The JSON body with the amount as a JSON number (not a string), and the order's
+    paymentMethod when it has one."""
     names = ("OrderId", "CustomerId", "Amount") if pascal else ("orderId", "customerId", "amount")
+    method = order.get("paymentMethod")
+    extra = "" if method is None else f', "paymentMethod": {json.dumps(method)}'
     return (
         f'{{"{names[0]}": "{order["orderId"]}", "{names[1]}": "{order["customerId"]}", '
-        f'"{names[2]}": {order["amount"]}}}'
+        f'"{names[2]}": {order["amount"]}{extra}}}'
     ).encode()
 
 
@@ -46,6 +54,22 @@ def _raw(order: dict[str, str], pascal: bool = False) -> bytes:
 def stack(shared_stack):
     """The module's worker and shim (each test's orders and keys are its own)."""
     return shared_stack
+
+
+@pytest.fixture(scope="module")
+def stripe_stack(broker, database_url, redis_url, devserver, localstripe) -> Iterator[ShimProcess]:
+    """A worker charging through Stripe (localstripe) and a shim in front of it, for the
+    module's tests that run on both gateways (each test's orders and keys are its own)."""
+    stripe = stripe_environment(localstripe)
+    with own_stack(broker, database_url, redis_url, devserver, **stripe) as shim:
+        yield shim
+
+
+@pytest.fixture
+def gateway_stack(request, broker, gateway):
+    """The module's worker and shim charging through the test's `gateway`, started by the
+    first test that needs it (naming `broker` starts the broker before any test runs)."""
+    return request.getfixturevalue("shared_stack" if gateway == "simulated" else "stripe_stack")
 
 
 def test_health_and_openapi_describe_the_service(stack):
@@ -73,34 +97,6 @@ def test_a_payment_over_http_succeeds_with_exact_decimal_amount(stack, devserver
     assert body["payment"]["status"] == "succeeded"
     assert '"amount":20.10' in response.text
     assert body["payment"]["orderId"] == order["orderId"]
-
-
-@pytest.mark.parametrize(
-    ("amount", "setup", "status", "prefix"),
-    [
-        ("20.13", "order", 422, "Payment failed: "),
-        ("20.00", "none", 404, "Order not found"),
-        ("20.00", "paid-state", 400, "Order validation failed: "),
-        ("20.00", "other-customer", 401, "Unauthorized: "),
-        ("0", "order", 400, "Amount must be greater than zero"),
-    ],
-    ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
-)
-def test_each_outcome_maps_to_its_http_status(stack, devserver, amount, setup, status, prefix):
-    """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body."""
-    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
-    if setup == "order":
-        devserver.add_order(order["orderId"], order["customerId"], amount)
-    elif setup == "paid-state":
-        devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
-    elif setup == "other-customer":
-        devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
-    response = _post(stack, _raw(order))
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"success", "payment", "errorMessage"}
-    assert body["success"] is False
-    assert body["errorMessage"].startswith(prefix)
 
 
 def test_bad_bodies_are_400_with_a_clear_message_never_500(stack):
@@ -494,3 +490,41 @@ def test_deeply_nested_and_huge_bodies_are_400(stack):
         response = _post(stack, raw)
         assert response.status_code == 400, (raw[:80], response.text)
         PaymentResponse.model_validate_json(response.text)
+
+
+# Last in the module, its Stripe cases last: the Stripe stack, which stays up until the
+# module ends, then runs beside the module's shared stack only (each worker holds 16
+# PostgreSQL connections, and the server shared by the test processes allows 100).
+@pytest.mark.parametrize(
+    ("amount", "setup", "status", "prefix", "card"),
+    [
+        ("20.13", "order", 422, "Payment failed: ", DECLINED_AT_CHARGE),
+        ("20.00", "none", 404, "Order not found", PAYS),
+        ("20.00", "paid-state", 400, "Order validation failed: ", PAYS),
+        ("20.00", "other-customer", 401, "Unauthorized: ", PAYS),
+        ("0", "order", 400, "Amount must be greater than zero", PAYS),
+    ],
+    ids=["declined", "not-found", "order-invalid", "unauthorized", "invalid"],
+)
+@pytest.mark.parametrize("gateway", ["simulated", "stripe"])
+def test_each_outcome_maps_to_its_http_status(
+    request, gateway_stack, devserver, gateway, amount, setup, status, prefix, card
+):
+    """Contract section 4 statuses over HTTP, with the {success, payment, errorMessage} body,
+    on either gateway: the simulator declines .13 cents; with Stripe the request names a pm_
+    id as paymentMethod, and a card declined at charge is declined."""
+    order = {"orderId": str(uuid.uuid4()), "customerId": str(uuid.uuid4()), "amount": amount}
+    if gateway == "stripe":
+        order["paymentMethod"] = stripe_standin.card(request.getfixturevalue("localstripe"), card)
+    if setup == "order":
+        devserver.add_order(order["orderId"], order["customerId"], amount)
+    elif setup == "paid-state":
+        devserver.add_order(order["orderId"], order["customerId"], amount, status="Paid")
+    elif setup == "other-customer":
+        devserver.add_order(order["orderId"], str(uuid.uuid4()), amount)
+    response = _post(gateway_stack, _raw(order))
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"success", "payment", "errorMessage"}
+    assert body["success"] is False
+    assert body["errorMessage"].startswith(prefix)

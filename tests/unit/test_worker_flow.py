@@ -9,8 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from payment_worker.domain.model import Outcome
 from payment_worker.entrypoints.worker import Worker
+from payment_worker.exceptions import GatewayRefusedCredentials
 from payment_worker.service.pipeline import Handled
 from payment_worker.service.ports import InboundRecord
 
@@ -230,3 +233,50 @@ async def test_a_record_of_a_revoked_partition_never_marks_the_partition_assigne
     old.finished(7)
     assert tracker.unfinished([("commands", 0)]) == 1
     assert tracker.to_commit() == {}
+
+
+class RefusingPipeline:
+    """The gateway refuses our key at every command."""
+
+    async def handle(self, record: InboundRecord) -> Handled:
+        raise GatewayRefusedCredentials("Stripe refused the API key: check PAYMENT_STRIPE_API_KEY")
+
+
+class HandingBackConsumer(FakeConsumer):
+    """Hands its partition back when closed, as the Kafka consumer does: the worker's revoke
+    handler says first what to commit."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.on_revoke: Any = None
+        self.handed_back: dict[tuple[str, int], int] | None = None
+
+    def made(self, **callbacks: Any) -> HandingBackConsumer:
+        self.on_revoke = callbacks["on_revoke"]
+        return self
+
+    async def close(self) -> None:
+        self.handed_back = await self.on_revoke([("commands", 0)])
+
+
+async def test_a_refused_key_stops_the_worker_without_waiting_out_the_drain() -> None:
+    """The gateway refusing our key ends run() with that error as soon as nothing runs: the
+    record given up for it (not committed, so taken again under a key the gateway takes) is
+    not waited for until the drain deadline when the partition is handed back, which would
+    keep the partition from every other worker meanwhile."""
+    consumer = HandingBackConsumer(1)
+    worker = Worker(
+        pipeline=RefusingPipeline(),  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        relay=NullRelay(),  # type: ignore[arg-type]
+        make_consumer=consumer.made,
+        reconcile_after_s=3600,
+        drain_timeout_s=5.0,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(GatewayRefusedCredentials):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 10)
+    assert loop.time() - started < 2.0
+    assert consumer.handed_back == {}
+    assert consumer.commits == []
