@@ -40,7 +40,9 @@ else
   fi
   version=$(ls /usr/lib/postgresql | sort -V | tail -n1)
   if [ ! -d "/etc/postgresql/$version/main" ]; then
-    as_root pg_createcluster "$version" main --port "$pg_port" >/dev/null 2>&1
+    # Room for the test suite's workers (16 connections each at start, two test processes).
+    as_root pg_createcluster "$version" main --port "$pg_port" -o max_connections=300 \
+      >/dev/null 2>&1
     installed="${installed}cluster created, "
   fi
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
