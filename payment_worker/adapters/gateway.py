@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -34,7 +36,7 @@ class SimulatedGateway:
         return None  # it takes any valid command
 
     async def charge(self, payment: Payment) -> GatewayResult:
-        with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
+        with charge_call(payment) as answered:
             low, high = self.latency_ms
             if high > 0:
                 await asyncio.sleep(random.uniform(low, high) / 1000)
@@ -42,17 +44,26 @@ class SimulatedGateway:
             if payment.id not in self._lost_once and answers_unknown(payment.id, self.unknown_rate):
                 self._lost_once.add(payment.id)
                 result = unknown_result("the simulated processor did not answer in time")
+            return answered(result)
+
+
+@contextmanager
+def charge_call(payment: Payment) -> Iterator[Callable[[GatewayResult], GatewayResult]]:
+    """One charge at any gateway as a dependency call (its span and latency): what it yields
+    gives the result back, counted under the outcome it says and logged in one debug line."""
+    ids = {"payment.id": str(payment.id), "payment.order_id": str(payment.order_id)}
+    with metrics.dependency_call("gateway", "gateway charge", ids) as call:
+
+        def answered(result: GatewayResult) -> GatewayResult:
             call.outcome = "unknown" if result.unknown else "ok" if result.success else "declined"
-        log.debug(
-            "gateway_charge",
-            payment_id=str(payment.id),
-            success=result.success,
-            unknown=result.unknown,
-            code=result.error_code,
-            transaction_id=result.transaction_id,
-        )
-        return result
+            log.debug(
+                "gateway_charge",
+                payment_id=ids["payment.id"],
+                success=result.success,
+                unknown=result.unknown,
+                code=result.error_code,
+                transaction_id=result.transaction_id,
+            )
+            return result
 
-
-def _span_ids(payment: Payment) -> dict[str, str]:
-    return {"payment.id": str(payment.id), "payment.order_id": str(payment.order_id)}
+        yield answered

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import stripe
 import structlog
 
-from payment_worker import metrics
+from payment_worker.adapters.gateway import charge_call
 from payment_worker.domain.gateway_rules import unknown_result
 from payment_worker.domain.model import GatewayResult, Payment, ValidCommand
 from payment_worker.domain.stripe_inputs import minor_units, stripe_refusal
@@ -130,9 +130,9 @@ class StripeGateway:
         return stripe_refusal(valid.payment_method, valid.amount, valid.currency)
 
     async def charge(self, payment: Payment) -> GatewayResult:
-        with metrics.dependency_call("gateway", "gateway charge", _span_ids(payment)) as call:
+        with charge_call(payment) as answered:
             try:
-                result = await self._charge(payment)
+                return answered(await self._charge(payment))
             except GatewayRefusedCredentials:
                 raise
             except (stripe.StripeError, AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -144,17 +144,7 @@ class StripeGateway:
                     payment_id=str(payment.id),
                     error=f"{type(exc).__name__}: {_why(exc)}",
                 )
-                result = unknown_result(f"Stripe's answer could not be read ({_why(exc)})")
-            call.outcome = "unknown" if result.unknown else "ok" if result.success else "declined"
-        log.debug(
-            "gateway_charge",
-            payment_id=str(payment.id),
-            success=result.success,
-            unknown=result.unknown,
-            code=result.error_code,
-            transaction_id=result.transaction_id,
-        )
-        return result
+                return answered(unknown_result(f"Stripe's answer could not be read ({_why(exc)})"))
 
     async def _charge(self, payment: Payment) -> GatewayResult:
         """Continue the payment's PaymentIntent when one is recorded, else create it (not yet
@@ -473,7 +463,3 @@ def _why(exc: BaseException) -> str:
         return f"HTTP {status}"
     cause = exc.__cause__
     return type(cause).__name__ if cause is not None else type(exc).__name__
-
-
-def _span_ids(payment: Payment) -> dict[str, str]:
-    return {"payment.id": str(payment.id), "payment.order_id": str(payment.order_id)}

@@ -40,22 +40,31 @@ def start(port: int, log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_until_answering(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 30.0
+    url: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout_s: float = 30.0,
+    *,
+    api_key: str = API_KEY,
+    name: str = "localstripe",
 ) -> None:
-    """Return once localstripe answers at `url`; RuntimeError with its log's tail if not."""
+    """Return once the Stripe stand-in `name` answers at `url` (a list of PaymentIntents with
+    `api_key`); RuntimeError with its log's tail if it exits or stays silent."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"localstripe exited ({process.returncode}): {log_path.read_text()[-2000:]}"
+                f"{name} exited ({process.returncode}): {log_path.read_text()[-2000:]}"
             )
         try:
-            if httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, "")).status_code == 200:
+            if httpx.get(f"{url}/v1/payment_intents", auth=(api_key, "")).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"localstripe did not answer within {timeout_s:.0f} s")
+    raise RuntimeError(
+        f"{name} did not answer within {timeout_s:.0f} s: {log_path.read_text()[-2000:]}"
+    )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,8 @@ def pending_payment(
     order_id: uuid.UUID | None = None,
     command_id: uuid.UUID | None = None,
     amount: Decimal = Decimal("10.50"),
+    currency: str = "USD",
+    payment_method: str = "credit_card",
 ) -> Payment:
     """A new pending payment (fresh ids unless given)."""
     return Payment(
@@ -25,8 +27,8 @@ def pending_payment(
         customer_id=uuid.UUID("0b9c6d55-0d8e-4a1f-9b55-1c1e5f0c2a01"),
         reservation_id=None,
         amount=amount,
-        currency="USD",
-        payment_method="credit_card",
+        currency=currency,
+        payment_method=payment_method,
         status=PaymentStatus.PENDING,
         created_at=datetime.now(UTC),
         command_id=command_id or uuid.uuid4(),

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,9 +23,9 @@ from payment_worker.devstack.localstripe import (
     NEEDS_AUTHENTICATION,
     PAYS,
 )
-from payment_worker.domain.model import Payment, PaymentStatus
+from payment_worker.domain.model import Payment
 from payment_worker.exceptions import GatewayMisconfigured, GatewayRefusedCredentials
-from tests.integration.support import insert_pending
+from tests.integration.support import insert_pending, pending_payment
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +48,7 @@ def card(admin: stripe.StripeClient, number: str) -> str:
 
 
 def payment(payment_method: str, amount: str = "12.34", currency: str = "USD") -> Payment:
-    return Payment(
-        id=uuid.uuid4(),
-        order_id=uuid.uuid4(),
-        customer_id=uuid.uuid4(),
-        reservation_id=None,
-        amount=Decimal(amount),
-        currency=currency,
-        payment_method=payment_method,
-        status=PaymentStatus.PENDING,
-        created_at=datetime.now(UTC),
-        command_id=uuid.uuid4(),
-    )
+    return pending_payment(amount=Decimal(amount), currency=currency, payment_method=payment_method)
 
 
 def reference(db: psycopg.Connection[Any], the_payment: Payment) -> str | None:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
-import httpx
 import pytest
 import stripe
 from aiohttp import web
@@ -30,8 +26,9 @@ from aiohttp import web
 from payment_worker.adapters.postgres import PostgresStore
 from payment_worker.adapters.stripe_gateway import StripeGateway
 from payment_worker.devstack.broker import free_port
-from payment_worker.domain.model import Payment, PaymentStatus
-from tests.integration.support import insert_pending
+from payment_worker.devstack.localstripe import stop, wait_until_answering
+from payment_worker.domain.model import Payment
+from tests.integration.support import insert_pending, pending_payment
 
 pytestmark = pytest.mark.integration
 
@@ -80,29 +77,13 @@ def stripe_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_answering(url, process, logs)
+        try:
+            wait_until_answering(url, process, logs, api_key=API_KEY, name="stripe-mock")
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_answering(url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"stripe-mock exited ({process.returncode}): {logs.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/payment_intents", auth=(API_KEY, "")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"stripe-mock did not answer within 30 s: {logs.read_text()[-2000:]}")
+        stop(process)
 
 
 @dataclass(frozen=True)
@@ -190,18 +171,7 @@ def payment(
     """A pending payment, its row written (the adapter records its PaymentIntent id); the
     recorder makes stripe-mock's fixture PaymentIntents this payment's (amount, currency,
     metadata), which the adapter checks before it believes one."""
-    made = Payment(
-        id=uuid.uuid4(),
-        order_id=uuid.uuid4(),
-        customer_id=uuid.uuid4(),
-        reservation_id=None,
-        amount=Decimal(amount),
-        currency=currency,
-        payment_method=PAYMENT_METHOD,
-        status=PaymentStatus.PENDING,
-        created_at=datetime.now(UTC),
-        command_id=uuid.uuid4(),
-    )
+    made = pending_payment(amount=Decimal(amount), currency=currency, payment_method=PAYMENT_METHOD)
     insert_pending(db, made)
     recorder.fields = {
         "amount": units,
