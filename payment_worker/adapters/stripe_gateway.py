@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiohttp
 import stripe
 import structlog
 
@@ -74,14 +75,17 @@ class StripeGateway:
         self.api_base = api_base.rstrip("/")
         self.timeout_s = timeout_s
         self.retry_budget_s = retry_budget_s
-        self._http: stripe.HTTPXClient | None = None
+        self._http: stripe.AIOHTTPClient | None = None
         self._client: stripe.StripeClient | None = None
 
     async def open(self) -> None:
         """Build the client (no request is made here: see check_key)."""
         if self._client is not None:
             return
-        self._http = stripe.HTTPXClient(timeout=self.timeout_s)
+        # aiohttp under Stripe's client, not its default HTTPX: the worker's CPU per charge on
+        # localstripe was 22.3 and 20.9 ms with HTTPX, 10.8 and 11.7 ms with aiohttp, alternately
+        # (python -m bench.stripe_phase --n 400).
+        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         self._client = stripe.StripeClient(
             self._api_key,
             base_addresses={"api": self.api_base},
@@ -135,14 +139,16 @@ class StripeGateway:
                 return answered(await self._charge(payment))
             except GatewayRefusedCredentials:
                 raise
-            except (stripe.StripeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:
                 # An answer nobody planned for (an error on a recorded PaymentIntent, a
-                # malformed body...): the money may have moved, so never final. The payment
-                # stays pending and is asked again; someone has to look (an error line).
+                # malformed body, a connection lost while the answer was read): the money may
+                # have moved, so never final. The payment stays pending and is asked again;
+                # someone has to look (an error line).
                 log.error(
                     "gateway_unexpected_answer",
                     payment_id=str(payment.id),
                     error=f"{type(exc).__name__}: {_why(exc)}",
+                    exc_info=not isinstance(exc, stripe.StripeError | aiohttp.ClientError),
                 )
                 return answered(unknown_result(f"Stripe's answer could not be read ({_why(exc)})"))
 
