@@ -401,6 +401,51 @@ async def test_threaded_consumer_commits_what_on_revoke_returns(
     assert _committed(broker, config["group.id"], topics.commands, 4) == revoke.offsets
 
 
+async def test_a_consumer_resumed_between_revoke_and_assign_consumes_its_new_partitions(
+    broker: str, topics: Topics
+) -> None:
+    """Paused (full), then resumed while a rebalance has taken its partitions and not yet
+    handed the new ones (its assignment empty): the partitions it is given then are consumed,
+    not left paused from before, which would stop them for good with nothing in flight."""
+    _produce(broker, topics.commands, [f"r-{i}".encode() for i in range(40)])
+    config = _consumer_config(broker)
+    revoke, assigned = Revocations(), []
+    consumer = ThreadedConsumer(
+        config, [topics.commands], on_assign=assigned.append, on_revoke=revoke
+    )
+    await consumer.open()
+    other = Consumer({**config, "enable.auto.commit": False, "session.timeout.ms": 6000})
+    stop = asyncio.Event()
+
+    def other_polls() -> None:  # a second member, to rebalance the group; it reads nothing
+        other.subscribe([topics.commands], on_assign=lambda c, ps: c.pause(ps))
+        while not stop.is_set():
+            other.poll(0.1)
+
+    try:
+        deadline = time.monotonic() + 30
+        while not assigned and time.monotonic() < deadline:
+            await consumer.consume(1, 0.1)
+        assert assigned, "no partitions assigned"
+        await consumer.set_paused(True)
+        polling = asyncio.get_running_loop().run_in_executor(None, other_polls)
+        resumed_in_window = False
+        records: list[InboundRecord] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not records:
+            records += await consumer.consume(50, 0.05)
+            if not resumed_in_window and revoke.calls and len(assigned) == 1:
+                await consumer.set_paused(False)  # between the revocation and the assignment
+                resumed_in_window = True
+        assert resumed_in_window and len(assigned) == 2, (revoke.calls, assigned)
+        assert records, f"nothing consumed from {assigned[1]} after the rebalance"
+    finally:
+        stop.set()
+        await polling
+        other.close()
+        await consumer.close()
+
+
 # -- OutboxRelay over PostgresStore --------------------------------------------------------------
 
 

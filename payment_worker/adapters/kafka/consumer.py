@@ -149,8 +149,11 @@ class ThreadedConsumer:
         self._owned = set(keys) | (self._owned if self._incremental else set())
         log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in keys])
         self._on_assign(keys)
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        if partitions:
+            # Both ways: a partition paused before a rebalance keeps librdkafka's pause when it
+            # is handed back, and a resume made while the assignment was empty (between the
+            # revocation and this call) reached nothing, which left it paused for good.
+            (consumer.pause if self._paused else consumer.resume)(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
