@@ -294,8 +294,14 @@ def test_ensure_topics_creates_missing_topics_with_their_partitions(broker: str)
     created = ensure_topics({"bootstrap.servers": broker}, names)
 
     assert sorted(created) == sorted(names)
-    metadata = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10)
-    assert {n: len(metadata.topics[n].partitions) for n in names} == names
+    admin = AdminClient({"bootstrap.servers": broker})
+    deadline = time.monotonic() + 15
+    while True:  # a broker may answer metadata without a topic created a moment ago
+        topics = admin.list_topics(timeout=10).topics
+        if all(n in topics for n in names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {n: len(topics[n].partitions) for n in names if n in topics} == names
 
 
 def test_ensure_topics_is_idempotent(broker: str, topics: Topics) -> None:
