@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -101,11 +102,7 @@ class ReplyListener:
         for tp in partitions:
             start = self._next.get(tp.partition)
             if start is None:
-                try:
-                    start = consumer.get_watermark_offsets(tp, timeout=10)[1]
-                except KafkaException as exc:
-                    log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
-                    start = OFFSET_END
+                start = _end_offset(consumer, tp)
             if start >= 0:
                 self._next[tp.partition] = start
             positioned.append(TopicPartition(tp.topic, tp.partition, start))
@@ -315,3 +312,18 @@ class CommandProducer:
         if self._producer is not None:
             self._producer.flush(timeout_s)
         self._poller.stop()
+
+
+def _end_offset(consumer: Consumer, tp: TopicPartition, tries: int = 10) -> int:
+    """Where the partition ends now. A topic created a moment ago may answer "not leader" for
+    a while: asked again (up to ~2 s) before falling back to a lazily resolved end, which a
+    reply produced meanwhile could fall before."""
+    for attempt in range(tries):
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException as exc:
+            if attempt == tries - 1:
+                log.warning("reply_offsets_unknown", partition=tp.partition, error=str(exc))
+                return OFFSET_END
+            time.sleep(0.2)
+    return OFFSET_END
