@@ -43,7 +43,7 @@ from payment_worker.entrypoints.worker import Worker
 from payment_worker.exceptions import ConfigurationError
 from payment_worker.service.messages import MessageFactory, Topics
 from payment_worker.service.pipeline import Pipeline, PipelineConfig
-from payment_worker.service.ports import GatewayPort, GatewayReferences
+from payment_worker.service.ports import GatewayReferences
 
 log = structlog.get_logger("payment_worker.bootstrap")
 
@@ -165,7 +165,7 @@ class App:
     pipeline: Pipeline
     relay: OutboxRelay
     worker: Worker
-    gateway: GatewayPort
+    gateway: SimulatedGateway | StripeGateway
     gauges: StateGauges
     direct_sender: Callable[[], DirectProducer]  # replay's answers from the ledger
     reading_consumer: Callable[[], Any]  # replay's consumer: no group offsets, no commits
@@ -210,8 +210,7 @@ async def open_app(
     await pool.open(wait=False)
     await ordering.open()
     await inventory.open()
-    if isinstance(gateway, StripeGateway):
-        await gateway.open()
+    await gateway.open()
     the_codec = codec(settings)
     lag: GroupLag | None = None
     try:
@@ -274,20 +273,18 @@ async def open_app(
         await the_codec.close()
         await ordering.close()
         await inventory.close()
-        if isinstance(gateway, StripeGateway):
-            await gateway.close()
+        await gateway.close()
         await redis_client.aclose()
         await pool.close()
 
 
-async def check_gateway(gateway: GatewayPort) -> None:
+async def check_gateway(gateway: SimulatedGateway | StripeGateway) -> None:
     """At start-up: a real gateway's key is asked about once. GatewayRefusedCredentials (one
     line, the worker does not start) when refused; a gateway that does not answer is logged
     and asked again by the first charge."""
-    if isinstance(gateway, StripeGateway):
-        problem = await gateway.check_key()
-        if problem is not None:
-            log.warning("gateway_unreachable", variable="PAYMENT_STRIPE_API_BASE", error=problem)
+    problem = await gateway.check_key()
+    if problem is not None:
+        log.warning("gateway_unreachable", variable="PAYMENT_STRIPE_API_BASE", error=problem)
 
 
 def make_gateway(

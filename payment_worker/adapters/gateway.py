@@ -32,6 +32,15 @@ class SimulatedGateway:
         # Payment ids whose first answer this process lost: asked again, they are answered.
         self._lost_once: set[uuid.UUID] = set()
 
+    async def open(self) -> None:
+        """Nothing to open (the same lifecycle as a real gateway's)."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def check_key(self) -> str | None:
+        return None  # no key to check
+
     def refusal(self, valid: ValidCommand) -> str | None:
         return None  # it takes any valid command
 

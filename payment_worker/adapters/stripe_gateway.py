@@ -112,9 +112,9 @@ class StripeGateway:
             raise _refused(exc) from exc
         except stripe.StripeError as exc:
             status = exc.http_status
-            if isinstance(exc, _TRANSIENT) and not (status and 400 <= status < 500):
-                return f"Stripe did not answer ({_why(exc)})"
-            if status in (409, 429):
+            if isinstance(exc, _TRANSIENT) and (
+                status is None or status >= 500 or status in (409, 429)
+            ):
                 return f"Stripe did not answer ({_why(exc)})"
             # Any other 4xx, JSON or not (a wrong path answers a plain 404): not Stripe's API.
             raise GatewayMisconfigured(
@@ -180,18 +180,16 @@ class StripeGateway:
                 known = kept
             else:
                 intent = await self._retrieve(payment, known)
-            foreign = _not_this_payments(intent, known, payment, amount)
+            foreign = _foreign(intent, known, payment, amount)
             if foreign is not None:
-                log.error("gateway_foreign_intent", payment_id=str(payment.id), detail=foreign)
-                return unknown_result(f"Stripe answered a PaymentIntent that is {foreign}")
+                return foreign
             if intent.status == "requires_confirmation":
                 confirmed = await self._confirm(payment, intent.id)
                 if isinstance(confirmed, GatewayResult):
                     return confirmed
-                foreign = _not_this_payments(confirmed, known, payment, amount)
+                foreign = _foreign(confirmed, known, payment, amount)
                 if foreign is not None:
-                    log.error("gateway_foreign_intent", payment_id=str(payment.id), detail=foreign)
-                    return unknown_result(f"Stripe answered a PaymentIntent that is {foreign}")
+                    return foreign
                 intent = confirmed
             return await self._settle(payment, intent)
         except _TRANSIENT as exc:
@@ -436,19 +434,24 @@ def _customers_input(exc: stripe.InvalidRequestError) -> bool:
     return exc.code in _CUSTOMERS_INPUT
 
 
-def _not_this_payments(
+def _foreign(
     intent: PaymentIntent, expected_id: str, payment: Payment, amount: int
-) -> str | None:
-    """Why the PaymentIntent answered is not this payment's (another id than the recorded one,
-    another amount, currency or payment id), or None: such an answer is never believed."""
+) -> GatewayResult | None:
+    """Unknown (and an error line) when the PaymentIntent answered is not this payment's:
+    another id than the recorded one, another amount, currency or payment id. Such an answer
+    is never believed; None when it is this payment's."""
     if intent.id != expected_id:
-        return f"{intent.id}, not the recorded {expected_id}"
-    if _field(intent, "amount") != amount or _text(intent, "currency") != payment.currency.lower():
-        return f"{intent.id} for {_field(intent, 'amount')} {_text(intent, 'currency')}"
-    metadata = _field(intent, "metadata")
-    if _text(metadata, "payment_id") != str(payment.id):
-        return f"{intent.id} of another payment"
-    return None
+        why = f"{intent.id}, not the recorded {expected_id}"
+    elif (
+        _field(intent, "amount") != amount or _text(intent, "currency") != payment.currency.lower()
+    ):
+        why = f"{intent.id} for {_field(intent, 'amount')} {_text(intent, 'currency')}"
+    elif _text(_field(intent, "metadata"), "payment_id") != str(payment.id):
+        why = f"{intent.id} of another payment"
+    else:
+        return None
+    log.error("gateway_foreign_intent", payment_id=str(payment.id), detail=why)
+    return unknown_result(f"Stripe answered a PaymentIntent that is {why}")
 
 
 def _text(obj: Any, name: str) -> str | None:
