@@ -11,6 +11,7 @@ from typing import Any
 
 from payment_worker.domain.cards import contains_card_number, redacted_prefix
 from payment_worker.domain.currencies import minor_units
+from payment_worker.domain.ids import Id
 from payment_worker.domain.model import Command, ValidCommand
 
 MAX_AMOUNT = Decimal("999999999999.99")
@@ -30,14 +31,14 @@ _UUID_TEXT = re.compile(
 )
 
 
-def parse_uuid(value: object) -> uuid.UUID | None:
+def parse_uuid(value: object) -> Id | None:
     """A non-nil UUID written 8-4-4-4-12 (any case, optionally braced) or as 32 hex digits,
     as .NET's Guid reads them; None for anything else."""
     if type(value) is not str or not _UUID_TEXT.fullmatch(value):  # `$` passes a final \n
         return None
     if value.startswith("{") != value.endswith("}"):
         return None
-    parsed = uuid.UUID(value)
+    parsed = Id(value)
     return parsed if parsed.int else None  # not the nil UUID
 
 

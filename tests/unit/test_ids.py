@@ -3,13 +3,15 @@ never repeated, not even across a fork."""
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import random
 import uuid
 
 import pytest
 
-from payment_worker.domain.ids import new_uuid, random_uuid, token_hex
+from payment_worker.domain.ids import Id, new_uuid, random_uuid, token_hex
 
 
 def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
@@ -44,6 +46,30 @@ def test_ids_are_read_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "urandom", lambda n: b"\xab" * n)
     assert token_hex(4) == "abababab"
     assert new_uuid() == uuid.UUID("abababab-abab-4bab-abab-abababababab")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0f14d0ab-9605-4a62-a9e4-5ed26688389b",
+        "0F14D0AB-9605-4A62-A9E4-5ED26688389B",
+        "{0f14d0ab-9605-4a62-a9e4-5ed26688389b}",
+        "0f14d0ab96054a62a9e45ed26688389b",
+    ],
+)
+def test_an_id_is_the_uuid_of_its_value_and_keeps_its_canonical_text(text: str) -> None:
+    """An Id equals and hashes as the uuid.UUID of the same value (sets, dict keys, the
+    database's answers), gives the canonical text each time, stays immutable, and survives a
+    copy and a pickle."""
+    plain, kept = uuid.UUID(text), Id(text)
+    assert kept == plain and plain == kept and hash(kept) == hash(plain)
+    assert {plain: 1}[kept] == 1
+    assert str(kept) == str(kept) == str(plain) == "0f14d0ab-9605-4a62-a9e4-5ed26688389b"
+    with pytest.raises(TypeError):
+        kept.int = 1  # type: ignore[misc]
+    pickled = pickle.loads(pickle.dumps(kept))  # noqa: S301 - our own bytes, just made
+    for again in (copy.copy(kept), copy.deepcopy(kept), pickled):
+        assert again == plain and str(again) == str(plain)
 
 
 def test_tokens_are_hex_of_the_asked_length_and_all_different() -> None:
