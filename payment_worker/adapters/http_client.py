@@ -132,6 +132,12 @@ class _Connection(asyncio.Protocol):
             answer.set_exception(error)
         self.close()
 
+    def expire(self) -> None:
+        """The request's time is up: its answer fails with TimeoutError, and the connection,
+        whose answer may still come, is never used again."""
+        if self._answer is not None and not self._answer.done():
+            self._fail(TimeoutError("no answer in time"))
+
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         if self.closed or self.transport is None:
             raise HttpClientError("connection lost: closed before the request was sent")
@@ -252,18 +258,23 @@ class HttpClient:
         else:
             await self._slots.acquire()
         try:
-            async with asyncio.timeout(max(0.0, min(timeout_s, deadline - loop.time()))):
-                return await self._exchange(data)
+            return await self._exchange(data, min(loop.time() + timeout_s, deadline))
         finally:
             self._slots.release()
 
-    async def _exchange(self, data: bytes) -> tuple[int, bytes]:
-        """One request and its answer over a kept-alive or new connection."""
+    async def _exchange(self, data: bytes, until: float) -> tuple[int, bytes]:
+        """One request and its answer over a kept-alive or new connection, by `until` (event-loop
+        time) or TimeoutError. The answer's wait is bounded by a timer on the connection rather
+        than asyncio.timeout(), whose setting up and tearing down cost more than the rest of a
+        request's handling here (~4% of a command's CPU in the stage profile)."""
+        loop = asyncio.get_running_loop()
         while True:
             connection = self._take_idle()
             reused = connection is not None
             if connection is None:
-                connection = await self._connect()
+                async with asyncio.timeout_at(until):
+                    connection = await self._connect()
+            timer = loop.call_at(until, connection.expire)
             try:
                 status, body = await connection.request(data)
             except HttpClientError:
@@ -278,6 +289,8 @@ class HttpClient:
                 self._open.discard(connection)
                 connection.close()
                 raise
+            finally:
+                timer.cancel()
             if connection.keep_alive and not connection.closed:
                 connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.append(connection)
