@@ -17,7 +17,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from payment_worker import tracing
 from payment_worker.domain.model import Outcome, reply
 from payment_worker.domain.routing import ReplyRoute, record_trace_context, trace_headers
-from tests.unit.test_messages import TRACEPARENT, a_command, codec, factory  # noqa: F401
+from tests.unit.test_messages import (  # noqa: F401
+    TRACEPARENT,
+    a_command,
+    a_payment,
+    codec,
+    factory,
+)
 
 TRACE_ID = TRACEPARENT.split("-")[1]
 
@@ -49,29 +55,31 @@ def test_without_a_recorder_a_reply_carries_the_commands_traceparent_byte_for_by
     assert tracing.span("x").__class__.__name__ == "nullcontext"
 
 
-def test_a_reply_made_in_a_process_span_carries_its_publish_spans_context(
+def test_a_reply_and_an_event_made_in_a_process_span_carry_its_context(
     factory,  # noqa: F811
     spans: InMemorySpanExporter,
 ) -> None:
-    """With a recorder: the reply's traceparent has the command's trace id and the id of the
-    `payment-replies publish` span, a child of the process span continuing the command."""
+    """With a recorder: the reply and the event carry the command's trace id and the id of the
+    process span continuing the command, and no span of their own is made."""
     route = ReplyRoute("payment-replies", None, "c-1", traceparent=TRACEPARENT)
+    command = a_command()
     with tracing.span(
         "process-payment process", tracing.CONSUMER, parent=tracing.parent_from(TRACEPARENT)
     ):
-        message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
-    header = _header(message, "traceparent")
-    assert header is not None
-    _, trace_id, span_id, _ = header.decode().split("-")
-    finished = {s.name: s for s in spans.get_finished_spans()}
-    publish, process = finished["payment-replies publish"], finished["process-payment process"]
-    assert trace_id == TRACE_ID == format(publish.context.trace_id, "032x")
-    assert span_id == format(publish.context.span_id, "016x") != TRACEPARENT.split("-")[2]
-    assert publish.parent is not None and publish.parent.span_id == process.context.span_id
-    assert (
-        process.parent is not None
-        and format(process.parent.span_id, "016x") == (TRACEPARENT.split("-")[2])
-    )
+        made = [
+            factory.reply(command, route, reply(Outcome.SUCCEEDED, "ok")),
+            factory.event(a_payment(command), route),
+        ]
+    (process,) = spans.get_finished_spans()
+    assert process.parent is not None
+    assert format(process.parent.span_id, "016x") == TRACEPARENT.split("-")[2]
+    for message in made:
+        header = _header(message, "traceparent")
+        assert header is not None
+        _, trace_id, span_id, flags = header.decode().split("-")
+        assert trace_id == TRACE_ID == format(process.context.trace_id, "032x")
+        assert span_id == format(process.context.span_id, "016x")
+        assert flags == "01"
 
 
 def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> None:
