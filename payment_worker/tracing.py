@@ -136,19 +136,35 @@ def span(
     parent: Context | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> AbstractContextManager[Span | None]:
-    """A span around a step, the current one's child (or `parent`'s); nothing without the SDK.
-    An exception leaving it is recorded on it and sets its status to error."""
+    """A span around a step, the current one's child (or `parent`'s); nothing without the SDK,
+    nor under a current span that is not recorded (its trace was not sampled). An exception
+    leaving it is recorded on it and sets its status to error."""
     if not _active:
         return contextlib.nullcontext()
+    if parent is None:
+        current = trace.get_current_span()
+        context = current.get_span_context()
+        # A local parent that is not recorded belongs to a trace that was not sampled, and
+        # every built-in sampler drops its child too: parentbased_* follow the parent,
+        # traceidratio decides by the trace id the child shares, always_off drops everything
+        # and always_on never leaves a parent unsampled. Asking the SDK would only build a
+        # span that records nothing.
+        if context.is_valid and not context.is_remote and not current.is_recording():
+            return contextlib.nullcontext()
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+
+
+def recording() -> bool:
+    """Whether the current span records: what only its attributes need can be skipped if not."""
+    return _active and trace.get_current_span().is_recording()
 
 
 def annotate(attributes: Mapping[str, Any]) -> None:
     """Attributes on the current span (ids, outcome); never a card number."""
     if _active:
-        trace.get_current_span().set_attributes(
-            {k: v for k, v in attributes.items() if v is not None}
-        )
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
 
 def parent_from(traceparent: str | None, tracestate: str | None = None) -> Context | None:

@@ -8,11 +8,19 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 
 from payment_worker import tracing
 from payment_worker.domain.model import Outcome, reply
@@ -80,6 +88,85 @@ def test_a_reply_and_an_event_made_in_a_process_span_carry_its_context(
         assert trace_id == TRACE_ID == format(process.context.trace_id, "032x")
         assert span_id == format(process.context.span_id, "016x")
         assert flags == "01"
+
+
+class _CountingSampler(ParentBased):
+    """The default parent-based sampler, counting the decisions it is asked for."""
+
+    def __init__(self, root: Sampler) -> None:
+        super().__init__(root)
+        self.asked = 0
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        self.asked += 1
+        return super().should_sample(*args, **kwargs)
+
+
+UNSAMPLED = TRACEPARENT[:-2] + "00"
+
+
+@pytest.mark.parametrize(
+    ("root", "traceparent"),
+    [(ALWAYS_ON, UNSAMPLED), (ALWAYS_OFF, None)],
+    ids=["caller-unsampled", "root-dropped"],
+)
+def test_under_an_unsampled_command_a_step_asks_the_sdk_nothing(
+    factory,  # noqa: F811
+    root: Sampler,
+    traceparent: str | None,
+) -> None:
+    """A command whose trace is not sampled (its caller's flag, or the root sampler's
+    decision): its steps are nullcontexts the sampler is never asked about, annotate() sets
+    nothing, nothing is exported; its reply still carries its trace id, flagged unsampled, so
+    that what it causes is not sampled either."""
+    exporter = InMemorySpanExporter()
+    sampler = _CountingSampler(root)
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        route = ReplyRoute("payment-replies", None, "c-1", traceparent=traceparent)
+        with tracing.span(
+            "process-payment process", tracing.CONSUMER, parent=tracing.parent_from(traceparent)
+        ) as process:
+            assert process is not None and not process.is_recording()
+            assert not tracing.recording()
+            with tracing.span("gateway charge", tracing.CLIENT) as step:
+                assert step is None
+                tracing.annotate({"payment.outcome": "SUCCEEDED"})
+            message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
+    finally:
+        tracing.uninstall()
+    assert sampler.asked == 1
+    assert exporter.get_finished_spans() == ()
+    header = _header(message, "traceparent")
+    assert header is not None
+    _, trace_id, span_id, flags = header.decode().split("-")
+    assert trace_id == format(process.get_span_context().trace_id, "032x")
+    assert span_id == format(process.get_span_context().span_id, "016x")
+    assert int(flags, 16) & 1 == 0  # not sampled (the SDK may set its random-trace-id bit)
+    if traceparent:
+        assert trace_id == TRACE_ID
+
+
+def test_a_root_span_under_an_unsampled_one_is_still_asked_of_the_sampler() -> None:
+    """A span given a remote parent (the reconciler's, the next command's) is a new decision
+    of the sampler even while an unsampled span is current."""
+    exporter = InMemorySpanExporter()
+    sampler = _CountingSampler(ALWAYS_ON)
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        with (
+            tracing.span("unsampled", parent=tracing.parent_from(UNSAMPLED)),
+            tracing.span("payment reconcile", parent=tracing.parent_from(TRACEPARENT)) as span,
+        ):
+            assert span is not None and span.is_recording()
+    finally:
+        tracing.uninstall()
+    assert sampler.asked == 2
+    assert [s.name for s in exporter.get_finished_spans()] == ["payment reconcile"]
 
 
 def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> None:
