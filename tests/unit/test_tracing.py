@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.sampling import (
 from payment_worker import tracing
 from payment_worker.domain.model import Outcome, reply
 from payment_worker.domain.routing import ReplyRoute, record_trace_context, trace_headers
+from payment_worker.exceptions import ConfigurationError
 from tests.unit.test_messages import (  # noqa: F401
     TRACEPARENT,
     a_command,
@@ -262,3 +263,100 @@ def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
     done = _configure({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert done.returncode != 0
     assert "OTEL_TRACES_EXPORTER=zipkin: no such exporter installed" in done.stderr
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No OTEL_* variable of the caller's; a console exporter (nothing leaves the process)."""
+    for name in os.environ:
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    yield monkeypatch
+    tracing.uninstall()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio", "caller", "recorded"),
+    [
+        (None, None, None, True),
+        (None, None, UNSAMPLED, False),
+        ("traceidratio", "0", None, False),
+        ("traceidratio", "1", None, True),
+        ("traceidratio", "0", TRACEPARENT, False),
+        ("parentbased_traceidratio", "0", None, False),
+        ("parentbased_traceidratio", "1", None, True),
+        ("parentbased_traceidratio", "0", TRACEPARENT, True),
+        ("parentbased_traceidratio", "1", UNSAMPLED, False),
+        ("parentbased_traceidratio", None, None, True),
+        ("PARENTBASED_ALWAYS_OFF", None, None, False),
+        ("parentbased_always_off", None, TRACEPARENT, True),
+        ("always_off", None, TRACEPARENT, False),
+        ("always_on", "0", UNSAMPLED, True),
+    ],
+    ids=[
+        "default-root",
+        "default-unsampled-caller",
+        "ratio-0-root",
+        "ratio-1-root",
+        "ratio-0-sampled-caller",
+        "parentbased-ratio-0-root",
+        "parentbased-ratio-1-root",
+        "parentbased-ratio-0-sampled-caller",
+        "parentbased-ratio-1-unsampled-caller",
+        "parentbased-ratio-unset-root",
+        "parentbased-off-upper-case-root",
+        "parentbased-off-sampled-caller",
+        "always-off-sampled-caller",
+        "always-on-unsampled-caller",
+    ],
+)
+def test_the_worker_honours_the_standard_sampler_variables(
+    otel_env: pytest.MonkeyPatch,
+    sampler: str | None,
+    ratio: str | None,
+    caller: str | None,
+    recorded: bool,
+) -> None:
+    """OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide whether a command's process span
+    and its steps are recorded: by ratio at the root, by the caller's sampled flag under
+    parentbased_* (parentbased_always_on when unset; a ratio sampler without a ratio takes 1)."""
+    if sampler is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if ratio is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    assert tracing.configure("payment-worker")
+    with (
+        tracing.span("process-payment process", parent=tracing.parent_from(caller)) as process,
+        tracing.span("gateway charge", tracing.CLIENT) as step,
+    ):
+        assert process is not None and process.is_recording() is recorded
+        assert (step is not None and step.is_recording()) is recorded
+        assert tracing.recording() is recorded
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio", "refused"),
+    [
+        ("parentbased_traceidratioo", "0.1", "OTEL_TRACES_SAMPLER='parentbased_traceidratioo'"),
+        (" always_off", None, "OTEL_TRACES_SAMPLER=' always_off'"),
+        ("jaeger_remote", None, "OTEL_TRACES_SAMPLER='jaeger_remote'"),
+        ("traceidratio", "10%", "OTEL_TRACES_SAMPLER_ARG='10%'"),
+        ("parentbased_traceidratio", "1.5", "OTEL_TRACES_SAMPLER_ARG='1.5'"),
+        ("parentbased_traceidratio", "-0.1", "OTEL_TRACES_SAMPLER_ARG='-0.1'"),
+        ("parentbased_traceidratio", "nan", "OTEL_TRACES_SAMPLER_ARG='nan'"),
+    ],
+    ids=["typo", "space", "not-built-in", "percent", "above-1", "negative", "nan"],
+)
+def test_a_sampler_the_sdk_would_not_read_is_refused_at_start_up(
+    otel_env: pytest.MonkeyPatch, sampler: str, ratio: str | None, refused: str
+) -> None:
+    """A sampler name or ratio that the SDK would replace by sampling everything (with one
+    warning) stops the start with one line naming the variable and what is accepted."""
+    otel_env.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if ratio is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    with pytest.raises(ConfigurationError) as raised:
+        tracing.configure("payment-worker")
+    assert str(raised.value).startswith(refused + ": ")
+    assert not tracing.active()
