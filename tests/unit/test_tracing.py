@@ -40,7 +40,7 @@ TRACE_ID = TRACEPARENT.split("-")[1]
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ALWAYS_ON)  # whatever OTEL_TRACES_SAMPLER the caller set
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.install(provider)
     yield exporter
@@ -268,9 +268,8 @@ def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
 @pytest.fixture
 def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """No OTEL_* variable of the caller's; a console exporter (nothing leaves the process)."""
-    for name in os.environ:
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     yield monkeypatch
     tracing.uninstall()
