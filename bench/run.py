@@ -866,22 +866,47 @@ def main() -> None:
         )
 
         # Tracing's cost: the same run with the SDK recording every span and exporting it over
-        # OTLP/HTTP (to a sink here that answers 200), against the run above without it.
+        # OTLP/HTTP (to a sink here that answers 200), then with 10% of the commands sampled
+        # as a busy worker should run, against the run above without it. The bench's commands
+        # carry no traceparent: the ratio decides at each command's root. The sampler is named
+        # in both runs, so that one set in the caller's environment does not change them.
+        otlp = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
         with OtlpSink() as sink:
             traced = measured(
                 "latency0-traced",
                 n,
-                OTEL_TRACES_EXPORTER="otlp",
-                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                 OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+                OTEL_TRACES_SAMPLER="parentbased_always_on",
+                **otlp,
             )
+        drop(traced["scenario"])
+        with OtlpSink() as sink_10pct:
+            traced_10pct = measured(
+                "latency0-traced-10pct",
+                n,
+                OTEL_EXPORTER_OTLP_ENDPOINT=sink_10pct.url,
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG="0.1",
+                **otlp,
+            )
+        drop(traced_10pct["scenario"])
+        untraced_cpu = max(1e-9, lat0["cpu_ms_per_command"])
         results["worker_cpu_ms_per_command_traced"] = traced["cpu_ms_per_command"]
         results["e2e_latency0_traced_per_s"] = traced["per_s"]
         results["traced_export_requests"] = sink.requests
-        drop(traced["scenario"])
+        results["worker_cpu_ms_per_command_traced_10pct"] = traced_10pct["cpu_ms_per_command"]
+        results["e2e_latency0_traced_10pct_per_s"] = traced_10pct["per_s"]
+        results["traced_10pct_export_requests"] = sink_10pct.requests
+        results["worker_cpu_traced_vs_untraced"] = traced["cpu_ms_per_command"] / untraced_cpu
+        results["worker_cpu_traced_10pct_vs_untraced"] = (
+            traced_10pct["cpu_ms_per_command"] / untraced_cpu
+        )
         print(
             f"  tracing: {lat0['cpu_ms_per_command']:.3f} ms CPU/command without the SDK, "
-            f"{traced['cpu_ms_per_command']:.3f} ms with it ({sink.requests} OTLP exports)",
+            f"{traced['cpu_ms_per_command']:.3f} ms recording every command "
+            f"({sink.requests} OTLP exports), "
+            f"{traced_10pct['cpu_ms_per_command']:.3f} ms sampling 10% "
+            f"({sink_10pct.requests} OTLP exports)",
             flush=True,
         )
 
@@ -1027,6 +1052,8 @@ TARGETS = [  # (figure, at least or at most, bound)
     ("shim_rps", ">=", 800.0),
     ("replay_per_s", ">=", 20000.0),
     ("worker_peak_rss_mb", "<=", 250.0),
+    ("worker_cpu_traced_vs_untraced", "<=", 1.3),
+    ("worker_cpu_traced_10pct_vs_untraced", "<=", 1.15),
 ]
 
 

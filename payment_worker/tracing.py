@@ -6,7 +6,9 @@ extra (`pip install 'payment-worker[otel]'`). Tracing is configured only by the 
 `OTEL_*` variables, read here and by the SDK (not by Settings: they are the SDK's, and every
 OpenTelemetry deployment already sets them): `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`
 (`otlp` by default, `console`, `none`), `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` by
-default, or `grpc`), `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`...
+default, or `grpc`), `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`
+and `OTEL_TRACES_SAMPLER_ARG` (the SDK's built-in samplers; one it would not read as written is
+refused at start-up)...
 
 Without the SDK (or with `OTEL_TRACES_EXPORTER=none`) nothing is recorded: `span()` is a
 `nullcontext` and `outgoing()` gives back the context that came in, so a command's
@@ -47,6 +49,16 @@ _EXPORTERS = {
     ("console", ""): "console",
 }
 
+# The samplers OTEL_TRACES_SAMPLER may name, as the SDK's TracerProvider reads it.
+_SAMPLERS = (
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "always_on",
+    "always_off",
+    "traceidratio",
+)
+
 _tracer: trace.Tracer = trace.NoOpTracer()
 _active = False
 _provider: Any = None
@@ -75,6 +87,7 @@ def configure(default_service_name: str) -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         return False  # the API alone: spans cost nothing, contexts are carried as they came
+    sampler = _sampler()
     protocol = (
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -96,14 +109,42 @@ def configure(default_service_name: str) -> bool:
     named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
+    # The provider reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG itself (checked above).
     provider = TracerProvider(
         resource=Resource.create({} if named else {"service.name": default_service_name})
     )
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
-    log.info("tracing_on", exporters=names, protocol=protocol)
+    log.info("tracing_on", exporters=names, protocol=protocol, sampler=sampler)
     return True
+
+
+def _sampler() -> str:
+    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name, refused unless the SDK
+    reads them as written: on a name or a ratio it cannot read, the SDK logs a warning and
+    records every trace, the costliest choice, which a busy worker should not find out from its
+    CPU."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "")
+    if not name:
+        return _SAMPLERS[0]
+    if name.lower() not in _SAMPLERS:
+        raise ConfigurationError(
+            f"OTEL_TRACES_SAMPLER={name[:100]!r}: no such sampler (one of {', '.join(_SAMPLERS)})"
+        )
+    if not name.lower().endswith("traceidratio"):
+        return name.lower()
+    arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "")
+    try:
+        ratio = float(arg) if arg else 1.0  # the standard's default
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigurationError(
+            f"OTEL_TRACES_SAMPLER_ARG={arg[:100]!r}: the ratio of {name.lower()} is a number"
+            " from 0 to 1"
+        )
+    return f"{name.lower()} {ratio:g}"
 
 
 def install(provider: Any) -> None:
@@ -136,19 +177,35 @@ def span(
     parent: Context | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> AbstractContextManager[Span | None]:
-    """A span around a step, the current one's child (or `parent`'s); nothing without the SDK.
-    An exception leaving it is recorded on it and sets its status to error."""
+    """A span around a step, the current one's child (or `parent`'s); nothing without the SDK,
+    nor under a current span that is not recorded (its trace was not sampled). An exception
+    leaving it is recorded on it and sets its status to error."""
     if not _active:
         return contextlib.nullcontext()
+    if parent is None:
+        current = trace.get_current_span()
+        context = current.get_span_context()
+        # A local parent that is not recorded belongs to a trace that was not sampled, and
+        # every built-in sampler drops its child too: parentbased_* follow the parent,
+        # traceidratio decides by the trace id the child shares, always_off drops everything
+        # and always_on never leaves a parent unsampled. Asking the SDK would only build a
+        # span that records nothing.
+        if context.is_valid and not context.is_remote and not current.is_recording():
+            return contextlib.nullcontext()
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+
+
+def recording() -> bool:
+    """Whether the current span records: what only its attributes need can be skipped if not."""
+    return _active and trace.get_current_span().is_recording()
 
 
 def annotate(attributes: Mapping[str, Any]) -> None:
     """Attributes on the current span (ids, outcome); never a card number."""
     if _active:
-        trace.get_current_span().set_attributes(
-            {k: v for k, v in attributes.items() if v is not None}
-        )
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
 
 def parent_from(traceparent: str | None, tracestate: str | None = None) -> Context | None:

@@ -133,12 +133,11 @@ class Worker:
 
     async def _run(self, record: InboundRecord, offsets: PartitionOffsets) -> None:
         started = time.monotonic()
+        traced = tracing.active()
         with tracing.span(
             f"{record.topic} process",
             tracing.CONSUMER,
-            parent=tracing.parent_from(*record_trace_context(record.headers))
-            if tracing.active()
-            else None,
+            parent=tracing.parent_from(*record_trace_context(record.headers)) if traced else None,
             attributes={
                 "messaging.system": "kafka",
                 "messaging.operation.type": "process",
@@ -146,19 +145,22 @@ class Worker:
                 "messaging.destination.partition.id": str(record.partition),
                 "messaging.kafka.offset": record.offset,
                 "messaging.consumer.group.name": self.group,
-            },
+            }
+            if traced
+            else None,
         ):
             handled = await self._with_retries(record)
             if handled is None:
                 return  # abandoned at shutdown: not committed, so it is redelivered
             self.relay.publish(handled.stored)
-            tracing.annotate(
-                {
-                    "payment.outcome": str(handled.outcome) if handled.outcome else None,
-                    "payment.duplicate": handled.duplicate,
-                    "payment.dead_letter_reason": handled.dead_letter_reason,
-                }
-            )
+            if tracing.recording():
+                tracing.annotate(
+                    {
+                        "payment.outcome": str(handled.outcome) if handled.outcome else None,
+                        "payment.duplicate": handled.duplicate,
+                        "payment.dead_letter_reason": handled.dead_letter_reason,
+                    }
+                )
         metrics.LATENCY.observe(time.monotonic() - started)
         if handled.dead_letter_reason is not None:
             metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()

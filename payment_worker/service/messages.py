@@ -170,7 +170,7 @@ class MessageFactory:
             route.correlation_id,
             command.command_id,
         )
-        _trace_context(headers, route.topic, route)
+        _trace_context(headers, route)
         if route.spring_correlation_id is not None:
             headers.append(("kafka_correlationId", route.spring_correlation_id))
         if route.spring_reply_topic is not None:
@@ -232,7 +232,7 @@ class MessageFactory:
         else:
             raise ValueError(f"no event for a {payment.status} payment")
         headers = _ce_headers(ce_type, event_text, order_id, route.correlation_id, command_id)
-        _trace_context(headers, topic, route)
+        _trace_context(headers, route)
         return OutboxMessage(
             kind="event",
             topic=topic,
@@ -313,19 +313,10 @@ class _Caps:
         return safe, safe != name[:limit]
 
 
-def _trace_context(headers: list[tuple[str, bytes | None]], topic: str, route: ReplyRoute) -> None:
-    """The W3C context a reply or event carries: its publish span's when spans are recorded
-    (the command's trace, a span id of its own), else the command's as it came."""
-    with tracing.span(
-        f"{topic} publish",
-        tracing.PRODUCER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": topic,
-        },
-    ):
-        traceparent, tracestate = tracing.outgoing(route.traceparent, route.tracestate)
+def _trace_context(headers: list[tuple[str, bytes | None]], route: ReplyRoute) -> None:
+    """The W3C context a reply or event carries: the current span's when spans are recorded
+    (the command's process span, the reconciler's), else the command's as it came."""
+    traceparent, tracestate = tracing.outgoing(route.traceparent, route.tracestate)
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
         if tracestate:

@@ -8,16 +8,31 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 
 from payment_worker import tracing
 from payment_worker.domain.model import Outcome, reply
 from payment_worker.domain.routing import ReplyRoute, record_trace_context, trace_headers
-from tests.unit.test_messages import TRACEPARENT, a_command, codec, factory  # noqa: F401
+from payment_worker.exceptions import ConfigurationError
+from tests.unit.test_messages import (  # noqa: F401
+    TRACEPARENT,
+    a_command,
+    a_payment,
+    codec,
+    factory,
+)
 
 TRACE_ID = TRACEPARENT.split("-")[1]
 
@@ -25,7 +40,7 @@ TRACE_ID = TRACEPARENT.split("-")[1]
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ALWAYS_ON)  # whatever OTEL_TRACES_SAMPLER the caller set
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.install(provider)
     yield exporter
@@ -49,29 +64,110 @@ def test_without_a_recorder_a_reply_carries_the_commands_traceparent_byte_for_by
     assert tracing.span("x").__class__.__name__ == "nullcontext"
 
 
-def test_a_reply_made_in_a_process_span_carries_its_publish_spans_context(
+def test_a_reply_and_an_event_made_in_a_process_span_carry_its_context(
     factory,  # noqa: F811
     spans: InMemorySpanExporter,
 ) -> None:
-    """With a recorder: the reply's traceparent has the command's trace id and the id of the
-    `payment-replies publish` span, a child of the process span continuing the command."""
+    """With a recorder: the reply and the event carry the command's trace id and the id of the
+    process span continuing the command, and no span of their own is made."""
     route = ReplyRoute("payment-replies", None, "c-1", traceparent=TRACEPARENT)
+    command = a_command()
     with tracing.span(
         "process-payment process", tracing.CONSUMER, parent=tracing.parent_from(TRACEPARENT)
     ):
-        message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
+        made = [
+            factory.reply(command, route, reply(Outcome.SUCCEEDED, "ok")),
+            factory.event(a_payment(command), route),
+        ]
+    (process,) = spans.get_finished_spans()
+    assert process.parent is not None
+    assert format(process.parent.span_id, "016x") == TRACEPARENT.split("-")[2]
+    for message in made:
+        header = _header(message, "traceparent")
+        assert header is not None
+        _, trace_id, span_id, flags = header.decode().split("-")
+        assert trace_id == TRACE_ID == format(process.context.trace_id, "032x")
+        assert span_id == format(process.context.span_id, "016x")
+        assert flags == "01"
+
+
+class _CountingSampler(ParentBased):
+    """The default parent-based sampler, counting the decisions it is asked for."""
+
+    def __init__(self, root: Sampler) -> None:
+        super().__init__(root)
+        self.asked = 0
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        self.asked += 1
+        return super().should_sample(*args, **kwargs)
+
+
+UNSAMPLED = TRACEPARENT[:-2] + "00"
+
+
+@pytest.mark.parametrize(
+    ("root", "traceparent"),
+    [(ALWAYS_ON, UNSAMPLED), (ALWAYS_OFF, None)],
+    ids=["caller-unsampled", "root-dropped"],
+)
+def test_under_an_unsampled_command_a_step_asks_the_sdk_nothing(
+    factory,  # noqa: F811
+    root: Sampler,
+    traceparent: str | None,
+) -> None:
+    """A command whose trace is not sampled (its caller's flag, or the root sampler's
+    decision): its steps are nullcontexts the sampler is never asked about, annotate() sets
+    nothing, nothing is exported; its reply still carries its trace id, flagged unsampled, so
+    that what it causes is not sampled either."""
+    exporter = InMemorySpanExporter()
+    sampler = _CountingSampler(root)
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        route = ReplyRoute("payment-replies", None, "c-1", traceparent=traceparent)
+        with tracing.span(
+            "process-payment process", tracing.CONSUMER, parent=tracing.parent_from(traceparent)
+        ) as process:
+            assert process is not None and not process.is_recording()
+            assert not tracing.recording()
+            with tracing.span("gateway charge", tracing.CLIENT) as step:
+                assert step is None
+                tracing.annotate({"payment.outcome": "SUCCEEDED"})
+            message = factory.reply(a_command(), route, reply(Outcome.SUCCEEDED, "ok"))
+    finally:
+        tracing.uninstall()
+    assert sampler.asked == 1
+    assert exporter.get_finished_spans() == ()
     header = _header(message, "traceparent")
     assert header is not None
-    _, trace_id, span_id, _ = header.decode().split("-")
-    finished = {s.name: s for s in spans.get_finished_spans()}
-    publish, process = finished["payment-replies publish"], finished["process-payment process"]
-    assert trace_id == TRACE_ID == format(publish.context.trace_id, "032x")
-    assert span_id == format(publish.context.span_id, "016x") != TRACEPARENT.split("-")[2]
-    assert publish.parent is not None and publish.parent.span_id == process.context.span_id
-    assert (
-        process.parent is not None
-        and format(process.parent.span_id, "016x") == (TRACEPARENT.split("-")[2])
-    )
+    _, trace_id, span_id, flags = header.decode().split("-")
+    assert trace_id == format(process.get_span_context().trace_id, "032x")
+    assert span_id == format(process.get_span_context().span_id, "016x")
+    assert int(flags, 16) & 1 == 0  # not sampled (the SDK may set its random-trace-id bit)
+    if traceparent:
+        assert trace_id == TRACE_ID
+
+
+def test_a_root_span_under_an_unsampled_one_is_still_asked_of_the_sampler() -> None:
+    """A span given a remote parent (the reconciler's, the next command's) is a new decision
+    of the sampler even while an unsampled span is current."""
+    exporter = InMemorySpanExporter()
+    sampler = _CountingSampler(ALWAYS_ON)
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        with (
+            tracing.span("unsampled", parent=tracing.parent_from(UNSAMPLED)),
+            tracing.span("payment reconcile", parent=tracing.parent_from(TRACEPARENT)) as span,
+        ):
+            assert span is not None and span.is_recording()
+    finally:
+        tracing.uninstall()
+    assert sampler.asked == 2
+    assert [s.name for s in exporter.get_finished_spans()] == ["payment reconcile"]
 
 
 def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> None:
@@ -167,3 +263,99 @@ def test_an_exporter_that_is_not_installed_is_a_configuration_error() -> None:
     done = _configure({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert done.returncode != 0
     assert "OTEL_TRACES_EXPORTER=zipkin: no such exporter installed" in done.stderr
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No OTEL_* variable of the caller's; a console exporter (nothing leaves the process)."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    yield monkeypatch
+    tracing.uninstall()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio", "caller", "recorded"),
+    [
+        (None, None, None, True),
+        (None, None, UNSAMPLED, False),
+        ("traceidratio", "0", None, False),
+        ("traceidratio", "1", None, True),
+        ("traceidratio", "0", TRACEPARENT, False),
+        ("parentbased_traceidratio", "0", None, False),
+        ("parentbased_traceidratio", "1", None, True),
+        ("parentbased_traceidratio", "0", TRACEPARENT, True),
+        ("parentbased_traceidratio", "1", UNSAMPLED, False),
+        ("parentbased_traceidratio", None, None, True),
+        ("PARENTBASED_ALWAYS_OFF", None, None, False),
+        ("parentbased_always_off", None, TRACEPARENT, True),
+        ("always_off", None, TRACEPARENT, False),
+        ("always_on", "0", UNSAMPLED, True),
+    ],
+    ids=[
+        "default-root",
+        "default-unsampled-caller",
+        "ratio-0-root",
+        "ratio-1-root",
+        "ratio-0-sampled-caller",
+        "parentbased-ratio-0-root",
+        "parentbased-ratio-1-root",
+        "parentbased-ratio-0-sampled-caller",
+        "parentbased-ratio-1-unsampled-caller",
+        "parentbased-ratio-unset-root",
+        "parentbased-off-upper-case-root",
+        "parentbased-off-sampled-caller",
+        "always-off-sampled-caller",
+        "always-on-unsampled-caller",
+    ],
+)
+def test_the_worker_honours_the_standard_sampler_variables(
+    otel_env: pytest.MonkeyPatch,
+    sampler: str | None,
+    ratio: str | None,
+    caller: str | None,
+    recorded: bool,
+) -> None:
+    """OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide whether a command's process span
+    and its steps are recorded: by ratio at the root, by the caller's sampled flag under
+    parentbased_* (parentbased_always_on when unset; a ratio sampler without a ratio takes 1)."""
+    if sampler is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if ratio is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    assert tracing.configure("payment-worker")
+    with (
+        tracing.span("process-payment process", parent=tracing.parent_from(caller)) as process,
+        tracing.span("gateway charge", tracing.CLIENT) as step,
+    ):
+        assert process is not None and process.is_recording() is recorded
+        assert (step is not None and step.is_recording()) is recorded
+        assert tracing.recording() is recorded
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio", "refused"),
+    [
+        ("parentbased_traceidratioo", "0.1", "OTEL_TRACES_SAMPLER='parentbased_traceidratioo'"),
+        (" always_off", None, "OTEL_TRACES_SAMPLER=' always_off'"),
+        ("jaeger_remote", None, "OTEL_TRACES_SAMPLER='jaeger_remote'"),
+        ("traceidratio", "10%", "OTEL_TRACES_SAMPLER_ARG='10%'"),
+        ("parentbased_traceidratio", "1.5", "OTEL_TRACES_SAMPLER_ARG='1.5'"),
+        ("parentbased_traceidratio", "-0.1", "OTEL_TRACES_SAMPLER_ARG='-0.1'"),
+        ("parentbased_traceidratio", "nan", "OTEL_TRACES_SAMPLER_ARG='nan'"),
+    ],
+    ids=["typo", "space", "not-built-in", "percent", "above-1", "negative", "nan"],
+)
+def test_a_sampler_the_sdk_would_not_read_is_refused_at_start_up(
+    otel_env: pytest.MonkeyPatch, sampler: str, ratio: str | None, refused: str
+) -> None:
+    """A sampler name or ratio that the SDK would replace by sampling everything (with one
+    warning) stops the start with one line naming the variable and what is accepted."""
+    otel_env.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if ratio is not None:
+        otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    with pytest.raises(ConfigurationError) as raised:
+        tracing.configure("payment-worker")
+    assert str(raised.value).startswith(refused + ": ")
+    assert not tracing.active()
