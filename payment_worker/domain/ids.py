@@ -5,6 +5,7 @@ from os.urandom when it is made, so a forked process never hands out its parent'
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 
@@ -24,6 +25,23 @@ class Id(uuid.UUID):
             text = uuid.UUID.__str__(self)
             object.__setattr__(self, "_text", text)  # UUID forbids setting attributes
             return text
+
+    @classmethod
+    def canonical(cls, text: object) -> Id | None:
+        """`text` as an Id when it is a UUID in canonical form (8-4-4-4-12, lower case hex),
+        that text kept as its own; else None. Set as uuid.UUID.__init__ sets its attributes,
+        without its parsing of every other form (~0.7 µs against ~2.5): commands and answers
+        carry their ids in canonical form."""
+        if type(text) is not str or not _CANONICAL.fullmatch(text):
+            return None
+        new = object.__new__(cls)
+        object.__setattr__(new, "int", int(text.replace("-", ""), 16))
+        object.__setattr__(new, "is_safe", uuid.SafeUUID.unknown)
+        object.__setattr__(new, "_text", text)
+        return new
+
+
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def new_uuid() -> Id:

@@ -34,6 +34,9 @@ _UUID_TEXT = re.compile(
 def parse_uuid(value: object) -> Id | None:
     """A non-nil UUID written 8-4-4-4-12 (any case, optionally braced) or as 32 hex digits,
     as .NET's Guid reads them; None for anything else."""
+    canonical = Id.canonical(value)
+    if canonical is not None:
+        return canonical if canonical.int else None  # not the nil UUID
     if type(value) is not str or not _UUID_TEXT.fullmatch(value):  # `$` passes a final \n
         return None
     if value.startswith("{") != value.endswith("}"):
