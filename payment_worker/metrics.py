@@ -3,9 +3,9 @@ registered once per process."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -100,33 +100,60 @@ SHIM_REPLIES_DROPPED = Counter(
 
 
 class DependencyCall:
-    """What one call came to: its caller sets `outcome` (ok, not_found, declined, error,
-    timeout, degraded) before the block ends."""
+    """One call to a dependency, as a context: a client span around it and one observation of
+    DEPENDENCY_SECONDS under the outcome its caller sets (ok, not_found, declined, error,
+    timeout, degraded) before the block ends (error if it raised first). A class rather than
+    a generator-based context manager: several per command, and the generator's machinery
+    cost more than the observation."""
 
-    __slots__ = ("outcome",)
+    __slots__ = ("_dependency", "_span", "_started", "outcome")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, dependency: str, span_name: str, attributes: Mapping[str, Any] | None
+    ) -> None:
         self.outcome = "error"
+        self._dependency = dependency
+        self._span = tracing.span(span_name, tracing.CLIENT, attributes=attributes)
+        self._started = 0.0
+
+    def __enter__(self) -> DependencyCall:
+        self._span.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> bool | None:
+        elapsed = time.perf_counter() - self._started
+        tracing.annotate({"payment.dependency.result": self.outcome})
+        key = (self._dependency, self.outcome)
+        child = _DEPENDENCY_CHILDREN.get(key)
+        if child is None:  # labels() takes a lock and builds the key: once per pair
+            child = _DEPENDENCY_CHILDREN[key] = DEPENDENCY_SECONDS.labels(*key)
+        child.observe(elapsed)
+        return self._span.__exit__(kind, error, trace)
 
 
 _DEPENDENCY_CHILDREN: dict[tuple[str, str], Any] = {}
 
 
-@contextlib.contextmanager
 def dependency_call(
     dependency: str, span_name: str, attributes: Mapping[str, Any] | None = None
-) -> Iterator[DependencyCall]:
-    """One call to a dependency: a client span named `span_name` and one observation of
-    DEPENDENCY_SECONDS under the outcome the caller set (error if it raised first)."""
-    call = DependencyCall()
-    started = time.perf_counter()
-    with tracing.span(span_name, tracing.CLIENT, attributes=attributes):
-        try:
-            yield call
-        finally:
-            tracing.annotate({"payment.dependency.result": call.outcome})
-            key = (dependency, call.outcome)
-            child = _DEPENDENCY_CHILDREN.get(key)
-            if child is None:  # labels() takes a lock and builds the key: once per pair
-                child = _DEPENDENCY_CHILDREN[key] = DEPENDENCY_SECONDS.labels(*key)
-            child.observe(time.perf_counter() - started)
+) -> DependencyCall:
+    """`with dependency_call(...) as call:` around one call to a dependency (DependencyCall)."""
+    return DependencyCall(dependency, span_name, attributes)
+
+
+_COMMAND_CHILDREN: dict[tuple[str, bool], Any] = {}
+
+
+def count_command(outcome: str, duplicate: bool) -> None:
+    """One command answered, in COMMANDS under its outcome and whether it was a duplicate."""
+    child = _COMMAND_CHILDREN.get((outcome, duplicate))
+    if child is None:  # labels() takes a lock and builds the key: once per pair
+        child = COMMANDS.labels(outcome, str(duplicate).lower())
+        _COMMAND_CHILDREN[(outcome, duplicate)] = child
+    child.inc()

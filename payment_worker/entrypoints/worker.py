@@ -165,7 +165,7 @@ class Worker:
         if handled.dead_letter_reason is not None:
             metrics.DEAD_LETTERS.labels(handled.dead_letter_reason).inc()
         if handled.outcome is not None:
-            metrics.COMMANDS.labels(str(handled.outcome), str(handled.duplicate).lower()).inc()
+            metrics.count_command(str(handled.outcome), handled.duplicate)
         offsets.finished(record.offset)
 
     async def _with_retries(self, record: InboundRecord) -> Handled | None:

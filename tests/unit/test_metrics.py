@@ -32,3 +32,20 @@ def test_a_call_that_raises_before_naming_its_outcome_counts_as_an_error() -> No
     with pytest.raises(RuntimeError), metrics.dependency_call("unit-raise", "gateway charge"):
         raise RuntimeError("boom")
     assert _count("unit-raise", "error") == before + 1
+
+
+def test_commands_are_counted_by_outcome_and_duplicate() -> None:
+    """count_command moves the series of its outcome and duplicate flag (as `true`/`false`)
+    by one each time, and no other."""
+
+    def count(outcome: str, duplicate: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "payment_worker_commands_total", {"outcome": outcome, "duplicate": duplicate}
+        )
+        return value or 0.0
+
+    before = (count("UNIT_OK", "false"), count("UNIT_OK", "true"))
+    metrics.count_command("UNIT_OK", False)
+    metrics.count_command("UNIT_OK", False)
+    metrics.count_command("UNIT_OK", True)
+    assert (count("UNIT_OK", "false"), count("UNIT_OK", "true")) == (before[0] + 2, before[1] + 1)
