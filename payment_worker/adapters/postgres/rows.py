@@ -7,6 +7,7 @@ shift the others). Batch statements take one array per column, named after it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,11 +77,20 @@ REPLY_PAYMENT_FIELDS = tuple(_camel(c) for c in PAYMENT_COLUMNS if c != "command
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 
 
+# Where each of Payment's fields, in its own order, stands in PAYMENT_COLUMNS.
+_PAYMENT_ORDER = tuple(PAYMENT_COLUMNS.index(f.name) for f in dataclasses.fields(Payment))
+_STATUS = PAYMENT_COLUMNS.index("status")
+_STATUSES: dict[str, PaymentStatus] = {str(s): s for s in PaymentStatus}
+
+
 def payment_from(values: Sequence[Any]) -> Payment:
     """A payment from its columns in PAYMENT_COLUMNS order."""
-    fields = dict(zip(PAYMENT_COLUMNS, values, strict=True))
-    fields["status"] = PaymentStatus(fields["status"])
-    return Payment(**fields)
+    if len(values) != len(PAYMENT_COLUMNS):
+        raise ValueError(f"{len(values)} values for {len(PAYMENT_COLUMNS)} payment columns")
+    status = values[_STATUS]
+    ordered = [values[i] for i in _PAYMENT_ORDER]
+    ordered[_PAYMENT_ORDER.index(_STATUS)] = _STATUSES.get(status) or PaymentStatus(status)
+    return Payment(*ordered)
 
 
 def ledger_from(values: Sequence[Any]) -> LedgerEntry:
@@ -103,16 +113,17 @@ FACTS = ", ".join(
 )
 
 
+_LEDGER, _SUCCEEDED, _PENDING = _NAMED["ledger"], _NAMED["succeeded"], _NAMED["pending"]
+
+
 def snapshot_named(row: Mapping[str, Any]) -> Snapshot:
     """What a row of `snapshots` or `begin_facts` says the ledger records, by column name (each
-    part None when its first column, the key, is NULL: none found)."""
-    ledger, succeeded, pending = (
-        [row[name] for name in _NAMED[part]] for part in ("ledger", "succeeded", "pending")
-    )
+    part None when its first column, the key, is NULL: none found; its other columns are then
+    not read, a row per command)."""
     return Snapshot(
-        ledger_from(ledger) if ledger[0] is not None else None,
-        payment_from(succeeded) if succeeded[0] is not None else None,
-        payment_from(pending) if pending[0] is not None else None,
+        ledger_from([row[n] for n in _LEDGER]) if row[_LEDGER[0]] is not None else None,
+        payment_from([row[n] for n in _SUCCEEDED]) if row[_SUCCEEDED[0]] is not None else None,
+        payment_from([row[n] for n in _PENDING]) if row[_PENDING[0]] is not None else None,
     )
 
 
