@@ -4,7 +4,8 @@ concurrently across keys: the worker's and replay's way of keeping order without
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 class KeyedChains:
@@ -17,17 +18,12 @@ class KeyedChains:
     def start(
         self,
         key: bytes | str,
-        work: Callable[[], Awaitable[None]],
+        work: Callable[[], Coroutine[Any, Any, None]],
         on_done: Callable[[], None] | None = None,
     ) -> asyncio.Task[None]:
         previous = self._tails.get(key)
-
-        async def after_previous() -> None:
-            if previous is not None:
-                await asyncio.wait([previous])  # its outcome is its own, not ours
-            await work()
-
-        task = asyncio.create_task(after_previous())
+        # Nothing before it (the usual case): the work is the task, without a coroutine around.
+        task = asyncio.create_task(work() if previous is None else _after(previous, work))
         self._tails[key] = task
         self.tasks.add(task)
 
@@ -40,3 +36,10 @@ class KeyedChains:
 
         task.add_done_callback(done)
         return task
+
+
+async def _after(
+    previous: asyncio.Task[None], work: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    await asyncio.wait([previous])  # its outcome is its own, not ours
+    await work()
