@@ -170,6 +170,10 @@ def shutdown() -> None:
         _provider.shutdown()
 
 
+# What span() gives when nothing is recorded: one instance for every step (it holds no state).
+_NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
+
+
 def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
@@ -181,7 +185,7 @@ def span(
     nor under a current span that is not recorded (its trace was not sampled). An exception
     leaving it is recorded on it and sets its status to error."""
     if not _active:
-        return contextlib.nullcontext()
+        return _NOTHING
     if parent is None:
         current = trace.get_current_span()
         context = current.get_span_context()
@@ -191,7 +195,7 @@ def span(
         # and always_on never leaves a parent unsampled. Asking the SDK would only build a
         # span that records nothing.
         if context.is_valid and not context.is_remote and not current.is_recording():
-            return contextlib.nullcontext()
+            return _NOTHING
     return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 
 
