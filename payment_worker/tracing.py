@@ -110,14 +110,31 @@ def configure(default_service_name: str) -> bool:
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
     # The provider reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG itself (checked above).
-    provider = TracerProvider(
-        resource=Resource.create({} if named else {"service.name": default_service_name})
-    )
+    resource = Resource.create({} if named else {"service.name": default_service_name})
+    provider = TracerProvider(resource=_hashed_once(resource))
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
     log.info("tracing_on", exporters=names, protocol=protocol, sampler=sampler)
     return True
+
+
+def _hashed_once(resource: Any) -> Any:
+    """`resource` with its hash computed once. The OTLP exporter groups the spans it encodes by
+    resource, hashing each span's resource on the way, and the SDK's Resource hashes by
+    serialising its attributes to JSON every time (~6% of a worker's CPU when every command is
+    traced); a resource never changes, so neither does its hash."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedOnce(Resource):
+        def __init__(self, attributes: Any, schema_url: str | None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return HashedOnce(resource.attributes, resource.schema_url)
 
 
 def _sampler() -> str:

@@ -359,3 +359,25 @@ def test_a_sampler_the_sdk_would_not_read_is_refused_at_start_up(
         tracing.configure("payment-worker")
     assert str(raised.value).startswith(refused + ": ")
     assert not tracing.active()
+
+
+def test_the_resource_is_hashed_once_and_is_the_one_the_sdk_would_make(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    """The provider's resource equals, and hashes as, the SDK's Resource.create of the same
+    attributes, and hashing it again (the OTLP exporter does for every span) serialises
+    nothing."""
+    from opentelemetry.sdk import resources
+    from opentelemetry.sdk.resources import Resource
+
+    otel_env.setenv("OTEL_SERVICE_NAME", "payment-worker-test")
+    assert tracing.configure("payment-worker")
+    resource = tracing._provider.resource
+    made = Resource.create({})
+    assert resource == made and hash(resource) == hash(made)
+    assert resource.attributes["service.name"] == "payment-worker-test"
+    calls = []
+    real = resources.dumps
+    otel_env.setattr(resources, "dumps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert {hash(resource) for _ in range(100)} == {hash(made)}
+    assert len(calls) == 1  # the one for `made`, hashed above with the patch in place
