@@ -220,7 +220,7 @@ class AvroCodec:
         reply = schemas.raw["PaymentReply"]
         self.reply_encoder = avro_reply.ReplyEncoder(reply) if avro_reply.matches(reply) else None
         # The records written once per command, without fastavro's per-call cost.
-        self.direct: dict[str, avro_reply.ReplyEncoder | avro_events.EventEncoder] = {}
+        self.direct: dict[str, avro_reply.DirectEncoder] = {}
         if self.reply_encoder is not None:
             self.direct["PaymentReply"] = self.reply_encoder
         for event in ("PaymentSucceeded", "PaymentFailed"):

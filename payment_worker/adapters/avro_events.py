@@ -10,15 +10,13 @@ with it. Tests compare its bytes with fastavro's on generated events.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from payment_worker.adapters.avro_reply import (
-    _decimal,
+    DirectEncoder,
     _integer,
     _optional_uuid,
     _string,
-    _Unsupported,
     _uuid,
     layout_sha256,
 )
@@ -29,22 +27,12 @@ SUCCEEDED_LAYOUT_SHA256 = "eafd5f47adaddff804cfcc092206b1edf8cdb1a82866de2cd4f41
 FAILED_LAYOUT_SHA256 = "77ba07bdf49a11645b3f7ab1e2c5f9081b23ab16d1fe7cc306e76797684de285"
 
 
-class EventEncoder:
+class EventEncoder(DirectEncoder):
     """Writes a PaymentSucceeded (or, with `failed`, a PaymentFailed) body, no framing."""
 
     def __init__(self, raw_schema: dict[str, Any], *, failed: bool) -> None:
-        amount = next(f for f in raw_schema["fields"] if f["name"] == "amount")["type"]
-        self._precision = int(amount["precision"])
-        self._scale = int(amount.get("scale", 0))
+        super().__init__(next(f for f in raw_schema["fields"] if f["name"] == "amount")["type"])
         self._failed = failed
-        self._amounts: dict[str, bytes] = {}
-
-    def encode(self, record: dict[str, Any]) -> bytes | None:
-        """The body, or None for a record with a value this encoder does not write."""
-        try:
-            return self._body(record)
-        except (_Unsupported, KeyError, ValueError, ArithmeticError):
-            return None
 
     def _body(self, r: dict[str, Any]) -> bytes:
         out = bytearray(_uuid(r["eventId"]))
@@ -66,20 +54,6 @@ class EventEncoder:
             out += _integer(r["processedAt"])
         out += _string(r["status"])
         return bytes(out)
-
-    def _amount(self, value: Any) -> bytes:
-        """The amount's bytes, kept per text of the amount (a few distinct prices recur; the
-        text tells 25.00 from 25.000, which encode differently, the latter not at all)."""
-        if type(value) is not Decimal:
-            raise _Unsupported
-        key = str(value)
-        found = self._amounts.get(key)
-        if found is None:
-            found = _decimal(value, self._precision, self._scale)
-            if len(self._amounts) >= 4096:
-                self._amounts.clear()
-            self._amounts[key] = found
-        return found
 
 
 def event_encoder(name: str, raw_schema: dict[str, Any]) -> EventEncoder | None:

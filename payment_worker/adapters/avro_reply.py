@@ -124,7 +124,43 @@ def _decimal(value: Any, precision: int, scale: int) -> bytes:
     return _long(len(data)) + data
 
 
-class ReplyEncoder:
+class DirectEncoder:
+    """What a hand-written encoder of one record shares (this one's and the events' in
+    avro_events.py): `encode` gives the body, or None for a value it does not write; `_amount`
+    writes a bytes/decimal amount of the given precision and scale."""
+
+    def __init__(self, amount: dict[str, Any]) -> None:
+        self._precision = int(amount["precision"])
+        self._scale = int(amount.get("scale", 0))
+        self._amounts: dict[str, bytes] = {}
+
+    def encode(self, record: dict[str, Any]) -> bytes | None:
+        """The body (no framing), or None for a record with a value this encoder does not
+        write."""
+        try:
+            return self._body(record)
+        except (_Unsupported, KeyError, ValueError, ArithmeticError):
+            return None
+
+    def _body(self, r: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _amount(self, value: Any) -> bytes:
+        """The amount's bytes, kept per text of the amount (a few distinct prices recur);
+        the text tells 25.00 from 25.000, which encode differently (the latter not at all)."""
+        if type(value) is not Decimal:
+            raise _Unsupported
+        key = str(value)
+        found = self._amounts.get(key)
+        if found is None:
+            found = _decimal(value, self._precision, self._scale)
+            if len(self._amounts) >= 4096:
+                self._amounts.clear()
+            self._amounts[key] = found
+        return found
+
+
+class ReplyEncoder(DirectEncoder):
     """Writes a PaymentReply body (no framing) for the schema it was checked against."""
 
     def __init__(self, raw_schema: dict[str, Any]) -> None:
@@ -134,17 +170,7 @@ class ReplyEncoder:
         payment = next(t for t in fields["payment"]["type"] if isinstance(t, dict))
         namespace = payment.get("namespace") or raw_schema.get("namespace")
         self._payment_name = f"{namespace}.{payment['name']}" if namespace else payment["name"]
-        amount = next(f for f in payment["fields"] if f["name"] == "amount")["type"]
-        self._precision = int(amount["precision"])
-        self._scale = int(amount.get("scale", 0))
-        self._amounts: dict[str, bytes] = {}
-
-    def encode(self, record: dict[str, Any]) -> bytes | None:
-        """The body, or None for a record with a value this encoder does not write."""
-        try:
-            return self._body(record)
-        except (_Unsupported, KeyError, ValueError, ArithmeticError):
-            return None
+        super().__init__(next(f for f in payment["fields"] if f["name"] == "amount")["type"])
 
     def _body(self, r: dict[str, Any]) -> bytes:
         outcome = self._outcomes.get(r["outcome"])
@@ -187,17 +213,3 @@ class ReplyEncoder:
         out += _boolean(payment["isSimulated"])
         out += _optional_string(payment["simulatedResponse"])
         return bytes(out)
-
-    def _amount(self, value: Any) -> bytes:
-        """The amount's bytes, kept per text of the amount (a few distinct prices recur);
-        the text tells 25.00 from 25.000, which encode differently (the latter not at all)."""
-        if type(value) is not Decimal:
-            raise _Unsupported
-        key = str(value)
-        found = self._amounts.get(key)
-        if found is None:
-            found = _decimal(value, self._precision, self._scale)
-            if len(self._amounts) >= 4096:
-                self._amounts.clear()
-            self._amounts[key] = found
-        return found

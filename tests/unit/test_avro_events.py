@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from payment_worker.adapters import avro_events
 from payment_worker.adapters.avro_codec import AvroCodec, DecodeError, SchemaSet
+from tests.unit.test_avro_reply import amounts, ids
 
 SCHEMAS = SchemaSet()
 
@@ -36,15 +37,7 @@ def encoder(name: str) -> avro_events.EventEncoder:
 texts = st.text(max_size=40) | st.builds(
     lambda c, n: c * n, st.characters(), st.integers(8100, 8300)
 )
-ids = st.uuids().map(str)
 micros = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-amounts = st.decimals(
-    min_value=Decimal("-9999999999999999.99"),
-    max_value=Decimal("9999999999999999.99"),
-    places=2,
-    allow_nan=False,
-    allow_infinity=False,
-)
 common = {
     "eventId": ids,
     "commandId": ids,
