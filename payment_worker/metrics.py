@@ -128,13 +128,16 @@ class DependencyCall:
         trace: TracebackType | None,
     ) -> bool | None:
         elapsed = time.perf_counter() - self._started
-        tracing.annotate({"payment.dependency.result": self.outcome})
-        key = (self._dependency, self.outcome)
-        child = _DEPENDENCY_CHILDREN.get(key)
-        if child is None:  # labels() takes a lock and builds the key: once per pair
-            child = _DEPENDENCY_CHILDREN[key] = DEPENDENCY_SECONDS.labels(*key)
-        child.observe(elapsed)
-        return self._span.__exit__(kind, error, trace)
+        try:
+            tracing.annotate({"payment.dependency.result": self.outcome})
+            key = (self._dependency, self.outcome)
+            child = _DEPENDENCY_CHILDREN.get(key)
+            if child is None:  # labels() takes a lock and builds the key: once per pair
+                child = _DEPENDENCY_CHILDREN[key] = DEPENDENCY_SECONDS.labels(*key)
+            child.observe(elapsed)
+        finally:  # the span ends, and stops being the current one, whatever happened above
+            ended = self._span.__exit__(kind, error, trace)
+        return ended
 
 
 _DEPENDENCY_CHILDREN: dict[tuple[str, str], Any] = {}

@@ -381,3 +381,28 @@ def test_the_resource_is_hashed_once_and_is_the_one_the_sdk_would_make(
     otel_env.setattr(resources, "dumps", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert {hash(resource) for _ in range(100)} == {hash(made)}
     assert len(calls) == 1  # the one for `made`, hashed above with the patch in place
+
+
+def test_a_dependency_calls_span_ends_even_when_counting_it_fails(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dependency call's span is ended, and stops being the current span, even if
+    observing the call fails on the way out (the failure itself propagates)."""
+    from opentelemetry import trace
+
+    from payment_worker import metrics
+
+    def refuse(*_: object) -> None:
+        raise RuntimeError("labels refused")
+
+    monkeypatch.setattr(metrics, "_DEPENDENCY_CHILDREN", {})
+    monkeypatch.setattr(metrics.DEPENDENCY_SECONDS, "labels", refuse)
+    with tracing.span("process-payment process", tracing.CONSUMER) as process:
+        with pytest.raises(RuntimeError, match="labels refused"):
+            with metrics.dependency_call("unit-span", "GET /orders/{orderId}") as call:
+                call.outcome = "ok"
+        assert trace.get_current_span() is process
+    assert [s.name for s in spans.get_finished_spans()] == [
+        "GET /orders/{orderId}",
+        "process-payment process",
+    ]

@@ -80,6 +80,7 @@ _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 # Where each of Payment's fields, in its own order, stands in PAYMENT_COLUMNS.
 _PAYMENT_ORDER = tuple(PAYMENT_COLUMNS.index(f.name) for f in dataclasses.fields(Payment))
 _STATUS = PAYMENT_COLUMNS.index("status")
+_STATUS_FIELD = _PAYMENT_ORDER.index(_STATUS)  # where the status goes among the fields
 _STATUSES: dict[str, PaymentStatus] = {str(s): s for s in PaymentStatus}
 
 
@@ -89,7 +90,7 @@ def payment_from(values: Sequence[Any]) -> Payment:
         raise ValueError(f"{len(values)} values for {len(PAYMENT_COLUMNS)} payment columns")
     status = values[_STATUS]
     ordered = [values[i] for i in _PAYMENT_ORDER]
-    ordered[_PAYMENT_ORDER.index(_STATUS)] = _STATUSES.get(status) or PaymentStatus(status)
+    ordered[_STATUS_FIELD] = _STATUSES.get(status) or PaymentStatus(status)
     return Payment(*ordered)
 
 
