@@ -33,9 +33,10 @@ def encoder(name: str) -> avro_events.EventEncoder:
     return found
 
 
-# Long texts too: their lengths' varints are past the encoders' ready-made table of 8192.
+# Long texts too: their lengths' varints are past the encoders' ready-made table of 8192. Only
+# characters UTF-8 can write, as st.text's (a lone surrogate is refused: tested apart).
 texts = st.text(max_size=40) | st.builds(
-    lambda c, n: c * n, st.characters(), st.integers(8100, 8300)
+    lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(8100, 8300)
 )
 micros = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 common = {
@@ -125,6 +126,7 @@ def _event(**changes: Any) -> dict[str, Any]:
         {"processedAt": True},
         {"currency": None},
         {"paymentId": 12},
+        {"paymentMethod": "\ud800"},  # a lone surrogate: not UTF-8, and fastavro refuses it
     ],
 )
 def test_a_value_it_does_not_expect_goes_to_fastavro(changes: dict[str, Any]) -> None:
@@ -160,7 +162,7 @@ def test_the_codec_writes_an_event_as_fastavro_would(record: dict[str, Any]) -> 
     assert value == theirs
     try:
         expected = codec.decode("PaymentFailed", theirs)
-    except DecodeError:  # an instant past datetime's range, a text that is not UTF-8
+    except DecodeError:  # an instant past datetime's range
         with pytest.raises(DecodeError):
             codec.decode("PaymentFailed", value)
         return
