@@ -24,6 +24,7 @@ from payment_worker.adapters.http_client import (
     HttpClientError,
     ResponseTooLarge,
 )
+from payment_worker.domain.ids import CANONICAL_UUID
 from payment_worker.exceptions import RetryableError
 from payment_worker.retrying import retrying
 from payment_worker.service.ports import DependencyUnavailable, OrderInfo, ReservationInfo
@@ -47,7 +48,6 @@ _ABSENT = object()
 _JSON = json.JSONDecoder(parse_float=Decimal)  # json.loads(parse_float=...) builds one per call
 _AMOUNT = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,30})?")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class _Garbled(Exception):
@@ -83,7 +83,7 @@ def _uuid_text(data: dict[str, Any], *names: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _Garbled(names[0])
-    if _CANONICAL_UUID.fullmatch(value):
+    if CANONICAL_UUID.fullmatch(value):
         return value  # already what str(uuid.UUID(value)) would give, at a tenth of the cost
     try:
         return str(uuid.UUID(value))

@@ -141,11 +141,11 @@ def with_canonical_ids(command: Command, valid: ValidCommand) -> Command:
     ):
         return command
     return Command(
-        command_id=_canonical_id(command.command_id, valid.command_id),
-        order_id=_canonical_id(command.order_id, valid.order_id),
-        customer_id=_canonical_id(command.customer_id, valid.customer_id),
+        command_id=str(valid.command_id),
+        order_id=str(valid.order_id),
+        customer_id=str(valid.customer_id),
         reservation_id=(
-            _canonical_id(command.reservation_id, valid.reservation_id)
+            str(valid.reservation_id)
             if command.reservation_id is not None and valid.reservation_id is not None
             else None
         ),
@@ -159,12 +159,6 @@ def with_canonical_ids(command: Command, valid: ValidCommand) -> Command:
 def _is_canonical(validated_id: str) -> bool:
     """A validated id of 36 characters is hyphenated 8-4-4-4-12: canonical in lower case."""
     return len(validated_id) == 36 and validated_id.lower() == validated_id
-
-
-def _canonical_id(text: str, parsed: uuid.UUID) -> str:
-    """str(parsed), without its cost in the common case: a validated id of 36 characters is
-    already hyphenated 8-4-4-4-12 (the braced and 32-digit forms have 38 and 32)."""
-    return text.lower() if len(text) == 36 else str(parsed)
 
 
 def as_echoed(command: Command) -> Command:
