@@ -34,10 +34,16 @@ class Id(uuid.UUID):
         carry their ids in canonical form."""
         if type(text) is not str or not CANONICAL_UUID.fullmatch(text):
             return None
-        new = object.__new__(cls)
-        object.__setattr__(new, "int", int(text.replace("-", ""), 16))
-        object.__setattr__(new, "is_safe", uuid.SafeUUID.unknown)
+        new = cls._of(int(text.replace("-", ""), 16))
         object.__setattr__(new, "_text", text)
+        return new
+
+    @classmethod
+    def _of(cls, value: int) -> Id:
+        """The Id of a 128-bit `value`, its attributes set as uuid.UUID.__init__ sets them."""
+        new = object.__new__(cls)
+        object.__setattr__(new, "int", value)
+        object.__setattr__(new, "is_safe", uuid.SafeUUID.unknown)
         return new
 
 
@@ -45,14 +51,24 @@ class Id(uuid.UUID):
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+# A version-4 UUID's fixed bits (RFC 9562): the version nibble 0100, the variant bits 10.
+_RANDOM_BITS = ((1 << 128) - 1) ^ ((0xF000 << 64) | (0xC000 << 48))
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
+# The variant's hex digit (its top two bits 10) for each random one: the low two bits kept.
+_VARIANT_DIGIT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def new_uuid() -> Id:
-    """A random (version 4) UUID."""
-    return Id(bytes=os.urandom(16), version=4)
+    """A random (version 4) UUID: the bits uuid.UUID(bytes=..., version=4) would set, without
+    its checks of every other way to make one (~1.7 µs against ~3.3)."""
+    return Id._of(int.from_bytes(os.urandom(16)) & _RANDOM_BITS | _VERSION_4)
 
 
 def random_uuid() -> str:
-    """A random (version 4) UUID as canonical text."""
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as canonical text, written from the random bytes' hex (~1.6 µs
+    against ~4.1 for str(uuid.uuid4()))."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def token_hex(n_bytes: int = 16) -> str:

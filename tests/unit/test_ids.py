@@ -46,6 +46,20 @@ def test_ids_are_read_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "urandom", lambda n: b"\xab" * n)
     assert token_hex(4) == "abababab"
     assert new_uuid() == uuid.UUID("abababab-abab-4bab-abab-abababababab")
+    assert random_uuid() == "abababab-abab-4bab-abab-abababababab"
+
+
+def test_ids_are_the_version_4_uuids_of_their_random_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """new_uuid and random_uuid set the version and variant bits as uuid.UUID(bytes=...,
+    version=4) does, and keep every other bit as drawn, for many drawn byte strings."""
+    for _ in range(2000):
+        drawn = bytes(random.getrandbits(8) for _ in range(16))
+        monkeypatch.setattr(os, "urandom", lambda n, drawn=drawn: drawn[:n])
+        expected = uuid.UUID(bytes=drawn, version=4)
+        made = new_uuid()
+        assert made == expected and made.fields == expected.fields
+        assert made.is_safe is uuid.SafeUUID.unknown and str(made) == str(expected)
+        assert random_uuid() == str(expected)
 
 
 @pytest.mark.parametrize(
