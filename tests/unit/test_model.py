@@ -4,7 +4,7 @@ payment's one transition from pending to succeeded or failed."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -155,6 +155,30 @@ def test_finalized_payment_is_simulated_as_its_gateway_answered(simulated: bool)
     """is_simulated is the answer's: true for the simulator's, false for a real gateway's."""
     answer = replace(SUCCESS, simulated=simulated)
     assert pending_payment().finalized(answer, PROCESSED).is_simulated is simulated
+
+
+def test_finalized_keeps_every_field_the_gateway_does_not_decide() -> None:
+    """Every field of the payment other than the outcome's is carried over as it was, a field
+    added to Payment later included (each field set to a value of its own first)."""
+    decided = {
+        "status",
+        "error_code",
+        "error_message",
+        "failure_reason",
+        "transaction_id",
+        "processed_at",
+        "is_simulated",
+        "simulated_response",
+    }
+    kept = {f.name for f in fields(Payment)} - decided
+    payment = replace(
+        pending_payment(),
+        **{name: object() for name in kept if name not in ("id", "status")},
+    )
+    final = payment.finalized(SUCCESS, PROCESSED)
+    assert {name: getattr(final, name) for name in kept} == {
+        name: getattr(payment, name) for name in kept
+    }
 
 
 def test_finalized_leaves_the_original_pending() -> None:
