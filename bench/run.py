@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg import sql
 
 from bench.classify import worst_classify_ms
+from bench.roundtrips import measure as roundtrip_cpu_us
 from bench.stages import Sampler
 from bench.stripe_phase import record as record_stripe
 from bench.stripe_phase import stripe_phase
@@ -850,6 +851,13 @@ def main() -> None:
         pipe = raw_pipe(stack, n * 4)
         results["raw_pipe_per_s"] = pipe
         print(f"  raw broker pipe: {pipe:,.0f} msg/s", flush=True)
+        trips = roundtrip_cpu_us(stack.dev_url, DATABASE_URL, REDIS_URL)
+        results["roundtrip_cpu_us"] = trips
+        print(
+            "  client CPU per round trip, one at a time: "
+            + ", ".join(f"{name} {us:.0f} µs" for name, us in trips.items()),
+            flush=True,
+        )
 
         lat0 = measured("latency0", n)
         results["e2e_latency0_per_s"] = lat0["per_s"]
