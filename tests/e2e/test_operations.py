@@ -94,6 +94,8 @@ def _traced(receiver: OtlpReceiver) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        # Every command recorded, whatever sampler the caller's environment names.
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     }
 
 
