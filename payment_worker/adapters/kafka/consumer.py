@@ -4,9 +4,10 @@ every consumer of ours uses."""
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -104,6 +105,61 @@ def to_record(message: Message) -> InboundRecord:
     )
 
 
+_Call = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class OwnThread:
+    """Runs calls one at a time, in order, on a thread of its own, for the event loop to await.
+    The consumer's polls go through here, one per batch: ~40 µs of CPU per call on this
+    machine against ~105 through run_in_executor (a pool's work item and the chaining of its
+    future into the loop's), which a shallow queue pays for every record or two."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """`fn(*args)` on the thread; its result or exception in the future returned."""
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((loop, future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, future, fn, args = call
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # the caller's to see, as run_in_executor gives it
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for the answer
+                pass
+
+    def stop(self) -> None:
+        """Ends the thread once the calls already asked for are done."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # its waiter was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class ThreadedConsumer:
     """A group consumer whose every call runs on one dedicated thread.
 
@@ -123,7 +179,7 @@ class ThreadedConsumer:
         self.topics = topics
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._thread = OwnThread("kafka-consumer")
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
@@ -131,8 +187,7 @@ class ThreadedConsumer:
         self._incremental = incremental_rebalances(self.config)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        return await self._thread.call(fn, *args)
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -226,7 +281,7 @@ class ThreadedConsumer:
         if self._consumer is not None:
             await self._call(self._consumer.close)
             self._consumer = None
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
 
 
 def unsubscribed_config(config: dict[str, Any], group: str) -> dict[str, Any]:
