@@ -179,6 +179,98 @@ def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> 
     assert any(event.name == "exception" for event in span.events)
 
 
+def _as_exported(span: Any, ids: dict[int, str]) -> dict[str, Any]:
+    """What an exporter reads of a finished span, its own ids named by the order they came."""
+
+    def named(span_id: int) -> str:
+        return ids.setdefault(span_id, f"span {len(ids)}")
+
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.context.trace_id,
+        "span_id": named(span.context.span_id),
+        "flags": span.context.trace_flags,
+        "trace_state": span.context.trace_state.to_header(),
+        "remote": span.context.is_remote,
+        "parent": None
+        if span.parent is None
+        else (span.parent.trace_id, named(span.parent.span_id), span.parent.is_remote),
+        "attributes": dict(span.attributes),
+        "status": (span.status.status_code, span.status.description),
+        "events": [
+            (e.name, {k: v for k, v in e.attributes.items() if k != "exception.stacktrace"})
+            for e in span.events
+        ],
+        "stacktrace": [bool(e.attributes.get("exception.stacktrace")) for e in span.events],
+        "resource": dict(span.resource.attributes),
+        "scope": span.instrumentation_scope.name,
+        "timed": 0 < span.start_time <= span.end_time,
+    }
+
+
+def test_a_recorded_span_is_exported_as_the_sdks_own_tracer_would_export_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A command's spans, made by this module, reach the provider's processors as the SDK's own
+    Tracer would hand them over for the same steps: names, kinds, trace, parents, flags, the
+    caller's tracestate, attributes (None dropped), status, the exception event, resource and
+    scope. Only the ids and times differ."""
+    from opentelemetry.context import attach, detach
+    from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+    caller = {"traceparent": TRACEPARENT, "tracestate": "caller=1"}
+    attributes: dict[str, Any] = {"messaging.system": "kafka", "messaging.kafka.offset": 5}
+
+    with tracing.span(
+        "commands process",
+        tracing.CONSUMER,
+        parent=tracing.parent_from(TRACEPARENT, "caller=1"),
+        attributes=attributes,
+    ) as ours_process:
+        tracing.annotate({"payment.outcome": "SUCCEEDED", "payment.dead_letter_reason": None})
+        assert ours_process is not None
+        injected: dict[str, str] = {}
+        tracing.PROPAGATOR.inject(
+            injected, set_span_in_context(NonRecordingSpan(ours_process.get_span_context()))
+        )
+        assert tracing.outgoing() == (injected["traceparent"], injected["tracestate"])
+        with pytest.raises(ValueError), tracing.span("gateway charge", tracing.CLIENT):
+            raise ValueError("declined by a test")
+        with tracing.span("order-lock acquire", tracing.CLIENT, attributes={"a": True}):
+            pass
+    ours = spans.get_finished_spans()
+
+    theirs_exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON, resource=tracing._provider.resource)
+    provider.add_span_processor(SimpleSpanProcessor(theirs_exported))
+    tracer = provider.get_tracer("payment_worker")
+    token = attach(tracing.PROPAGATOR.extract(caller))
+    try:
+        with tracer.start_as_current_span(
+            "commands process", kind=tracing.CONSUMER, attributes=attributes
+        ) as process:
+            process.set_attributes({"payment.outcome": "SUCCEEDED"})
+            with (
+                pytest.raises(ValueError),
+                tracer.start_as_current_span("gateway charge", kind=tracing.CLIENT),
+            ):
+                raise ValueError("declined by a test")
+            with tracer.start_as_current_span(
+                "order-lock acquire", kind=tracing.CLIENT, attributes={"a": True}
+            ):
+                pass
+    finally:
+        detach(token)
+    theirs = theirs_exported.get_finished_spans()
+
+    caller_span = int(TRACEPARENT.split("-")[2], 16)
+    assert [_as_exported(s, {caller_span: "caller"}) for s in ours] == [
+        _as_exported(s, {caller_span: "caller"}) for s in theirs
+    ]
+    assert ours[-1].parent.span_id == caller_span  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -388,8 +480,6 @@ def test_a_dependency_calls_span_ends_even_when_counting_it_fails(
 ) -> None:
     """The dependency call's span is ended, and stops being the current span, even if
     observing the call fails on the way out (the failure itself propagates)."""
-    from opentelemetry import trace
-
     from payment_worker import metrics
 
     def refuse(*_: object) -> None:
@@ -401,7 +491,7 @@ def test_a_dependency_calls_span_ends_even_when_counting_it_fails(
         with pytest.raises(RuntimeError, match="labels refused"):
             with metrics.dependency_call("unit-span", "GET /orders/{orderId}") as call:
                 call.outcome = "ok"
-        assert trace.get_current_span() is process
+        assert tracing.current() is process
     assert [s.name for s in spans.get_finished_spans()] == [
         "GET /orders/{orderId}",
         "process-payment process",
