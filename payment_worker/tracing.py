@@ -124,12 +124,7 @@ def configure(default_service_name: str) -> bool:
                 " http/protobuf, or grpc with opentelemetry-exporter-otlp-proto-grpc; console;"
                 " none)"
             )
-        if entry == "otlp_proto_http":
-            from payment_worker.adapters.otlp import OtlpHttpSpanExporter  # the SDK is there
-
-            exporters.append(OtlpHttpSpanExporter())
-        else:
-            exporters.append(found[0].load()())
+        exporters.append(_otlp_http() if entry == "otlp_proto_http" else found[0].load()())
     named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
@@ -141,6 +136,18 @@ def configure(default_service_name: str) -> bool:
     install(provider)
     log.info("tracing_on", exporters=names, protocol=protocol, sampler=sampler)
     return True
+
+
+def _otlp_http() -> Any:
+    """The OTLP/HTTP exporter with our encoder (adapters/otlp.py), or the library's own where
+    the library is not the one that exporter was written against."""
+    try:
+        from payment_worker.adapters.otlp import http_exporter
+    except ImportError:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return http_exporter()
 
 
 def _hashed_once(resource: Any) -> Any:
@@ -238,7 +245,9 @@ class _Step(Span):
     of CPU (its locks, bounded attributes, context attach/detach), this ~10 µs, and a worker
     records up to eight per command. What it keeps of the SDK: the provider's sampler, id
     generator, resource and processors; the decisions, ids, flags, status and exception event
-    the SDK would give (tests/unit/test_tracing.py compares them)."""
+    the SDK would give (tests/unit/test_tracing.py compares them). What it leaves: processors'
+    `on_start`, the SDK's span limits (our spans carry a dozen attributes of our own at most),
+    and OpenTelemetry's current context (no instrumentation library runs under our spans)."""
 
     __slots__ = (
         "_attributes",
@@ -255,6 +264,7 @@ class _Step(Span):
     )
     _context: SpanContext
     _parent: SpanContext | None
+    _recording: bool
 
     def __init__(
         self,
@@ -266,7 +276,10 @@ class _Step(Span):
         self.name = name
         self.kind = kind
         self._parent = parent  # a remote parent, or None: the current step's child (or a root)
-        self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
+        # What the OTLP encoder could not write is dropped, as the SDK drops it.
+        self._attributes: dict[str, Any] = (
+            {k: v for k, v in attributes.items() if _recordable(k, v)} if attributes else {}
+        )
         self._status = _UNSET
         self._events: list[Any] = []
         self._outgoing: tuple[str, str | None] | None = None
@@ -281,7 +294,7 @@ class _Step(Span):
             local = current._context
             trace_id, flags, state = local.trace_id, local.trace_flags, local.trace_state
             parent: SpanContext | None = local
-            self._recording = True
+            self._recording = current._recording  # span() checked it, but maybe not here
         else:
             parent = given if given is not None and given.is_valid else None
             if parent is None:
@@ -314,13 +327,15 @@ class _Step(Span):
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        _CURRENT.reset(self._token)
+        try:
+            _CURRENT.reset(self._token)
+        except (ValueError, RuntimeError):  # left in another context than it was entered in
+            log.warning("span_left_elsewhere", span=self.name)
         if not self._recording:
             return
         if isinstance(error, Exception):  # as the SDK's use_span: not a cancellation or an exit
             self.record_exception(error)
-            if self._status.status_code is StatusCode.UNSET:
-                self._status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            self.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         self._recording = False  # ended: what is set from now on is ignored, as the SDK does
         _processor.on_end(
             _Readable(
@@ -362,8 +377,7 @@ class _Step(Span):
                 self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        # What the OTLP encoder could not write is dropped, as the SDK drops it.
-        if self._recording and isinstance(key, str) and isinstance(value, _RECORDED_VALUES):
+        if self._recording and _recordable(key, value):
             self._attributes[key] = value
 
     def add_event(
@@ -380,8 +394,14 @@ class _Step(Span):
             self.name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._recording and self._status.status_code is not StatusCode.OK:
-            self._status = status if isinstance(status, Status) else Status(status, description)
+        # As the SDK: an OK status is final, and UNSET never replaces one.
+        given = status if isinstance(status, Status) else Status(status, description)
+        if (
+            self._recording
+            and self._status.status_code is not StatusCode.OK
+            and given.status_code is not StatusCode.UNSET
+        ):
+            self._status = given
 
     def record_exception(
         self,
@@ -407,6 +427,10 @@ class _Step(Span):
 
 
 _UNSET = Status(StatusCode.UNSET)
+
+
+def _recordable(key: object, value: object) -> bool:
+    return isinstance(key, str) and isinstance(value, _RECORDED_VALUES)
 
 
 def span(

@@ -3,8 +3,8 @@
 The library's encoder builds a protobuf object for every span, attribute and value before
 serialising them: ~55 µs of CPU per span here, seven spans per traced command, in the worker's
 process. `encode_spans` writes the same ExportTraceServiceRequest's bytes directly (~10 µs a
-span); a batch it was not written for (links, a value of another type) goes to the library's
-encoder. tests/unit/test_otlp.py parses both and compares them.
+span); a batch it was not written for (links, a value of another type, a string that is not
+Unicode text) goes to the library's encoder. tests/unit/test_otlp.py compares their bytes.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):  # before int: a bool is an int
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
-        return _field(b"\x0a", value.encode("utf-8", "surrogatepass"))
+        return _field(b"\x0a", _utf8(value))
     if isinstance(value, int):
         if not -(1 << 63) <= value < 1 << 63:
             raise _Unexpected("an integer beyond int64")
@@ -71,29 +71,40 @@ def _any_value(value: Any) -> bytes:
     raise _Unexpected(type(value).__name__)
 
 
-# A KeyValue written once: our spans repeat a few dozen names and string values (a system, an
-# operation, an outcome), a bounded cache of what came first; ids and the like are written anew.
-# Only strings: True == 1 == 1.0 as keys, and they are written differently.
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no protobuf string can carry it
+        raise _Unexpected("a string that is not Unicode text") from None
+
+
+# A KeyValue written once: our spans repeat a few dozen short names and values (a system, an
+# operation, an outcome). A bounded cache of the short ones that came first; ids are written
+# anew. Only strings: True == 1 == 1.0 as keys, and they are written differently.
 _PAIRS: dict[tuple[str, str], bytes] = {}
 
 
-def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None, cached: bool = True) -> bytes:
     if not attributes:
         return b""
     out = bytearray()
     for key, value in attributes.items():
-        written = _PAIRS.get((key, value)) if type(value) is str else None
+        if type(key) is not str:
+            raise _Unexpected("an attribute name that is not a string")
+        short = cached and type(value) is str and len(value) <= 40
+        written = _PAIRS.get((key, value)) if short else None
         if written is None:
-            name = _field(b"\x0a", key.encode("utf-8", "surrogatepass")) if key else b""
-            written = name + _field(b"\x12", _any_value(value))
-            if type(value) is str and len(_PAIRS) < 4096:
+            written = (_field(b"\x0a", _utf8(key)) if key else b"") + _field(
+                b"\x12", _any_value(value)
+            )
+            if short and len(_PAIRS) < 1024:
                 _PAIRS[(key, value)] = written
         out += _field(tag, written)
     return bytes(out)
 
 
 def _string(tag: bytes, text: str | None) -> bytes:
-    return _field(tag, text.encode("utf-8", "surrogatepass")) if text else b""
+    return _field(tag, _utf8(text)) if text else b""
 
 
 def _count(tag: bytes, count: int) -> bytes:
@@ -132,7 +143,7 @@ def _span(span: ReadableSpan) -> bytes:
             b"\x5a",
             (b"\x09" + _FIXED64.pack(event.timestamp) if event.timestamp else b"")
             + _string(b"\x12", event.name)
-            + _attributes(b"\x1a", event.attributes)
+            + _attributes(b"\x1a", event.attributes, cached=False)
             + _count(b"\x20", event.dropped_attributes),
         )
     out += _count(b"\x60", span.dropped_events)
@@ -200,6 +211,16 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         return _direct(spans)
     except _Unexpected:
         return bytes(_library(spans).SerializePartialToString())
+
+
+def http_exporter() -> OTLPSpanExporter:
+    """OtlpHttpSpanExporter, or the library's own exporter if this one would not find the
+    parts of it that its export() uses (another version of the library)."""
+    ours = OtlpHttpSpanExporter()
+    if all(hasattr(ours, a) for a in ("_shutdown", "_metrics", "_client", "_max_request_size")):
+        return ours
+    _logger.warning("OTLP span export through the library's own encoder (another version)")
+    return OTLPSpanExporter()
 
 
 class OtlpHttpSpanExporter(OTLPSpanExporter):

@@ -124,14 +124,18 @@ def test_spans_of_several_resources_and_scopes_are_grouped_as_the_library_groups
 
 
 def test_what_the_encoder_does_not_write_goes_to_the_library() -> None:
-    """Links, sequences, bytes, an empty value and an integer past int64: the batch is the
-    library's, byte for byte."""
+    """Links, sequences, bytes, an integer past int64, a string with a lone surrogate (no valid
+    UTF-8), a name that is not a string, an empty value: the batch is the library's, byte for
+    byte (which drops the attributes it cannot write)."""
     linked = SpanContext(random.getrandbits(128), random.getrandbits(64), False, TraceFlags(1))
     for odd in (
         _span(links=(Link(linked, {"why": "retry"}),)),
         _span(attributes={"sizes": (1, 2, 3)}),
         _span(attributes={"raw": b"\x00\x01"}),
         _span(attributes={"big": 1 << 70}),
+        _span(attributes={"message": "not text \ud800"}),  # a lone surrogate
+        _span(attributes={1: "a name that is not a string"}),  # type: ignore[dict-item]
+        _span(attributes={"empty": None}),
     ):
         batch = [_span(), odd]
         assert encode_spans(batch) == library(batch).SerializePartialToString()
@@ -165,3 +169,14 @@ def test_any_span_of_scalar_attributes_is_written_as_the_library_writes_it(
     status = Status(code, description if code is StatusCode.ERROR else None)
     span = _span(name, attributes=attributes, kind=kind, status=status)
     _same([span, _span(name, attributes=attributes, parent=span.context)])
+
+
+def test_the_cache_of_written_attributes_stays_bounded() -> None:
+    """Unique values (ids) never grow the cache of written attributes past its bound, and a long
+    value or an event's attribute is never kept."""
+    from payment_worker.adapters import otlp
+
+    spans = [_span(attributes={"payment.id": f"id-{n}", "x": "y" * 41}) for n in range(3000)]
+    _same(spans)
+    assert len(otlp._PAIRS) <= 1024
+    assert not [key for key in otlp._PAIRS if key[0] == "x"]

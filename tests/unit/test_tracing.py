@@ -496,3 +496,69 @@ def test_a_dependency_calls_span_ends_even_when_counting_it_fails(
         "GET /orders/{orderId}",
         "process-payment process",
     ]
+
+
+def test_a_span_left_in_another_context_still_ends_and_is_exported(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A span whose `with` ends in another context than it began in (an async generator closed
+    by the loop) is still exported, and leaving it raises nothing."""
+    import contextvars
+
+    step = tracing.span("gateway charge", tracing.CLIENT)
+    contextvars.copy_context().run(step.__enter__)  # in a context of its own: this one is left
+    contextvars.copy_context().run(step.__exit__, None, None, None)
+    assert [s.name for s in spans.get_finished_spans()] == ["gateway charge"]
+
+
+def test_what_a_span_cannot_carry_is_dropped_from_its_attributes(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Attributes given at the start or later that OTLP cannot carry as a scalar (None, a list,
+    a name that is not a string) are dropped, as the SDK drops them; the others are kept."""
+    given: dict[Any, Any] = {"kept": "yes", "none": None, "list": [1, 2], 3: "number"}
+    with tracing.span("x", attributes=given):
+        tracing.annotate({"later": 1, "dropped": object()})
+    (span,) = spans.get_finished_spans()
+    assert dict(span.attributes) == {"kept": "yes", "later": 1}
+
+
+def test_a_step_entered_under_an_unsampled_span_records_nothing() -> None:
+    """A step made outside any span and entered under a span that is not recorded records
+    nothing, as its sampler would decide: its `with` ends without exporting."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        step = tracing.span("gateway charge", tracing.CLIENT)
+        with tracing.span("process", parent=tracing.parent_from(UNSAMPLED)), step as entered:
+            assert entered is not None and not entered.is_recording()
+    finally:
+        tracing.uninstall()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_status_set_as_the_sdk_would_keep_it(spans: InMemorySpanExporter) -> None:
+    """UNSET never replaces a status, OK is final, and an exception leaving the span marks it
+    ERROR with the exception's description unless it was set OK."""
+    from opentelemetry.trace.status import Status, StatusCode
+
+    with tracing.span("a") as a:
+        assert a is not None
+        a.set_status(Status(StatusCode.ERROR, "first"))
+        a.set_status(StatusCode.UNSET)
+    with pytest.raises(ValueError), tracing.span("b") as b:
+        assert b is not None
+        b.set_status(Status(StatusCode.ERROR, "first"))
+        raise ValueError("second")
+    with pytest.raises(ValueError), tracing.span("c") as c:
+        assert c is not None
+        c.set_status(StatusCode.OK)
+        raise ValueError("ignored")
+    statuses = [(s.status.status_code, s.status.description) for s in spans.get_finished_spans()]
+    assert statuses == [
+        (StatusCode.ERROR, "first"),
+        (StatusCode.ERROR, "ValueError: second"),
+        (StatusCode.OK, None),
+    ]
