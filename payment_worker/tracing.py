@@ -242,7 +242,7 @@ class _Step(Span):
     step the SDK's batch and simple processors act on).
 
     Why not the SDK's own spans: a span started and ended through the SDK's Tracer cost ~55 µs
-    of CPU (its locks, bounded attributes, context attach/detach), this ~10 µs, and a worker
+    of CPU (its locks, bounded attributes, context attach/detach), this ~10-20, and a worker
     records up to eight per command. What it keeps of the SDK: the provider's sampler, id
     generator, resource and processors; the decisions, ids, flags, status and exception event
     the SDK would give (tests/unit/test_tracing.py compares them). What it leaves: processors'
@@ -451,11 +451,6 @@ def span(
         if current is not None and not current._recording:
             return _NOTHING
     return _Step(name, kind, parent, attributes)
-
-
-def current() -> Span | None:
-    """The span the caller runs in (None outside every span, or without the SDK)."""
-    return _CURRENT.get() if _active else None
 
 
 def recording() -> bool:

@@ -87,4 +87,5 @@ def test_stop_ends_the_thread_and_a_new_call_starts_another() -> None:
     assert asyncio.run(one()) == "test-own-thread"
     assert alive()
     thread.stop()
+    thread.stop()
     assert not alive()

@@ -179,6 +179,11 @@ def test_an_exception_in_a_span_marks_it_failed(spans: InMemorySpanExporter) -> 
     assert any(event.name == "exception" for event in span.events)
 
 
+def _traceparent_of(span: Any) -> str:
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 def _as_exported(span: Any, ids: dict[int, str]) -> dict[str, Any]:
     """What an exporter reads of a finished span, its own ids named by the order they came."""
 
@@ -491,7 +496,8 @@ def test_a_dependency_calls_span_ends_even_when_counting_it_fails(
         with pytest.raises(RuntimeError, match="labels refused"):
             with metrics.dependency_call("unit-span", "GET /orders/{orderId}") as call:
                 call.outcome = "ok"
-        assert tracing.current() is process
+        assert process is not None  # the current span again: what is sent carries its id
+        assert tracing.outgoing()[0] == _traceparent_of(process)
     assert [s.name for s in spans.get_finished_spans()] == [
         "GET /orders/{orderId}",
         "process-payment process",
